@@ -1,0 +1,27 @@
+"""`llmloop`: the one entry point. Each sub-command is a thin call into the module that owns it."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from loop.trainer.command import add_train_arguments
+
+    parser = argparse.ArgumentParser(prog="llmloop", description="An autonomous LLM research loop for CNNs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_arguments(sub.add_parser("train", help="train one model with the shared KD/CNN trainer"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        from loop.trainer.command import run_train
+
+        return run_train(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Typed, validated configuration: YAML files -> pydantic models, with errors that name file and key.
+
+`load_model_file` is the one way any YAML config enters the program; `apply_overrides` handles
+`--set key=value` (dotted keys); `deep_merge` applies a decision's overlay to a base config.
+The daemon's own config model lives here too; the trainer's lives in `loop.trainer.config`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from loop.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors, assignments re-validate."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- loading ----
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or bad syntax raises ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def describe_validation_error(source: str, exc: ValidationError) -> str:
+    """One message listing every bad key as `source: dotted.key: problem`."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            problem = "unknown key"
+        elif kind == "missing":
+            problem = "required key is missing"
+        else:
+            problem = f"{err['msg']} (got {err.get('input')!r})"
+        lines.append(f"{source}: {key}: {problem}")
+    return "\n".join(lines)
+
+
+def validate(model: type[M], data: dict[str, Any], source: str) -> M:
+    """Validate a mapping into `model`; ConfigError names `source` and every bad key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(source, exc)) from None
+
+
+def load_model_file(model: type[M], path: str | Path, overrides: list[str] | None = None) -> M:
+    """Load YAML at `path` into `model`, after applying `key=value` overrides."""
+    data = read_yaml(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return validate(model, data, str(path))
+
+
+# -------------------------------------------------------------- overrides ----
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], value parsed as YAML so numbers and bools keep their type)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected key=value")
+    key, _, raw = item.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {item}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value is not valid YAML: {exc}") from None
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each dotted `key=value` set (validation happens afterwards)."""
+    patch: dict[str, Any] = {}
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = patch
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: {part} is set to a value and a section at once")
+        node[parts[-1]] = value
+    return deep_merge(data, patch)
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Merge `overlay` into a copy of `base`: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------- daemon config ----
+# Keys keep the names of the seed README (daemon_poll_seconds, mentor_every_n_cycles,
+# auto_repair_*, ...) so its readers find them. Sections group what the seed left implicit.
+
+class LLMRole(StrictModel):
+    """One role's endpoint. No base_url and no key -> the offline policy plays the role."""
+
+    base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    timeout_seconds: float = Field(120.0, gt=0)
+
+
+class CloneSpec(StrictModel):
+    repo: str
+    ref: str = "main"
+    subdir: str = ""
+    editable: bool = True
+
+
+class BudgetCaps(StrictModel):
+    """Per-run caps (evolution_scheduler.md 'Budget'); None means no cap."""
+
+    max_steps: int | None = Field(None, gt=0)
+    max_walltime_minutes: float | None = Field(None, gt=0)
+    max_gpu_memory_gb: float | None = Field(None, gt=0)
+    max_cpu_memory_gb: float | None = Field(None, gt=0)
+    max_tokens_processed: int | None = Field(None, gt=0)
+    max_disk_gb: float | None = Field(None, gt=0)
+
+
+class DaemonConfig(StrictModel):
+    # ---- workspace ----
+    workspace: str = "artifacts"
+    default_trainer_config: str = "config/trainer/digits.yaml"
+    # ---- timing ----
+    daemon_poll_seconds: float = Field(5.0, ge=0)
+    default_monitor_seconds: int = Field(120, gt=0)
+    max_monitor_seconds: int = Field(1800, gt=0)
+    # ---- roles and missions ----
+    mission_file: str | None = None
+    worker_mission_file: str = "missions/WORKER_MISSION.md"
+    mentor_mission_file: str = "missions/MENTOR_MISSION.md"
+    worker_display_name: str = "AI-Builder"
+    mentor_display_name: str = "AI-Mentor"
+    interaction_mode: Literal["standard", "builder_health_helper"] = "standard"
+    builder: LLMRole = Field(default_factory=LLMRole)
+    mentor: LLMRole = Field(default_factory=LLMRole)
+    # ---- mentor cadence ----
+    mentor_enabled: bool = True
+    mentor_every_n_cycles: int = Field(4, gt=0)
+    mentor_health_check_every_n_cycles: int = Field(2, gt=0)
+    mentor_force_when_stuck: bool = True
+    mentor_challenge_streak_min_idle_cycles: int = Field(3, ge=0)
+    mentor_apply_suggestions: bool = True
+    mentor_require_web_search: bool = False
+    mentor_model: str | None = None
+    mentor_reasoning_effort: Literal["low", "medium", "high"] | None = None
+    mentor_web_search_mode: Literal["off", "auto", "required"] = "off"
+    # ---- runs ----
+    enable_stuck_wait_recovery: bool = False
+    stale_orphan_idle_cycles: int = Field(6, gt=0)
+    stuck_wait_recovery_cycles: int = Field(8, gt=0)
+    max_concurrent_experiments: int = Field(3, ge=1, le=8)
+    budget: BudgetCaps = Field(default_factory=lambda: BudgetCaps(max_walltime_minutes=30))
+    # ---- auto-repair ----
+    auto_repair_enabled: bool = True
+    auto_repair_retry_on_success: bool = True
+    auto_repair_allow_direct_module_install: bool = False
+    auto_repair_python_exe: str | None = None
+    auto_repair_module_package_map: dict[str, str] = Field(default_factory=dict)
+    auto_repair_module_alias_map: dict[str, str] = Field(default_factory=dict)
+    auto_repair_module_clone_map: dict[str, CloneSpec | str] = Field(default_factory=dict)
+    auto_repair_model_package_map: dict[str, str] = Field(default_factory=dict)
+    auto_repair_model_clone_map: dict[str, CloneSpec | str] = Field(default_factory=dict)
+    auto_repair_model_fallback_map: dict[str, str] = Field(default_factory=dict)
+    # ---- evolution ----
+    evo_period_cycles: int = Field(10, gt=0)
+    epsilon: float = Field(0.05, ge=0)
+    delta: float = Field(0.0, ge=0)
+    theta: float = Field(0.10, ge=0)
+    promotion_mode: Literal["manual", "auto"] = "manual"
+
+
+def load_daemon_config(path: str | Path = "config/daemon_config.yaml",
+                       overrides: list[str] | None = None) -> DaemonConfig:
+    """Load and validate the daemon config; nothing starts on a bad one."""
+    return load_model_file(DaemonConfig, path, overrides)

@@ -1,0 +1,208 @@
+"""SpicaDomain: the one shape every task has. The trainer, the evolution window and PHASE only
+accept instances of it, so every task offers the same splits, probe sets, class names and metric.
+
+Splits are fixed by the domain's own `split_seed`, never by a run's seed, so every run and every
+candidate is judged on the same images:
+  train   what runs learn from
+  val     what a run reports while training
+  recall  held-out images from the *older* part of the data ("no forgetting")
+  delta   held-out images from the *newest* part of the data ("learned the new")
+  drift   held-out images on which a candidate's predictions are compared with GEN_HEAD's
+All five are disjoint.
+"""
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from loop.errors import DomainError
+
+SPLIT_NAMES = ("train", "val", "recall", "delta", "drift")
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """Images with labels, stable ids and an age (larger = newer).
+
+    Backed either by an in-memory array (N, H, W, C) uint8 or by image file paths.
+    """
+
+    labels: np.ndarray
+    ids: np.ndarray
+    ages: np.ndarray
+    channels: int
+    array: np.ndarray | None = None
+    paths: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> np.ndarray:
+        """Image i as an (H, W, C) uint8 array."""
+        if self.array is not None:
+            return self.array[i]
+        return load_image_file(self.paths[i], self.channels)
+
+    def subset(self, idx: np.ndarray) -> "SampleSet":
+        idx = np.asarray(idx, dtype=np.int64)
+        return SampleSet(
+            labels=self.labels[idx], ids=self.ids[idx], ages=self.ages[idx], channels=self.channels,
+            array=None if self.array is None else self.array[idx],
+            paths=None if self.paths is None else tuple(self.paths[i] for i in idx),
+        )
+
+    def fingerprint(self) -> str:
+        """sha256 over ids and labels: equal fingerprints mean the same probe set."""
+        h = hashlib.sha256()
+        for sid, lab in zip(self.ids.tolist(), self.labels.tolist()):
+            h.update(f"{sid}:{lab}\n".encode())
+        return h.hexdigest()
+
+
+def load_image_file(path: str, channels: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    except OSError as exc:
+        raise DomainError(f"{path}: cannot read image: {exc}") from exc
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+@dataclass(frozen=True)
+class DomainSplits:
+    train: SampleSet
+    val: SampleSet
+    recall: SampleSet
+    delta: SampleSet
+    drift: SampleSet
+
+    def as_dict(self) -> dict[str, SampleSet]:
+        return {name: getattr(self, name) for name in SPLIT_NAMES}
+
+
+@dataclass
+class SplitFractions:
+    """Shares of the whole data set held out for each fixed set."""
+
+    val: float = 0.15
+    recall: float = 0.08
+    delta: float = 0.08
+    drift: float = 0.06
+    newest_share: float = 0.30   # the "new data" pool the delta set is drawn from
+    extra: dict = field(default_factory=dict)
+
+
+class SpicaDomain(ABC):
+    """Base class of every task. Derivatives implement `load_all` and set `name`."""
+
+    name: ClassVar[str] = "spica"
+    metric: ClassVar[str] = "accuracy"
+
+    def __init__(self, split_seed: int = 1234, val: float = 0.15, recall: float = 0.08,
+                 delta: float = 0.08, drift: float = 0.06, newest_share: float = 0.30):
+        self.split_seed = split_seed
+        self.fractions = SplitFractions(val=val, recall=recall, delta=delta, drift=drift,
+                                        newest_share=newest_share)
+        if val + recall + delta + drift >= 0.9:
+            raise DomainError(f"{self.name}: held-out fractions sum to {val + recall + delta + drift:.2f}; "
+                              "leave at least 10% of the data for training")
+
+    # ---- what a derivative provides ----
+    @abstractmethod
+    def load_all(self) -> tuple[SampleSet, list[str]]:
+        """Every sample of the task and the class names (index = label)."""
+
+    def describe(self) -> dict:
+        """The arguments that rebuild this domain (written into run configs)."""
+        return {"split_seed": self.split_seed, "val": self.fractions.val, "recall": self.fractions.recall,
+                "delta": self.fractions.delta, "drift": self.fractions.drift,
+                "newest_share": self.fractions.newest_share}
+
+    # ---- what every domain offers ----
+    @cached_property
+    def _loaded(self) -> tuple[SampleSet, list[str]]:
+        samples, class_names = self.load_all()
+        if len(samples) == 0:
+            raise DomainError(f"{self.name}: the domain has no samples")
+        return samples, class_names
+
+    @property
+    def class_names(self) -> list[str]:
+        return self._loaded[1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_chans(self) -> int:
+        return self._loaded[0].channels
+
+    @cached_property
+    def splits(self) -> DomainSplits:
+        return make_splits(self._loaded[0], self.fractions, self.split_seed, self.name)
+
+    @cached_property
+    def norm_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std in [0, 1] units, from up to 512 training images."""
+        train = self.splits.train
+        rng = np.random.default_rng(self.split_seed)
+        pick = rng.choice(len(train), size=min(512, len(train)), replace=False)
+        pixels = np.concatenate([train.image(int(i)).reshape(-1, train.channels) for i in pick])
+        pixels = pixels.astype(np.float64) / 255.0
+        mean = pixels.mean(axis=0)
+        std = np.maximum(pixels.std(axis=0), 1e-3)
+        return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+
+    def score(self, predictions: np.ndarray, labels: np.ndarray) -> float:
+        """The domain's metric (top-1 accuracy) of predicted class ids against labels."""
+        return float((np.asarray(predictions) == np.asarray(labels)).mean()) if len(labels) else 0.0
+
+
+def _take(pool: np.ndarray, labels: np.ndarray, count: int, seed: int, what: str, domain: str
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Take `count` indices from `pool`, stratified by label when every class can afford it."""
+    if count <= 0:
+        return pool[:0], pool
+    if count >= len(pool):
+        raise DomainError(f"{domain}: too few samples to hold out a {what} set of {count}")
+    pool_labels = labels[pool]
+    _, counts = np.unique(pool_labels, return_counts=True)
+    stratify = pool_labels if counts.min() >= 2 and count >= len(counts) else None
+    rest, taken = train_test_split(pool, test_size=count, random_state=seed, stratify=stratify)
+    return np.sort(taken), np.sort(rest)
+
+
+def make_splits(samples: SampleSet, fr: SplitFractions, seed: int, domain: str) -> DomainSplits:
+    n = len(samples)
+    order = np.argsort(samples.ages, kind="stable")            # oldest first
+    n_new = max(1, int(round(n * fr.newest_share)))
+    older, newest = np.sort(order[:-n_new]), np.sort(order[-n_new:])
+    labels = samples.labels
+    delta, newest_rest = _take(newest, labels, int(round(n * fr.delta)), seed, "delta", domain)
+    recall, older_rest = _take(older, labels, int(round(n * fr.recall)), seed + 1, "recall", domain)
+    rest = np.sort(np.concatenate([older_rest, newest_rest]))
+    val, rest = _take(rest, labels, int(round(n * fr.val)), seed + 2, "val", domain)
+    drift, train = _take(rest, labels, int(round(n * fr.drift)), seed + 3, "drift", domain)
+    missing = set(np.unique(labels)) - set(np.unique(labels[train]))
+    if missing:
+        raise DomainError(f"{domain}: classes {sorted(missing)} have no training samples left")
+    return DomainSplits(train=samples.subset(train), val=samples.subset(val),
+                        recall=samples.subset(recall), delta=samples.subset(delta),
+                        drift=samples.subset(drift))
+
+
+def ensure_dir(path: str | Path, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise DomainError(f"{what}: {p} is not a folder")
+    return p

@@ -1,0 +1,1 @@
+"""The shared KD/CNN trainer (torch, timm, albumentations). Entry point: `loop.trainer.train.train`."""

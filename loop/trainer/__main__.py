@@ -1,0 +1,5 @@
+import sys
+
+from loop.trainer.command import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""`llmloop train` and `python -m loop.trainer`: the same arguments, the same exit codes.
+
+Exit codes: 0 done, 2 bad config, 3 unsupported model name, 4 budget exceeded (hard fail),
+5 domain refused or unreadable, 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from loop.errors import ConfigError, LoopError
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="trainer YAML (default with --resume: the run's train_args.json)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, dotted (repeatable): --set optim.lr=0.01")
+    parser.add_argument("--out", help="run folder (default: artifacts/runs/<label>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from loop.trainer.config import load_trainer_config
+    from loop.trainer.train import TRAIN_ARGS_FILE, train
+
+    try:
+        if args.resume and not args.out:
+            raise ConfigError("--resume needs --out: the run folder to continue")
+        config_path = args.config
+        if config_path is None:
+            if not args.resume:
+                raise ConfigError("--config is required (a trainer YAML, e.g. config/trainer/digits.yaml)")
+            config_path = str(Path(args.out) / TRAIN_ARGS_FILE)
+        cfg = load_trainer_config(config_path, args.overrides)
+        out = args.out or default_out_dir(cfg.run.label or Path(config_path).stem)
+        train(cfg, out, resume=args.resume)
+        return 0
+    except LoopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def default_out_dir(label: str) -> str:
+    return str(Path("artifacts") / "runs" / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loop.trainer", description="The shared KD/CNN trainer.")
+    add_train_arguments(parser)
+    return run_train(parser.parse_args(argv))

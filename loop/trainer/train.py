@@ -1,0 +1,327 @@
+"""The shared KD/CNN trainer. Every training run, the Builder's or an evolution candidate's,
+goes through `train()`, which reads top to bottom:
+
+    setup (domain, model, teachers, data, optimizer) -> resume -> epochs of steps under the
+    budget -> evaluate -> write the run folder
+
+Run folder: model.safetensors, config.json (ModelFileConfig), train_args.json (the resolved
+TrainerConfig, itself a valid --config), metrics.json (RunMetrics), train.log, and while the run
+is unfinished checkpoint.pt for --resume.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+
+from loop.domains import SampleSet, SpicaDomain, require_spica, resolve_domain
+from loop.errors import BudgetExceeded, ConfigError
+from loop.fsutil import atomic_write_text
+from loop.progress import ProgressLog, format_seconds
+from loop.trainer.budget import BudgetBreach, BudgetMeter
+from loop.trainer.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from loop.trainer.config import TrainerConfig
+from loop.trainer.data import ImageDataset, Normalizer, build_augment, train_loader
+from loop.trainer.losses import training_loss
+from loop.trainer.metrics import METRICS_FILE, EpochRecord, RunMetrics, predict_logits, score_logits
+from loop.trainer.models import ModelFileConfig, create_model, load_model_folder, save_model_folder
+from loop.trainer.sampling import LossTracker, epoch_order, sample_weights
+from loop.trainer.schedule import StepSchedule
+
+TRAIN_ARGS_FILE = "train_args.json"
+LOG_FILE = "train.log"
+
+
+# ------------------------------------------------------------------ helpers ----
+
+def pick_device(wanted: str) -> torch.device:
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device: cuda was asked for but torch sees no CUDA device")
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(wanted)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict[str, str]:
+    import albumentations
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "albumentations": albumentations.__version__}
+
+
+def take_fraction(samples: SampleSet, fraction: float, seed: int) -> SampleSet:
+    """A stratified share of the training split (fixed by the domain's split seed)."""
+    if fraction >= 1.0:
+        return samples
+    idx = np.arange(len(samples))
+    keep, _ = train_test_split(idx, train_size=fraction, random_state=seed, stratify=samples.labels)
+    return samples.subset(np.sort(keep))
+
+
+@dataclass
+class FrozenModel:
+    """A teacher or stabilizer: frozen, in eval mode, fed with its own input normalisation."""
+
+    model: torch.nn.Module
+    normalize: Normalizer
+    image_size: int
+
+    @torch.no_grad()
+    def logits(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(batch_u8)
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return self.model(x)
+
+
+def load_frozen(folder: str | None, key: str, domain: SpicaDomain, device: torch.device,
+                channels_last: bool) -> FrozenModel | None:
+    if not folder:
+        return None
+    model, mcfg = load_model_folder(folder, device)
+    if mcfg.num_classes != domain.num_classes or mcfg.in_chans != domain.in_chans:
+        raise ConfigError(f"{key}: {folder} has {mcfg.num_classes} classes / {mcfg.in_chans} channels; "
+                          f"the domain has {domain.num_classes} / {domain.in_chans}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return FrozenModel(model, Normalizer(mcfg.mean, mcfg.std, device, channels_last), mcfg.image_size)
+
+
+@dataclass
+class Progress:
+    """What survives an epoch boundary (and goes into the checkpoint)."""
+
+    epoch: int = 0                 # epochs completed
+    step: int = 0
+    images: int = 0
+    elapsed_seconds: float = 0.0
+    loss_start: float | None = None
+    curve: list[EpochRecord] = field(default_factory=list)
+
+
+# -------------------------------------------------------------------- train ----
+
+def train(cfg: TrainerConfig, out_dir: str | Path, resume: bool = False,
+          domain: SpicaDomain | None = None) -> RunMetrics:
+    """Train one model as `cfg` says into `out_dir`; returns its metrics (also in metrics.json).
+
+    Raises BudgetExceeded after writing metrics.json (status budget_exceeded, the cap named)
+    and the weights reached so far; raises ConfigError/UnsupportedModelError/DomainError on bad
+    input before any training starts.
+    """
+    out_dir = Path(out_dir)
+    ckpt = load_checkpoint(out_dir) if resume else None
+    if not resume and ((out_dir / METRICS_FILE).exists() or (out_dir / CHECKPOINT_FILE).exists()):
+        raise ConfigError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = ProgressLog(out_dir / LOG_FILE, cfg.run.label or "train", total=1)
+    try:
+        return _train(cfg, out_dir, ckpt, log, domain)
+    finally:
+        log.close()
+
+
+def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLog,
+           domain: SpicaDomain | None) -> RunMetrics:
+    # ---- setup: device, domain, model ----
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = pick_device(cfg.run.device)
+    on_cuda = device.type == "cuda"
+    use_amp = cfg.run.amp == "on" or (cfg.run.amp == "auto" and on_cuda)
+    amp_dtype = torch.bfloat16 if (on_cuda and torch.cuda.is_bf16_supported()) or not on_cuda else torch.float16
+    channels_last = cfg.run.channels_last == "on" or (cfg.run.channels_last == "auto" and on_cuda)
+    domain = require_spica(domain) if domain is not None else resolve_domain(cfg.data.domain, cfg.data.domain_args)
+    splits = domain.splits
+    mean, std = domain.norm_stats
+    seed_everything(cfg.run.seed)
+    model = create_model(cfg.model.name, domain.num_classes, domain.in_chans, cfg.model.drop_rate,
+                         **cfg.model.kwargs).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model_cfg = ModelFileConfig(model_name=cfg.model.name, num_classes=domain.num_classes,
+                                in_chans=domain.in_chans, image_size=cfg.data.image_size, mean=mean, std=std,
+                                class_names=domain.class_names, domain=cfg.data.domain,
+                                domain_args=domain.describe(), model_kwargs=cfg.model.kwargs)
+    teacher = load_frozen(cfg.kd.teacher, "kd.teacher", domain, device, channels_last)
+    stabilizer = load_frozen(cfg.kd.stabilizer, "kd.stabilizer", domain, device, channels_last)
+    kd = cfg.kd if teacher is not None else None
+
+    # ---- data ----
+    train_samples = take_fraction(splits.train, cfg.data.train_fraction, domain.split_seed)
+    augment = build_augment(cfg.data.augment, cfg.run.seed)
+    train_ds = ImageDataset(train_samples, cfg.data.image_size, augment)
+    val_ds = ImageDataset(splits.val, cfg.data.image_size)
+    val_images, val_labels = val_ds.all_images(), val_ds.labels
+    normalize = Normalizer(mean, std, device, channels_last)
+    batch_size = min(cfg.data.batch_size, len(train_ds))
+    steps_per_epoch = max(1, len(train_ds) // batch_size)
+    total_steps = steps_per_epoch * cfg.run.epochs
+
+    # ---- optimizer and schedule ----
+    from timm.optim import create_optimizer_v2
+
+    opt_name = "adamw" if cfg.optim.name == "adamw" else ("sgd" if cfg.optim.nesterov else "momentum")
+    opt_args = {"momentum": cfg.optim.momentum} if cfg.optim.name == "sgd" else {}
+    optimizer = create_optimizer_v2(model, opt=opt_name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                    **opt_args)
+    schedule = StepSchedule(optimizer, cfg.schedule, total_steps, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    tracker = LossTracker(len(train_ds), cfg.data.sampling.hard_momentum)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype) if use_amp else contextlib.nullcontext()
+
+    # ---- run folder: what this run is ----
+    atomic_write_text(out_dir / TRAIN_ARGS_FILE, cfg.model_dump_json(indent=2) + "\n")
+    atomic_write_text(out_dir / "config.json", json.dumps(model_cfg.model_dump(), indent=2) + "\n")
+
+    # ---- resume ----
+    state = Progress()
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state = Progress(epoch=ckpt["epoch"], step=ckpt["step"], images=ckpt["images"],
+                         elapsed_seconds=ckpt["elapsed_seconds"], loss_start=ckpt["loss_start"],
+                         curve=[EpochRecord(**r) for r in ckpt["curve"]])
+        schedule.load_state_dict(ckpt["schedule"], state.step)
+        tracker.losses = ckpt["sample_losses"].numpy().copy()
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if on_cuda and "rng_cuda" in ckpt:
+            torch.cuda.set_rng_state(ckpt["rng_cuda"])
+        log.line(f"resumed from {CHECKPOINT_FILE}: {state.epoch} epoch(s) done, step {state.step}")
+
+    meter = BudgetMeter(cfg.budget, out_dir, device, steps=state.step, images=state.images,
+                        elapsed_seconds=state.elapsed_seconds)
+    metrics = RunMetrics(status="running", run_label=cfg.run.label, model_name=cfg.model.name,
+                         domain=cfg.data.domain, seed=cfg.run.seed, device=str(device),
+                         epochs_planned=cfg.run.epochs, budget=cfg.budget, kd_teacher=cfg.kd.teacher,
+                         kd_stabilizer=cfg.kd.stabilizer if teacher else None, versions=versions())
+    log.total = total_steps
+    log.line(f"train {cfg.model.name} on {domain.name}: {len(train_ds)} train / {len(val_ds)} val images, "
+             f"{domain.num_classes} classes, {cfg.data.image_size}px, device {device}, amp {use_amp}, "
+             f"sampling {cfg.data.sampling.strategy}, kd {'on' if kd else 'off'}, "
+             f"{cfg.run.epochs} epochs x {steps_per_epoch} steps")
+
+    def finish(status: str) -> RunMetrics:
+        meter.check_running() if status == "ok" else None
+        metrics.status = status
+        metrics.steps, metrics.epochs_completed = meter.used.steps, state.epoch
+        metrics.loss_start = state.loss_start
+        metrics.loss_final = state.curve[-1].train_loss if state.curve else None
+        metrics.curve = state.curve
+        metrics.walltime_seconds = round(meter.elapsed_seconds, 3)
+        metrics.walltime_minutes = round(meter.elapsed_seconds / 60.0, 4)
+        metrics.images_per_second = round(meter.used.tokens_processed / max(meter.elapsed_seconds, 1e-9), 2)
+        metrics.budget_used = meter.used
+        metrics.write(out_dir)
+        return metrics
+
+    # ---- epochs ----
+    try:
+        meter.check_disk()
+        for epoch in range(state.epoch, cfg.run.epochs):
+            t0 = time.monotonic()
+            model.train()
+            weights = sample_weights(cfg.data.sampling, train_samples.labels, train_samples.ages,
+                                     tracker.snapshot())
+            order = epoch_order(weights, len(train_ds), cfg.run.seed, epoch)
+            if augment is not None:
+                augment.set_random_seed(cfg.run.seed * 1000 + epoch)
+            loader = train_loader(train_ds, order, batch_size, cfg.data.num_workers, pin_memory=on_cuda)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            track = cfg.data.sampling.strategy == "hard_example_weighted"
+            for images_u8, labels, index in loader:
+                meter.before_step()
+                x = normalize(images_u8)
+                y = labels.to(device, non_blocking=True)
+                with autocast():
+                    logits = model(x)
+                    t_logits = teacher.logits(images_u8) if teacher is not None else None
+                    s_logits = stabilizer.logits(images_u8) if stabilizer is not None else None
+                loss, per_sample = training_loss(logits, y, cfg.loss.label_smoothing, kd, t_logits, s_logits)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.optim.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                state.step += 1
+                schedule.after_step(state.step)
+                if track:
+                    tracker.update(index.numpy(), per_sample.float().cpu().numpy())
+                meter.after_step(len(labels))
+                loss_sum += loss.detach() * len(labels)
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(labels)
+                if state.loss_start is None:
+                    state.loss_start = round(float(loss.detach()), 6)
+                if state.step % cfg.run.log_every_steps == 0:
+                    log.update(state.step, f"epoch {epoch + 1}/{cfg.run.epochs} loss {float(loss_sum) / seen:.4f}")
+            val = score_logits(predict_logits(model, val_images, normalize, cfg.data.eval_batch_size, autocast),
+                               val_labels, domain.class_names)
+            record = EpochRecord(epoch=epoch + 1, train_loss=round(float(loss_sum) / max(seen, 1), 6),
+                                 train_accuracy=round(float(correct) / max(seen, 1), 6),
+                                 val_loss=round(val.loss, 6), val_accuracy=round(val.accuracy, 6),
+                                 lr=optimizer.param_groups[0]["lr"], seconds=round(time.monotonic() - t0, 3))
+            state.curve.append(record)
+            state.epoch, state.images = epoch + 1, meter.used.tokens_processed
+            state.elapsed_seconds = meter.elapsed_seconds
+            save_checkpoint(out_dir, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "schedule": schedule.state_dict(), "epoch": state.epoch, "step": state.step,
+                "images": state.images, "elapsed_seconds": state.elapsed_seconds, "loss_start": state.loss_start,
+                "curve": [r.model_dump() for r in state.curve],
+                "sample_losses": torch.from_numpy(tracker.losses.copy()), "rng_cpu": torch.get_rng_state(),
+                **({"rng_cuda": torch.cuda.get_rng_state()} if on_cuda else {}),
+            })
+            eta = (cfg.run.epochs - state.epoch) * (time.monotonic() - t0)
+            log.line(f"epoch {state.epoch}/{cfg.run.epochs} loss {record.train_loss:.4f} "
+                     f"train_acc {record.train_accuracy:.4f} val_acc {record.val_accuracy:.4f} "
+                     f"lr {record.lr:.5f} {record.seconds:.1f}s eta {format_seconds(eta)} "
+                     f"(checkpoint saved epoch={state.epoch})")
+            meter.check_disk()
+    except BudgetExceeded as exc:
+        metrics.budget_breach = BudgetBreach(cap=exc.cap, limit=exc.limit, used=exc.used)
+        metrics.error = str(exc)
+        save_model_folder(out_dir, model, model_cfg)   # kept for the archive's forensics
+        log.line(f"HARD FAIL {exc}")
+        finish("budget_exceeded")
+        raise
+    except Exception as exc:
+        metrics.error = f"{type(exc).__name__}: {exc}"
+        finish("failed")
+        raise
+
+    # ---- evaluate and write ----
+    val_logits = predict_logits(model, val_images, normalize, cfg.data.eval_batch_size, autocast)
+    metrics.eval = score_logits(val_logits, val_labels, domain.class_names)
+    save_model_folder(out_dir, model, model_cfg)
+    if not cfg.run.keep_checkpoint:
+        (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    finish("ok")
+    log.line(f"done: val accuracy {metrics.eval.accuracy:.4f}, {metrics.steps} steps, "
+             f"{format_seconds(metrics.walltime_seconds)}, {metrics.images_per_second:.0f} images/s -> {out_dir}")
+    return metrics

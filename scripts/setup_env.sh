@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Make (or reuse) the repo's .venv with everything llmloop needs, torch included.
+# Idempotent: a stamp of pyproject.toml's hash skips the work when nothing changed.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+stamp="$venv/.llmloop-stamp"
+want="$(sha256sum "$root/pyproject.toml" "$0" | sha256sum | cut -c1-16)"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/llmloop" ]; then
+  exit 0
+fi
+
+py="${LLMLOOP_PYTHON:-python3}"
+echo "[setup] preparing $venv (first use or dependencies changed; torch makes this take minutes)" >&2
+[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+
+# torch and torchvision must come as a matched pair; pick the pair this platform has wheels for.
+case "$(uname -m)" in
+  aarch64|arm64) torch_pair=("torch==2.9.1" "torchvision==0.24.1") ;;
+  *)             torch_pair=("torch==2.14.1" "torchvision==0.29.1") ;;
+esac
+if ! "$venv/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
+  "${pip[@]}" install "${torch_pair[@]}"
+fi
+"${pip[@]}" install -e "$root[dev]"
+echo "$want" > "$stamp"
+echo "[setup] ready: $venv" >&2

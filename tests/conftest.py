@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m loop.cli ARGS` as a real subprocess."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "loop.cli", *args], cwd=cwd or REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_config_dict(**sections) -> dict:
+    """A trainer config that trains in a second or two on CPU (resnet10t, 16 px, a slice of digits)."""
+    cfg = {
+        "data": {"domain": "digits", "image_size": 16, "batch_size": 32, "train_fraction": 0.3},
+        "model": {"name": "resnet10t"},
+        "optim": {"name": "sgd", "lr": 0.05},
+        "schedule": {"name": "cosine", "warmup_epochs": 0},
+        "run": {"seed": 7, "epochs": 1, "threads": 2, "log_every_steps": 5},
+    }
+    for key, value in sections.items():
+        cfg.setdefault(key, {}).update(value)
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg():
+    from loop.config import validate
+    from loop.trainer.config import TrainerConfig
+
+    def make(**sections):
+        return validate(TrainerConfig, tiny_config_dict(**sections), "<test>")
+
+    return make
