@@ -2,6 +2,8 @@
 normalisation done on the device in batch (uint8 travels, float is made where the model is)."""
 from __future__ import annotations
 
+import warnings
+
 import cv2
 import numpy as np
 import torch
@@ -31,9 +33,14 @@ def build_augment(specs: list[TransformSpec], seed: int):
         if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
             raise ConfigError(f"{key}.name: {spec.name!r} is not an albumentations transform")
         try:
-            transforms.append(cls(**spec.args))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                transforms.append(cls(**spec.args))
         except Exception as exc:  # albumentations raises TypeError/ValueError/pydantic errors
             raise ConfigError(f"{key}.args: {spec.name}: {exc}".splitlines()[0]) from None
+        for w in caught:   # albumentations only warns about unknown arguments; here they are errors
+            if "not valid" in str(w.message):
+                raise ConfigError(f"{key}.args: {spec.name}: {w.message}")
     return A.Compose(transforms, seed=seed)
 
 

@@ -1,0 +1,158 @@
+"""Trainer throughput vs a minimal hand-written torch loop (images/second, CPU).
+
+What: timm resnet10t at 32x32, in_chans=1, 10 classes, on the digits train split, batch 64,
+SGD nesterov (lr 0.05, momentum 0.9, weight decay 0 so both sides build the very same
+torch.optim.SGD), constant lr, no augmentation, no label smoothing, torch.set_num_threads(2).
+
+  reference  preloaded normalised float tensors of the whole train split; each epoch a
+             torch.randperm shuffle, full batches only (the trainer drops the last partial one
+             too), forward / cross-entropy / backward / step, nothing else. Timed from the
+             first epoch's start to the last step's end.
+  trainer    loop.trainer.train.train() with the equivalent config (uniform sampling, fresh
+             temporary out dir per run, the domain object passed in). Three figures per run:
+             - metrics    RunMetrics.images_per_second: images / the budget meter's time, which
+                          runs from just before the first epoch to the end, so it includes the
+                          per-epoch validation, checkpoint writes, the final evaluation and the
+                          model save (setup is excluded).
+             - wall       images / wall time around the whole train() call (adds setup: model
+                          creation, dataset resize, run folder files).
+             - train-only images / (meter time - time spent inside predict_logits, score_logits,
+                          save_checkpoint and save_model_folder), measured by wrapping those four
+                          functions in loop.trainer.train's namespace with timers (nothing in
+                          loop/ is changed). What is left is the epoch loops' data loading,
+                          normalisation, forward/backward/step and the trainer's per-step
+                          bookkeeping (loss/accuracy sums, budget checks, progress log).
+
+How: one warm-up run of each side (discarded), then ROUNDS rounds alternating reference and
+trainer runs of EPOCHS epochs each, in one process. Reports per-run figures, medians and the
+ratio trainer/reference (target >= 0.90 for the train-only figure, which is the like-for-like one).
+
+Run from the repo root: .venv/bin/python bench/trainer_throughput.py
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from unittest import mock
+
+import timm
+import torch
+import torch.nn.functional as F
+
+import loop.trainer.train as trainer_module
+from _results import machine_facts, write_section
+from loop.config import validate
+from loop.domains import resolve_domain
+from loop.trainer.config import TrainerConfig
+from loop.trainer.data import ImageDataset, Normalizer
+
+EPOCHS, ROUNDS, BATCH, THREADS, SEED, TARGET = 5, 3, 64, 2, 0, 0.90
+
+
+def reference_run(domain, epochs: int) -> float:
+    torch.manual_seed(SEED)
+    ds = ImageDataset(domain.splits.train, 32)
+    x_all = Normalizer(*domain.norm_stats, torch.device("cpu"), False)(ds.all_images())
+    y_all = ds.labels
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=10, in_chans=1).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    n, images = len(y_all), 0
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(n)
+        for s in range(n // BATCH):
+            idx = perm[s * BATCH:(s + 1) * BATCH]
+            loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            images += len(idx)
+    return images / (time.perf_counter() - t0)
+
+
+def trainer_config(epochs: int) -> TrainerConfig:
+    return validate(TrainerConfig, {
+        "data": {"domain": "digits", "image_size": 32, "batch_size": BATCH, "augment": [],
+                 "sampling": {"strategy": "uniform"}},
+        "model": {"name": "resnet10t"},
+        "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0},
+        "schedule": {"name": "constant", "warmup_epochs": 0},
+        "loss": {"label_smoothing": 0.0},
+        "run": {"seed": SEED, "epochs": epochs, "device": "cpu", "amp": "off", "channels_last": "off",
+                "threads": THREADS, "log_every_steps": 1000},
+    }, "<bench trainer_throughput>")
+
+
+def trainer_run(domain, epochs: int) -> dict[str, float]:
+    excluded = [0.0]
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                excluded[0] += time.perf_counter() - t
+        return wrapper
+
+    names = ("predict_logits", "score_logits", "save_checkpoint", "save_model_folder")
+    patches = [mock.patch.object(trainer_module, n, timed(getattr(trainer_module, n))) for n in names]
+    with tempfile.TemporaryDirectory(prefix="bench-tp-") as tmp:
+        for p in patches:
+            p.start()
+        try:
+            t0 = time.perf_counter()
+            m = trainer_module.train(trainer_config(epochs), f"{tmp}/run", domain=domain)
+            wall = time.perf_counter() - t0
+        finally:
+            for p in patches:
+                p.stop()
+    images = m.budget_used.tokens_processed
+    return {"metrics": m.images_per_second, "wall": images / wall,
+            "train-only": images / (m.walltime_seconds - excluded[0]),
+            "excluded_s": excluded[0], "meter_s": m.walltime_seconds, "wall_s": wall}
+
+
+def main() -> None:
+    torch.set_num_threads(THREADS)
+    facts = machine_facts()
+    domain = resolve_domain("digits")
+    print("warm-up (discarded)")
+    reference_run(domain, 1)
+    trainer_run(domain, 1)
+    refs, trs = [], []
+    for r in range(ROUNDS):
+        refs.append(reference_run(domain, EPOCHS))
+        print(f"round {r + 1} reference {refs[-1]:.1f} img/s")
+        trs.append(trainer_run(domain, EPOCHS))
+        print(f"round {r + 1} trainer {trs[-1]}")
+
+    ref_med = statistics.median(refs)
+    rows = ["| round | reference img/s | trainer metrics img/s | trainer wall img/s | trainer train-only img/s "
+            "| meter s | excluded (eval+ckpt+save) s | wall s |",
+            "|---|---|---|---|---|---|---|---|"]
+    for i, (ref, tr) in enumerate(zip(refs, trs), 1):
+        rows.append(f"| {i} | {ref:.1f} | {tr['metrics']:.1f} | {tr['wall']:.1f} | {tr['train-only']:.1f} "
+                    f"| {tr['meter_s']:.2f} | {tr['excluded_s']:.2f} | {tr['wall_s']:.2f} |")
+    lines = [f"Setup: resnet10t 32x32, digits train split ({len(domain.splits.train)} images, "
+             f"{len(domain.splits.train) // BATCH} full batches of {BATCH} per epoch), {EPOCHS} epochs per run, "
+             f"{ROUNDS} interleaved rounds after a discarded 1-epoch warm-up of each side, "
+             f"SGD nesterov lr 0.05 wd 0, constant lr, no augmentation, CPU, {THREADS} threads.", "",
+             *rows, "", f"Median reference: {ref_med:.1f} img/s.", ""]
+    for key, what in [("train-only", "epoch loops without validation/checkpoint/final eval/save (like-for-like)"),
+                      ("metrics", "RunMetrics.images_per_second: includes per-epoch validation, checkpoints, "
+                                  "final eval and save"),
+                      ("wall", "whole train() call, setup included")]:
+        med = statistics.median(t[key] for t in trs)
+        ratio = med / ref_med
+        verdict = ("meets" if ratio >= TARGET else "misses") + f" target >= {TARGET:.2f}" if key == "train-only" else "no target"
+        lines.append(f"- trainer {key}: median {med:.1f} img/s, ratio trainer/reference **{ratio:.3f}** "
+                     f"({verdict}) - {what}")
+    body = "\n".join(lines)
+    print(body)
+    write_section("trainer_throughput", body, facts)
+
+
+if __name__ == "__main__":
+    main()
