@@ -53,7 +53,7 @@ SETTINGS = [  # student: test_resnet on a share of the train split; KD hyper-par
 def config(**sections) -> TrainerConfig:
     data = copy.deepcopy(BASE)
     for key, value in sections.items():
-        data[key].update(value)
+        data.setdefault(key, {}).update(value)
     return validate(TrainerConfig, data, "<bench kd_gain>")
 
 

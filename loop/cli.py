@@ -11,6 +11,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmloop", description="An autonomous LLM research loop for CNNs.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_arguments(sub.add_parser("train", help="train one model with the shared KD/CNN trainer"))
+    from loop.evolution.command import add_arguments as add_evolution_arguments
+
+    add_evolution_arguments(sub)
     return parser
 
 
@@ -20,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         from loop.trainer.command import run_train
 
         return run_train(args)
+    if args.command in ("evolve", "promote", "rollback", "archive"):
+        from loop.evolution.command import run as run_evolution
+
+        return run_evolution(args)
     return 2
 
 

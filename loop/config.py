@@ -147,6 +147,36 @@ class BudgetCaps(StrictModel):
     max_disk_gb: float | None = Field(None, gt=0)
 
 
+SAMPLING_STRATEGIES = ("recent_weighted", "uniform", "hard_example_weighted", "class_balanced")
+
+
+class ViolationRules(StrictModel):
+    """Hard rules a candidate must not break (the seed's "law compliance"); None switches one off."""
+
+    per_class_accuracy_floor: float | None = Field(0.5, ge=0, le=1)   # on the val split
+    max_parameters: int | None = Field(None, gt=0)
+    max_latency_ms: float | None = Field(None, gt=0)                  # one image, CPU, median
+
+
+class GraftConfig(StrictModel):
+    strategy: Literal["auto", "linear", "drift_controlled", "momentum", "adaptive"] = "auto"
+    steps: int = Field(10, ge=1)
+    drift_threshold: float = Field(0.05, ge=0, le=1)
+    tolerance: float = Field(0.02, ge=0, le=1)   # blended accuracy may dip this far below HEAD's
+
+
+class EvolutionConfig(StrictModel):
+    archive_prefix: str = Field("llmloop", pattern=r"^[A-Za-z0-9_.]+$")
+    strategies: list[Literal["recent_weighted", "uniform", "hard_example_weighted", "class_balanced"]] = Field(
+        default_factory=lambda: list(SAMPLING_STRATEGIES), min_length=1)
+    replay_samples_per_generation: int = Field(50, ge=0)
+    candidate_overrides: dict[str, Any] = Field(default_factory=dict)   # overlay on the trainer config
+    rules: ViolationRules = Field(default_factory=ViolationRules)
+    graft: GraftConfig = Field(default_factory=GraftConfig)
+    burn_in_batches: int = Field(4, ge=1)
+    burn_in_min_accuracy: float | None = Field(None, ge=0, le=1)   # None: shadow accuracy - tolerance
+
+
 class DaemonConfig(StrictModel):
     # ---- workspace ----
     workspace: str = "artifacts"
@@ -198,6 +228,7 @@ class DaemonConfig(StrictModel):
     delta: float = Field(0.0, ge=0)
     theta: float = Field(0.10, ge=0)
     promotion_mode: Literal["manual", "auto"] = "manual"
+    evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
 
 
 def load_daemon_config(path: str | Path = "config/daemon_config.yaml",

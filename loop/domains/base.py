@@ -58,6 +58,24 @@ class SampleSet:
             paths=None if self.paths is None else tuple(self.paths[i] for i in idx),
         )
 
+    def concat(self, other: "SampleSet") -> "SampleSet":
+        if (self.array is None) != (other.array is None) or self.channels != other.channels:
+            raise ValueError("cannot join sample sets of different kinds")
+        return SampleSet(
+            labels=np.concatenate([self.labels, other.labels]), ids=np.concatenate([self.ids, other.ids]),
+            ages=np.concatenate([self.ages, other.ages]), channels=self.channels,
+            array=None if self.array is None else np.concatenate([self.array, other.array]),
+            paths=None if self.paths is None else self.paths + other.paths,
+        )
+
+    def select_ids(self, ids: list[str]) -> "SampleSet":
+        """The samples with these ids, in the order given; unknown ids raise KeyError."""
+        where = {sid: i for i, sid in enumerate(self.ids.tolist())}
+        missing = [sid for sid in ids if sid not in where]
+        if missing:
+            raise KeyError(f"{len(missing)} unknown sample id(s), e.g. {missing[:3]}")
+        return self.subset(np.array([where[sid] for sid in ids], dtype=np.int64))
+
     def fingerprint(self) -> str:
         """sha256 over ids and labels: equal fingerprints mean the same probe set."""
         h = hashlib.sha256()

@@ -37,7 +37,7 @@ class DataConfig(StrictModel):
     train_fraction: float = Field(1.0, gt=0, le=1)  # use a stratified share of the train split
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     augment: list[TransformSpec] = Field(default_factory=list)
-    replay_dirs: list[str] = Field(default_factory=list)  # extra samples (evolution's replay buffer)
+    replay_ids: list[str] = Field(default_factory=list)  # train-split ids drawn again (replay buffer)
 
 
 class ModelConfig(StrictModel):

@@ -167,6 +167,11 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
 
     # ---- data ----
     train_samples = take_fraction(splits.train, cfg.data.train_fraction, domain.split_seed)
+    if cfg.data.replay_ids:
+        try:
+            train_samples = train_samples.concat(splits.train.select_ids(cfg.data.replay_ids))
+        except KeyError as exc:
+            raise ConfigError(f"data.replay_ids: not in the domain's train split: {exc.args[0]}") from None
     augment = build_augment(cfg.data.augment, cfg.run.seed)
     train_ds = ImageDataset(train_samples, cfg.data.image_size, augment)
     val_ds = ImageDataset(splits.val, cfg.data.image_size)

@@ -1,0 +1,141 @@
+"""GEN_ARCHIVE: every candidate, pass or fail, frozen into one read-only folder
+`<prefix>-G<gen:03d>-<branch>-<YYYYmmdd-HHMMSS>/` holding the seed's files (weights, config.json,
+train_args.json, evo_manifest.json, metrics.json, hashes.csv, EVAL.md, MODEL_CARD.md,
+STATUS.txt; the training log takes the place of the seed's tokenizer). `hashes.csv` lists every
+other file's sha256, and lineage.csv records the sha256 of hashes.csv itself, so `verify` catches a
+changed, missing, added or renamed file, including a rewritten hashes.csv.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+from loop.errors import ArchiveTampered
+from loop.evolution.lineage import read_lineage
+from loop.evolution.paths import ModelPaths
+
+COPIED_FROM_RUN = ("model.safetensors", "config.json", "train_args.json", "train.log")
+WRITTEN = ("evo_manifest.json", "metrics.json", "EVAL.md", "MODEL_CARD.md", "STATUS.txt")
+HASHES = "hashes.csv"
+ARCHIVE_FILES = COPIED_FROM_RUN + WRITTEN + (HASHES,)
+
+
+def entry_name(prefix: str, gen_id: int, branch_id: str, when: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(when or time.time()))
+    return f"{prefix}-G{gen_id:03d}-{branch_id}-{stamp}"
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hashes_csv(folder: Path) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["file", "sha256", "bytes"])
+    for path in sorted(p for p in folder.iterdir() if p.name != HASHES):
+        writer.writerow([path.name, sha256_file(path), path.stat().st_size])
+    return buf.getvalue()
+
+
+def freeze(paths: ModelPaths, name: str, run_dir: Path, texts: dict[str, str]) -> tuple[Path, str]:
+    """Write the entry into a hidden staging folder, hash it, make it read-only, then rename it into
+    place (a crash leaves only a `.staging-*` folder, never a half entry). Returns (path, sha of hashes.csv)."""
+    missing = set(WRITTEN) - set(texts)
+    if missing:
+        raise ValueError(f"freeze {name}: missing {sorted(missing)}")
+    final = paths.archive / name
+    if final.exists():
+        raise FileExistsError(f"archive entry {name} already exists")
+    staging = paths.archive / f".staging-{name}"
+    if staging.exists():
+        make_writable(staging)
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for fname in COPIED_FROM_RUN:
+        if (run_dir / fname).exists():                 # a run that failed early may lack weights
+            shutil.copy2(run_dir / fname, staging / fname)
+    for fname, text in texts.items():
+        (staging / fname).write_text(text, encoding="utf-8")
+    (staging / HASHES).write_bytes(hashes_csv(staging).encode("utf-8"))
+    hashes_sha = sha256_file(staging / HASHES)
+    for path in staging.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    make_read_only(staging)
+    os.replace(staging, final)
+    return final, hashes_sha
+
+
+def make_read_only(folder: Path) -> None:
+    for path in folder.iterdir():
+        path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+
+
+def make_writable(folder: Path) -> None:
+    folder.chmod(stat.S_IRWXU)
+    for path in folder.iterdir():
+        path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+def verify_entry(folder: Path, expected_hashes_sha: str | None = None) -> list[str]:
+    """Problems found in one entry (empty list: intact)."""
+    if not folder.is_dir():
+        return [f"{folder.name}: entry is missing"]
+    hashes = folder / HASHES
+    if not hashes.exists():
+        return [f"{folder.name}: {HASHES} is missing"]
+    text = hashes.read_bytes().decode("utf-8", errors="replace")
+    problems = []
+    if expected_hashes_sha and sha256_file(hashes) != expected_hashes_sha:
+        problems.append(f"{folder.name}: {HASHES} differs from the one recorded in lineage.csv")
+    recorded = {row["file"]: row["sha256"] for row in csv.DictReader(io.StringIO(text))}
+    present = {p.name for p in folder.iterdir() if p.name != HASHES}
+    for fname in sorted(set(recorded) - present):
+        problems.append(f"{folder.name}: {fname} is missing")
+    for fname in sorted(present - set(recorded)):
+        problems.append(f"{folder.name}: {fname} was added")
+    for fname in sorted(set(recorded) & present):
+        if sha256_file(folder / fname) != recorded[fname]:
+            problems.append(f"{folder.name}: {fname} was changed")
+    if folder.stat().st_mode & stat.S_IWUSR:
+        problems.append(f"{folder.name}: folder is writable (should be read-only)")
+    return problems
+
+
+def verify_archive(paths: ModelPaths) -> dict[str, list[str]]:
+    """Re-hash every entry; {entry name: problems} for every entry (empty list: intact)."""
+    recorded = {row.name: row.hashes_sha256 for row in read_lineage(paths.lineage)}
+    report: dict[str, list[str]] = {}
+    if paths.archive.exists():
+        for folder in sorted(p for p in paths.archive.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            problems = verify_entry(folder, recorded.get(folder.name))
+            if folder.name not in recorded:
+                problems.append(f"{folder.name}: not in lineage.csv (renamed or planted?)")
+            report[folder.name] = problems
+    for name in sorted(set(recorded) - set(report)):
+        report[name] = [f"{name}: entry is missing"]
+    return report
+
+
+def require_intact(paths: ModelPaths, name: str) -> Path:
+    """The entry's path, or ArchiveTampered naming what changed."""
+    recorded = {row.name: row.hashes_sha256 for row in read_lineage(paths.lineage)}
+    if name not in recorded:
+        raise ArchiveTampered(f"{name}: not a recorded archive entry")
+    problems = verify_entry(paths.entry(name), recorded[name])
+    if problems:
+        raise ArchiveTampered("; ".join(problems))
+    return paths.entry(name)
