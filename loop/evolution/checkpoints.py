@@ -52,7 +52,8 @@ def decode(blob: bytes) -> tuple[int, bytes]:
 def store_to_bytes(store: LifecycleStore) -> bytes:
     n = len(store)
     buf = io.BytesIO()
-    np.savez(buf, names=np.array(store.names, dtype=np.str_),
+    names = np.frombuffer("\n".join(store.names).encode("utf-8"), dtype=np.uint8)   # UTF-8, not UTF-32
+    np.savez(buf, names=names,
              **{c: getattr(store, c)[:n] for c in LifecycleStore.COLUMNS})
     return encode(buf.getvalue())
 
@@ -64,7 +65,8 @@ def store_from_bytes(blob: bytes) -> LifecycleStore:
     if version != VERSION:
         raise CheckpointCorrupt(f"unknown checkpoint version {version}")
     with np.load(io.BytesIO(payload), allow_pickle=False) as data:
-        names = [str(x) for x in data["names"]]
+        blob = data["names"].tobytes().decode("utf-8")
+        names = blob.split("\n") if blob else []
         store = LifecycleStore(capacity=max(64, len(names)))
         store.names = names
         store.index = {name: i for i, name in enumerate(names)}

@@ -82,6 +82,17 @@ class ImageDataset(Dataset):
                 img = img[:, :, None]
         return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), self.labels[i], i
 
+    def __getitems__(self, indices: list[int]):
+        """A whole batch at once (torch's DataLoader calls this when it exists): one gather from the
+        in-memory cache instead of per-sample tensors and a collate."""
+        if self.cache is not None and self.augment is None:
+            idx = np.asarray(indices, dtype=np.int64)
+            images = torch.from_numpy(np.ascontiguousarray(self.cache[idx].transpose(0, 3, 1, 2)))
+        else:
+            images = torch.stack([self[i][0] for i in indices])
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return images, self.labels[index], index
+
     def all_images(self) -> torch.Tensor:
         """Every (unaugmented) image as one uint8 NCHW tensor, for fast evaluation."""
         if self.cache is not None:
@@ -97,10 +108,14 @@ def _seed_worker(worker_id: int) -> None:
         aug.set_random_seed((info.seed + worker_id) % 2**32)
 
 
+def _batch_is_ready(batch):
+    return batch    # ImageDataset.__getitems__ already returns a collated batch
+
+
 def train_loader(dataset: ImageDataset, order: list[int], batch_size: int, num_workers: int,
                  pin_memory: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=num_workers,
-                      drop_last=len(order) > batch_size, pin_memory=pin_memory,
+                      drop_last=len(order) > batch_size, pin_memory=pin_memory, collate_fn=_batch_is_ready,
                       worker_init_fn=_seed_worker if num_workers else None)
 
 
