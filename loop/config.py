@@ -120,13 +120,26 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 # auto_repair_*, ...) so its readers find them. Sections group what the seed left implicit.
 
 class LLMRole(StrictModel):
-    """One role's endpoint. No base_url and no key -> the offline policy plays the role."""
+    """One role's endpoint. No base_url -> the offline policy plays the role (no network)."""
 
     base_url: str | None = None
     model: str = "gpt-4o-mini"
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = "OPENAI_API_KEY"        # read from the environment, else the credentials file
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     timeout_seconds: float = Field(120.0, gt=0)
+    max_attempts: int = Field(4, ge=1, le=10)  # transient errors retried with backoff
+    structured_output: Literal["auto", "json_schema", "json_object", "off"] = "auto"
+    temperature: float | None = Field(None, ge=0, le=2)
+
+
+class CommandPolicyConfig(StrictModel):
+    """What a `run_command` decision may run (loop/gate.py). Paths are relative to the repo root."""
+
+    allowed_executables: list[str] = Field(default_factory=lambda: [
+        "python", "python3", "llmloop", "ls", "cat", "head", "tail", "grep", "wc", "echo", "mkdir", "cp",
+        "mv", "rm", "touch", "find", "sort", "uniq", "du", "df", "nvidia-smi", "sleep", "true", "cd"])
+    writable_paths: list[str] = Field(default_factory=lambda: ["artifacts", "/tmp"])
+    allow_network: bool = False
 
 
 class CloneSpec(StrictModel):
@@ -194,6 +207,9 @@ class DaemonConfig(StrictModel):
     interaction_mode: Literal["standard", "builder_health_helper"] = "standard"
     builder: LLMRole = Field(default_factory=LLMRole)
     mentor: LLMRole = Field(default_factory=LLMRole)
+    credentials_file: str = "~/.config/llmloop/credentials.json"   # written by `llmloop login`, 0600
+    offline_seed: int = 0
+    command_policy: CommandPolicyConfig = Field(default_factory=CommandPolicyConfig)
     # ---- mentor cadence ----
     mentor_enabled: bool = True
     mentor_every_n_cycles: int = Field(4, gt=0)

@@ -1,0 +1,94 @@
+"""The JSON contracts between the loop and its two agents (DESIGN.md "Contracts").
+
+Decision (Builder, every cycle) and Review (Mentor, on cadence). Unknown extra fields from an LLM
+are ignored; wrong types and values are validation errors (the cycle becomes a logged `wait`).
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Action = Literal["train", "run_command", "wait", "research", "finish"]
+StrategyDimension = Literal["augmentation", "preprocessing", "data_sampling", "loss", "model_arch",
+                            "optimization", "evaluation"]
+STRATEGY_DIMENSIONS: tuple[str, ...] = StrategyDimension.__args__  # type: ignore[attr-defined]
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    action: Action
+    rationale: str = ""
+    run_label: str = ""
+    train_overlay: dict[str, Any] = Field(default_factory=dict)   # for `train`: trainer config overlay
+    command: str = ""                                             # for `run_command`
+    monitor_seconds: int | None = Field(None, ge=0)
+    strategy_dimension: StrategyDimension | None = None
+    # ---- housekeeping ----
+    todo_new: list[str] = Field(default_factory=list, max_length=2)
+    notes_update: str = ""
+    data_exploration_update: str = ""
+    resolve_shared_todo_ids: list[str] = Field(default_factory=list)
+
+    @field_validator("todo_new", "resolve_shared_todo_ids", mode="before")
+    @classmethod
+    def _strings(cls, v):
+        return [str(x) for x in v] if isinstance(v, list) else v
+
+
+class Review(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    verdict: Literal["on_track", "off_track"]
+    critical_question: str = ""
+    challenge: Decision | None = None        # a concrete replacement decision, when challenging
+    todo_new: list[str] = Field(default_factory=list, max_length=1)
+    notes: str = ""
+    web_search_used: bool = False
+
+
+def wait_decision(reason: str) -> Decision:
+    """What a cycle does when it cannot get a valid decision."""
+    return Decision(action="wait", rationale=reason, run_label="wait")
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.S)
+
+
+def extract_json(text: str) -> Any:
+    """The first JSON object in `text` (bare, or in a ```json fence); ValueError if none."""
+    text = text.strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    match = _FENCE.search(text)
+    if match:
+        return json.loads(match.group(1))
+    start, end = text.find("{"), text.rfind("}")
+    if start >= 0 and end > start:
+        return json.loads(text[start:end + 1])
+    raise ValueError("no JSON object in the reply")
+
+
+def parse_model(model: type[BaseModel], text: str) -> BaseModel:
+    """Parse and validate an LLM reply; raises ValueError with a short reason."""
+    try:
+        data = extract_json(text)
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"reply is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("reply JSON is not an object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"reply does not match the {model.__name__} schema: "
+                         f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def json_schema(model: type[BaseModel]) -> dict:
+    return model.model_json_schema()
