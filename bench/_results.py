@@ -44,7 +44,8 @@ def write_section(name: str, body: str, load_at_start: str) -> None:
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
     section = (f"## {name}\n\n"
                f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n"
-               f"- machine: {load_at_start}\n"
+               f"- machine: {load_at_start}; load average at end "
+               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n"
                f"- command: `{command()}`\n"
                f"- caveat: 2-core machine shared with other work (another engineer may run tests "
                f"at the same time); figures can be noisy, compare within one run only.\n\n"

@@ -14,6 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     from loop.evolution.command import add_arguments as add_evolution_arguments
 
     add_evolution_arguments(sub)
+    from loop.daemon_command import add_arguments as add_daemon_arguments
+
+    add_daemon_arguments(sub)
     return parser
 
 
@@ -27,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         from loop.evolution.command import run as run_evolution
 
         return run_evolution(args)
+    if args.command in ("start", "stop", "status", "policy", "login"):
+        from loop.daemon_command import run as run_daemon_command
+
+        return run_daemon_command(args)
     return 2
 
 

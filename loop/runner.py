@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
+from pydantic import BaseModel
 
 
 @dataclass
@@ -73,3 +77,106 @@ def run_parallel(jobs: list[Job], max_parallel: int, poll_seconds: float = 0.2,
         for _job, proc in running:        # interrupted: leave no orphans behind
             kill_group(proc)
     return jobs
+
+
+# ------------------------------------------------ the daemon's active run ----
+
+class ActiveRun(BaseModel):
+    """The run a cycle started, as state.json keeps it (enough to re-attach after a crash)."""
+
+    label: str
+    trace_id: str
+    kind: str                       # train | command
+    argv: list[str]
+    run_dir: str
+    log_path: str
+    exit_file: str
+    pid: int
+    create_time: float
+    started_at: float
+    cycle_started: int
+    config_path: str | None = None  # the trainer YAML, for auto-repair's fallback patch
+    retry_of: str | None = None
+    monitor_cycles: int = 0
+    walltime_limit_seconds: float | None = None
+
+
+def launch(label: str, trace_id: str, kind: str, argv: list[str], run_dir: Path, cycle: int, cwd: Path,
+           env: dict[str, str], config_path: str | None = None, retry_of: str | None = None,
+           walltime_limit_seconds: float | None = None) -> ActiveRun:
+    """Start `argv` in its own session (process group), wrapped so its exit code lands in a file."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path, exit_file = run_dir / "run.log", run_dir / "exit_code"
+    exit_file.unlink(missing_ok=True)
+    wrapped = [sys.executable, "-m", "loop.runwrap", str(exit_file), "--", *argv]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    _CHILDREN[proc.pid] = proc
+    return ActiveRun(label=label, trace_id=trace_id, kind=kind, argv=argv, run_dir=str(run_dir),
+                     log_path=str(log_path), exit_file=str(exit_file), pid=proc.pid,
+                     create_time=psutil.Process(proc.pid).create_time(), started_at=time.time(),
+                     cycle_started=cycle, config_path=config_path, retry_of=retry_of,
+                     walltime_limit_seconds=walltime_limit_seconds)
+
+
+_CHILDREN: dict[int, subprocess.Popen] = {}    # runs this process started (so it can reap them)
+
+
+def is_alive(run: ActiveRun) -> bool:
+    """The run's process still exists and is the same process (pid reuse is checked)."""
+    child = _CHILDREN.get(run.pid)
+    if child is not None and child.poll() is not None:
+        return False
+    try:
+        proc = psutil.Process(run.pid)
+        return abs(proc.create_time() - run.create_time) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def exit_code(run: ActiveRun) -> int | None:
+    """The run's exit code from its exit file; None if it died without writing one (killed)."""
+    try:
+        return int(Path(run.exit_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def kill_run(run: ActiveRun) -> None:
+    """End the run's whole process group (TERM, then KILL)."""
+    if not is_alive(run):
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(run.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.time() + 5
+        while time.time() < deadline and is_alive(run):
+            time.sleep(0.1)
+        if not is_alive(run):
+            break
+    child = _CHILDREN.pop(run.pid, None)
+    if child is not None:
+        child.wait(timeout=5)
+
+
+def monitor(run: ActiveRun, seconds: float, should_stop, poll_seconds: float = 0.25) -> str:
+    """Watch the run for up to `seconds`: 'finished', 'running' (window over), 'stopping' (stop was
+    requested), or 'timed_out' (past its walltime limit: the group is killed)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if not is_alive(run):
+            child = _CHILDREN.pop(run.pid, None)
+            if child is not None:
+                child.wait(timeout=5)
+            return "finished"
+        if run.walltime_limit_seconds and time.time() - run.started_at > run.walltime_limit_seconds:
+            kill_run(run)
+            return "timed_out"
+        if should_stop():
+            return "stopping"
+        if time.monotonic() >= deadline:
+            return "running"
+        time.sleep(poll_seconds)
