@@ -53,6 +53,12 @@ class Loop:
     say: Callable[[str], None] = print
     phase_hint: dict = field(default_factory=dict)   # search-space recommendations (PHASE)
     current: dict = field(default_factory=dict)      # {"trace": id of the cycle running now}
+    history: "HistoryReader | None" = None
+
+    def run_history(self) -> list[RunRecord]:
+        if self.history is None:
+            self.history = HistoryReader(self.ws.runs_index)
+        return self.history.read()
 
 
 def new_trace_id(cycle: int) -> str:
@@ -75,7 +81,7 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
                             line=f"monitor `{followed.get('label')}` -> {followed.get('status')}")
 
     # ---- decide ----
-    history = read_history(loop.ws)
+    history = loop.run_history()
     context = build_context(loop.ws, cycle, history, state.recent_actions, state.last_outcome,
                             None, promotion_note=json.dumps(state.last_promotion) if state.last_promotion else "")
     context_text = redact(context.render(), loop.secrets)
@@ -426,17 +432,32 @@ def finish_cycle(loop: Loop, state: LoopState, cycle: int, trace: str, record: d
 
 # ================================================================= history ====
 
-def read_history(ws: Workspace) -> list[RunRecord]:
-    out = []
-    if ws.runs_index.exists():
-        for line in ws.runs_index.read_text(encoding="utf-8").splitlines():
+class HistoryReader:
+    """The runs index, read incrementally: each cycle parses only the lines added since the last."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.records = path, 0, []
+
+    def read(self) -> list[RunRecord]:
+        if not self.path.exists():
+            return list(self.records)
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            chunk = fh.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]          # a torn last line waits for the next read
+        self.offset += len(complete)
+        for line in complete.decode("utf-8", errors="replace").splitlines():
             try:
                 r = json.loads(line)
-            except json.JSONDecodeError:
+                self.records.append(RunRecord(r["label"], r["cycle"], r.get("config", {}), r["ok"],
+                                              r.get("score", 0.0), r.get("dimension")))
+            except (json.JSONDecodeError, KeyError):
                 continue
-            out.append(RunRecord(r["label"], r["cycle"], r.get("config", {}), r["ok"], r.get("score", 0.0),
-                                 r.get("dimension")))
-    return out
+        return list(self.records)
+
+
+def read_history(ws: Workspace) -> list[RunRecord]:
+    return HistoryReader(ws.runs_index).read()
 
 
 def append_history(ws: Workspace, row: dict) -> None:
