@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
 import platform
 import re
@@ -40,8 +41,9 @@ def spread(values: list[float]) -> str:
 
 
 def write_section(name: str, body: str, load_at_start: str) -> None:
-    """Replace (or append) `## name` in RESULTS.md with a dated section holding `body`."""
-    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    """Replace (or append) `## name` in RESULTS.md with a dated section holding `body`.
+    The read-modify-write holds an exclusive flock on the file, so benchmarks finishing at the
+    same time do not drop each other's sections."""
     section = (f"## {name}\n\n"
                f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n"
                f"- machine: {load_at_start}; load average at end "
@@ -51,9 +53,15 @@ def write_section(name: str, body: str, load_at_start: str) -> None:
                f"at the same time); figures can be noisy, compare within one run only.\n\n"
                f"{body.strip()}\n")
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    RESULTS.write_text(text)
+    with open(RESULTS, "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)   # released when the file closes
+        f.seek(0)
+        text = f.read() or HEADER
+        if pattern.search(text):
+            text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
+        else:
+            text = text.rstrip() + "\n\n" + section
+        f.seek(0)
+        f.truncate()
+        f.write(text)
     print(f"wrote section '{name}' of {RESULTS}")

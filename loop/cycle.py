@@ -78,7 +78,8 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
         followed = follow_run(loop, state, trace, cycle, record)
         record["followed_run"] = followed
         return finish_cycle(loop, state, cycle, trace, record, t0,
-                            line=f"monitor `{followed.get('label')}` -> {followed.get('status')}")
+                            line=f"monitor `{followed.get('label')}` -> {followed.get('status')}"
+                                 + (f" val_acc {followed['val_accuracy']:.4f}" if followed.get("val_accuracy") else ""))
 
     # ---- decide ----
     history = loop.run_history()
@@ -422,8 +423,9 @@ def finish_cycle(loop: Loop, state: LoopState, cycle: int, trace: str, record: d
     loop.events.append("cycle", trace, **json.loads(redact(json.dumps(record, default=str), loop.secrets)))
     gate_note = "" if record.get("quality_gate", {}).get("ok", True) else \
         " [gate: " + "; ".join(record["quality_gate"]["reasons"]) + "]"
-    append_storyline(loop.ws.storyline, f"- c{cycle:05d} [{trace}] {loop.cfg.worker_display_name}: "
-                                        f"{redact(line, loop.secrets)}{gate_note}")
+    story = f"c{cycle:05d} [{trace}] {loop.cfg.worker_display_name}: {redact(line, loop.secrets)}{gate_note}"
+    append_storyline(loop.ws.storyline, f"- {story}")
+    loop.say(f"{time.strftime('%H:%M:%S')} {story} ({record['seconds']:.1f}s)")
     state.cycle = cycle
     state.save(loop.ws.state)
     write_heartbeat(loop.ws.heartbeat, cycle, trace, os.getpid(), state.active_run.label if state.active_run else None)

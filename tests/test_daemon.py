@@ -237,3 +237,18 @@ def test_second_instance_refused_in_process(tmp_path):
     with FileLock(str(ws.lock)):
         with pytest.raises(AlreadyRunning):
             run_daemon(cfg, ws, max_cycles=1, say=lambda *_: None)
+
+
+@pytest.mark.slow
+def test_unsupported_model_is_repaired_by_fallback_and_retried(tmp_path, llm_server):  # noqa: F811
+    llm_server.script(decision("train", train_overlay={"model": {"name": "unet_resnet34"}}, run_label="unet-try"))
+    cfg = make_cfg(tmp_path, llm_server.base_url, auto_repair_model_fallback_map={"unet_resnet34": "resnet10t"})
+    ws, _ = run(cfg, 1)
+    event = cycle_events(ws)[0]
+    assert event["run_outcome"]["status"] == "failed" and event["run_outcome"]["exit_code"] == 3
+    repair = event["auto_repair"]
+    assert repair["applied"] and repair["actions"][0]["kind"] == "fallback"
+    patched = list((ws.root / "autofix_configs").glob("*.yaml"))
+    assert len(patched) == 1 and yaml.safe_load(patched[0].read_text())["model"]["name"] == "resnet10t"
+    assert event["run_outcome_retry"]["status"] == "ok" and event["run_outcome_retry"]["val_accuracy"] > 0
+    assert event["promotion"]["archive_path"]                      # the retried run was handed off
