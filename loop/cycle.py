@@ -77,6 +77,7 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     if state.active_run is not None:                        # a run from an earlier cycle
         followed = follow_run(loop, state, trace, cycle, record)
         record["followed_run"] = followed
+        evolution_window(loop, state, cycle, trace, record)
         return finish_cycle(loop, state, cycle, trace, record, t0,
                             line=f"monitor `{followed.get('label')}` -> {followed.get('status')}"
                                  + (f" val_acc {followed['val_accuracy']:.4f}" if followed.get("val_accuracy") else ""))
@@ -114,6 +115,7 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     elif decision.action == "finish":
         state.stop_reason = "the Builder chose finish"
     housekeeping(loop, decision, cycle, record)
+    evolution_window(loop, state, cycle, trace, record)
     state.note_action(decision.action)
     state.idle_streak = 0 if run_plan is not None else state.idle_streak + 1
     state.last_decision = {"action": decision.action, "label": decision.run_label, "source": source,
@@ -397,6 +399,29 @@ def finish_run(loop: Loop, state: LoopState, run: ActiveRun, outcome: dict, cycl
         except (LoopError, OSError, ValueError) as exc:
             state.last_promotion = {"error": f"hand-off failed: {exc}"}
         record["promotion"] = state.last_promotion
+
+
+def evolution_window(loop: Loop, state: LoopState, cycle: int, trace: str, record: dict) -> None:
+    """Heartbeat cycles are the evolution clock: a window opens on multiples of evo_period_cycles
+    (and waits for the active run to end, so candidates never compete with it for the machine)."""
+    from loop.evolution.scheduler import window_open
+
+    if window_open(cycle, loop.cfg.evo_period_cycles):
+        state.window_pending = True
+    if not state.window_pending or state.active_run is not None:
+        return
+    from loop.evolution.window import run_window
+
+    state.window_pending = False
+    try:
+        result = run_window(loop.cfg, loop.ws.root, cycle, None, trace, say=loop.say)
+        record["evolution"] = {"gen_id": result.gen_id, "head": result.head,
+                               "ranking": [{"name": o.name, "status": o.status, "score": o.gates.score}
+                                           for o in result.ranking],
+                               "proposal": result.proposal["proposed_head"] if result.proposal else None}
+        state.last_promotion = {"evolution_window": record["evolution"]}
+    except (LoopError, OSError, ValueError) as exc:
+        record["evolution"] = {"error": redact(str(exc), loop.secrets)}
 
 
 # ================================================================== record ====

@@ -29,6 +29,7 @@ class LoopState(BaseModel):
     idle_streak: int = 0                        # consecutive cycles without a run
     failure_streak: int = 0
     last_mentor_cycle: int = 0
+    window_pending: bool = False                # an evolution window waits for the active run to end
     tokens: dict[str, RoleTokens] = Field(default_factory=lambda: {"builder": RoleTokens(), "mentor": RoleTokens()})
     stop_reason: str | None = None
 

@@ -252,3 +252,18 @@ def test_unsupported_model_is_repaired_by_fallback_and_retried(tmp_path, llm_ser
     assert len(patched) == 1 and yaml.safe_load(patched[0].read_text())["model"]["name"] == "resnet10t"
     assert event["run_outcome_retry"]["status"] == "ok" and event["run_outcome_retry"]["val_accuracy"] > 0
     assert event["promotion"]["archive_path"]                      # the retried run was handed off
+
+
+@pytest.mark.slow
+def test_evolution_window_opens_on_the_cycle_clock(tmp_path):
+    overrides = {"data": {"image_size": 16, "train_fraction": 0.3}, "run": {"epochs": 1}}
+    cfg = make_cfg(tmp_path, None, evo_period_cycles=2, max_concurrent_experiments=2,
+                   evolution={"candidate_overrides": overrides, "rules": {"per_class_accuracy_floor": None}},
+                   default_monitor_seconds=120)
+    ws, state = run(cfg, 2)
+    events = cycle_events(ws)
+    assert "evolution" not in events[0]
+    window = events[1]["evolution"]
+    assert window["gen_id"] >= 1 and len(window["ranking"]) == 2
+    lineage = (ws.root / "models" / "lineage.csv").read_text()
+    assert all(o["name"] in lineage for o in window["ranking"])
