@@ -247,6 +247,12 @@ class DaemonConfig(StrictModel):
     evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
 
 
+def add_daemon_config_arguments(parser) -> None:
+    """The options every daemon-side command shares: which config file, which workspace."""
+    parser.add_argument("--daemon-config", default="config/daemon_config.yaml", help="the daemon's config file")
+    parser.add_argument("--workspace", help="override the config's workspace folder")
+
+
 def load_daemon_config(path: str | Path = "config/daemon_config.yaml",
                        overrides: list[str] | None = None) -> DaemonConfig:
     """Load and validate the daemon config; nothing starts on a bad one."""

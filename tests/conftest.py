@@ -17,6 +17,18 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
                           capture_output=True, text=True, timeout=timeout)
 
 
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.02) -> None:
+    """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def tiny_config_dict(**sections) -> dict:
     """A trainer config that trains in a second or two on CPU (resnet10t, 16 px, a slice of digits)."""
     cfg = {

@@ -17,7 +17,7 @@ from loop.config import validate, DaemonConfig
 from loop.daemon import AlreadyRunning, run_daemon, running_pid, workspace_of
 from loop.events import EventLog
 from loop.state import LoopState
-from tests.conftest import REPO, tiny_config_dict
+from tests.conftest import REPO, tiny_config_dict, wait_for
 from tests.llm_server import llm_server  # noqa: F401  (fixture)
 
 
@@ -166,14 +166,6 @@ def cli(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "loop.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow

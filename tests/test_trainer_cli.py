@@ -13,7 +13,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, run_cli, tiny_config_dict
+from tests.conftest import REPO, run_cli, tiny_config_dict, wait_for
 
 
 def write_config(tmp_path: Path, **sections) -> Path:
@@ -45,14 +45,6 @@ def test_resume_needs_out(tmp_path):
     result = run_cli("train", "--resume")
     assert result.returncode == 2 and "--resume needs --out" in result.stderr
 
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow

@@ -7,14 +7,13 @@ import sys
 import uuid
 from pathlib import Path
 
-from loop.config import load_daemon_config
+from loop.config import add_daemon_config_arguments, load_daemon_config
 from loop.errors import LoopError
 
 
 def add_arguments(sub) -> None:
     def common(p):
-        p.add_argument("--daemon-config", default="config/daemon_config.yaml", help="the daemon's config file")
-        p.add_argument("--workspace", help="override the config's workspace folder")
+        add_daemon_config_arguments(p)
         return p
 
     p = common(sub.add_parser("evolve", help="run one evolution window now"))
