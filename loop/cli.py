@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         from loop.evolution.command import run as run_evolution
 
         return run_evolution(args)
-    if args.command in ("start", "stop", "status", "policy", "login"):
+    from loop.daemon_command import COMMANDS
+
+    if args.command in COMMANDS:
         from loop.daemon_command import run as run_daemon_command
 
         return run_daemon_command(args)

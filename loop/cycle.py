@@ -74,6 +74,11 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     loop.current["trace"] = trace
     t0 = time.monotonic()
 
+    # ---- finish-up: a deadline overrides the normal flow ----
+    forced = finish_up(loop, state, cycle, record)
+    if forced == "done":
+        return finish_cycle(loop, state, cycle, trace, record, t0, line="finish-up: final reports written; stopping")
+
     if state.active_run is not None:                        # a run from an earlier cycle
         followed = follow_run(loop, state, trace, cycle, record)
         record["followed_run"] = followed
@@ -87,13 +92,16 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     context = build_context(loop.ws, cycle, history, state.recent_actions, state.last_outcome,
                             None, promotion_note=json.dumps(state.last_promotion) if state.last_promotion else "")
     context_text = redact(context.render(), loop.secrets)
-    decision, source = decide(loop, context_text, history, cycle, record)
+    if isinstance(forced, Decision):
+        decision, source = forced, "finish-up"
+    else:
+        decision, source = decide(loop, context_text, history, cycle, record)
     record["decision"] = {"source": source, **decision.model_dump(exclude={"train_overlay"}),
                           "train_overlay": decision.train_overlay}
 
     # ---- review ----
     due, why = mentor_due(loop.cfg, cycle, state)
-    if due:
+    if due and source != "finish-up":
         review = review_decision(loop, context_text, decision, history, cycle, why, record)
         if review is not None:
             state.last_mentor_cycle = cycle
@@ -124,6 +132,50 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     if outcome:
         line += f" -> {outcome.get('status')}" + (f" val_acc {outcome['val_accuracy']:.4f}" if outcome.get("val_accuracy") else "")
     return finish_cycle(loop, state, cycle, trace, record, t0, line=line)
+
+
+# =============================================================== finish-up ====
+
+def finish_up(loop: Loop, state: LoopState, cycle: int, record: dict) -> Decision | str | None:
+    """Returns a final-round Decision, 'done' after writing the reports, or None (carry on)."""
+    from loop import finishup
+    from loop.agents.offline import best_run
+
+    request = finishup.load(loop.ws.finish_up)
+    now = finishup.now_utc()
+    if request is None or not request.is_active(now):
+        return None
+    if request.status == "scheduled":
+        request.status = "active"
+        finishup.save(loop.ws.finish_up, request)
+    best = best_run(loop.run_history())
+    step = finishup.next_step(request, now, state.active_run is not None, best.minutes if best else None)
+    record["finish_up"] = {"step": step, "deadline": request.deadline_utc,
+                           "minutes_left": round(request.minutes_to_deadline(now), 1)}
+    if step == "final_round":
+        request.rounds_started += 1
+        finishup.save(loop.ws.finish_up, request)
+        return Decision(action="train", run_label=f"final-round-{request.rounds_started}-{best.label}"[:60],
+                        strategy_dimension="evaluation", train_overlay=finishup.final_round_overlay(best.config),
+                        rationale=f"Finish-up: final training round {request.rounds_started} of "
+                                  f"{request.final_training_rounds}: the best configuration ({best.label}, "
+                                  f"{best.score:.4f}) trained longer before the deadline.")
+    if step != "report":
+        return None
+    if state.active_run is not None:                      # out of time: the run cannot finish
+        kill_run(state.active_run)
+        record["run_outcome"] = judge(state.active_run, "stopping") | {"error": "finish-up deadline reached"}
+        state.active_run = None
+    from loop.report import generate_reports
+
+    request.status = "reporting"
+    finishup.save(loop.ws.finish_up, request)
+    paths = generate_reports(loop.ws.root, request.top_k, request.note, progress=False)
+    request.status, request.reports = "done", {k: str(v) for k, v in paths.items()}
+    finishup.save(loop.ws.finish_up, request)
+    record["finish_up"]["reports"] = request.reports
+    state.stop_reason = "finish-up complete: final reports written"
+    return "done"
 
 
 # ================================================================== decide ====
@@ -390,7 +442,7 @@ def finish_run(loop: Loop, state: LoopState, run: ActiveRun, outcome: dict, cycl
                              "config": config, "ok": outcome.get("status") == "ok",
                              "score": outcome.get("val_accuracy") or 0.0,
                              "dimension": record.get("decision", {}).get("strategy_dimension"),
-                             "run_dir": str(out_dir)})
+                             "minutes": round(outcome.get("seconds", 0) / 60.0, 3), "run_dir": str(out_dir)})
     if outcome.get("status") == "ok" and (out_dir / "model.safetensors").exists():
         from loop.evolution.intake import submit_run
 
@@ -477,7 +529,7 @@ class HistoryReader:
             try:
                 r = json.loads(line)
                 self.records.append(RunRecord(r["label"], r["cycle"], r.get("config", {}), r["ok"],
-                                              r.get("score", 0.0), r.get("dimension")))
+                                              r.get("score", 0.0), r.get("dimension"), r.get("minutes")))
             except (json.JSONDecodeError, KeyError):
                 continue
         return list(self.records)

@@ -3,6 +3,7 @@ requests (a file or SIGTERM, honoured within one cycle), and recovery after a cr
 resumes at the next cycle number and re-attaches to (or reaps) the run that was active."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from loop.config import DaemonConfig
+from loop.config import DaemonConfig, LLMRole
 from loop.cycle import Loop, run_cycle
 from loop.errors import LoopError
 from loop.events import EventLog
@@ -46,6 +47,19 @@ def running_pid(ws: Workspace) -> int | None:
     return None
 
 
+def effective_role(role: LLMRole, credentials_file: str) -> LLMRole:
+    """The role's endpoint from the config, or else the one `llmloop login --base-url` stored."""
+    if role.base_url:
+        return role
+    try:
+        stored = json.loads(Path(credentials_file).expanduser().read_text())
+    except (OSError, ValueError):
+        return role
+    if not isinstance(stored, dict) or not stored.get("base_url"):
+        return role
+    return role.model_copy(update={"base_url": stored["base_url"], "model": stored.get("model") or role.model})
+
+
 def build_loop(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> Loop:
     from loop.agents.llm import for_role, resolve_api_key
     from loop.secrets import known_secrets
@@ -56,9 +70,10 @@ def build_loop(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> Loop:
     def on_llm_event(event: dict) -> None:   # retries, format fallbacks, repairs: traced to the cycle
         events.append(event.get("kind", "llm"), current["trace"], **{k: v for k, v in event.items() if k != "kind"})
 
-    builder = for_role(cfg.builder, "builder", cfg.credentials_file, on_event=on_llm_event)
-    mentor_role = cfg.mentor.model_copy(update={k: v for k, v in {"model": cfg.mentor_model,
-                                                                   "reasoning_effort": cfg.mentor_reasoning_effort}.items() if v})
+    builder = for_role(effective_role(cfg.builder, cfg.credentials_file), "builder", cfg.credentials_file,
+                       on_event=on_llm_event)
+    mentor_role = effective_role(cfg.mentor, cfg.credentials_file).model_copy(
+        update={k: v for k, v in {"model": cfg.mentor_model, "reasoning_effort": cfg.mentor_reasoning_effort}.items() if v})
     mentor = for_role(mentor_role, "mentor", cfg.credentials_file, on_event=on_llm_event)
     return Loop(cfg=cfg, repo_root=REPO_ROOT, ws=ws, events=events, builder=builder, mentor=mentor,
                 current=current,

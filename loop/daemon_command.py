@@ -1,15 +1,17 @@
-"""`llmloop start | stop | status | policy check | login`: thin calls into the daemon."""
+"""`llmloop start | stop | status | watch | finishup | report | reset | policy check | login`:
+thin calls into the modules that own each job."""
 from __future__ import annotations
 
 import argparse
 import getpass
 import json
 import sys
-import time
 from pathlib import Path
 
 from loop.config import add_daemon_config_arguments, load_daemon_config
 from loop.errors import LoopError
+
+COMMANDS = ("start", "stop", "status", "watch", "finishup", "report", "reset", "policy", "login")
 
 
 def add_arguments(sub) -> None:
@@ -20,14 +22,42 @@ def add_arguments(sub) -> None:
     p = common(sub.add_parser("start", help="start the research loop (in the background)"))
     p.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops after the cycle")
     p.add_argument("--max-cycles", type=int, help="stop after this many cycles")
+    p.add_argument("--run-hours", type=float, help="schedule finish-up so the whole run takes this long")
+    p.add_argument("--finishup-minutes", type=float, help="the finish-up window (with --run-hours; default 60)")
+    p.add_argument("--finishup-final-training-rounds", type=int, default=1)
+    p.add_argument("--finishup-top-k", type=int, default=10)
+    p.add_argument("--finishup-note", default="")
     p = common(sub.add_parser("stop", help="ask the daemon to finish its cycle and exit"))
     p.add_argument("--wait", type=float, default=0, help="seconds to wait until it has stopped")
     p = common(sub.add_parser("status", help="what the loop is doing"))
     p.add_argument("--json", action="store_true")
+    p = common(sub.add_parser("watch", help="the status, refreshed in place"))
+    p.add_argument("--interval-seconds", type=float, default=10)
+    p.add_argument("--once", action="store_true")
+    p = common(sub.add_parser("finishup", help="request, show or cancel finish-up mode"))
+    p.add_argument("--minutes-left", type=float)
+    p.add_argument("--run-hours", type=float)
+    p.add_argument("--final-training-rounds", type=int, default=1)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--note", default="")
+    p.add_argument("--activate-in-minutes", type=float)
+    p.add_argument("--activate-at-utc")
+    p.add_argument("--force-report-now", action="store_true")
+    p.add_argument("--show", action="store_true")
+    p.add_argument("--cancel", action="store_true")
+    p = common(sub.add_parser("report", help="write the final reports now"))
+    p.add_argument("--workspace-root", help="the repo root (the workspace is <root>/artifacts unless --workspace)")
+    p.add_argument("--top-k", type=int, default=10)
+    p = common(sub.add_parser("reset", help="wipe the workspace for a fresh start (the daemon must be stopped)"))
+    p.add_argument("--keep-login", action="store_true", help="keep the stored API key")
+    p.add_argument("--keep-data-link", action="store_true", help="keep <workspace>/data (a link to your data)")
+    p.add_argument("--yes", action="store_true", help="do not ask")
     p = common(sub.add_parser("policy", help="try the command policy"))
     p.add_argument("action", choices=["check"])
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND")
-    p = common(sub.add_parser("login", help="store an API key for the endpoint (0600 file)"))
+    p = common(sub.add_parser("login", help="store the endpoint and API key (0600 file)"))
+    p.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", help="the model name to use for both roles")
     p.add_argument("--key-env", help="the variable name to store the key under (default: builder.api_key_env)")
     p.add_argument("--key-stdin", action="store_true", help="read the key from standard input")
 
@@ -38,89 +68,137 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_daemon_config(args.daemon_config)
         ws = daemon.workspace_of(cfg, args.workspace)
-        if args.command == "start":
-            if args.foreground:
-                daemon.run_daemon(cfg, ws, args.max_cycles)
-                return 0
-            extra = ["--max-cycles", str(args.max_cycles)] if args.max_cycles else []
-            pid = daemon.start_background(args.daemon_config, ws, extra)
-            print(f"llmloop started (pid {pid}); log: {ws.daemon_log}; `llmloop status` shows it, `llmloop stop` stops it")
-            return 0
-        if args.command == "stop":
-            if daemon.running_pid(ws) is None:
-                print("llmloop is not running")
-                return 0
-            stopped = daemon.request_stop(ws, args.wait)
-            print("llmloop stopped" if stopped else "stop requested: the daemon exits after its current cycle")
-            return 0
-        if args.command == "status":
-            info = status_info(cfg, ws)
-            print(json.dumps(info, indent=2, default=str) if args.json else render_status(info))
-            return 0
-        if args.command == "policy":
-            from loop.daemon import REPO_ROOT
-            from loop.gate import policy_check
-
-            cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-            if not cmd:
-                print("usage: llmloop policy check -- COMMAND", file=sys.stderr)
-                return 2
-            return policy_check(" ".join(cmd) if len(cmd) > 1 else cmd[0], cfg, REPO_ROOT)
-        if args.command == "login":
-            from loop.agents.llm import write_credentials
-
-            key = sys.stdin.readline().strip() if args.key_stdin else getpass.getpass("API key: ").strip()
-            if not key:
-                print("no key given", file=sys.stderr)
-                return 2
-            env_name = args.key_env or cfg.builder.api_key_env
-            write_credentials(Path(cfg.credentials_file).expanduser(), env_name, key)
-            print(f"stored {env_name} in {Path(cfg.credentials_file).expanduser()} (mode 0600)")
-            return 0
+        return HANDLERS[args.command](args, cfg, ws)
     except LoopError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    return 2
 
 
-def status_info(cfg, ws) -> dict:
+# ---------------------------------------------------------------- handlers ----
+
+def cmd_start(args, cfg, ws) -> int:
+    from loop import daemon, finishup
+
+    if daemon.running_pid(ws) is not None:
+        raise daemon.AlreadyRunning(f"the daemon is already running on {ws.root} (pid {daemon.running_pid(ws)})")
+    if args.run_hours:
+        ws.ensure()
+        request = finishup.schedule(finishup.now_utc(), minutes_left=args.finishup_minutes, run_hours=args.run_hours,
+                                    final_training_rounds=args.finishup_final_training_rounds,
+                                    top_k=args.finishup_top_k, note=args.finishup_note)
+        finishup.save(ws.finish_up, request)
+        print(finishup.describe(request, finishup.now_utc()))
+    if args.foreground:
+        daemon.run_daemon(cfg, ws, args.max_cycles)
+        return 0
+    extra = ["--max-cycles", str(args.max_cycles)] if args.max_cycles else []
+    pid = daemon.start_background(args.daemon_config, ws, extra)
+    print(f"llmloop started (pid {pid}); log: {ws.daemon_log}; `llmloop status` shows it, `llmloop stop` stops it")
+    return 0
+
+
+def cmd_stop(args, cfg, ws) -> int:
     from loop import daemon
-    from loop.evolution.paths import ModelPaths
-    from loop.notes import todo_summary
-    from loop.state import LoopState
 
-    state = LoopState.load(ws.state)
-    pid = daemon.running_pid(ws)
-    try:
-        beat = json.loads(ws.heartbeat.read_text())
-        heartbeat_age = round(time.time() - beat["ts"], 1)
-    except (OSError, ValueError, KeyError):
-        heartbeat_age = None
-    models = ModelPaths(ws.root)
-    open_todos, _ = todo_summary(ws.todo)
-    run = state.active_run
-    return {"running": pid is not None, "pid": pid, "cycle": state.cycle, "heartbeat_age_seconds": heartbeat_age,
-            "active_run": None if run is None else {"label": run.label, "pid": run.pid, "log": run.log_path,
-                                                    "elapsed_seconds": round(time.time() - run.started_at)},
-            "last_decision": state.last_decision, "last_outcome": state.last_outcome,
-            "gen_head": models.head_name(), "proposal_pending": models.proposal.exists(),
-            "open_todos": open_todos, "tokens": {k: v.model_dump() for k, v in state.tokens.items()},
-            "builder": "LLM" if cfg.builder.base_url else "offline policy"}
+    if daemon.running_pid(ws) is None:
+        print("llmloop is not running")
+        return 0
+    stopped = daemon.request_stop(ws, args.wait)
+    print("llmloop stopped" if stopped else "stop requested: the daemon exits after its current cycle")
+    return 0
 
 
-def render_status(info: dict) -> str:
-    lines = [f"llmloop: {'RUNNING (pid %s)' % info['pid'] if info['running'] else 'stopped'}; cycle {info['cycle']}; "
-             f"heartbeat {info['heartbeat_age_seconds']}s ago; Builder: {info['builder']}"]
-    run = info["active_run"]
-    lines.append(f"active run: {run['label']} pid {run['pid']} {run['elapsed_seconds']}s, log {run['log']}" if run
-                 else "active run: none")
-    if info["last_decision"]:
-        d = info["last_decision"]
-        lines.append(f"last decision: {d.get('action')} `{d.get('label')}` ({d.get('source')}), gate ok {d.get('gate_ok')}")
-    if info["last_outcome"]:
-        o = info["last_outcome"]
-        lines.append(f"last outcome: {o.get('label')} {o.get('status')} val_acc {o.get('val_accuracy')}")
-    lines.append(f"GEN_HEAD: {info['gen_head'] or 'none'}; proposal pending: {info['proposal_pending']}; "
-                 f"open TODOs: {info['open_todos']}")
-    lines.append("tokens: " + ", ".join(f"{k} {v['total_tokens']}" for k, v in info["tokens"].items()))
-    return "\n".join(lines)
+def cmd_status(args, cfg, ws) -> int:
+    from loop import status
+
+    info = status.status_info(cfg, ws)
+    print(json.dumps(info, indent=2, default=str) if args.json else status.render(info))
+    return 0
+
+
+def cmd_watch(args, cfg, ws) -> int:
+    from loop import status
+
+    return status.watch(cfg, ws, args.interval_seconds, args.once)
+
+
+def cmd_finishup(args, cfg, ws) -> int:
+    from loop import daemon, finishup
+
+    now = finishup.now_utc()
+    if args.show:
+        print(finishup.describe(finishup.load(ws.finish_up), now))
+        return 0
+    if args.cancel:
+        request = finishup.cancel(ws.finish_up)
+        print(f"finish-up cancelled (was due {request.deadline_utc})")
+        return 0
+    ws.ensure()
+    request = finishup.schedule(now, args.minutes_left, args.run_hours, args.activate_in_minutes, args.activate_at_utc,
+                                args.final_training_rounds, args.top_k, args.note, args.force_report_now)
+    finishup.save(ws.finish_up, request)
+    print(finishup.describe(request, now))
+    if args.force_report_now and daemon.running_pid(ws) is None:      # nobody else will write them
+        from loop.report import generate_reports
+
+        paths = generate_reports(ws.root, request.top_k, request.note)
+        request.status, request.reports = "done", {k: str(v) for k, v in paths.items()}
+        finishup.save(ws.finish_up, request)
+        print(f"reports written to {ws.reports}")
+    return 0
+
+
+def cmd_report(args, cfg, ws) -> int:
+    from loop.report import report_command
+
+    root = Path(args.workspace_root) if args.workspace_root else Path.cwd()
+    return report_command(root, args.top_k, Path(args.workspace) if args.workspace else
+                          (None if args.workspace_root else ws.root))
+
+
+def cmd_reset(args, cfg, ws) -> int:
+    from loop.reset import reset_workspace
+
+    if not args.yes and sys.stdin.isatty():
+        if input(f"Delete everything in {ws.root}? (yes/no) ").strip() != "yes":
+            print("reset cancelled")
+            return 1
+    removed = reset_workspace(ws, Path(cfg.credentials_file).expanduser(), args.keep_login, args.keep_data_link)
+    print(f"workspace {ws.root} reset ({removed} entries removed)")
+    return 0
+
+
+def cmd_policy(args, cfg, ws) -> int:
+    from loop.daemon import REPO_ROOT
+    from loop.gate import policy_check
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        print("usage: llmloop policy check -- COMMAND", file=sys.stderr)
+        return 2
+    return policy_check(" ".join(cmd) if len(cmd) > 1 else cmd[0], cfg, REPO_ROOT)
+
+
+def cmd_login(args, cfg, ws) -> int:
+    from loop.agents.llm import write_credentials
+
+    path = Path(cfg.credentials_file).expanduser()
+    key = sys.stdin.readline().strip() if args.key_stdin else getpass.getpass("API key (empty for none): ").strip()
+    env_name = args.key_env or cfg.builder.api_key_env
+    if key:
+        write_credentials(path, env_name, key)
+    if args.base_url or args.model:
+        for field, value in (("base_url", args.base_url), ("model", args.model)):
+            if value:
+                write_credentials(path, field, value)
+    if not key and not args.base_url:
+        print("nothing to store: give a key and/or --base-url", file=sys.stderr)
+        return 2
+    print(f"stored {'key ' + env_name if key else ''}{' and ' if key and args.base_url else ''}"
+          f"{'endpoint ' + args.base_url if args.base_url else ''} in {path} (mode 0600)")
+    return 0
+
+
+HANDLERS = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "watch": cmd_watch,
+            "finishup": cmd_finishup, "report": cmd_report, "reset": cmd_reset, "policy": cmd_policy,
+            "login": cmd_login}

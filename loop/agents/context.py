@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,15 +86,12 @@ def leaderboard_text(history: list[RunRecord], rows: int = LEADERBOARD_ROWS) -> 
 
 
 def finish_up_text(ws: Workspace) -> str:
+    from loop import finishup
+
     try:
-        request = json.loads(ws.finish_up.read_text())
-    except (OSError, json.JSONDecodeError):
+        return finishup.prompt_text(finishup.load(ws.finish_up), finishup.now_utc())
+    except finishup.FinishUpError:
         return ""
-    deadline = request.get("deadline_utc") or request.get("deadline")
-    if not deadline:
-        return ""
-    return (f"FINISH-UP requested: deadline {deadline} (now {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}). "
-            f"Final training rounds: {request.get('final_training_rounds', 1)}. Note: {request.get('note', '')}")
 
 
 def build_context(ws: Workspace, cycle: int, history: list[RunRecord], recent_actions: list[str],

@@ -61,6 +61,7 @@ class RunRecord:
     ok: bool
     score: float            # validation accuracy (0 when the run failed)
     dimension: str | None = None
+    minutes: float | None = None   # how long the run took
 
 
 @dataclass

@@ -26,7 +26,7 @@ def add_arguments(sub) -> None:
     group.add_argument("--show", action="store_true")
     p.add_argument("--note", default="")
     p = common(sub.add_parser("rollback", help="move GEN_HEAD back (previous promoted generation)"))
-    p.add_argument("--to", help="an archive entry name instead of the previous generation")
+    p.add_argument("--to", "--target-gen", dest="to", help="an archive entry name instead of the previous generation")
     p.add_argument("--reason", default="manual rollback")
     p = common(sub.add_parser("archive", help="archive tools"))
     p.add_argument("action", choices=["verify", "list"])
