@@ -26,6 +26,7 @@ from loop.evolution.paths import ModelPaths
 from loop.evolution.probes import LoadedModel, ProbeMetrics, run_probes
 from loop.evolution.scheduler import CandidateSpec, spawn_candidates
 from loop.evolution.store import load_store, move, save_store
+from loop.progress import ProgressLog
 from loop.runner import Job, run_parallel
 from loop.trainer.config import TrainerConfig
 from loop.trainer.metrics import RunMetrics
@@ -99,8 +100,19 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
     for name in names:
         move(store, name, Lifecycle.TRAINING, paths, trace_id)
     save_store(paths, store)
-    run_parallel(jobs, cfg.max_concurrent_experiments,
-                 on_finish=lambda j: say(f"  {j.name}: training exit {j.returncode} in {j.seconds:.0f}s"))
+    progress = ProgressLog(paths.root / "evolution.log", f"generation {gen_id}", total=len(jobs), every_seconds=30)
+    progress.line(f"window at cycle {cycle}: training {len(jobs)} candidate(s) of generation {gen_id}")
+    finished = []
+
+    def on_finish(job: Job) -> None:
+        finished.append(job)
+        progress.line(f"{job.name}: training exit {job.returncode} in {job.seconds:.0f}s")
+        progress.update(len(finished), f"{len(finished)}/{len(jobs)} trained")
+
+    try:
+        run_parallel(jobs, cfg.max_concurrent_experiments, on_finish=on_finish)
+    finally:
+        progress.close()
 
     # ---- EVAL + RANK ----
     domain = resolve_domain(base.get("data", {}).get("domain", "digits"), base.get("data", {}).get("domain_args"))
