@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     from loop.daemon_command import add_arguments as add_daemon_arguments
 
     add_daemon_arguments(sub)
+    phase = sub.add_parser("phase", help="PHASE deep evaluation: `llmloop phase run [--workspace WS]`")
+    phase.add_argument("phase_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -30,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         from loop.evolution.command import run as run_evolution
 
         return run_evolution(args)
+    if args.command == "phase":
+        from loop.phase import main as phase_main
+
+        return phase_main(args.phase_args)
     from loop.daemon_command import COMMANDS
 
     if args.command in COMMANDS:

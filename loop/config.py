@@ -190,6 +190,31 @@ class EvolutionConfig(StrictModel):
     burn_in_min_accuracy: float | None = Field(None, ge=0, le=1)   # None: shadow accuracy - tolerance
 
 
+class PhaseConfig(StrictModel):
+    """PHASE deep evaluation (dream_phase.md): when its window opens the loop pauses at a cycle
+    boundary, PHASE evaluates GEN_HEAD and the archive's top-k with QTIME replicas, and the loop
+    resumes on PHASE's completion signal."""
+
+    schedule: Literal["daily", "every_n_cycles", "off"] = "daily"
+    daily_start: str = Field("03:00", pattern=r"^\d{2}:\d{2}$")    # local time
+    daily_end: str = Field("07:00", pattern=r"^\d{2}:\d{2}$")
+    every_n_cycles: int = Field(50, ge=1)
+    top_k: int = Field(3, ge=0)                 # archive entries evaluated besides GEN_HEAD
+    epochs: int = Field(2, ge=1)                # QTIME: passes over each slice
+    slices: int = Field(5, ge=1)                # QTIME: bootstrap slices of the evaluation sets
+    replicas: int = Field(3, ge=1)              # QTIME: seeds (test-time jitter and slice draws)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    sleep_chunk_seconds: float = Field(60.0, gt=0, le=60)   # a stop request is honoured within one chunk
+
+
+class AdaptiveTimerConfig(StrictModel):
+    """Bounds of the pause between cycles; the pause itself is computed (loop/timer.py)."""
+
+    min_seconds: float = Field(0.5, ge=0)
+    max_seconds: float = Field(120.0, gt=0)
+    window: int = Field(10, ge=1)               # cycles in the rolling averages
+
+
 class DaemonConfig(StrictModel):
     # ---- workspace ----
     workspace: str = "artifacts"
@@ -245,6 +270,8 @@ class DaemonConfig(StrictModel):
     theta: float = Field(0.10, ge=0)
     promotion_mode: Literal["manual", "auto"] = "manual"
     evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
+    phase: PhaseConfig = Field(default_factory=PhaseConfig)
+    adaptive_timer: AdaptiveTimerConfig = Field(default_factory=AdaptiveTimerConfig)
 
 
 def add_daemon_config_arguments(parser) -> None:

@@ -90,7 +90,8 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     # ---- decide ----
     history = loop.run_history()
     context = build_context(loop.ws, cycle, history, state.recent_actions, state.last_outcome,
-                            None, promotion_note=json.dumps(state.last_promotion) if state.last_promotion else "")
+                            None, promotion_note=json.dumps(state.last_promotion) if state.last_promotion else "",
+                            extra=phase_section(state))
     context_text = redact(context.render(), loop.secrets)
     if isinstance(forced, Decision):
         decision, source = forced, "finish-up"
@@ -132,6 +133,15 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     if outcome:
         line += f" -> {outcome.get('status')}" + (f" val_acc {outcome['val_accuracy']:.4f}" if outcome.get("val_accuracy") else "")
     return finish_cycle(loop, state, cycle, trace, record, t0, line=line)
+
+
+def phase_section(state: LoopState) -> dict[str, str]:
+    """What the last PHASE deep evaluation taught the loop, for the Builder's prompt."""
+    if not (state.fitness_baselines or state.phase_recommendations):
+        return {}
+    return {"PHASE deep evaluation": json.dumps({"fitness_baselines": state.fitness_baselines,
+                                                 "flagged_variants": state.flagged_variants[:10],
+                                                 "search_space_recommendations": state.phase_recommendations})}
 
 
 # =============================================================== finish-up ====
@@ -497,6 +507,7 @@ def finish_cycle(loop: Loop, state: LoopState, cycle: int, trace: str, record: d
                 setattr(tokens, key, getattr(tokens, key) + int(usage.get(key, 0)))
     record["tokens_total"] = {role: t.model_dump() for role, t in state.tokens.items()}
     record["seconds"] = round(time.monotonic() - t0, 3)
+    state.cycle_seconds = (state.cycle_seconds + [record["seconds"]])[-20:]
     loop.events.append("cycle", trace, **json.loads(redact(json.dumps(record, default=str), loop.secrets)))
     gate_note = "" if record.get("quality_gate", {}).get("ok", True) else \
         " [gate: " + "; ".join(record["quality_gate"]["reasons"]) + "]"

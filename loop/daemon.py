@@ -102,6 +102,7 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         ws.pid.write_text(f"{os.getpid()}\n")
         ws.stop_request.unlink(missing_ok=True)
         rules = check_rule_budgets(cfg, REPO_ROOT)
+        task = check_task_domain(cfg)
 
         def should_stop() -> bool:
             return stop["requested"] or ws.stop_request.exists()
@@ -114,16 +115,25 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         mode = "LLM" if loop.builder is not None else "offline policy (no endpoint configured; no network)"
         events.append("daemon_start", f"start-{state.cycle + 1:05d}", pid=os.getpid(), resume_cycle=state.cycle + 1,
                       builder=mode, mentor="LLM" if loop.mentor is not None else "offline policy",
-                      prompt_rules=rules, repaired_torn_event=torn,
+                      prompt_rules=rules, repaired_torn_event=torn, task_domain=task,
                       active_run=state.active_run.label if state.active_run else None,
                       active_run_alive=is_alive(state.active_run) if state.active_run else None)
         say(f"llmloop daemon pid {os.getpid()}: Builder and Mentor use the {mode}; "
             f"resuming at cycle {state.cycle + 1}")
+        loop.phase_hint = dict(state.phase_recommendations)
         done = 0
         while not should_stop() and state.stop_reason is None and (max_cycles is None or done < max_cycles):
             state = run_cycle(loop, state)
             done += 1
-            sleep_between_cycles(cfg.daemon_poll_seconds, should_stop)
+            if max_cycles is not None and done >= max_cycles:
+                break
+            state = phase_if_due(loop, state)
+            if should_stop() or state.stop_reason is not None:
+                break
+            decision = timer_decision(loop, state)
+            events.append("timer", f"timer-{state.cycle:05d}", seconds=decision.seconds, reasons=decision.reasons,
+                          inputs=decision.inputs)
+            sleep_between_cycles(decision.seconds, should_stop)
         reason = state.stop_reason or ("stop requested" if should_stop() else f"{done} cycle(s) done")
         events.append("daemon_stop", f"stop-{state.cycle:05d}", reason=reason, cycle=state.cycle)
         say(f"llmloop daemon stopped after cycle {state.cycle}: {reason}")
@@ -134,6 +144,102 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         ws.pid.unlink(missing_ok=True)
         ws.stop_request.unlink(missing_ok=True)
         lock.release()
+
+
+def check_task_domain(cfg: DaemonConfig) -> str:
+    """The daemon runs SPICA domains only: resolve the task before the first cycle (refusing others)."""
+    from loop.config import read_yaml
+    from loop.domains import resolve_domain
+
+    path = Path(cfg.default_trainer_config)
+    data = read_yaml(path if path.is_absolute() else REPO_ROOT / path).get("data", {})
+    domain = resolve_domain(data.get("domain", "digits"), data.get("domain_args"))
+    return type(domain).__name__
+
+
+def timer_decision(loop: Loop, state: LoopState):
+    """The pause before the next cycle, from recent durations, the fitness trend, the machine's load
+    and the time to the next PHASE window (loop/timer.py)."""
+    import datetime as dt
+
+    from loop.phase_window import seconds_until_window
+    from loop.timer import TimerInputs, next_pause, sample_resources
+
+    cfg, window = loop.cfg, loop.cfg.adaptive_timer.window
+    history = loop.run_history()[-window:]
+    best, running = [], 0.0
+    for r in history:
+        running = max(running, r.score if r.ok else 0.0)
+        best.append(running)
+    inputs = TimerInputs(base_seconds=cfg.daemon_poll_seconds, cycle_seconds=state.cycle_seconds[-window:],
+                         run_seconds=[r.minutes * 60 for r in history if r.minutes], best_scores=best,
+                         seconds_to_phase=seconds_until_window(cfg.phase, dt.datetime.now()),
+                         **sample_resources())
+    return next_pause(inputs, cfg.adaptive_timer.min_seconds, cfg.adaptive_timer.max_seconds)
+
+
+def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
+    """At a cycle boundary with nothing running: if a PHASE window is open, pause, run PHASE, wait for
+    its completion signal (in chunks, honouring stop requests), then collapse its results."""
+    import datetime as dt
+
+    from loop import phase_window
+
+    cfg, ws, events = loop.cfg, loop.ws, loop.events
+    key = phase_window.window_due(cfg.phase, state.cycle, dt.datetime.now(), state.phase_done)
+    if key is None or state.active_run is not None:
+        return state
+    run_id = f"{key}-{time.strftime('%H%M%S')}"
+    trace = f"phase-{run_id}"
+    run_dir = ws.root / "phase" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_copy = run_dir / "daemon_config.json"        # PHASE reads exactly the config the daemon runs
+    config_copy.write_text(cfg.model_dump_json(indent=2))
+    events.append("phase_pause", trace, window=key, run_id=run_id, cycle=state.cycle)
+    loop.say(f"PHASE window {key}: pausing after cycle {state.cycle}, deep evaluation {run_id} running")
+    proc = phase_window.start_phase(str(config_copy), ws.root, run_id, REPO_ROOT)
+    signal_path = ws.root / "phase" / f"phase_complete_{run_id}.json"
+    outcome = phase_window.wait_for_signal(signal_path, proc, loop.should_stop, cfg.phase.sleep_chunk_seconds)
+    state.phase_done = (state.phase_done + [key])[-50:]
+    if outcome == "stopped":
+        _end_process_group(proc)
+        events.append("phase_interrupted", trace, run_id=run_id, reason="stop requested during the PHASE pause")
+    elif outcome == "phase_failed":
+        events.append("phase_failed", trace, run_id=run_id, exit_code=proc.returncode,
+                      log=str(run_dir / "stdout.log"))
+    else:
+        collapse_phase(loop, state, signal_path, trace)
+    state.save(ws.state)
+    return state
+
+
+def collapse_phase(loop: Loop, state: LoopState, signal_path: Path, trace: str) -> None:
+    """Ingest PHASE results: baselines, flags, search-space recommendations; one integration event."""
+    from loop.phase import read_results
+
+    results = read_results(Path(json.loads(signal_path.read_text())["results"]))
+    baselines = {domain: m["fitness"] if isinstance(m, dict) else m.fitness for domain, m in results.metrics.items()}
+    state.fitness_baselines.update(baselines)
+    state.flagged_variants = list(results.flagged_variants)
+    state.phase_recommendations = dict(results.search_space_recommendations)
+    loop.phase_hint = dict(results.search_space_recommendations)
+    loop.events.append("phase_integration", trace, run_id=results.run_id, domains=results.domains_tested,
+                       fitness_baselines=baselines, flagged_variants=state.flagged_variants,
+                       promoted_variants=list(results.promoted_variants),
+                       search_space_recommendations=state.phase_recommendations)
+    loop.say(f"PHASE complete: baselines {baselines}; flagged {state.flagged_variants}; "
+             f"recommendations {state.phase_recommendations}; resuming")
+
+
+def _end_process_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def sleep_between_cycles(seconds: float, should_stop, chunk: float = 0.2) -> None:

@@ -30,6 +30,11 @@ class LoopState(BaseModel):
     failure_streak: int = 0
     last_mentor_cycle: int = 0
     window_pending: bool = False                # an evolution window waits for the active run to end
+    cycle_seconds: list[float] = Field(default_factory=list)        # recent cycle durations (timer)
+    phase_done: list[str] = Field(default_factory=list)             # PHASE windows already run
+    fitness_baselines: dict[str, float] = Field(default_factory=dict)   # from PHASE, per domain
+    flagged_variants: list[str] = Field(default_factory=list)       # underperformers PHASE flagged
+    phase_recommendations: dict[str, list] = Field(default_factory=dict)  # search-space hints
     tokens: dict[str, RoleTokens] = Field(default_factory=lambda: {"builder": RoleTokens(), "mentor": RoleTokens()})
     stop_reason: str | None = None
 
