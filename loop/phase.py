@@ -6,7 +6,8 @@ SPICA domain they belong to, with QTIME replicas = epochs x slices x replicas:
                        evaluation set (val + recall + delta + drift), drawn from seed (r, s); every
                        model sees the same resamples, so comparisons are paired
   epoch e              one pass over that slice; pass 0 is plain, later passes add a seeded
-                       1-pixel test-time shift per image (seed (r, s, e)) so repeats differ
+                       sub-pixel test-time shift per image (up to 1 px, seed (r, s, e)) so repeats
+                       differ
 Per model it reports the mean, the sample std and a `phase.confidence` confidence interval of the
 mean accuracy over those n evaluations: mean +- t(1 - alpha/2, n - 1) * std / sqrt(n), the
 Student-t quantile computed with numpy (no scipy; see `t_quantile`), clipped to [0, 1]; with
@@ -60,6 +61,7 @@ RESULTS_FILE = "phase_results.json"
 SIGNAL_PREFIX = "phase_complete_"
 GAP_POINTS = 2.0            # a recall/delta gap this large (accuracy points) becomes an insight
 EVAL_BATCH = 256
+JITTER_PX = 1.0             # most a test-time shift moves an image, in pixels per axis
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -139,12 +141,14 @@ def t_quantile(p: float, df: int) -> float:
 
     With t = sqrt(df) tan(theta), P(0 < T < t) is proportional to the integral of
     cos(phi)^(df-1) from 0 to theta: a smooth, bounded integrand on [0, pi/2], so a fine
-    trapezoid table inverted by interpolation is accurate to ~1e-6 without scipy.
+    trapezoid table inverted by interpolation is accurate to ~1e-6 without scipy; past
+    df = 2000 a Cornish-Fisher expansion around the normal quantile takes over.
     """
     if not 0.5 < p < 1 or df < 1:
         raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1 (got p={p}, df={df})")
-    if df > 2000:   # t and normal agree to well under 1e-3 here
-        return NormalDist().inv_cdf(p)
+    if df > 2000:   # the peak is too narrow for the table; Cornish-Fisher is exact to ~1e-9 here
+        z = NormalDist().inv_cdf(p)
+        return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
     theta = np.linspace(0.0, math.pi / 2, 40001)
     density = np.cos(theta) ** (df - 1)
     cum = np.concatenate([[0.0], np.cumsum((density[1:] + density[:-1]) / 2 * np.diff(theta))])
@@ -178,7 +182,7 @@ def select_models(paths: ModelPaths, top_k: int, insights: list[str]) -> list[Su
     """GEN_HEAD, then the k best intact PASS entries by lineage score; every entry that fails
     verification is skipped and said so in `insights`."""
     subjects: list[Subject] = []
-    head = paths.head_name() if paths.head.exists() else None
+    head = paths.head_name()   # a dangling link still names its entry, so verification reports it
     if head is not None:
         try:
             subjects.append(Subject(head, require_intact(paths, head), is_head=True))
@@ -252,19 +256,19 @@ def slice_index(replica: int, slice_: int, size: int) -> np.ndarray:
     return np.random.default_rng([replica, slice_]).integers(0, size, size=size)
 
 
-def jitter(images: torch.Tensor, seed: int) -> torch.Tensor:
-    """Shift each uint8 NCHW image by a seeded -1/0/+1 pixel in x and y (edges replicated)."""
+def jitter(images: torch.Tensor, seed: int, max_shift_px: float = JITTER_PX) -> torch.Tensor:
+    """Translate each uint8 NCHW image by a seeded sub-pixel offset in [-max_shift_px, max_shift_px]
+    per axis (bilinear, edges replicated): light enough to keep the task, enough that repeats differ."""
     g = torch.Generator().manual_seed(seed)
     n, _, h, w = images.shape
-    shifts = torch.randint(-1, 2, (n, 2), generator=g)
-    padded = F.pad(images.float(), (1, 1, 1, 1), mode="replicate").to(torch.uint8)
-    out = torch.empty_like(images)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            pick = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
-            if pick.any():
-                out[pick] = padded[pick, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-    return out
+    shift = (torch.rand((n, 2), generator=g) * 2 - 1) * max_shift_px
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = shift[:, 0] * 2 / w      # affine_grid works in [-1, 1] units
+    theta[:, 1, 2] = shift[:, 1] * 2 / h
+    grid = F.affine_grid(theta, [n, images.shape[1], h, w], align_corners=False)
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)
 
 
 def qtime_accuracies(model: LoadedModel, images: torch.Tensor, labels: torch.Tensor, qt: PhaseConfig,
@@ -287,10 +291,14 @@ def qtime_accuracies(model: LoadedModel, images: torch.Tensor, labels: torch.Ten
     return out
 
 
-def evaluate(model: LoadedModel, images: torch.Tensor, labels: torch.Tensor, qt: PhaseConfig, confidence: float,
-             is_head: bool, tick) -> ModelResult:
-    mean, std, low, high = mean_ci(qtime_accuracies(model, images, labels, qt, tick), confidence)
-    r6 = lambda v: round(float(v), 6)  # noqa: E731
+def r6(value: float) -> float:
+    return round(float(value), 6)
+
+
+def evaluate(model: LoadedModel, images: torch.Tensor, labels: torch.Tensor, qt: PhaseConfig, is_head: bool,
+             tick) -> ModelResult:
+    """QTIME statistics of one model plus its plain per-split accuracies."""
+    mean, std, low, high = mean_ci(qtime_accuracies(model, images, labels, qt, tick), qt.confidence)
     return ModelResult(accuracy_mean=r6(mean), accuracy_std=r6(std), ci_low=r6(low), ci_high=r6(high),
                        n=qt.epochs * qt.slices * qt.replicas, recall=r6(accuracy(model, "recall")),
                        generalize=r6(accuracy(model, "delta")), val=r6(accuracy(model, "val")), is_head=is_head)
@@ -306,15 +314,16 @@ def who(name: str, result: ModelResult) -> str:
     return f"GEN_HEAD ({name})" if result.is_head else name
 
 
-def judge(label: str, models: dict[str, ModelResult]) -> tuple[DomainMetrics, list[str], list[str]]:
+def judge(label: str, models: dict[str, ModelResult], confidence: float
+          ) -> tuple[DomainMetrics, list[str], list[str]]:
     """Fitness, insights, promoted (tied with the best, best first) and flagged (CI below the best's)."""
-    best_name = max(models, key=lambda k: (models[k].accuracy_mean, models[k].is_head, k))
+    best_name = max(models, key=lambda k: (models[k].accuracy_mean, models[k].is_head, k))   # ties: HEAD
     best = models[best_name]
-    ranked = sorted(models, key=lambda k: (-models[k].accuracy_mean, k))
+    ranked = [best_name] + sorted((k for k in models if k != best_name), key=lambda k: (-models[k].accuracy_mean, k))
     promoted = [k for k in ranked if models[k].ci_high >= best.ci_low]
     flagged = [k for k in ranked if models[k].ci_high < best.ci_low]
     insights = [f"{label}: fitness {best.accuracy_mean:.4f} from {who(best_name, best)} "
-                f"(CI {best.ci_low:.4f}-{best.ci_high:.4f}, n={best.n})"]
+                f"({confidence:.0%} CI {best.ci_low:.4f}-{best.ci_high:.4f}, n={best.n})"]
     for name in ranked:
         if name == best_name:
             continue
@@ -420,12 +429,11 @@ def run_groups(groups: list[DomainGroup], qt: PhaseConfig, log: ProgressLog, ins
             size = model.cfg.image_size
             if size not in images:
                 images[size] = ImageDataset(pool, size).all_images()
-            r = models[subject.name] = evaluate(model, images[size], labels, qt, qt.confidence,
-                                                subject.is_head, tick)
+            r = models[subject.name] = evaluate(model, images[size], labels, qt, subject.is_head, tick)
             log.line(f"{current}: accuracy {r.accuracy_mean:.4f} +- {r.accuracy_std:.4f} "
                      f"(CI {r.ci_low:.4f}-{r.ci_high:.4f}, n={r.n})")
         if models:
-            metrics[group.label], best_tied, below = judge(group.label, models)
+            metrics[group.label], best_tied, below = judge(group.label, models, qt.confidence)
             promoted += best_tied
             flagged += below
     return metrics, promoted, flagged

@@ -259,3 +259,62 @@ def test_evolution_window_opens_on_the_cycle_clock(tmp_path):
     assert window["gen_id"] >= 1 and len(window["ranking"]) == 2
     lineage = (ws.root / "models" / "lineage.csv").read_text()
     assert all(o["name"] in lineage for o in window["ranking"])
+
+
+@pytest.mark.slow
+def test_finish_up_runs_a_final_round_then_reports_and_stops(tmp_path):
+    from loop import finishup
+
+    cfg = make_cfg(tmp_path, None)
+    ws, _ = run(cfg, 1)                                          # the offline baseline run
+    request = finishup.schedule(finishup.now_utc(), minutes_left=30, final_training_rounds=1, top_k=3, note="e2e")
+    finishup.save(ws.finish_up, request)
+    _, state = run(cfg, 6)
+    events = cycle_events(ws)
+    steps = [e.get("finish_up", {}).get("step") for e in events[1:]]
+    assert steps[0] == "final_round" and steps[-1] == "report"
+    final = events[1]
+    assert final["decision"]["source"] == "finish-up" and final["decision"]["run_label"].startswith("final-round-1")
+    assert state.stop_reason == "finish-up complete: final reports written"
+    for name in ("final_condensed_story.md", "final_paper_report.md", "final_leaderboard_top3.json",
+                 "final_leaderboard_top3.md"):
+        assert (ws.root / "reports" / name).exists(), name
+    assert finishup.load(ws.finish_up).status == "done"
+
+
+@pytest.mark.slow
+def test_phase_window_pauses_then_resumes_on_the_signal(tmp_path):
+    """Done-when of the PHASE issue: a window opening now pauses the daemon after its cycle, PHASE
+    writes results and its signal, and the daemon resumes (long before the window's end)."""
+    import datetime as dt
+
+    now = dt.datetime.now()
+    start, end = now - dt.timedelta(minutes=1), now + dt.timedelta(minutes=58)
+    if end.date() != now.date() or start.date() != now.date():
+        pytest.skip("window would cross midnight")
+    cfg = make_cfg(tmp_path, None, phase={"schedule": "daily", "daily_start": start.strftime("%H:%M"),
+                                          "daily_end": end.strftime("%H:%M"), "top_k": 1, "epochs": 1, "slices": 2,
+                                          "replicas": 2, "sleep_chunk_seconds": 0.5})
+    t0 = time.monotonic()
+    ws, state = run(cfg, 3)
+    events = list(EventLog(ws.root / "events.jsonl"))
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("phase_pause") > kinds.index("cycle")              # after a whole cycle
+    assert "phase_integration" in kinds and kinds.count("phase_pause") == 1  # once per window
+    assert kinds.index("phase_integration") < len(kinds) - 1 and kinds[-1] == "daemon_stop"
+    assert kinds[kinds.index("phase_integration") + 1:].count("cycle") >= 1  # resumed
+    assert state.fitness_baselines and time.monotonic() - t0 < 50 * 60
+    assert list((ws.root / "phase").glob("phase_complete_*.json"))
+
+
+def test_non_spica_task_is_refused_at_start(tmp_path, monkeypatch):
+    module = tmp_path / "user_tasks_daemon.py"
+    module.write_text("class NotSpica:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    trainer = tmp_path / "bad.yaml"
+    trainer.write_text(yaml.safe_dump({"data": {"domain": "user_tasks_daemon:NotSpica"}}))
+    cfg = make_cfg(tmp_path, None, default_trainer_config=str(trainer))
+    from loop.errors import DomainError
+    with pytest.raises(DomainError, match="is not a SpicaDomain"):
+        run(cfg, 1)
+    assert not (tmp_path / "ws" / "state.json").exists()                  # nothing started
