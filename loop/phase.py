@@ -371,9 +371,10 @@ def run_phase(cfg: DaemonConfig, workspace: Path, run_id: str, progress: bool = 
     started = time.monotonic()
     workspace, qt = Path(workspace), cfg.phase
     out_path = results_path(workspace, run_id)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    completion_signal(workspace, run_id).unlink(missing_ok=True)   # a rerun is not complete until it ends
     general: list[str] = []
     groups = group_by_domain(select_models(ModelPaths(workspace), qt.top_k, general), general)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     per_model = qt.epochs * qt.slices * qt.replicas
     total = per_model * sum(len(g.subjects) for g in groups)
     sink = None if progress else open(os.devnull, "w", encoding="utf-8")

@@ -31,7 +31,7 @@ from tests.conftest import REPO, tiny_config_dict
 SEED_KEYS = {"timestamp", "domains_tested", "metrics", "promoted_variants", "search_space_recommendations"}
 WEAK = dict(data={"train_fraction": 0.1, "sampling": {"strategy": "recent_weighted"}},
             optim={"name": "sgd", "lr": 0.02}, run={"epochs": 1})
-STRONG = dict(data={"train_fraction": 0.2}, loss={"label_smoothing": 0.05}, run={"epochs": 2})
+STRONG = dict(data={"train_fraction": 0.3}, loss={"label_smoothing": 0.05}, run={"epochs": 2})
 
 
 # ------------------------------------------------------------- fixtures ----
@@ -206,9 +206,12 @@ def test_non_spica_domain_is_refused(workspace, pool, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
     rogue = copy_run(pool["weak"], tmp_path / "rogue", domain=f"{module}:NotSpica", domain_args={})
     add_entry(ModelPaths(workspace), rogue, "m-G004-a", 4, score=0.95)
+    stale = completion_signal(workspace, "rogue")
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")                          # a rerun withdraws the old signal first
     with pytest.raises(DomainError, match="NotSpica is not a SpicaDomain"):
         run_phase(phase_cfg(), workspace, "rogue", progress=False)
-    assert not completion_signal(workspace, "rogue").exists()
+    assert not stale.exists() and not (workspace / "phase" / "rogue").exists()
 
 
 def test_bad_run_id_is_refused(tmp_path):

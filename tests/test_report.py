@@ -1,4 +1,4 @@
-"""The final reports (loop/report.py) on a hand-made workspace that looks like a real night:
+"""The final reports (loop/report/) on a hand-made workspace that looks like a real night:
 a baseline, an augmentation win, a failed run repaired by a model fallback and retried, a Mentor
 challenge, a command, a wait, a run followed across cycles, tokens growing, a promoted GEN_HEAD.
 Real files only; the script runs as a real subprocess."""

@@ -1,0 +1,193 @@
+"""What the report writers share: the report file names, the "no runs" sentence, and the small
+helpers that turn the loaded records into text and facts (markdown cells and tables, the time span,
+improvements, Mentor reviews, failures, repairs, spreads, devices, domains, GEN_HEAD)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+from collections import Counter
+from typing import Any
+
+from loop.progress import format_seconds
+from loop.report.data import ReportData, Run, base_label, dig, outcomes_of
+
+STORY_FILE = "final_condensed_story.md"
+PAPER_FILE = "final_paper_report.md"
+PLOTS = {
+    "plot_best_over_cycles": "plot_best_over_cycles.png",
+    "plot_runs_over_cycles": "plot_runs_over_cycles.png",
+    "plot_per_class_best": "plot_per_class_best.png",
+    "plot_tokens_over_cycles": "plot_tokens_over_cycles.png",
+}
+NO_RUNS = "No runs yet: the loop has not finished a training run in this workspace."
+FINAL_STATUSES_OK = ("ok",)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def acc(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def cell(value: Any) -> str:
+    """A markdown table cell: one line, no pipe."""
+    text = "-" if value is None or value == "" else str(value)
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+
+
+def parse_ts(text: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return None
+
+
+def span(data: ReportData) -> tuple[str, str, str]:
+    """First event time, last event time, and the duration between them."""
+    stamps = [t for t in (parse_ts(e.get("ts")) for e in data.events) if t]
+    if not stamps:
+        return "-", "-", "0s"
+    first, last = min(stamps), max(stamps)
+    return (first.strftime("%Y-%m-%d %H:%M UTC"), last.strftime("%Y-%m-%d %H:%M UTC"),
+            format_seconds((last - first).total_seconds()))
+
+
+def run_ref(r: Run) -> str:
+    return f"`{r.label}` (cycle {r.cycle}, `{r.trace}`)"
+
+
+def sources(data: ReportData) -> Counter:
+    return Counter(dig(e, "decision.source") for e in data.cycles if dig(e, "decision.source"))
+
+
+def policy_text(data: ReportData) -> str:
+    counts = sources(data)
+    if not counts:
+        return "no decisions recorded yet"
+    parts = ", ".join(f"{n} {src}" for src, n in counts.most_common()) + " decisions"
+    if set(counts) <= {"offline", "mentor"}:
+        return f"the embedded offline policy, no LLM endpoint ({parts})"
+    return f"an LLM Builder and Mentor ({parts})"
+
+
+def tokens_final(data: ReportData) -> dict[str, dict]:
+    last = next((e["tokens_total"] for e in reversed(data.cycles) if isinstance(e.get("tokens_total"), dict)), {})
+    return {role: v for role, v in last.items() if isinstance(v, dict)}
+
+
+def improvements(data: ReportData) -> list[tuple[Run, float | None]]:
+    """The runs that raised the best validation accuracy so far, with the best before them."""
+    arc, best = [], None
+    for r in data.ok_runs:
+        if best is None or r.score > best:
+            arc.append((r, best))
+            best = r.score
+    return arc
+
+
+def mentor_reviews(data: ReportData) -> list[dict]:
+    return [e for e in data.cycles if isinstance(e.get("mentor"), dict) and e["mentor"].get("verdict")]
+
+
+def run_launched_in(data: ReportData, event: dict) -> Run | None:
+    """The run a cycle started (it may have finished in a later cycle, or as a retry)."""
+    label = dig(event, "run.label")
+    if not label:
+        return None
+    matches = [r for r in data.runs if base_label(r.label) == label and r.cycle >= event["cycle"]]
+    return sorted(matches, key=lambda r: (not r.ok, r.cycle))[0] if matches else None
+
+
+def decision_text(d: dict | None) -> str:
+    if not isinstance(d, dict):
+        return "-"
+    text = d.get("action", "?")
+    if d.get("run_label"):
+        text += f" `{d['run_label']}`"
+    if d.get("strategy_dimension"):
+        text += f" ({d['strategy_dimension']})"
+    if d.get("train_overlay"):
+        text += f" overlay {json.dumps(d['train_overlay'], sort_keys=True)}"
+    return text
+
+
+def failures(data: ReportData) -> list[tuple[dict, dict]]:
+    """Every finished non-ok outcome, with the cycle event it is recorded in."""
+    out = []
+    for e in data.cycles:
+        out += [(o, e) for o in outcomes_of(e) if o.get("status") not in FINAL_STATUSES_OK]
+    return out
+
+
+def repairs(data: ReportData) -> list[dict]:
+    return [e for e in data.cycles if isinstance(e.get("auto_repair"), dict)]
+
+
+def action_text(a: dict) -> str:
+    what = {"fallback": f"model fallback {a.get('target')} -> {a.get('fallback')}",
+            "pip": f"pip install {a.get('package')} (for {a.get('target')})",
+            "clone": f"clone for {a.get('target')}"}.get(a.get("kind"), f"{a.get('kind')} {a.get('target')}")
+    return f"{what}: {'ok' if a.get('ok') else 'FAILED'}" + (f" ({cell(a['detail'])})" if a.get("detail") else "")
+
+
+def outcome_text(o: dict | None) -> str:
+    if not isinstance(o, dict):
+        return "unknown"
+    text = f"`{o.get('label')}` {o.get('status')}"
+    if o.get("val_accuracy") is not None:
+        text += f" val_acc {acc(o['val_accuracy'])}"
+    if o.get("status") not in ("ok", "running") and o.get("error"):
+        text += f" ({cell(o['error'])})"
+    return text
+
+
+def spread_rows(runs: list[Run], key) -> list[list[Any]]:
+    """n, mean ± std, min, max of the scores of successful runs per group; failures counted apart."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(str(key(r) or "unknown"), []).append(r)
+    rows = []
+    for name, members in sorted(groups.items()):
+        scores = [r.score for r in members if r.ok]
+        failed = len(members) - len(scores)
+        if scores:
+            std = statistics.stdev(scores) if len(scores) > 1 else None
+            mean = f"{statistics.mean(scores):.4f} ± {std:.4f}" if std is not None else f"{scores[0]:.4f} (1 run)"
+            rows.append([name, len(scores), failed, mean, acc(min(scores)), acc(max(scores))])
+        else:
+            rows.append([name, 0, failed, "-", "-", "-"])
+    return rows
+
+
+def devices(data: ReportData) -> set[str]:
+    return {str(r.metrics.get("device")) for r in data.runs if r.metrics and r.metrics.get("device")}
+
+
+def domains(data: ReportData) -> set[str]:
+    found = {dig(r.config, "data.domain") or (r.metrics or {}).get("domain") for r in data.runs}
+    return {d for d in found if d}
+
+
+def per_class(run: Run | None) -> dict[str, float]:
+    pc = dig(run.metrics, "eval.per_class_accuracy") if run and run.metrics else None
+    return {str(k): float(v) for k, v in pc.items()} if isinstance(pc, dict) else {}
+
+
+def active_run_label(data: ReportData) -> str | None:
+    return dig(data.state, "active_run.label")
+
+
+def head_text(data: ReportData) -> str:
+    text = f"- GEN_HEAD: `{data.head}`." if data.head else "- GEN_HEAD: none (no candidate promoted yet)."
+    if data.proposal and data.proposal.get("proposed_head"):
+        text += (f" Pending proposal: `{data.proposal['proposed_head']}` (score {data.proposal.get('score')}; "
+                 f"`llmloop promote` approves it).")
+    return text

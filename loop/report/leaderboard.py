@@ -1,0 +1,60 @@
+"""The top-k leaderboard of successful runs: final_leaderboard_top{k}.json with full configs and
+metrics, and final_leaderboard_top{k}.md as a table (also used in the paper's Results)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from loop.report.data import ReportData
+from loop.report.helpers import NO_RUNS, acc, head_text, table
+
+
+def leaderboard_entries(data: ReportData) -> list[dict]:
+    return [{"rank": i, "label": r.label, "score": r.score, "cycle": r.cycle, "cycle_trace_id": r.trace,
+             "dimension": r.dimension, "key_config": r.key(), "config": r.config,
+             "metrics": metrics_summary(r.metrics), "run_dir": r.run_dir, "archive_path": r.archive_path,
+             "promotion_status": (r.promotion or {}).get("status"), "promotion_score": (r.promotion or {}).get("score")}
+            for i, r in enumerate(data.ranked[:data.top_k], start=1)]
+
+
+def metrics_summary(m: dict | None) -> dict | None:
+    if not m:
+        return None
+    keep = ("status", "model_name", "domain", "seed", "device", "steps", "epochs_completed", "epochs_planned",
+            "loss_start", "loss_final", "walltime_minutes", "images_per_second", "budget_used")
+    out = {k: m.get(k) for k in keep if k in m}
+    ev = m.get("eval") or {}
+    out.update(val_accuracy=ev.get("accuracy"), val_loss=ev.get("loss"), val_count=ev.get("count"),
+               per_class_accuracy=ev.get("per_class_accuracy"))
+    return out
+
+
+def leaderboard_json(data: ReportData) -> str:
+    entries = leaderboard_entries(data)
+    return json.dumps({"generated_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                       "workspace": str(data.ws.root), "top_k": data.top_k, "count": len(entries),
+                       "gen_head": data.head, "note": data.note or None,
+                       "message": None if entries else NO_RUNS, "entries": entries}, indent=2, default=str) + "\n"
+
+
+def leaderboard_table(data: ReportData) -> list[str]:
+    rows = []
+    for e in leaderboard_entries(data):
+        k = e["key_config"]
+        rows.append([e["rank"], f"`{e['label']}`", acc(e["score"]), e["cycle"], f"`{e['cycle_trace_id']}`",
+                     e["dimension"], k["model"], k["image_size"], f"{k['optimizer'] or '-'}/{k['lr']}", k["epochs"],
+                     Path(e["archive_path"]).name if e["archive_path"] else "-"])
+    if not rows:
+        return [NO_RUNS]
+    return table(["rank", "label", "val acc", "cycle", "trace", "dimension", "model", "image size",
+                  "optimizer/lr", "epochs", "archive"], rows)
+
+
+def leaderboard_md(data: ReportData) -> str:
+    lines = [f"# Leaderboard: top {data.top_k}", ""]
+    if data.note:
+        lines += [f"> Note: {data.note}", ""]
+    lines += [f"Successful training runs ranked by validation accuracy ({len(data.ok_runs)} in all).", ""]
+    lines += leaderboard_table(data) + ["", head_text(data)]
+    return "\n".join(lines) + "\n"

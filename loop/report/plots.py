@@ -1,0 +1,114 @@
+"""The 800x450 PNG plots linked from the paper report: best accuracy over cycles, every run over
+cycles, per-class accuracy of the best run, cumulative LLM tokens per role. matplotlib's Agg
+canvas only, no pyplot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from loop.report.data import ReportData, dig
+from loop.report.helpers import improvements, per_class
+
+FIGSIZE, DPI = (8.0, 4.5), 100          # 800x450 pixels: the PNG size is known to readers and tests
+
+
+def new_figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)     # no pyplot: no global state, no screen needed
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def save_figure(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)                 # no bbox_inches="tight": keeps 800x450 exactly
+    return path
+
+
+def empty_note(ax, text: str, y: float = 0.5) -> None:
+    ax.text(0.5, y, text, ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def integer_cycles(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))     # cycles are whole numbers
+
+
+def plot_best_over_cycles(data: ReportData, path: Path) -> Path:
+    fig, ax = new_figure()
+    ax.set(title="Best validation accuracy so far", xlabel="cycle", ylabel="val accuracy")
+    last_cycle = max((e["cycle"] for e in data.cycles), default=0)
+    if data.ok_runs:
+        xs, ys, best = [], [], 0.0
+        for r in data.ok_runs:
+            best = max(best, r.score)
+            xs.append(r.cycle)
+            ys.append(best)
+        xs.append(max(last_cycle, xs[-1]))
+        ys.append(best)
+        ax.step(xs, ys, where="post", color="tab:blue")
+        ax.scatter([r.cycle for r, _ in improvements(data)], [r.score for r, _ in improvements(data)],
+                   color="tab:blue", zorder=3, label="new best")
+        ax.legend(loc="lower right")
+    else:
+        empty_note(ax, "no runs yet")
+    integer_cycles(ax)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_runs_over_cycles(data: ReportData, path: Path) -> Path:
+    fig, ax = new_figure()
+    ax.set(title="Every training run", xlabel="cycle", ylabel="val accuracy")
+    dims = sorted({r.dimension or "unknown" for r in data.ok_runs})
+    for dim in dims:
+        members = [r for r in data.ok_runs if (r.dimension or "unknown") == dim]
+        ax.scatter([r.cycle for r in members], [r.score for r in members], label=dim, alpha=0.8)
+    failed = [r for r in data.runs if not r.ok]
+    if failed:
+        ax.scatter([r.cycle for r in failed], [0.0] * len(failed), marker="x", color="red", s=60,
+                   label="failed (no score)", zorder=3)
+    if data.runs:
+        ax.legend(loc="best", fontsize="small")
+    else:
+        empty_note(ax, "no runs yet")
+    ax.set_ylim(-0.05, 1.05)
+    integer_cycles(ax)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_per_class_best(data: ReportData, path: Path) -> Path:
+    fig, ax = new_figure()
+    best, classes = data.best, per_class(data.best)
+    ax.set(title=f"Per-class accuracy of the best run{': ' + best.label if best else ''}",
+           xlabel="class", ylabel="accuracy")
+    if classes:
+        ax.bar(list(classes), list(classes.values()), color="tab:green")
+        ax.set_ylim(0, 1.05)
+    else:
+        empty_note(ax, "no runs yet" if best is None else "per-class accuracy unavailable (metrics.json missing)")
+    ax.grid(alpha=0.3, axis="y")
+    return save_figure(fig, path)
+
+
+def plot_tokens_over_cycles(data: ReportData, path: Path) -> Path:
+    fig, ax = new_figure()
+    ax.set(title="Cumulative LLM tokens per role", xlabel="cycle", ylabel="total tokens")
+    points = [(e["cycle"], e["tokens_total"]) for e in data.cycles if isinstance(e.get("tokens_total"), dict)]
+    roles = sorted({role for _, t in points for role in t})
+    for role in roles:
+        ax.plot([c for c, _ in points], [dig(t, f"{role}.total_tokens") or 0 for _, t in points],
+                marker=".", label=role)
+    if roles:
+        ax.legend(loc="upper left")
+    if not points:
+        empty_note(ax, "no cycles yet")
+    elif not any(dig(t, f"{role}.total_tokens") for _, t in points for role in roles):
+        ax.set_ylim(-1, 10)
+        empty_note(ax, "no LLM tokens used (offline policy)", y=0.6)
+    integer_cycles(ax)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
