@@ -218,7 +218,7 @@ def collapse_phase(loop: Loop, state: LoopState, signal_path: Path, trace: str) 
     from loop.phase import read_results
 
     results = read_results(Path(json.loads(signal_path.read_text())["results"]))
-    baselines = {domain: m["fitness"] if isinstance(m, dict) else m.fitness for domain, m in results.metrics.items()}
+    baselines = {domain: m.fitness for domain, m in results.metrics.items()}
     state.fitness_baselines.update(baselines)
     state.flagged_variants = list(results.flagged_variants)
     state.phase_recommendations = dict(results.search_space_recommendations)
