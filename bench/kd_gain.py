@@ -95,7 +95,7 @@ def main() -> None:
                  f"{TEACHER_EPOCHS} epochs, default digits recipe, seed 42: val accuracy "
                  f"**{teacher.eval.accuracy:.4f}** ({teacher.walltime_seconds:.0f} s). "
                  f"Val split: {len(domain.splits.val)} images (one image = {1 / len(domain.splits.val):.4f}). "
-                 f"Seeds {SEEDS}, the same in both arms.", ""]
+                 f"Seeds {SEEDS}, the same in both arms; std below is the sample std (n-1).", ""]
         for i, s in enumerate(SETTINGS):
             text, gain = run_setting(s, teacher_dir, tmp, domain)
             parts.append(text)

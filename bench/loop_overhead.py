@@ -31,7 +31,8 @@ from loop.agents import prompts  # noqa: E402
 from loop.agents.context import build_context, estimate_tokens  # noqa: E402
 from loop.agents.schema import Decision  # noqa: E402
 from loop.config import DaemonConfig, read_yaml  # noqa: E402
-from loop.cycle import Loop, append_history, read_history, run_cycle  # noqa: E402
+from loop.cycle import Loop, run_cycle  # noqa: E402
+from loop.history import append_history, read_history  # noqa: E402
 from loop.events import EventLog  # noqa: E402
 from loop.notes import add_todos, append_storyline, append_workpad, resolve_todos  # noqa: E402
 from loop.state import LoopState  # noqa: E402

@@ -25,6 +25,7 @@ from loop.agents.schema import Decision, Review, wait_decision
 from loop.config import DaemonConfig, deep_merge, read_yaml, validate
 from loop.errors import ConfigError, LoopError
 from loop.events import EventLog
+from loop.history import HistoryReader, append_history
 from loop.fsutil import atomic_write_text
 from loop.notes import (WORKPAD_SECTIONS, add_todos, append_mentor_notes, append_storyline, append_workpad,
                         resolve_todos)
@@ -53,7 +54,7 @@ class Loop:
     say: Callable[[str], None] = print
     phase_hint: dict = field(default_factory=dict)   # search-space recommendations (PHASE)
     current: dict = field(default_factory=dict)      # {"trace": id of the cycle running now}
-    history: "HistoryReader | None" = None
+    history: HistoryReader | None = None
 
     def run_history(self) -> list[RunRecord]:
         if self.history is None:
@@ -518,39 +519,3 @@ def finish_cycle(loop: Loop, state: LoopState, cycle: int, trace: str, record: d
     state.save(loop.ws.state)
     write_heartbeat(loop.ws.heartbeat, cycle, trace, os.getpid(), state.active_run.label if state.active_run else None)
     return state
-
-
-# ================================================================= history ====
-
-class HistoryReader:
-    """The runs index, read incrementally: each cycle parses only the lines added since the last."""
-
-    def __init__(self, path: Path):
-        self.path, self.offset, self.records = path, 0, []
-
-    def read(self) -> list[RunRecord]:
-        if not self.path.exists():
-            return list(self.records)
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            chunk = fh.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]          # a torn last line waits for the next read
-        self.offset += len(complete)
-        for line in complete.decode("utf-8", errors="replace").splitlines():
-            try:
-                r = json.loads(line)
-                self.records.append(RunRecord(r["label"], r["cycle"], r.get("config", {}), r["ok"],
-                                              r.get("score", 0.0), r.get("dimension"), r.get("minutes")))
-            except (json.JSONDecodeError, KeyError):
-                continue
-        return list(self.records)
-
-
-def read_history(ws: Workspace) -> list[RunRecord]:
-    return HistoryReader(ws.runs_index).read()
-
-
-def append_history(ws: Workspace, row: dict) -> None:
-    ws.runs.mkdir(parents=True, exist_ok=True)
-    with open(ws.runs_index, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, default=str) + "\n")

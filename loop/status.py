@@ -49,7 +49,7 @@ def daemon_liveness(ws: Workspace) -> tuple[int | None, str]:
 
 
 def leaderboard(ws: Workspace, n: int = 3) -> list[dict]:
-    from loop.cycle import read_history
+    from loop.history import read_history
 
     runs = sorted((r for r in read_history(ws) if r.ok), key=lambda r: r.score, reverse=True)[:n]
     return [{"label": r.label, "val_accuracy": round(r.score, 4), "cycle": r.cycle,
