@@ -32,7 +32,8 @@ def make_cfg(tmp_path: Path, base_url: str | None, **extra) -> DaemonConfig:
             "daemon_poll_seconds": 0, "default_monitor_seconds": 120,
             "builder": {"base_url": base_url, "model": "test", "max_attempts": 2, "timeout_seconds": 5},
             "mentor": {"base_url": base_url, "model": "test", "max_attempts": 2, "timeout_seconds": 5},
-            "mentor_every_n_cycles": 100, "evolution": {"rules": {"per_class_accuracy_floor": None}}, "phase": {"schedule": "off"}, "adaptive_timer": {"min_seconds": 0}}
+            "mentor_every_n_cycles": 100, "evolution": {"rules": {"per_class_accuracy_floor": None}},
+            "phase": {"schedule": "off"}, "adaptive_timer": {"min_seconds": 0}}
     data.update(extra)
     return validate(DaemonConfig, data, "<test>")
 
@@ -153,7 +154,8 @@ def test_mentor_cadence_and_stuck_forcing(tmp_path, llm_server):  # noqa: F811
 
 def write_daemon_yaml(tmp_path: Path, **extra) -> Path:
     data = {"workspace": str(tmp_path / "ws"), "default_trainer_config": str(tiny_trainer_yaml(tmp_path)),
-            "daemon_poll_seconds": 0.2, "default_monitor_seconds": 3, "stale_orphan_idle_cycles": 50, "phase": {"schedule": "off"}, "adaptive_timer": {"min_seconds": 0, "max_seconds": 1},
+            "daemon_poll_seconds": 0.2, "default_monitor_seconds": 3, "stale_orphan_idle_cycles": 50,
+            "phase": {"schedule": "off"}, "adaptive_timer": {"min_seconds": 0, "max_seconds": 1},
             "evolution": {"rules": {"per_class_accuracy_floor": None}}}
     data.update(extra)
     path = tmp_path / "daemon.yaml"

@@ -82,7 +82,8 @@ def daemon_cfg(tmp_path) -> Path:
     path = tmp_path / "daemon.yaml"
     path.write_text(yaml.safe_dump({
         "workspace": str(tmp_path / "ws"), "default_trainer_config": str(trainer), "daemon_poll_seconds": 0.2,
-        "default_monitor_seconds": 2, "credentials_file": str(tmp_path / "creds" / "credentials.json"), "phase": {"schedule": "off"}, "adaptive_timer": {"min_seconds": 0, "max_seconds": 1},
+        "default_monitor_seconds": 2, "credentials_file": str(tmp_path / "creds" / "credentials.json"),
+        "phase": {"schedule": "off"}, "adaptive_timer": {"min_seconds": 0, "max_seconds": 1},
         "evolution": {"rules": {"per_class_accuracy_floor": None}}}))
     return path
 

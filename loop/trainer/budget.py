@@ -64,13 +64,18 @@ class BudgetMeter:
         self.used.tokens_processed += batch_images
         self.check_running()
 
-    def check_running(self) -> None:
-        """Walltime, memory and images seen: cheap enough to check after every step."""
-        c, u = self.caps, self.used
+    def measure(self) -> None:
+        """Bring walltime and peak memory up to date (no checks)."""
+        u = self.used
         u.walltime_minutes = self.elapsed_seconds / 60.0
         u.cpu_memory_gb = peak_rss_gb()
         if self.device.type == "cuda":
             u.gpu_memory_gb = torch.cuda.max_memory_allocated(self.device) / GB
+
+    def check_running(self) -> None:
+        """Walltime, memory and images seen: cheap enough to check after every step."""
+        self.measure()
+        c, u = self.caps, self.used
         if c.max_tokens_processed is not None and u.tokens_processed > c.max_tokens_processed:
             self._breach("max_tokens_processed", u.tokens_processed)
         if c.max_walltime_minutes is not None and u.walltime_minutes > c.max_walltime_minutes:

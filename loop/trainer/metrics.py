@@ -49,7 +49,7 @@ class RunMetrics(BaseModel):
     loss_final: float | None = None
     walltime_seconds: float = 0.0
     walltime_minutes: float = 0.0
-    images_per_second: float = 0.0
+    images_per_second: float = 0.0     # images seen / run time, per-epoch validation and checkpoints included
     curve: list[EpochRecord] = Field(default_factory=list)
     # ---- evaluation ----
     eval: EvalMetrics | None = None

@@ -133,9 +133,11 @@ def train(cfg: TrainerConfig, out_dir: str | Path, resume: bool = False,
         raise ConfigError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     log = ProgressLog(out_dir / LOG_FILE, cfg.run.label or "train", total=1)
+    threads = torch.get_num_threads()
     try:
         return _train(cfg, out_dir, ckpt, log, domain)
     finally:
+        torch.set_num_threads(threads)      # run.threads is this run's, not the caller's
         log.close()
 
 
@@ -228,7 +230,7 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
              f"{cfg.run.epochs} epochs x {steps_per_epoch} steps")
 
     def finish(status: str) -> RunMetrics:
-        meter.check_running() if status == "ok" else None
+        meter.measure()
         metrics.status = status
         metrics.steps, metrics.epochs_completed = meter.used.steps, state.epoch
         metrics.loss_start = state.loss_start
@@ -308,6 +310,7 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
                      f"lr {record.lr:.5f} {record.seconds:.1f}s eta {format_seconds(eta)} "
                      f"(checkpoint saved epoch={state.epoch})")
             meter.check_disk()
+        meter.check_running()            # the last epoch's evaluation and checkpoint count too
     except BudgetExceeded as exc:
         metrics.budget_breach = BudgetBreach(cap=exc.cap, limit=exc.limit, used=exc.used)
         metrics.error = str(exc)
