@@ -94,7 +94,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace(Path(tmp)).ensure()
         (ws.root / "fail.log").write_text("Traceback (most recent call last):\n" + "  frame\n" * 200 + "ValueError\n")
-        cfg = DaemonConfig(workspace=str(ws.root), mentor_enabled=False)
+        # No evolution window or PHASE: the cost measured is the cycle itself.
+        cfg = DaemonConfig(workspace=str(ws.root), mentor_enabled=False, evo_period_cycles=10**9,
+                           phase={"schedule": "off"})
         events = EventLog(ws.events)
         loop = Loop(cfg=cfg, repo_root=REPO, ws=ws, events=events, builder=InstantLLM(), say=lambda *_: None)
         tokens, timing = {}, {}
