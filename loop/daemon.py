@@ -17,7 +17,7 @@ from loop.config import DaemonConfig, LLMRole
 from loop.cycle import Loop, run_cycle
 from loop.errors import LoopError
 from loop.events import EventLog
-from loop.runner import is_alive
+from loop.runner import is_alive, kill_group
 from loop.state import LoopState
 from loop.workspace import Workspace
 
@@ -202,7 +202,7 @@ def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
     outcome = phase_window.wait_for_signal(signal_path, proc, loop.should_stop, cfg.phase.sleep_chunk_seconds)
     state.phase_done = (state.phase_done + [key])[-50:]
     if outcome == "stopped":
-        _end_process_group(proc)
+        kill_group(proc)
         events.append("phase_interrupted", trace, run_id=run_id, reason="stop requested during the PHASE pause")
     elif outcome == "phase_failed":
         events.append("phase_failed", trace, run_id=run_id, exit_code=proc.returncode,
@@ -229,17 +229,6 @@ def collapse_phase(loop: Loop, state: LoopState, signal_path: Path, trace: str) 
                        search_space_recommendations=state.phase_recommendations)
     loop.say(f"PHASE complete: baselines {baselines}; flagged {state.flagged_variants}; "
              f"recommendations {state.phase_recommendations}; resuming")
-
-
-def _end_process_group(proc) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def sleep_between_cycles(seconds: float, should_stop, chunk: float = 0.2) -> None:
