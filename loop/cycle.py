@@ -62,6 +62,11 @@ class Loop:
         return self.history.read()
 
 
+def scrub(model, secrets: list[str]):
+    """The same record with every secret value redacted from every string in it."""
+    return type(model).model_validate_json(redact(model.model_dump_json(), secrets))
+
+
 def new_trace_id(cycle: int) -> str:
     return f"c{cycle:05d}-{uuid.uuid4().hex[:6]}"
 
@@ -98,6 +103,7 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
         decision, source = forced, "finish-up"
     else:
         decision, source = decide(loop, context_text, history, cycle, record)
+    decision = scrub(decision, loop.secrets)       # an LLM that echoes a secret: nothing downstream sees it
     record["decision"] = {"source": source, **decision.model_dump(exclude={"train_overlay"}),
                           "train_overlay": decision.train_overlay}
 
@@ -239,13 +245,14 @@ def review_decision(loop: Loop, context_text: str, decision: Decision, history: 
     else:
         from loop.agents.llm import LLMUnavailable
 
-        system, user = prompts.mentor_prompt(cfg, loop.repo_root, context_text, decision.model_dump_json(), why)
+        system, user = prompts.mentor_prompt(cfg, loop.repo_root, context_text,
+                                             redact(decision.model_dump_json(), loop.secrets), why)
         try:
             result = loop.mentor.complete_json(system, user, Review)
         except (LLMUnavailable, LoopError) as exc:
             record["mentor"].update(source="llm-failed", error=redact(str(exc), loop.secrets))
             return None
-        review = result.parsed
+        review = scrub(result.parsed, loop.secrets)
         record["tokens_mentor"] = result.usage.__dict__
         record["mentor"].update(source="llm")
     record["mentor"].update(verdict=review.verdict, critical_question=review.critical_question,
