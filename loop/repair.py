@@ -6,8 +6,16 @@
 in the seed's order:
 
   model:  fallback map (preferred over any install) -> model package map -> model clone map
-  module: package map -> alias map -> clone map -> a pip install of the module name itself,
-          only when `auto_repair_allow_direct_module_install` is on
+  module: package map -> alias map -> clone map; never a pip install of the module name itself
+          (`auto_repair_allow_direct_module_install` is kept for old configs but refused)
+
+Supply-chain rules, since the commands that fail were written by an LLM: pip installs only the
+pinned entries of the maps (`name==version`, optionally with a sha256, or a local path), from
+exactly one index (`--index-url auto_repair_index_url`, with pip's config files and PIP_* index
+variables shut out), wheels only (`--only-binary :all:`) except for a local directory, which must
+be built; with a sha256, through a requirements file in `--require-hashes` mode (so every dependency
+must then already be installed or be hashed too). Clones come only from a URL prefix in
+`auto_repair_clone_allowlist` and check out only a full 40-hex commit sha.
 
 `apply_repair` runs the steps and returns the evidence the daemon writes into its `auto_repair`
 event, plus the command to retry once (the retry itself is the daemon's job). Installs go into the
@@ -17,10 +25,12 @@ training venv (`auto_repair_python_exe`, else this interpreter); clones live in
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, Union
@@ -29,14 +39,15 @@ import git
 import yaml
 from pydantic import BaseModel, Field
 
-from loop.config import CloneSpec, DaemonConfig, read_yaml
+from loop.config import CloneSpec, DaemonConfig, PackagePin, check_package_pin, read_yaml
 from loop.errors import ConfigError
 from loop.fsutil import atomic_write_text
 
 Command = Union[str, list[str]]
 
-# Extra `pip install` arguments for every install. Empty in production, so pip's own config
-# (index, proxy, constraints) decides; tests pass offline flags through `pip_args` instead.
+# Extra `pip install` arguments for every install. Empty in production; tests pass offline flags
+# through `pip_args` instead. Any extra index or find-links source in either is dropped, and pip's
+# config files are not read: the index is `auto_repair_index_url` alone.
 PIP_EXTRA_ARGS: tuple[str, ...] = ()
 PIP_TIMEOUT_S = 1800          # a source build of a model package can be slow, but must not hang a cycle
 DETAIL_LINES = 12             # lines of pip/git output kept as evidence
@@ -46,6 +57,11 @@ CONFIGS_DIR = "autofix_configs"
 _MODULE_RE = re.compile(r"ModuleNotFoundError: No module named ['\"]([^'\"]+)['\"]")
 _MODEL_RE = re.compile(r"Unsupported model\.name: (\S+)")
 _SHELL_SYNTAX = set("|&;<>()$`")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+# PIP_* variables that cannot add an index or a package source; every other one is dropped.
+_PIP_ENV_KEPT = {"PIP_CERT", "PIP_CLIENT_CERT", "PIP_PROXY", "PIP_TIMEOUT", "PIP_RETRIES",
+                 "PIP_DISABLE_PIP_VERSION_CHECK", "PIP_NO_INPUT", "PIP_CACHE_DIR", "PIP_NO_CACHE_DIR",
+                 "PIP_PROGRESS_BAR", "PIP_QUIET", "PIP_VERBOSE"}
 
 
 # ------------------------------------------------------------------ models ----
@@ -59,12 +75,13 @@ class Failure(BaseModel):
 
 
 class RepairStep(BaseModel):
-    """One planned action; `source` names the config key that planned it (or 'direct_guess')."""
+    """One planned action; `source` names the config key that planned it."""
 
     kind: Literal["pip", "clone", "fallback"]
     target: str                     # the module or model being repaired
     source: str
-    package: str | None = None      # pip: a requirement or a local path
+    package: str | None = None      # pip: a pinned requirement (name==version) or a local path
+    sha256: str | None = None       # pip: install in --require-hashes mode with this hash
     clone: CloneSpec | None = None  # clone: where from and what to install
     fallback: str | None = None     # fallback: the model name to train instead
 
@@ -101,6 +118,8 @@ class _Context:
     workspace: Path
     repo_root: Path
     pip_args: tuple[str, ...]
+    index_url: str
+    clone_allowlist: tuple[str, ...]
 
 
 # --------------------------------------------------------------- diagnose ----
@@ -146,21 +165,26 @@ def _plan_model(name: str, cfg: DaemonConfig) -> list[RepairStep]:
 
 
 def _plan_module(name: str, cfg: DaemonConfig) -> list[RepairStep]:
-    if name in cfg.auto_repair_module_package_map:
-        return [_pip(name, cfg.auto_repair_module_package_map[name], "auto_repair_module_package_map")]
+    packages = cfg.auto_repair_module_package_map
+    if name in packages:
+        return [_pip(name, packages[name], "auto_repair_module_package_map")]
     if name in cfg.auto_repair_module_alias_map:
-        return [_pip(name, cfg.auto_repair_module_alias_map[name], "auto_repair_module_alias_map")]
+        alias = cfg.auto_repair_module_alias_map[name]
+        if isinstance(alias, str) and alias in packages:
+            alias = packages[alias]          # an alias names a mapped module: install its pin
+        return [_pip(name, alias, "auto_repair_module_alias_map")]
     if name in cfg.auto_repair_module_clone_map:
         return [_clone(name, cfg.auto_repair_module_clone_map[name], "auto_repair_module_clone_map")]
-    if cfg.auto_repair_allow_direct_module_install:
-        # A guess: the distribution is often named like the module. Off by default, since
-        # a guessed name on a public index can be someone else's package.
-        return [_pip(name, name, "direct_guess")]
+    # No direct guess, even with auto_repair_allow_direct_module_install: the module name came from
+    # a log of an LLM-written command, and the same name on a public index can be anyone's package.
     return []
 
 
-def _pip(target: str, package: str, source: str) -> RepairStep:
-    return RepairStep(kind="pip", target=target, source=source, package=package)
+def _pip(target: str, value: PackagePin | str, source: str) -> RepairStep:
+    if isinstance(value, PackagePin):
+        return RepairStep(kind="pip", target=target, source=source, package=value.requirement(),
+                          sha256=value.sha256)
+    return RepairStep(kind="pip", target=target, source=source, package=str(value).strip())
 
 
 def _clone(target: str, value: CloneSpec | str, source: str) -> RepairStep:
@@ -168,13 +192,16 @@ def _clone(target: str, value: CloneSpec | str, source: str) -> RepairStep:
     return RepairStep(kind="clone", target=target, source=source, clone=spec)
 
 
-def _no_plan_reason(failure: Failure) -> str:
+def _no_plan_reason(failure: Failure, cfg: DaemonConfig) -> str:
     if failure.kind == "model":
         return (f"no repair for model {failure.name!r}: not in auto_repair_model_fallback_map, "
                 "auto_repair_model_package_map or auto_repair_model_clone_map")
-    return (f"no repair for missing module {failure.name!r}: not in auto_repair_module_package_map, "
-            "auto_repair_module_alias_map or auto_repair_module_clone_map, and "
-            "auto_repair_allow_direct_module_install is off")
+    reason = (f"no repair for missing module {failure.name!r}: not in auto_repair_module_package_map, "
+              "auto_repair_module_alias_map or auto_repair_module_clone_map")
+    if cfg.auto_repair_allow_direct_module_install:
+        return (reason + "; auto_repair_allow_direct_module_install is on, but direct installs of "
+                "unmapped module names are refused for supply-chain safety (add a pinned map entry)")
+    return reason + ", and auto_repair_allow_direct_module_install is off"
 
 
 # ------------------------------------------------------------------ apply ----
@@ -194,11 +221,12 @@ def apply_repair(command: Command, failure: Failure, steps: list[RepairStep], cf
                  workspace: Path, repo_root: Path, pip_args: Sequence[str] | None = None) -> RepairOutcome:
     """Run `steps` in order, stopping at the first failure; `pip_args` are added to every install."""
     if not steps:
-        return RepairOutcome(applied=False, retry_command=command, reason=_no_plan_reason(failure),
+        return RepairOutcome(applied=False, retry_command=command, reason=_no_plan_reason(failure, cfg),
                              failure=failure)
     repo_root = Path(repo_root)
     ctx = _Context(python=python_exe(cfg, repo_root), workspace=Path(workspace), repo_root=repo_root,
-                   pip_args=PIP_EXTRA_ARGS + tuple(pip_args or ()))
+                   pip_args=_single_index(PIP_EXTRA_ARGS + tuple(pip_args or ())),
+                   index_url=cfg.auto_repair_index_url, clone_allowlist=tuple(cfg.auto_repair_clone_allowlist))
     actions: list[RepairAction] = []
     retry_command = command
     for step in steps:
@@ -238,24 +266,69 @@ def _apply_step(step: RepairStep, command: Command, ctx: _Context) -> tuple[Repa
 # -------------------------------------------------------------------- pip ----
 
 def pip_install(python: str, spec: str, extra_args: Sequence[str] = (), editable: bool = False,
-                cwd: Path | None = None) -> tuple[bool, str]:
-    """`python -m pip install [extra] [-e] spec`; (ok, command + exit code + last output lines)."""
-    argv = [python, "-m", "pip", "install", *extra_args, *(["-e"] if editable else []), spec]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, cwd=cwd)
-    except subprocess.TimeoutExpired:
-        return False, f"{shlex.join(argv)}: timed out after {PIP_TIMEOUT_S}s"
-    except OSError as exc:
-        return False, f"{shlex.join(argv)}: cannot run: {exc}"
+                cwd: Path | None = None, *, index_url: str = "https://pypi.org/simple",
+                only_binary: bool = True, sha256: str | None = None) -> tuple[bool, str]:
+    """`python -m pip install --index-url URL [--only-binary :all:] [extra] [-e] spec`.
+
+    With `sha256`, `spec` (name==version) goes through a temporary requirements file in
+    --require-hashes mode instead. Returns (ok, command + exit code + last output lines).
+    """
+    argv = [python, "-m", "pip", "install", "--index-url", index_url,
+            *(["--only-binary", ":all:"] if only_binary else []), *_single_index(extra_args)]
+    with tempfile.TemporaryDirectory(prefix="llmloop-pin-") as tmp:
+        if sha256:
+            requirements = Path(tmp) / "requirements.txt"
+            requirements.write_text(f"{spec} --hash=sha256:{sha256}\n", encoding="utf-8")
+            argv += ["--require-hashes", "-r", str(requirements)]
+        else:
+            argv += [*(["-e"] if editable else []), spec]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, cwd=cwd,
+                                  env=pip_env())
+        except subprocess.TimeoutExpired:
+            return False, f"{shlex.join(argv)}: timed out after {PIP_TIMEOUT_S}s"
+        except OSError as exc:
+            return False, f"{shlex.join(argv)}: cannot run: {exc}"
     output = _tail(proc.stdout + proc.stderr)
     return proc.returncode == 0, f"{shlex.join(argv)} -> exit {proc.returncode}\n{output}"
 
 
+def pip_env() -> dict[str, str]:
+    """The environment pip runs in: no config files, no PIP_* variable that could add an index."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k in _PIP_ENV_KEPT}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    return env
+
+
+def _single_index(args: Sequence[str]) -> tuple[str, ...]:
+    """`args` without any extra index or find-links source (one index only, whoever passes them)."""
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--extra-index-url", "-f", "--find-links"):
+            skip = True
+            continue
+        if arg.startswith(("--extra-index-url=", "--find-links=")):
+            continue
+        out.append(arg)
+    return tuple(out)
+
+
 def _pip_step(step: RepairStep, ctx: _Context) -> RepairAction:
     assert step.package is not None
-    ok, detail = pip_install(ctx.python, step.package, ctx.pip_args, cwd=ctx.repo_root)
-    return RepairAction(kind="pip", target=step.target, source=step.source, package=step.package,
-                        ok=ok, detail=detail)
+    action = RepairAction(kind="pip", target=step.target, source=step.source, package=step.package,
+                          ok=False, detail="")
+    try:   # checked at load already; again here, since a config can be built without validation
+        pin = check_package_pin(step.package)
+    except ValueError as exc:
+        return action.model_copy(update={"detail": f"refused: {exc}"})
+    local_dir = isinstance(pin, Path) and pin.is_dir()
+    ok, detail = pip_install(ctx.python, step.package, ctx.pip_args, cwd=ctx.repo_root, index_url=ctx.index_url,
+                             only_binary=not local_dir, sha256=None if isinstance(pin, Path) else step.sha256)
+    return action.model_copy(update={"ok": ok, "detail": detail})
 
 
 def _tail(text: str, lines: int = DETAIL_LINES) -> str:
@@ -277,10 +350,35 @@ def clone_dir(workspace: Path, repo: str) -> Path:
 
 
 def checkout_clone(repo: str, ref: str, dest: Path) -> Path:
-    """Clone `repo` into `dest`, or reuse the clone already there (nothing fetched), and check out `ref`."""
-    clone = git.Repo(dest) if (dest / ".git").exists() else git.Repo.clone_from(repo, dest)
-    clone.git.checkout(ref)
+    """Clone `repo` into `dest`, or reuse the clone already there, and check out `ref`.
+
+    A reused clone is fetched only when it lacks `ref`.
+    """
+    reused = (dest / ".git").exists()
+    clone = git.Repo(dest) if reused else git.Repo.clone_from(repo, dest)
+    try:
+        clone.git.checkout(ref)
+    except git.GitCommandError:
+        if not reused:
+            raise
+        clone.remotes.origin.fetch()
+        clone.git.checkout(ref)
     return dest
+
+
+def clone_refusal(repo_url: str, ref: str, allowlist: Sequence[str]) -> str | None:
+    """Why a clone of `repo_url`@`ref` is refused (None: allowed)."""
+    if not _COMMIT_RE.match(ref):
+        return (f"refused: ref {ref!r} is not a full 40-hex commit sha (a branch or tag can move; "
+                "pin the clone to a commit)")
+    if re.search(r"(^|/)\.\.(/|$)", repo_url) or "::" in repo_url.split("/", 1)[0]:
+        return f"refused: repo {repo_url!r} uses '..' or a transport helper"
+    for prefix in allowlist:
+        if prefix and (repo_url == prefix.rstrip("/") or
+                       repo_url.startswith(prefix if prefix.endswith("/") else prefix + "/")):
+            return None
+    return (f"refused: repo {repo_url!r} is not under a prefix in auto_repair_clone_allowlist "
+            f"({list(allowlist) or 'empty: no clones allowed'})")
 
 
 def _clone_step(step: RepairStep, ctx: _Context) -> RepairAction:
@@ -288,15 +386,24 @@ def _clone_step(step: RepairStep, ctx: _Context) -> RepairAction:
     spec = step.clone
     action = RepairAction(kind="clone", target=step.target, source=step.source, repo=spec.repo,
                           ok=False, detail="")
+    url = _repo_url(spec.repo, ctx.repo_root)
+    refusal = clone_refusal(url, spec.ref, ctx.clone_allowlist)
+    if refusal:
+        return action.model_copy(update={"detail": refusal})
     dest = clone_dir(ctx.workspace, spec.repo)
     try:
-        checkout_clone(_repo_url(spec.repo, ctx.repo_root), spec.ref, dest)
-    except (git.GitError, OSError) as exc:
+        checkout_clone(url, spec.ref, dest)
+        head = git.Repo(dest).head.commit.hexsha
+    except (git.GitError, OSError, ValueError) as exc:
         return action.model_copy(update={"detail": f"clone/checkout of {spec.repo}@{spec.ref} failed: {exc}"})
+    if head != spec.ref:   # e.g. a branch named like a sha
+        return action.model_copy(update={"detail": f"refused: checkout of {spec.ref} gave commit {head}"})
     source_dir = (dest / spec.subdir).resolve()
     if not source_dir.is_relative_to(dest.resolve()):
         return action.model_copy(update={"detail": f"subdir {spec.subdir!r} points outside the clone"})
-    ok, detail = pip_install(ctx.python, str(source_dir), ctx.pip_args, editable=spec.editable, cwd=ctx.repo_root)
+    # A clone is a local directory: it must be built, so no --only-binary for it.
+    ok, detail = pip_install(ctx.python, str(source_dir), ctx.pip_args, editable=spec.editable, cwd=ctx.repo_root,
+                             index_url=ctx.index_url, only_binary=False)
     return action.model_copy(update={"ok": ok, "package": str(source_dir), "detail": detail})
 
 

@@ -133,7 +133,7 @@ def test_diagnose_last_occurrence_wins_and_clean_log_is_none():
 
 def test_plan_prefers_fallback_over_model_package_install():
     cfg = cfg_with(auto_repair_model_fallback_map={"unet_resnet34": "resnet10t"},
-                   auto_repair_model_package_map={"unet_resnet34": "segmentation-models-pytorch"},
+                   auto_repair_model_package_map={"unet_resnet34": "segmentation-models-pytorch==0.3.4"},
                    auto_repair_model_clone_map={"unet_resnet34": "https://example.org/smp.git"})
     steps = plan_repair(Failure(kind="model", name="unet_resnet34", evidence=""), cfg)
     assert [(s.kind, s.fallback) for s in steps] == [("fallback", "resnet10t")]
@@ -141,9 +141,12 @@ def test_plan_prefers_fallback_over_model_package_install():
 
 def test_plan_model_package_then_clone_with_bare_repo_string():
     failure = Failure(kind="model", name="fancy_net", evidence="")
-    steps = plan_repair(failure, cfg_with(auto_repair_model_package_map={"fancy_net": "fancy-nets"}))
+    steps = plan_repair(failure, cfg_with(auto_repair_model_package_map={"fancy_net": "fancy-nets==1.0"}))
     assert [(s.kind, s.package, s.source) for s in steps] == [
-        ("pip", "fancy-nets", "auto_repair_model_package_map")]
+        ("pip", "fancy-nets==1.0", "auto_repair_model_package_map")]
+    pinned = {"package": "fancy-nets", "version": "1.0", "sha256": "ab" * 32}
+    steps = plan_repair(failure, cfg_with(auto_repair_model_package_map={"fancy_net": pinned}))
+    assert [(s.package, s.sha256) for s in steps] == [("fancy-nets==1.0", "ab" * 32)]
     steps = plan_repair(failure, cfg_with(auto_repair_model_clone_map={"fancy_net": "https://example.org/f.git"}))
     assert [(s.kind, s.clone) for s in steps] == [("clone", CloneSpec(repo="https://example.org/f.git"))]
     assert plan_repair(failure, cfg_with()) == []
@@ -152,16 +155,24 @@ def test_plan_model_package_then_clone_with_bare_repo_string():
 def test_plan_module_package_map_beats_alias_map():
     failure = Failure(kind="module", name="cv2", evidence="")
     cfg = cfg_with(auto_repair_module_package_map={"cv2": "opencv-python-headless==4.10.0.84"},
-                   auto_repair_module_alias_map={"cv2": "opencv-python"})
+                   auto_repair_module_alias_map={"cv2": "opencv-python==4.10.0.84"})
     steps = plan_repair(failure, cfg)
     assert [(s.kind, s.package) for s in steps] == [("pip", "opencv-python-headless==4.10.0.84")]
 
 
 def test_plan_module_alias_map():
     steps = plan_repair(Failure(kind="module", name="cv2", evidence=""),
-                        cfg_with(auto_repair_module_alias_map={"cv2": "opencv-python"}))
+                        cfg_with(auto_repair_module_alias_map={"cv2": "opencv-python==4.10.0.84"}))
     assert [(s.kind, s.target, s.package, s.source) for s in steps] == [
-        ("pip", "cv2", "opencv-python", "auto_repair_module_alias_map")]
+        ("pip", "cv2", "opencv-python==4.10.0.84", "auto_repair_module_alias_map")]
+
+
+def test_plan_module_alias_resolves_to_mapped_module_pin():
+    cfg = cfg_with(auto_repair_module_package_map={"sklearn": {"package": "scikit-learn", "version": "1.5.2"}},
+                   auto_repair_module_alias_map={"scikit_learn": "sklearn"})
+    steps = plan_repair(Failure(kind="module", name="scikit_learn", evidence=""), cfg)
+    assert [(s.kind, s.target, s.package, s.source) for s in steps] == [
+        ("pip", "scikit_learn", "scikit-learn==1.5.2", "auto_repair_module_alias_map")]
 
 
 def test_plan_module_clone_map():
@@ -172,13 +183,20 @@ def test_plan_module_clone_map():
 
 
 @pytest.mark.parametrize("allow", [False, True])
-def test_plan_direct_guess_only_when_allowed(allow):
-    steps = plan_repair(Failure(kind="module", name="einops", evidence=""),
-                        cfg_with(auto_repair_allow_direct_module_install=allow))
-    if allow:
-        assert [(s.kind, s.package, s.source) for s in steps] == [("pip", "einops", "direct_guess")]
-    else:
-        assert steps == []
+def test_plan_never_guesses_a_direct_install(allow):
+    failure = Failure(kind="module", name="einops", evidence="")
+    assert plan_repair(failure, cfg_with(auto_repair_allow_direct_module_install=allow)) == []
+    mapped = cfg_with(auto_repair_allow_direct_module_install=allow,
+                      auto_repair_module_package_map={"einops": "einops==0.8.0"})
+    assert [(s.package, s.source) for s in plan_repair(failure, mapped)] == [
+        ("einops==0.8.0", "auto_repair_module_package_map")]
+
+
+def test_direct_install_allowed_but_refused_with_reason(tmp_path):
+    cfg = cfg_with(auto_repair_allow_direct_module_install=True)
+    outcome = auto_repair("python train.py", MODULE_TRACEBACK, cfg, tmp_path / "ws", REPO)
+    assert outcome is not None and not outcome.applied and outcome.actions == []
+    assert "refused for supply-chain safety" in outcome.reason
 
 
 # ---------------------------------------------------------- module repairs ----
@@ -205,8 +223,9 @@ def test_missing_module_really_installed(tmp_path, throwaway_python):
 
 
 def test_failed_install_is_reported_not_applied(tmp_path, throwaway_python):
+    # pinned, but not on any index pip may use (--no-index): pip fails
     cfg = cfg_with(auto_repair_python_exe=str(throwaway_python),
-                   auto_repair_module_package_map={"llmloop_absent_dep": str(tmp_path / "no_such_dir")})
+                   auto_repair_module_package_map={"llmloop_absent_dep": "llmloop-absent-dep==0.1"})
     outcome = auto_repair(["python", "x.py"], "ModuleNotFoundError: No module named 'llmloop_absent_dep'",
                           cfg, tmp_path / "ws", REPO, pip_args=OFFLINE_PIP)
     assert outcome is not None and not outcome.applied and not outcome.retry
@@ -214,8 +233,10 @@ def test_failed_install_is_reported_not_applied(tmp_path, throwaway_python):
     assert outcome.reason.startswith("pip step for 'llmloop_absent_dep' failed")
 
 
-def make_git_package(path: Path, branch: str) -> None:
-    """A repo whose default branch has no package; `branch` adds one under pkg/ (so the ref matters)."""
+def make_git_package(path: Path, branch: str) -> str:
+    """A repo whose default branch has no package; `branch` adds one under pkg/ (so the ref matters).
+
+    Returns the commit sha of `branch`'s tip."""
     repo = git.Repo.init(path, initial_branch="main")
     with repo.config_writer() as cw:
         cw.set_value("user", "name", "test").set_value("user", "email", "test@example.org")
@@ -225,15 +246,17 @@ def make_git_package(path: Path, branch: str) -> None:
     repo.git.checkout("-b", branch)
     make_package(path / "pkg", "llmloop_fake_clone_dep", "VALUE = 'cloned'\n")
     repo.index.add(["pkg/pyproject.toml", "pkg/llmloop_fake_clone_dep.py"])
-    repo.index.commit("package")
+    sha = repo.index.commit("package").hexsha
     repo.git.checkout("main")
+    return sha
 
 
 def test_clone_repair_installs_editable_from_workspace(tmp_path, throwaway_python):
     origin = tmp_path / "origin"
-    make_git_package(origin, "release")
-    spec = {"repo": f"file://{origin}", "ref": "release", "subdir": "pkg", "editable": True}
+    sha = make_git_package(origin, "release")
+    spec = {"repo": f"file://{origin}", "ref": sha, "subdir": "pkg", "editable": True}
     cfg = cfg_with(auto_repair_python_exe=str(throwaway_python),
+                   auto_repair_clone_allowlist=[f"file://{tmp_path}"],
                    auto_repair_module_clone_map={"llmloop_fake_clone_dep": spec})
     workspace = tmp_path / "ws"
     log = "ModuleNotFoundError: No module named 'llmloop_fake_clone_dep.layers'"
@@ -245,6 +268,7 @@ def test_clone_repair_installs_editable_from_workspace(tmp_path, throwaway_pytho
     assert clone.parent == workspace / REPOS_DIR and (clone / "pkg" / "llmloop_fake_clone_dep.py").is_file()
     assert action["kind"] == "clone" and action["repo"] == spec["repo"] and action["ok"]
     assert action["package"] == str((clone / "pkg").resolve())
+    assert git.Repo(clone).head.commit.hexsha == sha
     result = run_python(throwaway_python, "import llmloop_fake_clone_dep as m; print(m.VALUE, m.__file__)")
     assert result.returncode == 0, result.stderr
     value, where = result.stdout.split()
@@ -264,7 +288,7 @@ def test_existing_clone_is_reused(tmp_path):
 
 
 def test_unmapped_module_installs_nothing(tmp_path):
-    cfg = cfg_with(auto_repair_module_package_map={"other": "other-pkg"})
+    cfg = cfg_with(auto_repair_module_package_map={"other": "other-pkg==1.0"})
     outcome = auto_repair("python train.py", MODULE_TRACEBACK, cfg, tmp_path / "ws", REPO)
     assert outcome is not None and not outcome.applied and not outcome.retry
     assert outcome.actions == [] and outcome.retry_command == "python train.py"
@@ -273,7 +297,7 @@ def test_unmapped_module_installs_nothing(tmp_path):
 
 
 def test_disabled_or_undiagnosed_returns_none(tmp_path):
-    cfg = cfg_with(auto_repair_enabled=False, auto_repair_module_package_map={"foo": "foo-pkg"})
+    cfg = cfg_with(auto_repair_enabled=False, auto_repair_module_package_map={"foo": "foo-pkg==1.0"})
     assert auto_repair("python train.py", MODULE_TRACEBACK, cfg, tmp_path, REPO) is None
     assert auto_repair("python train.py", "Killed\n", cfg_with(), tmp_path, REPO) is None
 
