@@ -29,6 +29,23 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.02) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def add_archive_entry(paths, run_dir, name: str, gen: int, status: str = "PASS", parent: str = "",
+                      promoted: bool = False, score: float = 0.5):
+    """Freeze a real model folder into the archive with placeholder text files, and record it in
+    lineage.csv, the cheap way tests build an archive."""
+    from loop.evolution import archive
+    from loop.evolution.lineage import LineageRow, upsert_lineage
+
+    texts = {f: f"{f} of {name}\n" for f in archive.WRITTEN}
+    texts["STATUS.txt"] = status + "\n"
+    path, sha = archive.freeze(paths, name, run_dir, texts)
+    upsert_lineage(paths.lineage, LineageRow(name=name, gen_id=gen, branch_id="a", parent=parent, seed=1,
+                                             strategy="uniform", status=status, score=score, archive_path=str(path),
+                                             hashes_sha256=sha, promoted=promoted,
+                                             promoted_at=f"2026-01-0{gen}T00:00:00Z" if promoted else ""))
+    return path
+
+
 def tiny_config_dict(**sections) -> dict:
     """A trainer config that trains in a second or two on CPU (resnet10t, 16 px, a slice of digits)."""
     cfg = {

@@ -14,7 +14,7 @@ from loop.errors import ArchiveTampered
 from loop.evolution import archive
 from loop.evolution.gates import check_gates, composite_score
 from loop.evolution.lifecycle import Lifecycle
-from loop.evolution.lineage import LineageRow, read_events, read_lineage, upsert_lineage
+from loop.evolution.lineage import read_events, read_lineage
 from loop.evolution.paths import ModelPaths
 from loop.evolution.probes import LoadedModel, ProbeMetrics, run_probes
 from loop.evolution.promotion import PromotionError, approve, cutover, propose, reject, rollback
@@ -22,7 +22,7 @@ from loop.evolution.scheduler import EvolutionError, spawn_candidates, window_op
 from loop.evolution.store import load_store, save_store
 from loop.evolution.window import CandidateOutcome
 from loop.trainer.train import train
-from tests.conftest import REPO
+from tests.conftest import REPO, add_archive_entry
 
 
 # ----------------------------------------------------------- scheduler ----
@@ -95,15 +95,7 @@ def model_pool(tmp_path_factory, request):
     return pool
 
 
-def add_entry(paths: ModelPaths, run_dir, name, gen, status="PASS", parent="", promoted=False):
-    texts = {f: f"{f} of {name}\n" for f in archive.WRITTEN}
-    texts["STATUS.txt"] = status + "\n"
-    path, sha = archive.freeze(paths, name, run_dir, texts)
-    upsert_lineage(paths.lineage, LineageRow(name=name, gen_id=gen, branch_id="a", parent=parent, seed=1,
-                                             strategy="uniform", status=status, score=0.5, archive_path=str(path),
-                                             hashes_sha256=sha, promoted=promoted,
-                                             promoted_at=f"2026-01-0{gen}T00:00:00Z" if promoted else ""))
-    return path
+add_entry = add_archive_entry
 
 
 def daemon_cfg(**evolution) -> DaemonConfig:

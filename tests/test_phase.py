@@ -20,13 +20,12 @@ from loop.agents.offline import params_of
 from loop.config import DaemonConfig, PhaseConfig
 from loop.errors import DomainError
 from loop.evolution import archive
-from loop.evolution.lineage import LineageRow, upsert_lineage
 from loop.evolution.paths import ModelPaths
 from loop.evolution.promotion import cutover
 from loop.phase import (PhaseResults, PhaseSignal, completion_signal, jitter, latest_results, mean_ci,
                         read_results, run_phase, t_quantile)
 from loop.trainer.train import train
-from tests.conftest import REPO, tiny_config_dict
+from tests.conftest import REPO, add_archive_entry, tiny_config_dict
 
 SEED_KEYS = {"timestamp", "domains_tested", "metrics", "promoted_variants", "search_space_recommendations"}
 WEAK = dict(data={"train_fraction": 0.1, "sampling": {"strategy": "recent_weighted"}},
@@ -48,13 +47,7 @@ def pool(tmp_path_factory):
     return {"weak": root / "weak", "strong": root / "strong"}
 
 
-def add_entry(paths: ModelPaths, run_dir, name, gen, status="PASS", score=0.5):
-    texts = {f: f"{f} of {name}\n" for f in archive.WRITTEN}
-    texts["STATUS.txt"] = status + "\n"
-    path, sha = archive.freeze(paths, name, run_dir, texts)
-    upsert_lineage(paths.lineage, LineageRow(name=name, gen_id=gen, branch_id="a", seed=1, strategy="uniform",
-                                             status=status, score=score, archive_path=str(path), hashes_sha256=sha))
-    return path
+add_entry = add_archive_entry
 
 
 @pytest.fixture

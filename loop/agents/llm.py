@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +31,7 @@ from tenacity.wait import wait_base
 from loop.agents.schema import json_schema, parse_model
 from loop.config import LLMRole
 from loop.errors import ConfigError, LoopError
+from loop.fsutil import atomic_write_text
 from loop.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def write_credentials(path: str | Path, env_name: str, api_key: str) -> None:
     if not path.parent.exists():
         path.parent.mkdir(parents=True, mode=0o700)
         os.chmod(path.parent, 0o700)      # mkdir's mode is filtered by the umask
-    _atomic_write_private(path, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n", mode=0o600)
 
 
 def _read_credentials(path: Path) -> dict[str, Any]:
@@ -97,21 +97,6 @@ def _read_credentials(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the credentials file must hold a JSON object")
     return data
-
-
-def _atomic_write_private(path: Path, text: str) -> None:
-    # mkstemp creates the file 0600, so the key is never readable by others, even mid-write.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        os.chmod(path, 0o600)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- results ----
