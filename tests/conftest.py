@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,3 +70,20 @@ def tiny_cfg():
         return validate(TrainerConfig, tiny_config_dict(**sections), "<test>")
 
     return make
+
+
+# ---------------------------------------------------------------- fault tiers ----
+# Fault-injection tests run a CI tier by default; LLMLOOP_FAULT_TIER=long runs the longer tier.
+# With LLMLOOP_RELIABILITY_OUT set (bench/reliability.py sets it), each campaign also writes its
+# figures there as <name>.json, which the benchmark gathers into bench/RESULTS.md.
+
+def fault_tier() -> str:
+    return "long" if os.environ.get("LLMLOOP_FAULT_TIER", "").lower() == "long" else "ci"
+
+
+def record_reliability(name: str, **figures) -> None:
+    out = os.environ.get("LLMLOOP_RELIABILITY_OUT")
+    if not out:
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"{name}.json").write_text(json.dumps({"tier": fault_tier(), **figures}, indent=2) + "\n")
