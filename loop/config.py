@@ -131,6 +131,10 @@ class LLMRole(StrictModel):
     max_attempts: int = Field(4, ge=1, le=10)  # transient errors retried with backoff
     structured_output: Literal["auto", "json_schema", "json_object", "off"] = "auto"
     temperature: float | None = Field(None, ge=0, le=2)
+    # After this many failed calls in a row the role's circuit opens: calls fail fast with no request
+    # (the cycle waits) until the cooldown has passed, then one trial call decides (loop/agents/breaker.py).
+    circuit_breaker_failures: int = Field(5, ge=1)
+    circuit_breaker_cooldown_seconds: float = Field(300.0, ge=0)
 
 
 class CommandPolicyConfig(StrictModel):
@@ -293,6 +297,12 @@ class AdaptiveTimerConfig(StrictModel):
     window: int = Field(10, ge=1)               # cycles in the rolling averages
 
 
+# Environment variables a sandboxed run keeps (everything else, secrets included, is dropped).
+SANDBOX_ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "PYTHONHASHSEED", "PYTHONUNBUFFERED",
+                         "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+                         "CUBLAS_WORKSPACE_CONFIG", "VIRTUAL_ENV", "LLMLOOP_FAULT")
+
+
 class DaemonConfig(StrictModel):
     # ---- workspace ----
     workspace: str = "artifacts"
@@ -348,6 +358,15 @@ class DaemonConfig(StrictModel):
     auto_repair_model_fallback_map: dict[str, str] = Field(default_factory=dict)
     # URL prefixes clones may come from (a prefix matches up to a '/'); empty: no clones at all.
     auto_repair_clone_allowlist: list[str] = Field(default_factory=list)
+    # ---- sandbox: the OS boundary around every run_command and trainer run (loop/sandbox.py) ----
+    sandbox: Literal["required", "optional"] = "required"   # optional: policy filter alone if bwrap is missing
+    sandbox_user: str = "nobody"              # runs drop to this user when the daemon is root
+    sandbox_network: bool = False
+    sandbox_writable_paths: list[str] = Field(default_factory=list)   # besides the run folder; relative to the workspace
+    sandbox_readonly_paths: list[str] = Field(default_factory=list)   # extra folders runs read (image data)
+    sandbox_hide_paths: list[str] = Field(default_factory=list)       # more credential files/folders to hide
+    sandbox_env_allowlist: list[str] = Field(default_factory=lambda: list(SANDBOX_ENV_ALLOWLIST))
+    run_stall_minutes: float | None = Field(60.0, gt=0)   # no output for this long: the run is killed
     # ---- evolution ----
     evo_period_cycles: int = Field(10, gt=0)
     epsilon: float = Field(0.05, ge=0)

@@ -30,13 +30,12 @@ from loop.fsutil import atomic_write_text
 from loop.notes import (WORKPAD_SECTIONS, add_todos, append_mentor_notes, append_storyline, append_workpad,
                         resolve_todos)
 from loop.runner import ActiveRun, exit_code, kill_run, launch, monitor
-from loop.secrets import redact
+from loop.secrets import looks_secret, redact
 from loop.state import LoopState, write_heartbeat
 from loop.trainer.config import TrainerConfig
 from loop.workspace import Workspace
 
 BUILDER_TODO_CAP, MENTOR_TODO_CAP = 2, 1
-SECRET_NAME_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
 
 
 @dataclass
@@ -55,6 +54,7 @@ class Loop:
     phase_hint: dict = field(default_factory=dict)   # search-space recommendations (PHASE)
     current: dict = field(default_factory=dict)      # {"trace": id of the cycle running now}
     history: HistoryReader | None = None
+    sandbox: object | None = None                    # loop.sandbox.Sandbox; None: no OS boundary (tests)
 
     def run_history(self) -> list[RunRecord]:
         if self.history is None:
@@ -126,7 +126,8 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     # ---- run, judge ----
     outcome = None
     if run_plan is not None:
-        state.active_run = launch(**run_plan, cycle=cycle, cwd=loop.repo_root, env=child_env(loop))
+        state.active_run = launch(**run_plan, cycle=cycle, cwd=loop.repo_root, env=child_env(loop),
+                                  sandbox=loop.sandbox, stall_seconds=stall_seconds(loop.cfg))
         outcome = watch_and_judge(loop, state, trace, cycle, decision, record)
     elif decision.action == "finish":
         state.stop_reason = "the Builder chose finish"
@@ -204,7 +205,7 @@ def decide(loop: Loop, context_text: str, history: list[RunRecord], cycle: int, 
         todos = [line for line in context_text.splitlines() if line.startswith("T0")]
         return offline.builder_decision(PolicyInput(cycle, history, todos, loop.phase_hint),
                                         seed=loop.cfg.offline_seed), "offline"
-    from loop.agents.llm import LLMUnavailable
+    from loop.agents.llm import LLMCircuitOpen, LLMUnavailable
 
     system, user = prompts.builder_prompt(loop.cfg, loop.repo_root, context_text)
     record["prompt_tokens_estimate"] = estimate_tokens(system + user)
@@ -212,6 +213,8 @@ def decide(loop: Loop, context_text: str, history: list[RunRecord], cycle: int, 
         result = loop.builder.complete_json(system, user, Decision)
     except (LLMUnavailable, LoopError) as exc:
         record["llm_error"] = redact(str(exc), loop.secrets)
+        if isinstance(exc, LLMCircuitOpen):   # refused without a request; the daemon's timer waits it out
+            record["llm_circuit_open_s"] = round(exc.retry_in_seconds, 1)
         return wait_decision(f"Builder LLM unavailable: {record['llm_error']}"), "llm-failed"
     record["tokens_builder"] = result.usage.__dict__
     record["llm"] = {"attempts": result.attempts, "repaired": result.repaired, "mode": result.mode}
@@ -315,6 +318,10 @@ def safe_label(label: str) -> str:
     return keep or "run"
 
 
+def stall_seconds(cfg: DaemonConfig) -> float | None:
+    return cfg.run_stall_minutes * 60 if cfg.run_stall_minutes else None
+
+
 def walltime_limit(cfg: DaemonConfig) -> float | None:
     return cfg.budget.max_walltime_minutes * 60 + 60 if cfg.budget.max_walltime_minutes else None
 
@@ -327,6 +334,8 @@ def write_trainer_config(loop: Loop, decision: Decision, label: str, run_dir: Pa
     merged = deep_merge(base, decision.train_overlay)
     merged = deep_merge(merged, {"run": {"label": label}})
     caps = merged.get("budget", {}) or {}
+    if not isinstance(caps, dict) or not all(v is None or isinstance(v, (int, float)) for v in caps.values()):
+        raise ConfigError(f"train_overlay: budget must map cap names to numbers, got {caps!r:.200}")
     for key, limit in loop.cfg.budget.model_dump().items():
         if limit is not None:
             caps[key] = min(limit, caps[key]) if caps.get(key) is not None else limit
@@ -340,7 +349,7 @@ def write_trainer_config(loop: Loop, decision: Decision, label: str, run_dir: Pa
 
 def child_env(loop: Loop) -> dict[str, str]:
     """The run's environment: the daemon's, minus anything that looks like a secret."""
-    env = {k: v for k, v in os.environ.items() if not any(m in k.upper() for m in SECRET_NAME_MARKERS)}
+    env = {k: v for k, v in os.environ.items() if not looks_secret(k)}
     env["PYTHONPATH"] = str(loop.repo_root)
     return env
 
@@ -357,7 +366,7 @@ def watch_and_judge(loop: Loop, state: LoopState, trace: str, cycle: int, decisi
     run = state.active_run
     status = monitor(run, monitor_seconds(loop.cfg, decision), loop.should_stop)
     record["run"] = {"label": run.label, "pid": run.pid, "kind": run.kind, "log_path": run.log_path,
-                     "monitor": status}
+                     "monitor": status, "sandbox": run.sandbox}
     if status == "running":
         return None
     if status == "stopping":
@@ -379,6 +388,9 @@ def judge(run: ActiveRun, monitor_status: str) -> dict:
         return {**out, "status": "timed_out", "error": "walltime limit reached; process group killed"}
     if monitor_status == "stopping":
         return {**out, "status": "interrupted", "error": "the daemon was asked to stop"}
+    if monitor_status == "stalled":
+        return {**out, "status": "stalled",
+                "error": f"no output for {run.stall_seconds:.0f}s; the run's whole tree was killed"}
     if run.kind == "train":
         metrics_path = Path(run.run_dir) / "out" / "metrics.json"
         if metrics_path.exists():
@@ -410,7 +422,8 @@ def repair_and_retry(loop: Loop, state: LoopState, trace: str, cycle: int, run: 
         argv = list(argv)
         argv[argv.index("--out") + 1] = str(retry_dir / "out")
     state.active_run = launch(f"{run.label}-retry", trace, run.kind, argv, retry_dir, cycle, loop.repo_root,
-                              child_env(loop), retry_of=run.label, walltime_limit_seconds=run.walltime_limit_seconds)
+                              child_env(loop), retry_of=run.label, walltime_limit_seconds=run.walltime_limit_seconds,
+                              sandbox=loop.sandbox, stall_seconds=run.stall_seconds)
     retry_run = state.active_run
     status = monitor(retry_run, max(monitor_seconds(loop.cfg, None), 60.0), loop.should_stop)
     if status == "running":                     # keep following it next cycle

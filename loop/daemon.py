@@ -17,7 +17,10 @@ from loop.config import DaemonConfig, LLMRole
 from loop.cycle import Loop, run_cycle
 from loop.errors import LoopError
 from loop.events import EventLog
+from loop.recovery import Degraded, recover
+from loop.reaper import reap_leftovers
 from loop.runner import is_alive, kill_group
+from loop.sandbox import load_sandbox
 from loop.state import LoopState
 from loop.workspace import Workspace
 
@@ -79,7 +82,19 @@ def build_loop(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> Loop:
                 current=current,
                 secrets=known_secrets() + [k for k in (resolve_api_key(cfg.builder, cfg.credentials_file),
                                                        resolve_api_key(cfg.mentor, cfg.credentials_file)) if k],
-                should_stop=should_stop, say=say)
+                should_stop=should_stop, say=say, sandbox=load_sandbox(cfg, REPO_ROOT, ws.root))
+
+
+def reap_before_launch(loop: Loop, state: LoopState) -> dict:
+    """After a crash: keep following the run state.json names (same pid and create_time), kill
+    every other process an earlier daemon of this workspace left behind."""
+    run = state.active_run
+    reaped = reap_leftovers(loop.sandbox.owner, run.pid if run else None, run.create_time if run else None)
+    if run is not None and run.pid not in reaped["adopted"]:
+        reaped["adopted_run"] = None        # it is gone: the next cycle judges it from its files
+    elif run is not None:
+        reaped["adopted_run"] = run.label
+    return reaped
 
 
 def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, say=print) -> LoopState:
@@ -98,6 +113,8 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         stop["requested"] = True
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # Past a file-size limit a write should fail (EFBIG, handled as degraded), not kill the daemon.
+    previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         ws.pid.write_text(f"{os.getpid()}\n")
         ws.stop_request.unlink(missing_ok=True)
@@ -110,32 +127,54 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         loop = build_loop(cfg, ws, should_stop, say)
         events = loop.events
         torn = events.repair_tail()
+        recovered = recover(ws, events)        # stray temps, archive staging, cycle counter (loop/recovery.py)
         state = LoopState.load(ws.state)
         state.stop_reason = None
+        reaped = reap_before_launch(loop, state)    # nothing is launched before leftovers are handled
         mode = "LLM" if loop.builder is not None else "offline policy (no endpoint configured; no network)"
-        events.append("daemon_start", f"start-{state.cycle + 1:05d}", pid=os.getpid(), resume_cycle=state.cycle + 1,
-                      builder=mode, mentor="LLM" if loop.mentor is not None else "offline policy",
-                      prompt_rules=rules, repaired_torn_event=torn, task_domain=task,
-                      active_run=state.active_run.label if state.active_run else None,
-                      active_run_alive=is_alive(state.active_run) if state.active_run else None)
+        degraded = Degraded(events)
+        append_daemon_event(degraded, state, say, "daemon_start", f"start-{state.cycle + 1:05d}",
+                            pid=os.getpid(), resume_cycle=state.cycle + 1,
+                            builder=mode, mentor="LLM" if loop.mentor is not None else "offline policy",
+                            prompt_rules=rules, repaired_torn_event=torn, recovery=recovered, task_domain=task,
+                            sandbox=loop.sandbox.note, reaped=reaped,
+                            active_run=state.active_run.label if state.active_run else None,
+                            active_run_alive=is_alive(state.active_run) if state.active_run else None)
         say(f"llmloop daemon pid {os.getpid()}: Builder and Mentor use the {mode}; "
-            f"resuming at cycle {state.cycle + 1}")
+            f"resuming at cycle {state.cycle + 1}; {loop.sandbox.note}")
+        if reaped["killed"]:
+            say(f"killed {len(reaped['killed'])} leftover process(es) of an earlier daemon")
         loop.phase_hint = dict(state.phase_recommendations)
         done = 0
         while not should_stop() and state.stop_reason is None and (max_cycles is None or done < max_cycles):
-            state = run_cycle(loop, state)
+            try:
+                degraded.flush()                  # `degraded` events a full disk held back
+                state = run_cycle(loop, state)
+                degraded.recovered()
+            except OSError as exc:                # disk full, file too large, read-only: stay up, back off;
+                backoff = degraded.record(exc, state, say)    # state.json on disk is the last good one
+            else:
+                backoff = None
             done += 1
             if max_cycles is not None and done >= max_cycles:
                 break
-            state = phase_if_due(loop, state)
-            if should_stop() or state.stop_reason is not None:
-                break
-            decision = timer_decision(loop, state)
-            events.append("timer", f"timer-{state.cycle:05d}", seconds=decision.seconds, reasons=decision.reasons,
-                          inputs=decision.inputs)
+            if backoff is not None:
+                sleep_between_cycles(backoff, should_stop)
+                continue
+            try:
+                state = phase_if_due(loop, state)
+                if should_stop() or state.stop_reason is not None:
+                    break
+                decision = timer_decision(loop, state)
+                events.append("timer", f"timer-{state.cycle:05d}", seconds=decision.seconds,
+                              reasons=decision.reasons, inputs=decision.inputs)
+            except OSError as exc:
+                sleep_between_cycles(degraded.record(exc, state, say), should_stop)
+                continue
             sleep_between_cycles(decision.seconds, should_stop)
         reason = state.stop_reason or ("stop requested" if should_stop() else f"{done} cycle(s) done")
-        events.append("daemon_stop", f"stop-{state.cycle:05d}", reason=reason, cycle=state.cycle)
+        append_daemon_event(degraded, state, say, "daemon_stop", f"stop-{state.cycle:05d}", reason=reason,
+                            cycle=state.cycle)
         say(f"llmloop daemon stopped after cycle {state.cycle}: {reason}")
         return state
     finally:
@@ -144,6 +183,16 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         ws.pid.unlink(missing_ok=True)
         ws.stop_request.unlink(missing_ok=True)
         lock.release()
+
+
+def append_daemon_event(degraded: Degraded, state: LoopState, say, kind: str, trace: str, **fields) -> None:
+    """daemon_start / daemon_stop: an events.jsonl that cannot be written (disk full) must not turn a
+    start or a stop into a traceback. The failure takes the cycles' degraded path: a `degraded` record
+    held back for the next flush, reported on stderr meanwhile, and the daemon carries on."""
+    try:
+        degraded.events.append(kind, trace, **fields)
+    except OSError as exc:
+        degraded.record(exc, state, say)
 
 
 def check_task_domain(cfg: DaemonConfig) -> str:
@@ -158,8 +207,8 @@ def check_task_domain(cfg: DaemonConfig) -> str:
 
 
 def timer_decision(loop: Loop, state: LoopState):
-    """The pause before the next cycle, from recent durations, the fitness trend, the machine's load
-    and the time to the next PHASE window (loop/timer.py)."""
+    """The pause before the next cycle, from recent durations, the fitness trend, the machine's load,
+    the Builder's open LLM circuit and the time to the next PHASE window (loop/timer.py)."""
     import datetime as dt
 
     from loop.phase_window import seconds_until_window
@@ -171,9 +220,11 @@ def timer_decision(loop: Loop, state: LoopState):
     for r in history:
         running = max(running, r.score if r.ok else 0.0)
         best.append(running)
+    circuit_open_for = getattr(loop.builder, "unavailable_for_seconds", None)   # None: the offline policy
     inputs = TimerInputs(base_seconds=cfg.daemon_poll_seconds, cycle_seconds=state.cycle_seconds[-window:],
                          run_seconds=[r.minutes * 60 for r in history if r.minutes], best_scores=best,
                          seconds_to_phase=seconds_until_window(cfg.phase, dt.datetime.now()),
+                         llm_circuit_open_seconds=circuit_open_for() if circuit_open_for else None,
                          **sample_resources())
     return next_pause(inputs, cfg.adaptive_timer.min_seconds, cfg.adaptive_timer.max_seconds)
 
@@ -197,7 +248,7 @@ def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
     config_copy.write_text(cfg.model_dump_json(indent=2))
     events.append("phase_pause", trace, window=key, run_id=run_id, cycle=state.cycle)
     loop.say(f"PHASE window {key}: pausing after cycle {state.cycle}, deep evaluation {run_id} running")
-    proc = phase_window.start_phase(str(config_copy), ws.root, run_id, REPO_ROOT)
+    proc = phase_window.start_phase(str(config_copy), ws.root, run_id, REPO_ROOT, sandbox=loop.sandbox)
     signal_path = ws.root / "phase" / f"phase_complete_{run_id}.json"
     outcome = phase_window.wait_for_signal(signal_path, proc, loop.should_stop, cfg.phase.sleep_chunk_seconds)
     state.phase_done = (state.phase_done + [key])[-50:]

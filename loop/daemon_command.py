@@ -1,4 +1,4 @@
-"""`llmloop start | stop | status | watch | finishup | report | reset | policy check | login`:
+"""`llmloop start | stop | status | watch | finishup | report | reset | policy check | sandbox run | login`:
 thin calls into the modules that own each job."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from loop.config import add_daemon_config_arguments, load_daemon_config
 from loop.errors import LoopError
 
-COMMANDS = ("start", "stop", "status", "watch", "finishup", "report", "reset", "policy", "login")
+COMMANDS = ("start", "stop", "status", "watch", "finishup", "report", "reset", "policy", "sandbox", "login")
 
 
 def add_arguments(sub) -> None:
@@ -55,6 +55,11 @@ def add_arguments(sub) -> None:
     p = common(sub.add_parser("policy", help="try the command policy"))
     p.add_argument("action", choices=["check"])
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND")
+    p = common(sub.add_parser("sandbox", help="run a command exactly as the daemon runs a run_command"))
+    p.add_argument("action", choices=["run"])
+    p.add_argument("--policy", action="store_true", help="refuse first, as the daemon does, if the policy refuses")
+    p.add_argument("--timeout", type=float, help="seconds before the command is killed")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND (one shell line, as an LLM would write it)")
     p = common(sub.add_parser("login", help="store the endpoint and API key (0600 file)"))
     p.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", help="the model name to use for both roles")
@@ -66,12 +71,33 @@ def run(args: argparse.Namespace) -> int:
     from loop import daemon
 
     try:
+        split_command_options(args)
         cfg = load_daemon_config(args.daemon_config)
         ws = daemon.workspace_of(cfg, args.workspace)
         return HANDLERS[args.command](args, cfg, ws)
     except LoopError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def split_command_options(args: argparse.Namespace) -> None:
+    """`llmloop policy check|sandbox run [OPTIONS] -- CMD`: the REMAINDER that collects CMD also
+    swallows OPTIONS written after the action word; parse those here (only the ones given)."""
+    cmd = getattr(args, "cmd", None)
+    if not cmd or "--" not in cmd:
+        return
+    cut = cmd.index("--")
+    before, args.cmd = cmd[:cut], cmd[cut + 1:]
+    if not before:
+        return
+    options = argparse.ArgumentParser(prog=f"llmloop {args.command}", argument_default=argparse.SUPPRESS)
+    options.add_argument("--daemon-config")
+    options.add_argument("--workspace")
+    if args.command == "sandbox":
+        options.add_argument("--policy", action="store_true")
+        options.add_argument("--timeout", type=float)
+    for key, value in vars(options.parse_args(before)).items():
+        setattr(args, key, value)
 
 
 # ---------------------------------------------------------------- handlers ----
@@ -179,6 +205,20 @@ def cmd_policy(args, cfg, ws) -> int:
     return policy_check(" ".join(cmd) if len(cmd) > 1 else cmd[0], cfg, REPO_ROOT)
 
 
+def cmd_sandbox(args, cfg, ws) -> int:
+    from loop.daemon import REPO_ROOT
+    from loop.gate import policy_check
+    from loop.sandbox import run_by_hand
+
+    if not args.cmd:
+        print("usage: llmloop sandbox run [--policy] -- COMMAND", file=sys.stderr)
+        return 2
+    command = " ".join(args.cmd)
+    if args.policy and policy_check(command, cfg, REPO_ROOT) != 0:
+        return 6
+    return run_by_hand(cfg, REPO_ROOT, ws.root, command, args.timeout)
+
+
 def cmd_login(args, cfg, ws) -> int:
     from loop.agents.llm import write_credentials
 
@@ -201,4 +241,4 @@ def cmd_login(args, cfg, ws) -> int:
 
 HANDLERS = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "watch": cmd_watch,
             "finishup": cmd_finishup, "report": cmd_report, "reset": cmd_reset, "policy": cmd_policy,
-            "login": cmd_login}
+            "sandbox": cmd_sandbox, "login": cmd_login}

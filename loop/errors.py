@@ -50,3 +50,9 @@ class ArchiveTampered(LoopError):
     """An archived file no longer matches its recorded hash."""
 
     exit_code = 7
+
+
+class SandboxUnavailable(LoopError):
+    """`sandbox: required` and bubblewrap is missing or cannot start a sandbox here."""
+
+    exit_code = 13

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from loop.fsutil import append_line
+
 
 class EventLog:
     def __init__(self, path: Path):
@@ -19,13 +21,7 @@ class EventLog:
                   "cycle_trace_id": cycle_trace_id, **fields}
         line = json.dumps(record, default=str, ensure_ascii=False) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One write() of a whole line on an O_APPEND descriptor: no interleaving, no partial rewrite.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self.path, line, site="events")     # one write; a failed one leaves no fragment
         return record
 
     def __iter__(self) -> Iterator[dict]:
@@ -68,14 +64,21 @@ class EventLog:
 
     def repair_tail(self) -> bool:
         """Cut a torn last line (no trailing newline). True if something was cut."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
+        return repair_torn_tail(self.path)
+
+
+def repair_torn_tail(path: Path) -> bool:
+    """Cut a torn last line (no trailing newline) of a JSONL file. True if something was cut."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
             return False
-        with open(self.path, "rb+") as fh:
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) == b"\n":
-                return False
-            fh.seek(0)
-            data = fh.read()
-            cut = data.rfind(b"\n") + 1
-            fh.truncate(cut)
-            return True
+        fh.seek(0)
+        data = fh.read()
+        cut = data.rfind(b"\n") + 1
+        fh.truncate(cut)
+        os.fsync(fh.fileno())
+        return True

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from loop.agents.offline import RunRecord
+from loop.fsutil import append_line
 from loop.workspace import Workspace
 
 
@@ -40,5 +41,4 @@ def read_history(ws: Workspace) -> list[RunRecord]:
 
 def append_history(ws: Workspace, row: dict) -> None:
     ws.runs.mkdir(parents=True, exist_ok=True)
-    with open(ws.runs_index, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, default=str) + "\n")
+    append_line(ws.runs_index, json.dumps(row, default=str) + "\n")   # a failed append leaves no half record

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from loop import fsutil
 from loop.fsutil import atomic_write_text
 
 WORKPAD_SECTIONS = ("## Notes", "## Data Exploration")
@@ -154,11 +155,8 @@ def todo_summary(path: Path, each_end: int = 3) -> tuple[int, list[str]]:
 
 def append_line(path: Path, text: str, header: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", encoding="utf-8") as fh:
-        if new:
-            fh.write(header + "\n\n")
-        fh.write(text.rstrip("\n") + "\n")
+    lead = "" if path.exists() and path.stat().st_size else header + "\n\n"   # also after a failed first append
+    fsutil.append_line(path, lead + text.rstrip("\n") + "\n")   # one write: a full disk leaves no fragment
 
 
 def append_storyline(path: Path, line: str) -> None:

@@ -61,15 +61,24 @@ def window_due(cfg: PhaseConfig, cycle: int, now: dt.datetime, done_keys: list[s
     return None if key in done_keys else key
 
 
-def start_phase(daemon_config: str | None, workspace: Path, run_id: str, repo_root: Path) -> subprocess.Popen:
-    """PHASE as its own process (its own session), so a daemon crash does not take it down."""
-    log_dir = workspace / "phase" / run_id
+def start_phase(daemon_config: str | None, workspace: Path, run_id: str, repo_root: Path,
+                sandbox=None) -> subprocess.Popen:
+    """PHASE as its own process (its own session), so a daemon crash does not take it down; inside
+    the run sandbox (a loop.sandbox.Sandbox) when one is given, able to write only <workspace>/phase."""
+    phase_dir = workspace / "phase"
+    log_dir = phase_dir / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "loop.phase", "run", "--workspace", str(workspace), "--run-id", run_id]
     if daemon_config:
         argv += ["--daemon-config", daemon_config]
+    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    if sandbox is not None:
+        sandbox.prepare(phase_dir)
+        argv = sandbox.command(argv, phase_dir, repo_root)
+        # No LLMLOOP_OWNER: PHASE outlives a daemon crash on purpose, and a restart must not reap it.
+        env = {k: v for k, v in sandbox.env(phase_dir, f"phase:{run_id}").items() if k != "LLMLOOP_OWNER"}
     with open(log_dir / "stdout.log", "ab") as log:
-        return subprocess.Popen(argv, cwd=repo_root, env=dict(os.environ, PYTHONPATH=str(repo_root)), stdout=log,
+        return subprocess.Popen(argv, cwd=repo_root, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 

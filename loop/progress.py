@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from loop.fsutil import append_line
+
 
 def format_seconds(seconds: float) -> str:
     seconds = max(0, int(seconds))
@@ -22,7 +24,9 @@ class ProgressLog:
     def __init__(self, log_path: Path | None, description: str, total: int,
                  stream: TextIO | None = None, every_seconds: float = 5.0):
         self.stream = stream or sys.stdout
-        self.log = open(log_path, "a", encoding="utf-8") if log_path else None
+        self.log = Path(log_path) if log_path else None
+        if self.log:
+            self.log.touch()          # the log exists from the start (and a missing folder fails here, as before)
         self.total, self.done = total, 0
         self.every_seconds = every_seconds
         self._last_line = 0.0
@@ -41,13 +45,15 @@ class ProgressLog:
 
     def line(self, message: str) -> None:
         stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        if self.log:
-            self.log.write(stamped + "\n")
-            self.log.flush()
+        self._log_line(stamped)
         if self._bar is not None:
             self._bar.console.print(message)
         else:
             print(stamped, file=self.stream, flush=True)
+
+    def _log_line(self, stamped: str) -> None:
+        if self.log:
+            append_line(self.log, stamped + "\n")      # one write: a full disk leaves no fragment
 
     def eta_seconds(self) -> float:
         elapsed = time.monotonic() - self._started
@@ -63,9 +69,7 @@ class ProgressLog:
             self._last_line = now
             message = f"progress {done}/{self.total} {status} eta {format_seconds(self.eta_seconds())}"
             if self._bar is not None:   # the bar shows it; the log file still gets the line
-                if self.log:
-                    self.log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-                    self.log.flush()
+                self._log_line(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}")
             else:
                 self.line(message)
 
@@ -73,6 +77,4 @@ class ProgressLog:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-        if self.log:
-            self.log.close()
-            self.log = None
+        self.log = None

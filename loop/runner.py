@@ -1,5 +1,7 @@
-"""Supervised subprocesses: each run in its own process group, stdout/stderr to a log file, a
-walltime limit that ends the whole group. (The daemon's monitor window builds on this.)"""
+"""Supervised subprocesses: each run in its own process group (and, through loop/sandbox.py, its own
+PID namespace), stdout/stderr to a log file, a walltime limit and a no-progress limit that end the
+whole tree. Every run carries LLMLOOP_RUN_TAG in its environment, so processes that left the group
+(`setsid`) are still found and killed; loop/reaper.py uses the same tags after a daemon restart."""
 from __future__ import annotations
 
 import os
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import psutil
 from pydantic import BaseModel
+
+from loop.reaper import kill_processes, tagged_processes
 
 
 @dataclass
@@ -99,16 +103,28 @@ class ActiveRun(BaseModel):
     retry_of: str | None = None
     monitor_cycles: int = 0
     walltime_limit_seconds: float | None = None
+    stall_seconds: float | None = None      # no new output for this long: killed as stalled
+    run_tag: str = ""                       # LLMLOOP_RUN_TAG of every process of the run
+    sandbox: str = "none"                   # bubblewrap | none
 
 
 def launch(label: str, trace_id: str, kind: str, argv: list[str], run_dir: Path, cycle: int, cwd: Path,
            env: dict[str, str], config_path: str | None = None, retry_of: str | None = None,
-           walltime_limit_seconds: float | None = None) -> ActiveRun:
-    """Start `argv` in its own session (process group), wrapped so its exit code lands in a file."""
+           walltime_limit_seconds: float | None = None, sandbox=None,
+           stall_seconds: float | None = None) -> ActiveRun:
+    """Start `argv` in its own session (process group), inside `sandbox` (a loop.sandbox.Sandbox)
+    when one is given, wrapped so its exit code lands in a file."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path, exit_file = run_dir / "run.log", run_dir / "exit_code"
     exit_file.unlink(missing_ok=True)
-    wrapped = [sys.executable, "-m", "loop.runwrap", str(exit_file), "--", *argv]
+    run_tag = f"{trace_id}:{label}"
+    if sandbox is not None:
+        sandbox.prepare(run_dir)
+        env, command = sandbox.env(run_dir, run_tag), sandbox.command(argv, run_dir, cwd)
+    else:
+        env, command = {**env, "LLMLOOP_RUN_TAG": run_tag}, list(argv)
+    # runwrap stays outside the sandbox (it must write the exit file whatever the run does).
+    wrapped = [sys.executable, "-m", "loop.runwrap", str(exit_file), "--", *command]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -117,7 +133,8 @@ def launch(label: str, trace_id: str, kind: str, argv: list[str], run_dir: Path,
                      log_path=str(log_path), exit_file=str(exit_file), pid=proc.pid,
                      create_time=psutil.Process(proc.pid).create_time(), started_at=time.time(),
                      cycle_started=cycle, config_path=config_path, retry_of=retry_of,
-                     walltime_limit_seconds=walltime_limit_seconds)
+                     walltime_limit_seconds=walltime_limit_seconds, stall_seconds=stall_seconds,
+                     run_tag=run_tag, sandbox="bubblewrap" if sandbox is not None and sandbox.active else "none")
 
 
 _CHILDREN: dict[int, subprocess.Popen] = {}    # runs this process started (so it can reap them)
@@ -144,28 +161,45 @@ def exit_code(run: ActiveRun) -> int | None:
 
 
 def kill_run(run: ActiveRun) -> None:
-    """End the run's whole process group (TERM, then KILL)."""
-    if not is_alive(run):
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(run.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.time() + 5
-        while time.time() < deadline and is_alive(run):
-            time.sleep(0.1)
-        if not is_alive(run):
-            break
+    """End the run's whole tree: its process group (TERM, then KILL), then any process that still
+    carries its tag (a grandchild that called setsid; inside a sandbox the PID namespace has
+    already taken those down with it)."""
+    if is_alive(run):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(run.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                break
+            deadline = time.time() + 5
+            while time.time() < deadline and is_alive(run):
+                time.sleep(0.1)
+            if not is_alive(run):
+                break
+    if run.run_tag:
+        kill_processes(tagged_processes("LLMLOOP_RUN_TAG", run.run_tag))
     child = _CHILDREN.pop(run.pid, None)
     if child is not None:
         child.wait(timeout=5)
 
 
+def last_progress(run: ActiveRun) -> float:
+    """When the run last wrote anything: its log or any file in its folder (two levels deep)."""
+    newest = run.started_at
+    root = Path(run.run_dir)
+    for path in [Path(run.log_path), *root.glob("*"), *root.glob("*/*")]:
+        try:
+            newest = max(newest, path.stat().st_mtime)
+        except OSError:
+            continue
+    return newest
+
+
 def monitor(run: ActiveRun, seconds: float, should_stop, poll_seconds: float = 0.25) -> str:
     """Watch the run for up to `seconds`: 'finished', 'running' (window over), 'stopping' (stop was
-    requested), or 'timed_out' (past its walltime limit: the group is killed)."""
+    requested), 'timed_out' (past its walltime limit) or 'stalled' (no output for stall_seconds);
+    the last two kill the whole tree."""
     deadline = time.monotonic() + seconds
+    next_progress_check = 0.0
     while True:
         if not is_alive(run):
             child = _CHILDREN.pop(run.pid, None)
@@ -175,6 +209,11 @@ def monitor(run: ActiveRun, seconds: float, should_stop, poll_seconds: float = 0
         if run.walltime_limit_seconds and time.time() - run.started_at > run.walltime_limit_seconds:
             kill_run(run)
             return "timed_out"
+        if run.stall_seconds and time.monotonic() >= next_progress_check:
+            next_progress_check = time.monotonic() + min(5.0, run.stall_seconds / 4)
+            if time.time() - last_progress(run) > run.stall_seconds:
+                kill_run(run)
+                return "stalled"
         if should_stop():
             return "stopping"
         if time.monotonic() >= deadline:

@@ -12,6 +12,12 @@ from typing import Iterable
 MASK = "[REDACTED]"
 MIN_SECRET_LEN = 6            # shorter values would mask ordinary words
 SECRET_NAME_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+# Environment names never passed to a run (a little wider than the words whose values are redacted).
+SECRET_NAME_MARKERS = (*SECRET_NAME_WORDS, "CREDENTIAL")
+
+
+def looks_secret(name: str) -> bool:
+    return any(marker in name.upper() for marker in SECRET_NAME_MARKERS)
 
 # (pattern, replacement); a group 1 keeps the label so the text still says what was masked.
 # Authorization runs first so "Authorization: Bearer x" collapses to one mask.

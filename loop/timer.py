@@ -3,6 +3,8 @@
   recent durations     base + 10% of the rolling average of recent cycle and run durations
   fitness trend        x2 when the best score has stopped improving (converging), x0.5 while it rises
   resources            x0.5 when the machine is idle (CPU, GPU if any, memory), x1.5 when it is busy
+  an open circuit      at least until the Builder's LLM circuit half-opens (past `max_seconds` too:
+                       a cycle before then could only wait again, without a request)
   the next PHASE       never more than half the time left until the PHASE window opens
 
 bounded by `adaptive_timer.min_seconds` / `max_seconds`. Every decision is returned with its inputs
@@ -10,6 +12,7 @@ so the daemon can log it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 IDLE_CPU, BUSY_CPU, BUSY_MEMORY = 30.0, 85.0, 90.0
@@ -25,6 +28,7 @@ class TimerInputs:
     memory_percent: float | None = None
     gpu_percent: float | None = None
     seconds_to_phase: float | None = None
+    llm_circuit_open_seconds: float | None = None               # until the Builder's circuit half-opens
 
 
 @dataclass
@@ -65,13 +69,22 @@ def next_pause(inputs: TimerInputs, min_seconds: float, max_seconds: float,
         elif max(busy) < IDLE_CPU:
             pause *= 0.5
             reasons.append(f"machine idle (cpu {inputs.cpu_percent:.0f}%) -> x0.5")
+    circuit_wait = _circuit_wait(inputs.llm_circuit_open_seconds)
+    if circuit_wait > pause:
+        pause = circuit_wait
+        reasons.append(f"Builder LLM circuit open for {circuit_wait:.1f}s more -> wait it out")
     if inputs.seconds_to_phase is not None and pause > inputs.seconds_to_phase / 2:
         pause = max(0.0, inputs.seconds_to_phase / 2)
         reasons.append(f"PHASE opens in {inputs.seconds_to_phase:.0f}s -> at most half of that")
-    bounded = min(max(pause, min_seconds), max_seconds)
+    bounded = min(max(pause, min_seconds), max(max_seconds, circuit_wait))
     if bounded != pause:
         reasons.append(f"bounded to [{min_seconds}, {max_seconds}]s")
     return TimerDecision(seconds=round(bounded, 3), reasons=reasons, inputs=asdict(inputs))
+
+
+def _circuit_wait(open_seconds: float | None) -> float:
+    # Rounded up to the millisecond, so the next cycle never finds the circuit still open by a hair.
+    return math.ceil(open_seconds * 1000) / 1000 if open_seconds else 0.0
 
 
 def sample_resources() -> dict[str, float | None]:

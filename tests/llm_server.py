@@ -7,17 +7,28 @@ Each POST to /v1/chat/completions (or /chat/completions) pops one step:
     {"status": 500} / {"status": 400, "error": "response_format json_schema is not supported"}
     {"delay": 1.0, ...rest of the step}          sleep first (to trigger client timeouts)
     {"drop": True}                               close the socket without any response
+    {"reset": True}                              close the socket with a TCP reset (RST)
     {"truncated": True}                          200 headers, then half the body, then close
+    {"malformed": True}                          200 with a complete body that is not valid JSON
 
-An empty script answers 500 "script exhausted". Every request is recorded in `server.requests`
-as {"path", "headers", "body"} (headers lower-cased, body parsed JSON).
+An empty script answers 500 "script exhausted", unless the server has a `FaultPlan`: then a
+seeded draw per request injects one fault (429 with Retry-After, 500, reset, a delay past the
+client's timeout, a malformed or truncated body, or reply text that is not JSON) at the plan's
+rate, and answers `plan.content` otherwise. Every request is recorded in `server.requests` as
+{"path", "headers", "body", "fault", "at"} (headers lower-cased, body parsed JSON, fault the
+injected kind or None, at the time.monotonic() of arrival); long campaigns drain it with
+`take_requests()` as they go.
 """
 from __future__ import annotations
 
 import json
+import random
+import socket
+import struct
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,6 +36,50 @@ import pytest
 
 PATHS = ("/v1/chat/completions", "/chat/completions")
 DEFAULT_USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+
+
+# ------------------------------------------------------------ fault plan ----
+
+FAULT_KINDS = ("rate_limit", "server_error", "reset", "timeout", "malformed_body", "truncated", "bad_content")
+MALFORMED_BODY = b'{"id": "chatcmpl-test", "object": "chat.completion", "choices": [{"index": 0,'
+
+
+@dataclass
+class FaultPlan:
+    """Seeded faults: each request gets one of `kinds` with probability `rate`, else `content`."""
+
+    rate: float = 0.3
+    seed: int = 0
+    content: str = '{"action": "wait", "rationale": "nothing to do", "run_label": "w1"}'
+    kinds: tuple[str, ...] = FAULT_KINDS
+    retry_after: str = "0"            # the 429's Retry-After header
+    delay_s: float = 0.5              # the timeout fault's delay: set it past the client's timeout
+    injected: Counter = field(default_factory=Counter)    # kind -> count, as drawn
+
+    def __post_init__(self) -> None:
+        unknown = set(self.kinds) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
+        self._rng = random.Random(self.seed)
+
+    def draw(self) -> tuple[dict, str | None]:
+        """The next request's step and the fault kind it injects (None for a good reply)."""
+        if self._rng.random() >= self.rate:
+            return {"content": self.content}, None
+        kind = self._rng.choice(self.kinds)
+        self.injected[kind] += 1
+        return self._step(kind), kind
+
+    def _step(self, kind: str) -> dict:
+        return {
+            "rate_limit": {"status": 429, "headers": {"Retry-After": self.retry_after}, "error": "injected 429"},
+            "server_error": {"status": 500, "error": "injected 500"},
+            "reset": {"reset": True},
+            "timeout": {"delay": self.delay_s, "content": self.content},
+            "malformed_body": {"malformed": True},
+            "truncated": {"truncated": True},
+            "bad_content": {"content": 'Sure! {"action": "wait", "rationale": '},
+        }[kind]
 
 
 def completion_body(content: str, usage: dict | None = None) -> dict[str, Any]:
@@ -55,6 +110,16 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(step["delay"])
         if step.get("drop"):
             self.close_connection = True      # nothing written: the client sees a dropped socket
+            return
+        if step.get("reset"):
+            # SO_LINGER 0 makes close() send RST instead of FIN: the client sees "connection reset".
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return
+        if step.get("malformed"):
+            self._send_head(200, len(MALFORMED_BODY), {})
+            self.wfile.write(MALFORMED_BODY)
             return
         if step.get("truncated"):
             body = json.dumps(completion_body('{"action": "wait"}')).encode()
@@ -94,9 +159,10 @@ class _HTTPServer(ThreadingHTTPServer):
 class LLMServer:
     """Scripted server on 127.0.0.1:<free port>, served from a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, faults: FaultPlan | None = None) -> None:
         self.steps: deque[dict] = deque()
         self.requests: list[dict] = []
+        self.faults = faults                  # answers requests once the script is empty
         self._lock = threading.Lock()
         self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
@@ -113,14 +179,32 @@ class LLMServer:
             self.steps.extend(steps)
 
     def record_and_pop(self, path: str, headers: dict, raw: bytes) -> dict:
-        try:
-            body = json.loads(raw or b"null")
-        except ValueError:
-            body = raw.decode("utf-8", "replace")
+        body = self._parse_body(raw)
         with self._lock:
+            step, fault = self._next_step()
             self.requests.append({"path": path, "headers": {k.lower(): v for k, v in headers.items()},
-                                  "body": body})
-            return self.steps.popleft() if self.steps else {"status": 500, "error": "script exhausted"}
+                                  "body": body, "fault": fault, "at": time.monotonic()})
+            return step
+
+    def take_requests(self) -> list[dict]:
+        """The requests recorded so far, removed from `requests` (for campaigns that count as they go)."""
+        with self._lock:
+            taken, self.requests = self.requests, []
+        return taken
+
+    def _next_step(self) -> tuple[dict, str | None]:
+        if self.steps:
+            return self.steps.popleft(), None
+        if self.faults is not None:
+            return self.faults.draw()
+        return {"status": 500, "error": "script exhausted"}, None
+
+    @staticmethod
+    def _parse_body(raw: bytes) -> Any:
+        try:
+            return json.loads(raw or b"null")
+        except ValueError:
+            return raw.decode("utf-8", "replace")
 
     def __enter__(self) -> "LLMServer":
         self._thread.start()

@@ -179,7 +179,7 @@ def test_cli_verify_passes_then_fails_after_one_byte(tmp_path, model_pool):
     card.write_bytes(card.read_bytes()[:-1] + b"?")
     archive.make_read_only(entry)
     result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 1 and "MODEL_CARD.md was changed" in result.stdout
+    assert result.returncode == 7 and "MODEL_CARD.md was changed" in result.stdout   # ArchiveTampered
 
 
 # ------------------------------------------------------------ proposal ----

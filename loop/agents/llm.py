@@ -7,7 +7,12 @@
 * transient failures (timeouts, dropped connections, 429, 5xx) are retried by tenacity with
   jittered exponential backoff, honouring a server's Retry-After; the SDK's own retries are off;
 * a reply that is not valid JSON for the model gets exactly one repair request;
-* anything else becomes `LLMUnavailable`, and no log line, event or message carries the API key.
+* anything else becomes `LLMUnavailable`, and no log line, event or message carries the API key;
+* a circuit breaker per client (loop/agents/breaker.py) counts each failed call once: after
+  `circuit_breaker_failures` in a row, calls raise `LLMCircuitOpen` without a request until
+  `circuit_breaker_cooldown_seconds` have passed (events `llm_circuit_open` / `llm_circuit_closed`).
+
+HTTP requests per call are bounded: see `max_requests_per_call`.
 
 API keys come from the role's environment variable, else the credentials file `llmloop login` writes.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +34,7 @@ from tenacity import (RetryCallState, Retrying, retry_if_exception, retry_if_exc
                       stop_after_attempt, wait_exponential, wait_random)
 from tenacity.wait import wait_base
 
+from loop.agents.breaker import CircuitBreaker
 from loop.agents.schema import json_schema, parse_model
 from loop.config import LLMRole
 from loop.errors import ConfigError, LoopError
@@ -55,6 +62,26 @@ EventSink = Callable[[dict], None]
 
 class LLMUnavailable(LoopError):
     """The endpoint could not produce a valid reply; the message never contains the API key."""
+
+
+class LLMCircuitOpen(LLMUnavailable):
+    """Refused without a request: the role's circuit is open for `retry_in_seconds` more."""
+
+    def __init__(self, message: str, retry_in_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_in_seconds = retry_in_seconds
+
+
+class MalformedResponse(Exception):
+    """A 200 whose body is not a chat completion (bad JSON, wrong shape): retried like a dropped reply."""
+
+
+def max_requests_per_call(role: LLMRole) -> int:
+    """The most HTTP requests one `complete_json` can send. Each structured-output mode a chat tries
+    costs at most `max_attempts` requests; the ask walks forward through the modes and the one repair
+    goes on from the mode the ask ended in, so together they try at most two modes more than fallbacks."""
+    fallbacks = len(MODES) - 1 if role.structured_output == "auto" else 0
+    return role.max_attempts * (2 + fallbacks)
 
 
 # ------------------------------------------------------------ credentials ----
@@ -141,8 +168,22 @@ def _transient_status(exc: BaseException) -> bool:
     return isinstance(exc, APIStatusError) and (exc.status_code >= 500 or exc.status_code == 429)
 
 
-TRANSIENT_ERRORS = (APITimeoutError, APIConnectionError, RateLimitError, InternalServerError)
+TRANSIENT_ERRORS = (APITimeoutError, APIConnectionError, RateLimitError, InternalServerError, MalformedResponse)
 RETRY_TRANSIENT = retry_if_exception_type(TRANSIENT_ERRORS) | retry_if_exception(_transient_status)
+
+
+def _reply_text(response: Any) -> str:
+    """The first choice's text ("" when there is no choice); a reply of any other shape is malformed."""
+    if not hasattr(response, "choices"):         # the SDK hands back a non-JSON body as str
+        raise MalformedResponse(f"reply is a {type(response).__name__}, not a chat completion")
+    choices = response.choices
+    if not choices:
+        return ""
+    message = getattr(choices[0], "message", None) if isinstance(choices, list) else None
+    content = getattr(message, "content", None)
+    if message is None or not isinstance(content, (str, type(None))):
+        raise MalformedResponse("reply has no choices[0].message with text content")
+    return content or ""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -182,7 +223,8 @@ class LLMClient:
 
     def __init__(self, role: LLMRole, role_name: str, api_key: str | None,
                  on_event: EventSink | None = None, *,
-                 backoff_base: float = BACKOFF_BASE_S, backoff_max: float = BACKOFF_MAX_S) -> None:
+                 backoff_base: float = BACKOFF_BASE_S, backoff_max: float = BACKOFF_MAX_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.role, self.role_name = role, role_name
         self._api_key = api_key
         self._on_event = on_event
@@ -195,11 +237,30 @@ class LLMClient:
         # The structured-output mode in use; under "auto", None until a call has found one that works.
         self.mode: str | None = None if role.structured_output == "auto" else role.structured_output
         self.total_usage = Usage()        # over the client's lifetime, for budgets and status
+        self.circuit = CircuitBreaker(role.circuit_breaker_failures, role.circuit_breaker_cooldown_seconds, clock)
 
     # ---- public ----
 
     def complete_json(self, system: str, user: str, model_cls: type[BaseModel]) -> LLMResult:
-        """Ask for one `model_cls` as JSON; one repair request if the reply does not validate."""
+        """Ask for one `model_cls` as JSON; one repair request if the reply does not validate.
+        Raises `LLMCircuitOpen` (no request sent) while the circuit is open, else `LLMUnavailable`."""
+        if not self.circuit.allow():
+            raise self._circuit_refusal()
+        try:
+            result = self._ask_with_repair(system, user, model_cls)
+        except Exception as exc:       # retries exhausted, refused, or invalid after the repair
+            self._circuit_failed(exc)
+            raise
+        self._circuit_succeeded()
+        return result
+
+    def unavailable_for_seconds(self) -> float:
+        """How long calls will still be refused without a request (0 unless the circuit is open)."""
+        return self.circuit.seconds_until_retry()
+
+    # ---- the ask and its one repair ----
+
+    def _ask_with_repair(self, system: str, user: str, model_cls: type[BaseModel]) -> LLMResult:
         tally = _Tally()
         conversation = [{"role": "user", "content": user}]
         raw = self._chat(system, conversation, model_cls, tally)
@@ -271,21 +332,24 @@ class LLMClient:
         """POST one chat completion (transient failures retried); returns the reply text."""
         kwargs = self._request_kwargs(messages, mode, model_cls)
 
-        def attempt() -> Any:
+        def attempt() -> tuple[Any, str]:
             tally.attempts += 1
-            return self._client.chat.completions.create(**kwargs)
+            try:
+                response = self._client.chat.completions.create(**kwargs)
+            except ValueError as exc:       # the SDK's JSON decode of a 200 body
+                raise MalformedResponse(f"reply body is not JSON: {exc}") from None
+            return response, _reply_text(response)
 
         retrying = Retrying(stop=stop_after_attempt(self.role.max_attempts), wait=self._wait,
                             retry=RETRY_TRANSIENT, before_sleep=self._before_sleep, reraise=True)
         try:
-            response = retrying(attempt)
+            response, text = retrying(attempt)
         except BadRequestError:
             raise                          # _chat decides whether it is a format refusal
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, MalformedResponse) as exc:
             raise self._unavailable(self._failure_text(exc)) from None
         self._count_usage(response, tally)
-        choices = response.choices or []
-        return (choices[0].message.content or "") if choices else ""
+        return text
 
     def _request_kwargs(self, messages: list[dict], mode: str, model_cls: type[BaseModel]) -> dict:
         kwargs: dict[str, Any] = {"model": self.role.model, "messages": messages}
@@ -321,6 +385,31 @@ class LLMClient:
                       total_tokens=getattr(got, "total_tokens", 0) or 0, calls=1)
         tally.usage.add(usage)
         self.total_usage.add(usage)
+
+    # ---- the circuit: one failure per failed call, whatever it spent ----
+
+    def _circuit_refusal(self) -> LLMCircuitOpen:
+        wait = self.circuit.seconds_until_retry()
+        return LLMCircuitOpen(self._redact(
+            f"llm {self.role_name}: circuit open after {self.circuit.consecutive_failures} failed call(s) "
+            f"in a row; no request sent; next try in {wait:.1f}s"), wait)
+
+    def _circuit_failed(self, exc: BaseException) -> None:
+        if self.circuit.record_failure() != "open":
+            return
+        failures, cooldown = self.circuit.consecutive_failures, self.circuit.cooldown_seconds
+        log.warning("llm %s: circuit open after %d failed call(s) in a row; no requests for %.1fs",
+                    self.role_name, failures, cooldown)
+        self._emit({"kind": "llm_circuit_open", "role": self.role_name, "failures": failures,
+                    "cooldown_s": cooldown, "error": self._short(exc)})
+
+    def _circuit_succeeded(self) -> None:
+        failures = self.circuit.consecutive_failures
+        if self.circuit.record_success() != "closed":
+            return
+        log.warning("llm %s: circuit closed (trial call succeeded)", self.role_name)
+        self._emit({"kind": "llm_circuit_closed", "role": self.role_name, "failures": failures,
+                    "cooldown_s": self.circuit.cooldown_seconds})
 
     # ---- output that leaves this module: always redacted ----
 

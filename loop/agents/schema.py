@@ -6,6 +6,7 @@ are ignored; wrong types and values are validation errors (the cycle becomes a l
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Literal
 
@@ -38,6 +39,21 @@ class Decision(BaseModel):
     def _strings(cls, v):
         return [str(x) for x in v] if isinstance(v, list) else v
 
+    @field_validator("train_overlay")
+    @classmethod
+    def _overlay_shape(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Every trainer config section is a mapping, and the budget caps are numbers: the daemon
+        merges the overlay with its own caps before the trainer's validation could say so."""
+        for section, value in v.items():
+            if not isinstance(value, dict):
+                raise ValueError(f"section {section!r} must be an object")
+        for key, cap in v.get("budget", {}).items():
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float))):
+                raise ValueError(f"budget.{key} must be a number or null")
+        if not _all_finite(v):
+            raise ValueError("NaN and infinity are not values")
+        return v
+
 
 class Review(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -48,6 +64,20 @@ class Review(BaseModel):
     todo_new: list[str] = Field(default_factory=list, max_length=1)
     notes: str = ""
     web_search_used: bool = False
+
+
+def _all_finite(data: Any) -> bool:
+    """No NaN or infinity anywhere in nested dicts and lists (walked without recursion)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def wait_decision(reason: str) -> Decision:
@@ -78,12 +108,17 @@ def parse_model(model: type[BaseModel], text: str) -> BaseModel:
     """Parse and validate an LLM reply; raises ValueError with a short reason."""
     try:
         data = extract_json(text)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")   # an unpaired surrogate fails here, not in a log write
+    except RecursionError:
+        raise ValueError("reply JSON is nested too deeply") from None
     except (ValueError, json.JSONDecodeError) as exc:
         raise ValueError(f"reply is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("reply JSON is not an object")
     try:
         return model.model_validate(data)
+    except RecursionError:
+        raise ValueError(f"reply is nested too deeply for the {model.__name__} schema") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ValueError(f"reply does not match the {model.__name__} schema: "

@@ -97,22 +97,48 @@ def verify_entry(folder: Path, expected_hashes_sha: str | None = None) -> list[s
     hashes = folder / HASHES
     if not hashes.exists():
         return [f"{folder.name}: {HASHES} is missing"]
+    if not _regular(hashes):
+        return [f"{folder.name}: {HASHES} is not a regular file"]
     text = hashes.read_bytes().decode("utf-8", errors="replace")
     problems = []
     if expected_hashes_sha and sha256_file(hashes) != expected_hashes_sha:
         problems.append(f"{folder.name}: {HASHES} differs from the one recorded in lineage.csv")
-    recorded = {row["file"]: row["sha256"] for row in csv.DictReader(io.StringIO(text))}
+    recorded, malformed = _recorded_hashes(text)
+    if malformed:
+        problems.append(f"{folder.name}: {HASHES} has {malformed} malformed row(s)")
     present = {p.name for p in folder.iterdir() if p.name != HASHES}
     for fname in sorted(set(recorded) - present):
         problems.append(f"{folder.name}: {fname} is missing")
     for fname in sorted(present - set(recorded)):
         problems.append(f"{folder.name}: {fname} was added")
     for fname in sorted(set(recorded) & present):
-        if sha256_file(folder / fname) != recorded[fname]:
+        if not _regular(folder / fname):     # a link out, or a folder: its bytes are not the archive's
+            problems.append(f"{folder.name}: {fname} is not a regular file")
+        elif sha256_file(folder / fname) != recorded[fname]:
             problems.append(f"{folder.name}: {fname} was changed")
     if folder.stat().st_mode & stat.S_IWUSR:
         problems.append(f"{folder.name}: folder is writable (should be read-only)")
     return problems
+
+
+def _regular(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def _recorded_hashes(text: str) -> tuple[dict[str, str], int]:
+    """{file: sha256} from hashes.csv text, and how many rows could not be read (a garbled
+    hashes.csv is a problem to report, not a crash)."""
+    recorded, malformed = {}, 0
+    try:
+        for row in csv.DictReader(io.StringIO(text)):
+            name, sha = row.get("file"), row.get("sha256")
+            if isinstance(name, str) and isinstance(sha, str):
+                recorded[name] = sha
+            else:
+                malformed += 1
+    except csv.Error:
+        malformed += 1
+    return recorded, malformed
 
 
 def verify_archive(paths: ModelPaths) -> dict[str, list[str]]:

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from loop.config import add_daemon_config_arguments, load_daemon_config
-from loop.errors import LoopError
+from loop.errors import ArchiveTampered, LoopError
 
 
 def add_arguments(sub) -> None:
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                 for problem in bad.get(name, []):
                     print(f"     {problem}")
             print(f"{len(report) - len(bad)} of {len(report)} archive entries intact")
-            return 1 if bad else 0
+            return ArchiveTampered.exit_code if bad else 0
         return 0
     except LoopError as exc:
         print(f"error: {exc}", file=sys.stderr)

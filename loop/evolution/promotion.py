@@ -50,6 +50,7 @@ def propose(paths: ModelPaths, store: LifecycleStore, ranking: list, head: str |
         for name in losers + ([best.name] if best else []):
             move(store, name, Lifecycle.CULLED, paths, trace_id)
         return None
+    archive.require_intact(paths, best.name)     # never propose an entry that no longer matches its hashes
     for name in losers:
         move(store, name, Lifecycle.CULLED, paths, trace_id)
     previous = read_proposal(paths)
@@ -88,7 +89,10 @@ def read_proposal(paths: ModelPaths) -> dict | None:
 
 def cutover(paths: ModelPaths, target: str | None) -> None:
     """Point GEN_HEAD at archive/<target> atomically: a new link is made beside it and renamed over
-    it, so there is never a moment without a HEAD. target None removes HEAD (undoing a first promotion)."""
+    it, so there is never a moment without a HEAD. target None removes HEAD (undoing a first promotion).
+    A target that fails verification raises ArchiveTampered before anything changes."""
+    if target is not None:
+        archive.require_intact(paths, target)
     tmp = paths.root / ".GEN_HEAD.next"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()

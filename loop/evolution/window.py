@@ -23,6 +23,7 @@ from loop.evolution.gates import GateResult, check_gates
 from loop.evolution.lifecycle import Lifecycle, TransitionContext
 from loop.evolution.lineage import LineageRow, log_event, read_lineage, upsert_lineage
 from loop.evolution.paths import ModelPaths
+from loop.sandbox import load_sandbox
 from loop.evolution.probes import LoadedModel, ProbeMetrics, run_probes
 from loop.evolution.scheduler import CandidateSpec, spawn_candidates
 from loop.evolution.store import load_store, move, save_store
@@ -75,6 +76,7 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
     replay = replay_buffer(paths, lineage, head, evo.replay_samples_per_generation)
     say(f"evolution window at cycle {cycle}: generation {gen_id}, {len(specs)} candidate(s), "
         f"HEAD {head or 'none (training from scratch)'}, replay {len(replay)} samples")
+    sandbox = load_sandbox(cfg, REPO_ROOT, Path(workspace))
     names, jobs, run_cfgs = [], [], {}
     threads = max(1, (os.cpu_count() or 1) // len(specs))
     for spec in specs:
@@ -88,10 +90,10 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
         store.add(name)
         move(store, name, Lifecycle.GERMINATED, paths, trace_id)
         names.append(name)
-        jobs.append(Job(name=name, argv=[sys.executable, "-m", "loop.trainer", "--config", str(work / "run.yaml"),
-                                         "--out", str(work / "run")],
-                        log_path=work / "stdout.log", cwd=REPO_ROOT,
-                        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        argv = [sys.executable, "-m", "loop.trainer", "--config", str(work / "run.yaml"), "--out", str(work / "run")]
+        sandbox.prepare(work)              # candidates train in the same sandbox as the daemon's runs
+        jobs.append(Job(name=name, argv=sandbox.command(argv, work, REPO_ROOT),
+                        log_path=work / "stdout.log", cwd=REPO_ROOT, env=sandbox.env(work, f"{trace_id}:{name}"),
                         timeout_seconds=(cfg.budget.max_walltime_minutes or 60) * 60 + 120))
         log_event(paths.log, "SPAWN", cycle_trace_id=trace_id, cycle=cycle, candidate=name,
                   seed=spec.seed, strategy=spec.strategy, parent=spec.parent)

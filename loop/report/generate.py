@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from loop.fsutil import atomic_write_text
 from loop.progress import ProgressLog
 from loop.report.data import load_data
 from loop.report.helpers import PAPER_FILE, PLOTS, STORY_FILE
@@ -17,7 +18,8 @@ from loop.workspace import Workspace
 
 
 def generate_reports(workspace: Path, top_k: int = 10, note: str = "", progress: bool = True) -> dict[str, Path]:
-    """Write every final report into `<workspace>/reports/`; returns {name: path}."""
+    """Write every final report into `<workspace>/reports/`; returns {name: path}. Each file is replaced
+    atomically, so a full disk leaves the previous report whole."""
     out = Workspace(workspace).reports
     out.mkdir(parents=True, exist_ok=True)
     paths = {"story": out / STORY_FILE, "paper": out / PAPER_FILE,
@@ -37,12 +39,12 @@ def generate_reports(workspace: Path, top_k: int = 10, note: str = "", progress:
             plot(data, paths[name])
             step += 1
             log.update(step, name)
-        paths["leaderboard_json"].write_text(leaderboard_json(data), encoding="utf-8")
-        paths["leaderboard_md"].write_text(leaderboard_md(data), encoding="utf-8")
+        atomic_write_text(paths["leaderboard_json"], leaderboard_json(data))
+        atomic_write_text(paths["leaderboard_md"], leaderboard_md(data))
         log.update(step + 1, "leaderboard")
-        paths["paper"].write_text(paper_report(data), encoding="utf-8")
+        atomic_write_text(paths["paper"], paper_report(data))
         log.update(step + 2, "paper report")
-        paths["story"].write_text(condensed_story(data), encoding="utf-8")
+        atomic_write_text(paths["story"], condensed_story(data))
         log.update(step + 3, "condensed story")
         log.line(f"reports written to {out}")
     finally:

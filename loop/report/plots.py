@@ -3,8 +3,10 @@ cycles, per-class accuracy of the best run, cumulative LLM tokens per role. matp
 canvas only, no pyplot."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from loop.fsutil import atomic_write_bytes
 from loop.report.data import ReportData, dig
 from loop.report.helpers import improvements, per_class
 
@@ -22,7 +24,9 @@ def new_figure():
 
 def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)                 # no bbox_inches="tight": keeps 800x450 exactly
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=DPI)    # no bbox_inches="tight": keeps 800x450 exactly
+    atomic_write_bytes(path, png.getvalue())   # a full disk leaves the previous plot whole
     return path
 
 

@@ -1,0 +1,145 @@
+"""Process trees (loop/runner.py, loop/reaper.py): a run's whole tree dies on timeout, stop or
+stall, `setsid` grandchildren included, with and without the sandbox; a restarted daemon reaps
+what an earlier daemon left behind before it launches anything, and re-adopts the active run.
+All real processes; the checks scan the host's process table."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from conftest import REPO, wait_for
+from loop.config import DaemonConfig
+from loop.events import EventLog
+from loop.runner import ActiveRun, is_alive, kill_run, launch, monitor
+from loop.sandbox import find_bwrap, load_sandbox
+from loop.state import LoopState
+
+HAS_BWRAP = shutil.which("bwrap") is not None and find_bwrap(os.geteuid() == 0)[1] is None
+TREE = "setsid sleep 300 & setsid sh -c 'sleep 301 & sleep 302' & sleep 303"
+
+
+def tagged(key: str, value: str) -> list[int]:
+    pids = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(key) == value and proc.status() != psutil.STATUS_ZOMBIE:
+                pids.append(proc.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+def start(tmp_path: Path, name: str, command: str, sandboxed: bool, **kw) -> ActiveRun:
+    ws = tmp_path / "ws"
+    sandbox = load_sandbox(DaemonConfig(), REPO, ws) if sandboxed else None
+    env = {**os.environ, "LLMLOOP_OWNER": "tree-test"} if not sandboxed else os.environ.copy()
+    return launch(name, "t0001", "command", ["bash", "-c", command], ws / "runs" / name, 1, REPO, env,
+                  sandbox=sandbox, **kw)
+
+
+def tree_started(run: ActiveRun, count: int) -> bool:
+    return len(tagged("LLMLOOP_RUN_TAG", run.run_tag)) >= count
+
+
+@pytest.mark.parametrize("sandboxed", [pytest.param(True, marks=pytest.mark.skipif(not HAS_BWRAP, reason="no bwrap")),
+                                       False])
+def test_walltime_kills_the_whole_tree_setsid_grandchildren_included(tmp_path, sandboxed):
+    run = start(tmp_path, f"timeout-{sandboxed}", TREE, sandboxed, walltime_limit_seconds=3)
+    wait_for(lambda: tree_started(run, 4), 20, "the run's processes")
+    assert monitor(run, 30, lambda: False) == "timed_out"
+    wait_for(lambda: not tagged("LLMLOOP_RUN_TAG", run.run_tag), 10, "every process of the run to be gone")
+    assert not is_alive(run)
+
+
+@pytest.mark.parametrize("sandboxed", [pytest.param(True, marks=pytest.mark.skipif(not HAS_BWRAP, reason="no bwrap")),
+                                       False])
+def test_stop_kills_the_whole_tree(tmp_path, sandboxed):
+    run = start(tmp_path, f"stop-{sandboxed}", TREE, sandboxed)
+    wait_for(lambda: tree_started(run, 4), 20, "the run's processes")
+    assert monitor(run, 0.5, lambda: True) == "stopping"
+    kill_run(run)
+    wait_for(lambda: not tagged("LLMLOOP_RUN_TAG", run.run_tag), 10, "every process of the run to be gone")
+
+
+def test_a_run_that_stops_making_progress_is_killed_as_stalled(tmp_path):
+    from loop.cycle import judge
+
+    run = start(tmp_path, "stall", "echo started; sleep 300", HAS_BWRAP, stall_seconds=1.5)
+    t0 = time.monotonic()
+    assert monitor(run, 60, lambda: False, poll_seconds=0.1) == "stalled"
+    assert time.monotonic() - t0 < 15
+    assert not tagged("LLMLOOP_RUN_TAG", run.run_tag)
+    assert judge(run, "stalled")["status"] == "stalled"
+
+
+def test_a_run_that_keeps_writing_is_not_stalled(tmp_path):
+    run = start(tmp_path, "busy", "for i in $(seq 1 12); do echo tick $i; sleep 0.25; done", False, stall_seconds=1.5)
+    assert monitor(run, 30, lambda: False, poll_seconds=0.1) == "finished"
+
+
+def write_config(tmp_path: Path) -> Path:
+    data = {"workspace": str(tmp_path / "ws"), "daemon_poll_seconds": 0.2, "default_monitor_seconds": 1,
+            "stale_orphan_idle_cycles": 50, "phase": {"schedule": "off"},
+            "adaptive_timer": {"min_seconds": 0, "max_seconds": 1},
+            "sandbox": "required" if HAS_BWRAP else "optional"}
+    path = tmp_path / "daemon.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_restart_after_kill_9_reaps_leftovers_and_readopts_the_active_run(tmp_path):
+    """What a daemon killed with -9 leaves: the run state.json names (re-adopted: same pid and
+    create_time) and a process state.json does not know (an evolution candidate, a run started
+    just before the crash): killed before anything is launched."""
+    cfg_path = write_config(tmp_path)
+    ws = tmp_path / "ws"
+    cfg = DaemonConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
+    sandbox = load_sandbox(cfg, REPO, ws)
+    runs = ws / "runs"
+    active = launch("active", "c00001-aaaaaa", "command", ["bash", "-c", "sleep 300"], runs / "active", 1, REPO,
+                    dict(os.environ), sandbox=sandbox)
+    stray = launch("stray", "c00001-bbbbbb", "command", ["bash", "-c", TREE], runs / "stray", 1, REPO,
+                   dict(os.environ), sandbox=sandbox)
+    try:
+        wait_for(lambda: tree_started(stray, 4), 20, "the stray run's processes")
+        LoopState(cycle=1, active_run=active).save(ws / "state.json")
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        done = subprocess.run([sys.executable, "-m", "loop.cli", "start", "--foreground", "--max-cycles", "1",
+                               "--daemon-config", str(cfg_path)], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=180)
+        assert done.returncode == 0, done.stderr
+        start_event = next(e for e in EventLog(ws / "events.jsonl") if e["kind"] == "daemon_start")
+        reaped = start_event["reaped"]
+        assert stray.pid in [k["pid"] for k in reaped["killed"]]
+        assert active.pid in reaped["adopted"] and reaped["adopted_run"] == "active"
+        assert not tagged("LLMLOOP_RUN_TAG", stray.run_tag), "the stray run's tree survived the restart"
+        assert is_alive(active), "the active run was killed instead of re-adopted"
+        cycle = next(e for e in EventLog(ws / "events.jsonl") if e["kind"] == "cycle")
+        assert cycle["followed_run"]["label"] == "active"
+    finally:
+        kill_run(active)
+        kill_run(stray)
+
+
+def test_a_reused_pid_is_not_adopted(tmp_path):
+    """The pid in state.json now belongs to another process (create_time differs): not adopted,
+    and not killed either unless it carries this workspace's tag."""
+    from loop.reaper import reap_leftovers
+
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        reaped = reap_leftovers("no-such-owner", bystander.pid, psutil.Process(bystander.pid).create_time() - 100)
+        assert reaped["adopted"] == [] and reaped["killed"] == []
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
