@@ -26,7 +26,7 @@ from loop.config import DaemonConfig, deep_merge, read_yaml, validate
 from loop.errors import ConfigError, LoopError
 from loop.events import EventLog
 from loop.history import HistoryReader, append_history
-from loop.fsutil import atomic_write_text
+from loop.fsutil import atomic_write_text, read_regular_text
 from loop.notes import (WORKPAD_SECTIONS, add_todos, append_mentor_notes, append_storyline, append_workpad,
                         resolve_todos)
 from loop.runner import ActiveRun, exit_code, kill_run, launch, monitor
@@ -393,8 +393,13 @@ def judge(run: ActiveRun, monitor_status: str) -> dict:
                 "error": f"no output for {run.stall_seconds:.0f}s; the run's whole tree was killed"}
     if run.kind == "train":
         metrics_path = Path(run.run_dir) / "out" / "metrics.json"
-        if metrics_path.exists():
-            metrics = json.loads(metrics_path.read_text())
+        if metrics_path.exists() or metrics_path.is_symlink():
+            try:
+                metrics = json.loads(read_regular_text(metrics_path))
+            except (OSError, ValueError) as exc:     # the run wrote it: it may be anything
+                return {**out, "status": "failed", "error": f"unreadable metrics.json: {exc}"[:300]}
+            if not isinstance(metrics, dict) or "status" not in metrics:
+                return {**out, "status": "failed", "error": "metrics.json has no status"}
             out.update(status=metrics["status"], val_accuracy=(metrics.get("eval") or {}).get("accuracy"),
                        error=metrics.get("error"), budget_breach=metrics.get("budget_breach"))
             return out
@@ -408,7 +413,10 @@ def repair_and_retry(loop: Loop, state: LoopState, trace: str, cycle: int, run: 
     """One auto-repair pass and one retry (the seed's Auto Repair)."""
     from loop.repair import auto_repair
 
-    log_text = Path(run.log_path).read_text(errors="replace")[-20000:] if Path(run.log_path).exists() else ""
+    try:
+        log_text = read_regular_text(run.log_path, tail=20000)
+    except OSError:
+        log_text = ""
     command = run.argv if run.kind == "train" else run.argv[-1]
     fix = auto_repair(command, log_text, loop.cfg, loop.ws.root, loop.repo_root)
     if fix is None:
@@ -468,7 +476,10 @@ def finish_run(loop: Loop, state: LoopState, run: ActiveRun, outcome: dict, cycl
     out_dir = Path(outcome.get("run_dir", run.run_dir)) / "out"
     config = {}
     if (out_dir / "train_args.json").exists():
-        config = json.loads((out_dir / "train_args.json").read_text())
+        try:
+            config = json.loads(read_regular_text(out_dir / "train_args.json"))
+        except (OSError, ValueError):
+            config = {}
     append_history(loop.ws, {"label": outcome.get("label", run.label), "cycle": cycle, "trace": trace,
                              "config": config, "ok": outcome.get("status") == "ok",
                              "score": outcome.get("val_accuracy") or 0.0,

@@ -89,7 +89,8 @@ def reap_before_launch(loop: Loop, state: LoopState) -> dict:
     """After a crash: keep following the run state.json names (same pid and create_time), kill
     every other process an earlier daemon of this workspace left behind."""
     run = state.active_run
-    reaped = reap_leftovers(loop.sandbox.owner, run.pid if run else None, run.create_time if run else None)
+    reaped = reap_leftovers(loop.sandbox.owner, run.pid if run else None, run.create_time if run else None,
+                            run.run_tag if run else None)
     if run is not None and run.pid not in reaped["adopted"]:
         reaped["adopted_run"] = None        # it is gone: the next cycle judges it from its files
     elif run is not None:
@@ -126,11 +127,12 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
 
         loop = build_loop(cfg, ws, should_stop, say)
         events = loop.events
+        # Leftover processes first (nothing may still be writing while the sweep runs), then the sweep.
+        reaped = reap_before_launch(loop, LoopState.load(ws.state))
         torn = events.repair_tail()
         recovered = recover(ws, events)        # stray temps, archive staging, cycle counter (loop/recovery.py)
         state = LoopState.load(ws.state)
         state.stop_reason = None
-        reaped = reap_before_launch(loop, state)    # nothing is launched before leftovers are handled
         mode = "LLM" if loop.builder is not None else "offline policy (no endpoint configured; no network)"
         degraded = Degraded(events)
         append_daemon_event(degraded, state, say, "daemon_start", f"start-{state.cycle + 1:05d}",

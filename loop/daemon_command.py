@@ -115,7 +115,13 @@ def cmd_start(args, cfg, ws) -> int:
         finishup.save(ws.finish_up, request)
         print(finishup.describe(request, finishup.now_utc()))
     if args.foreground:
-        daemon.run_daemon(cfg, ws, args.max_cycles)
+        try:
+            daemon.run_daemon(cfg, ws, args.max_cycles)
+        except OSError as exc:      # the cycles handle their own (degraded); this is start-up or shutdown
+            print(f"error: the daemon could not start or stop cleanly: {exc}. Free disk space (or fix the "
+                  f"file named) and start again; state.json and events.jsonl keep the last good state.",
+                  file=sys.stderr)
+            return 1
         return 0
     extra = ["--max-cycles", str(args.max_cycles)] if args.max_cycles else []
     pid = daemon.start_background(args.daemon_config, ws, extra)

@@ -2,8 +2,11 @@
 A kill at any instant leaves either the old or the new file, never a torn one."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,9 @@ def append_line(path: str | Path, text: str | bytes, site: str | None = None) ->
     except OSError as exc:
         raise _naming(exc, path)
     try:
+        # Held across size-check, write and the cut on failure: the cut never takes another
+        # process's line with it (e.g. an operator command appending while the daemon does).
+        fcntl.flock(fd, fcntl.LOCK_EX)
         start = os.fstat(fd).st_size
         try:
             _write_all(fd, data, f"{site}:torn")
@@ -124,3 +130,23 @@ def folder_size_bytes(folder: str | Path) -> int:
             except OSError:
                 pass
     return total
+
+
+def read_regular_bytes(path: str | Path, tail: int | None = None) -> bytes:
+    """A file a sandboxed run wrote, read by the daemon (maybe as root): refuse symlinks and
+    anything but a regular file, so a run cannot make the daemon read /etc/shadow for it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if tail is not None and info.st_size > tail:
+            os.lseek(fd, info.st_size - tail, os.SEEK_SET)
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+def read_regular_text(path: str | Path, tail: int | None = None) -> str:
+    return read_regular_bytes(path, tail).decode("utf-8", errors="replace")

@@ -53,13 +53,17 @@ def same_process(pid: int, create_time: float) -> psutil.Process | None:
     return None
 
 
-def reap_leftovers(owner: str, keep_pid: int | None = None, keep_create_time: float | None = None) -> dict:
-    """Kill every process tagged with this workspace's owner except the run to re-adopt (and its
-    descendants). Returns {"adopted": [pids], "killed": [{pid, cmdline}]} for the start event."""
+def reap_leftovers(owner: str, keep_pid: int | None = None, keep_create_time: float | None = None,
+                   keep_tag: str | None = None) -> dict:
+    """Kill every process tagged with this workspace's owner except the run to re-adopt: its
+    descendants and, by its run tag, any of its processes that left the tree with setsid.
+    Returns {"adopted": [pids], "killed": [{pid, cmdline}]} for the start event."""
     keep: set[int] = set()
     adopted = same_process(keep_pid, keep_create_time) if keep_pid and keep_create_time else None
     if adopted is not None:
         keep = {adopted.pid, *(c.pid for c in _descendants(adopted))}
+        if keep_tag:
+            keep |= {p.pid for p in tagged_processes("LLMLOOP_RUN_TAG", keep_tag)}
     leftovers = [p for p in tagged_processes("LLMLOOP_OWNER", owner) if p.pid not in keep]
     described = [{"pid": p.pid, "cmdline": _cmdline(p)} for p in leftovers]
     killed = set(kill_processes(leftovers))

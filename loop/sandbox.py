@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loop.config import DaemonConfig
-from loop.errors import SandboxUnavailable
+from loop.errors import ConfigError, SandboxUnavailable
 from loop.secrets import looks_secret
 
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; scripts/install_tools.sh does it)"
@@ -40,10 +40,12 @@ INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; s
 HOME_CREDENTIALS = (".ssh", ".aws", ".azure", ".kube", ".docker", ".gnupg", ".netrc", ".git-credentials",
                     ".pypirc", ".kaggle", ".huggingface", ".cache/huggingface", ".config/gcloud", ".config/gh",
                     ".config/llmloop")
+# Where host Unix sockets live; each becomes an empty private tmpfs in the sandbox.
+SOCKET_FOLDERS = (Path("/tmp"), Path("/var/tmp"), Path("/run"), Path("/var/run"))
 PROTECTED_IN_WORKSPACE = ("notes", "logs", "state.json", "events.jsonl", "daemon.lock", "daemon.pid",
                           "models/archive", "models/GEN_HEAD", "models/lineage.csv", "models/lifecycle",
                           "models/PROMOTION_PROPOSAL.json")
-DROP_PRIVILEGES = ("setpriv", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs")
+DROP_PRIVILEGES = ("--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Sandbox:
     base_env: dict[str, str] = field(default_factory=dict)
     owner: str = ""                    # LLMLOOP_OWNER tag: lets a restart find leftover processes
     note: str = ""                     # what the daemon says about the boundary at start
+    setpriv: str = "setpriv"           # absolute path, found while loading (not through the run's PATH)
 
     @property
     def active(self) -> bool:
@@ -81,21 +84,24 @@ class Sandbox:
                 for name in files:
                     os.lchown(os.path.join(root, name), uid, gid)
 
-    def command(self, argv: list[str], run_dir: Path, cwd: Path) -> list[str]:
-        """`argv` as it runs in the sandbox (unchanged when there is no OS boundary)."""
+    def command(self, argv: list[str], run_dir: Path, cwd: Path, die_with_parent: bool = True) -> list[str]:
+        """`argv` as it runs in the sandbox (unchanged when there is no OS boundary). The sandbox
+        dies with the process that starts it unless `die_with_parent` is False (PHASE, which must
+        outlive a daemon crash, is started directly, not through runwrap)."""
         if not self.active:
             return list(argv)
-        return [self.bwrap, *self.bwrap_args(run_dir, cwd), "--", *self.privilege_drop(), *argv]
+        args = self.bwrap_args(Path(run_dir).resolve(), Path(cwd).resolve())
+        return [self.bwrap, *(["--die-with-parent"] if die_with_parent else []), *args, "--",
+                *self.privilege_drop(), *argv]
 
     def privilege_drop(self) -> list[str]:
         if not self.user:
             return []
         uid, gid = self.user
-        return [DROP_PRIVILEGES[0], f"--reuid={uid}", f"--regid={gid}", *DROP_PRIVILEGES[1:], "--"]
+        return [self.setpriv, f"--reuid={uid}", f"--regid={gid}", *DROP_PRIVILEGES, "--"]
 
     def bwrap_args(self, run_dir: Path, cwd: Path) -> list[str]:
-        args = ["--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
-                "--unshare-cgroup-try"]
+        args = ["--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
         if not self.network:
             args.append("--unshare-net")
         if self.user:      # bwrap runs as root; setpriv inside needs these two, then drops every capability
@@ -115,27 +121,33 @@ class Sandbox:
         return args + ["--chdir", str(cwd)]
 
     def reach_args(self, needed: list[Path], writable: set[Path]) -> list[str]:
-        """Binds for every needed path; where the sandbox user cannot traverse a parent, that parent
-        becomes an empty 0755 tmpfs through which only the needed paths show."""
+        """Empty private tmpfs over the folders where Unix sockets live (a read-only mount does not
+        stop connect(): Docker, the session bus, ssh-agent, X11), then a bind for every needed
+        path. Where the sandbox user cannot traverse a parent, that parent also becomes an empty
+        0755 tmpfs through which only the needed paths show."""
         args: list[str] = []
-        masked: list[Path] = []           # parents replaced by an empty tmpfs
-        bound: list[Path] = []            # needed paths already bound (host permissions inside)
+        masked: list[Path] = []           # folders replaced by an empty tmpfs
+        bound: list[Path] = []            # needed paths bound (host permissions below them)
         made: set[Path] = set()
+        for folder in SOCKET_FOLDERS:
+            if folder.is_dir() and not folder.is_symlink():
+                args += ["--perms", "1777" if folder.name == "tmp" else "0755", "--tmpfs", str(folder)]
+                masked.append(folder)
         for path in needed:
             writable_here = path in writable
             if not writable_here and any(within(path, b) for b in bound):
                 continue                  # already visible through a read-only parent
-            if self.user:
-                for parent in reversed(path.parents):
-                    if parent == Path("/") or any(within(parent, b) for b in bound):
-                        continue
-                    if any(within(parent, m) for m in masked):
-                        if parent not in made and parent not in masked:
-                            args += ["--perms", "0755", "--dir", str(parent)]
-                            made.add(parent)
-                    elif not traversable(parent, *self.user):
-                        args += ["--perms", "0755", "--tmpfs", str(parent)]
-                        masked.append(parent)
+            for parent in reversed(path.parents):
+                container = max((c for c in (*masked, *bound) if within(parent, c)), key=lambda c: len(c.parts),
+                                default=None)
+                if container is not None and container in masked and container != parent:
+                    if parent not in made:                     # a fresh folder inside the tmpfs
+                        args += ["--perms", "0755", "--dir", str(parent)]
+                        made.add(parent)
+                elif parent != Path("/") and parent not in masked and self.user \
+                        and not traversable(parent, *self.user):
+                    args += ["--perms", "0755", "--tmpfs", str(parent)]
+                    masked.append(parent)
             args += ["--bind" if writable_here else "--ro-bind-try", str(path), str(path)]
             bound.append(path)
         return args
@@ -206,7 +218,8 @@ def credential_paths(cfg: DaemonConfig) -> set[Path]:
     found = {home / rel for rel in HOME_CREDENTIALS}
     found.add(Path(cfg.credentials_file).expanduser())
     found.update(Path(p).expanduser() for p in cfg.sandbox_hide_paths)
-    return {p for p in found if p.exists()}
+    # A dotfile manager's symlink: hide what it points at (bwrap cannot mount onto the link itself).
+    return {Path(os.path.realpath(p)) for p in found if p.exists()}
 
 
 def workspace_path(ws_root: Path, value: str) -> Path:
@@ -226,19 +239,32 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
         raise SandboxUnavailable(f"sandbox: required, but {problem}; {INSTALL_HINT}, or set `sandbox: optional` "
                                  "to run with the command policy alone")
     readonly = {repo_root, ws_root, *interpreter_paths(), *(workspace_path(ws_root, p) for p in cfg.sandbox_readonly_paths)}
-    # Read-only even when a writable path contains them: history, notes, the daemon's own state, models.
+    # Never writable: history, notes, the daemon's own state, the models. (Also bound read-only last,
+    # as a second line.)
     protected = {repo_root / ".git", *(ws_root / name for name in PROTECTED_IN_WORKSPACE)}
+    writable = tuple(sorted(workspace_path(ws_root, p) for p in cfg.sandbox_writable_paths))
+    check_writable(writable, protected | {repo_root, ws_root})
     hidden = credential_paths(cfg) - {p for p in readonly}
     note = ("sandbox: bubblewrap" + (f", runs as {cfg.sandbox_user}" if user else "")
             + (", network on" if cfg.sandbox_network else ", network off")) if bwrap else \
         f"sandbox: NONE ({problem}); the command policy is the only guard (sandbox: optional)"
     sandbox = Sandbox(bwrap=bwrap if not problem else None, user=user if not problem else None,
-                   network=cfg.sandbox_network, readonly=tuple(sorted(readonly)),
-                   writable=tuple(sorted(workspace_path(ws_root, p) for p in cfg.sandbox_writable_paths)),
-                   protected=tuple(sorted(protected)), hidden=tuple(sorted(hidden)), base_env=base_env,
-                   owner=base_env["LLMLOOP_OWNER"], note=note)
+                      network=cfg.sandbox_network, readonly=tuple(sorted(readonly)),
+                      writable=writable, protected=tuple(sorted(protected)), hidden=tuple(sorted(hidden)),
+                      base_env=base_env, owner=base_env["LLMLOOP_OWNER"], note=note,
+                      setpriv=shutil.which("setpriv") or "/usr/bin/setpriv")
     grant_writable(sandbox)
     return sandbox
+
+
+def check_writable(writable: tuple[Path, ...], never: set[Path]) -> None:
+    """A writable path may not be, or contain, what runs must never write (a path that does not
+    exist yet, like GEN_HEAD before the first promotion, could not be protected inside it)."""
+    for path in writable:
+        clash = sorted(p for p in never if within(p, path))
+        if clash:
+            raise ConfigError(f"sandbox_writable_paths: {path} contains {clash[0]}, which runs must never "
+                              "write; name a folder beside it instead")
 
 
 def grant_writable(sandbox: Sandbox) -> None:

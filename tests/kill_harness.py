@@ -117,16 +117,12 @@ def kill_self_after(module, name: str, point: str, wanted: str | None, before: b
 
 def child_evolution(ws_root: Path, fault: str | None, rng_seed: int) -> None:
     """Freeze archive entries, record them, and cut GEN_HEAD over to them, in a loop until killed."""
-    import shutil
-
     import loop.evolution.lineage as lineage_module
     import loop.faults
 
     rng = random.Random(rng_seed)
-    if fault in ("cutover:after_new_link", "cutover:after_rename"):
-        os.environ["LLMLOOP_FAULT"] = fault
-    kill_self_after(shutil, "copy2", "archive:mid_copy", fault)
-    kill_self_after(archive, "make_read_only", "archive:staged_read_only", fault)
+    if fault in ("cutover:after_new_link", "cutover:after_rename", "archive:mid_copy", "archive:staged_read_only"):
+        os.environ["LLMLOOP_FAULT"] = fault        # real fault points in promotion.cutover / archive.freeze
     kill_self_after(lineage_module, "upsert_lineage", "lineage:before_upsert", fault, before=True)
     globals()["upsert_lineage"] = lineage_module.upsert_lineage
     loop.faults._hits.clear()

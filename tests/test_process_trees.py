@@ -143,3 +143,53 @@ def test_a_reused_pid_is_not_adopted(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_readopting_keeps_the_runs_setsid_processes(tmp_path):
+    """Without the sandbox's PID namespace, a grandchild of the adopted run that left the tree
+    with setsid is found by the run's tag and kept, not reaped as a stray."""
+    from loop.reaper import reap_leftovers
+
+    run = start(tmp_path, "adopt", "setsid sleep 304 & sleep 305", False)
+    try:
+        wait_for(lambda: tree_started(run, 3), 20, "the run's processes")
+        escaped = [p for p in tagged("LLMLOOP_RUN_TAG", run.run_tag)
+                   if psutil.Process(p).cmdline()[:2] == ["sleep", "304"]]
+        reaped = reap_leftovers("tree-test", run.pid, run.create_time, run.run_tag)
+        assert reaped["killed"] == [] and set(escaped) <= set(reaped["adopted"])
+        assert all(psutil.pid_exists(p) for p in escaped)
+    finally:
+        kill_run(run)
+
+
+@pytest.mark.skipif(not HAS_BWRAP, reason="no bwrap")
+def test_phase_sandbox_outlives_the_process_that_started_it(tmp_path):
+    """PHASE is started straight into bwrap (no runwrap between): without --die-with-parent it
+    survives a daemon crash, as the resume-on-signal design needs."""
+    script = f"""
+import os, subprocess, sys
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from loop.config import DaemonConfig
+from loop.sandbox import load_sandbox
+ws = Path({str(tmp_path / 'ws')!r})
+sandbox = load_sandbox(DaemonConfig(), Path({str(REPO)!r}), ws)
+phase_dir = ws / "phase"
+sandbox.prepare(phase_dir)
+env = dict(sandbox.env(phase_dir, "phase:survivor"))
+subprocess.Popen(sandbox.command(["sleep", "306"], phase_dir, Path({str(REPO)!r}), die_with_parent=False),
+                 env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+os._exit(0)        # the "daemon" dies at once
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    try:
+        wait_for(lambda: tagged("LLMLOOP_RUN_TAG", "phase:survivor"), 10, "PHASE's processes")
+        time.sleep(1.0)
+        alive = tagged("LLMLOOP_RUN_TAG", "phase:survivor")
+        assert any(psutil.Process(p).cmdline()[:2] == ["sleep", "306"] for p in alive)
+    finally:
+        for pid in tagged("LLMLOOP_RUN_TAG", "phase:survivor"):
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass

@@ -7,6 +7,7 @@ output. A command's own exit code is not trusted as proof.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -21,7 +22,7 @@ import pytest
 
 from conftest import REPO
 from loop.config import DaemonConfig
-from loop.errors import SandboxUnavailable
+from loop.errors import ConfigError, SandboxUnavailable
 from loop.sandbox import find_bwrap, load_sandbox
 
 AS_ROOT = os.geteuid() == 0
@@ -121,13 +122,16 @@ def test_hardlinks_to_files_outside_cannot_be_made(box):
     assert not (run_dir / "hard").exists()
 
 
-def test_a_writable_workspace_path_keeps_notes_state_and_archive_read_only(box):
+def test_writable_paths_work_but_may_not_contain_what_runs_must_never_write(box):
+    for value in (".", "models", "notes", "..", str(REPO)):
+        with pytest.raises(ConfigError, match="sandbox_writable_paths"):
+            box("true", sandbox_writable_paths=[value])
     protected = [box.ws / "state.json", box.ws / "notes" / "workpad.md", box.ws / "models" / "archive" / "gen1" / "model.txt"]
     before = snapshot(*protected)
-    done, _ = box(f"echo ok > {box.ws}/scratch.txt; " + "; ".join(f"echo hacked >> {p}" for p in protected),
-                  sandbox_writable_paths=["."])
-    assert (box.ws / "scratch.txt").read_text() == "ok\n"        # the named path is writable...
-    assert snapshot(*protected) == before                          # ...but not what is protected inside it
+    done, _ = box(f"echo ok > {box.ws}/scratch/out.txt; " + "; ".join(f"echo hacked >> {p}" for p in protected),
+                  sandbox_writable_paths=["scratch"])
+    assert (box.ws / "scratch" / "out.txt").read_text() == "ok\n"   # the named path is writable...
+    assert snapshot(*protected) == before                             # ...and nothing else
 
 
 # ----------------------------------------------------------------- network ----
@@ -178,6 +182,39 @@ def test_no_network_by_any_tool(box, listener):
     assert len(accepted) >= 2
 
 
+def test_host_unix_sockets_are_out_of_reach(box, tmp_path):
+    """A read-only mount does not stop connect() on a socket file (Docker, the session bus,
+    ssh-agent, X11 live in /run and /tmp): those folders are empty private tmpfs in the sandbox,
+    and abstract sockets belong to the host's network namespace."""
+    path_sock = Path("/tmp") / f"llmloop-test-{uuid.uuid4().hex[:12]}.sock"   # world-reachable, like /run's
+    abstract = "\0llmloop-test-" + uuid.uuid4().hex
+    servers, accepted = [], []
+    for address in (str(path_sock), abstract):
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(address)
+        server.listen(4)
+        if not address.startswith("\0"):
+            os.chmod(address, 0o777)      # writable for everyone, as docker.sock is for its group
+        server.settimeout(0.2)
+        servers.append(server)
+    try:
+        connect = ("python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); "
+                   "s.connect(sys.argv[1].replace(\"@\", \"\\0\")); s.sendall(b\"escaped\")' ")
+        for target in (str(path_sock), "@" + abstract[1:]):
+            done, _ = box(connect + target)
+            assert done.returncode != 0, f"connected to {target}"
+        for server in servers:
+            try:
+                accepted.append(server.accept())
+            except OSError:
+                pass
+        assert accepted == [], "a sandboxed command reached a host Unix socket"
+    finally:
+        for server in servers:
+            server.close()
+        path_sock.unlink(missing_ok=True)
+
+
 # ----------------------------------------------------- environment, secrets ----
 
 def test_the_daemon_environment_and_credentials_are_out_of_reach(box):
@@ -188,6 +225,43 @@ def test_the_daemon_environment_and_credentials_are_out_of_reach(box):
     out = done.stdout + done.stderr
     assert CANARY not in out
     assert "PYTHONHASHSEED=0" in done.stdout and "LLMLOOP_TEST_CANARY_TOKEN" not in out
+
+
+def test_symlinked_credential_folders_are_hidden_too(box, tmp_path):
+    """A dotfile manager's ~/.aws -> elsewhere: what the link points at is hidden."""
+    real = tmp_path / "dotfiles" / "aws"
+    real.mkdir(parents=True)
+    (real / "credentials").write_text(CANARY + "\n")
+    link = tmp_path / "home-aws"
+    link.symlink_to(real)
+    done, _ = box(f"cat {link}/credentials; cat {real}/credentials; echo still-runs", sandbox_hide_paths=[str(link)])
+    assert "still-runs" in done.stdout and CANARY not in done.stdout + done.stderr
+
+
+def test_the_daemon_never_follows_a_runs_symlinks(box, tmp_path):
+    """The daemon (root here) reads what a run wrote: a run that links its outputs to a file only
+    root can read gets neither the content into the judgement nor the file into the archive."""
+    from loop.cycle import judge
+    from loop.evolution import archive
+    from loop.evolution.paths import ModelPaths
+    from loop.runner import ActiveRun
+
+    secret = tmp_path / "root-only.txt"
+    secret.write_text(CANARY + "\n")
+    secret.chmod(0o600)
+    done, run_dir = box(f'cd "$(dirname "$HOME")" && mkdir -p out && ln -s {secret} out/metrics.json '
+                        f'&& ln -s {secret} out/model.safetensors && ln -s {secret} run.log && echo linked')
+    assert "linked" in done.stdout
+    run = ActiveRun(label="x", trace_id="t", kind="train", argv=["x"], run_dir=str(run_dir),
+                    log_path=str(run_dir / "run.log"), exit_file=str(run_dir / "exit_code"), pid=1,
+                    create_time=0.0, started_at=0.0, cycle_started=1)
+    outcome = judge(run, "finished")
+    assert outcome["status"] == "failed" and CANARY not in json.dumps(outcome)
+    paths = ModelPaths(box.ws)
+    paths.archive.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(OSError):
+        archive.freeze(paths, "laundered", run_dir / "out", {f: "x" for f in archive.WRITTEN})
+    assert not (paths.archive / "laundered").exists()
 
 
 def test_host_processes_are_invisible_and_cannot_be_signalled(box):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from loop.errors import ArchiveTampered
 from loop.evolution.lineage import read_lineage
+from loop.faults import fault_point
+from loop.fsutil import read_regular_bytes
 from loop.evolution.paths import ModelPaths
 
 COPIED_FROM_RUN = ("model.safetensors", "config.json", "train_args.json", "train.log")
@@ -64,8 +66,11 @@ def freeze(paths: ModelPaths, name: str, run_dir: Path, texts: dict[str, str]) -
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     for fname in COPIED_FROM_RUN:
-        if (run_dir / fname).exists():                 # a run that failed early may lack weights
-            shutil.copy2(run_dir / fname, staging / fname)
+        if (run_dir / fname).exists() or (run_dir / fname).is_symlink():   # a failed run may lack weights
+            # The run wrote these (sandboxed, maybe as another user): copy only regular files, never
+            # what a symlink points at, so a run cannot launder a file it could not read into the archive.
+            (staging / fname).write_bytes(read_regular_bytes(run_dir / fname))
+            fault_point("archive:mid_copy")
     for fname, text in texts.items():
         (staging / fname).write_text(text, encoding="utf-8")
     (staging / HASHES).write_bytes(hashes_csv(staging).encode("utf-8"))
@@ -74,6 +79,7 @@ def freeze(paths: ModelPaths, name: str, run_dir: Path, texts: dict[str, str]) -
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
     make_read_only(staging)
+    fault_point("archive:staged_read_only")
     os.replace(staging, final)
     return final, hashes_sha
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from loop.config import BudgetCaps
-from loop.fsutil import atomic_write_text
+from loop.fsutil import atomic_write_text, read_regular_text
 from loop.trainer.budget import BudgetBreach, BudgetUsed
 
 METRICS_FILE = "metrics.json"
@@ -67,7 +67,7 @@ class RunMetrics(BaseModel):
 
     @classmethod
     def read(cls, run_dir: str | Path) -> "RunMetrics":
-        return cls.model_validate_json((Path(run_dir) / METRICS_FILE).read_text())
+        return cls.model_validate_json(read_regular_text(Path(run_dir) / METRICS_FILE))
 
 
 @torch.no_grad()
