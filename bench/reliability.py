@@ -93,7 +93,7 @@ def main() -> int:
             sections.append(render(name, test_file, figures_name, result, out, args.tier))
     body = (f"Tier: **{args.tier}** (`LLMLOOP_FAULT_TIER`; CI runs the `ci` tier on every push). "
             "Every number below comes from the named test file in this run.\n\n" + "\n".join(sections))
-    write_section("Reliability", body, load_at_start)
+    write_section("Reliability" if args.tier == "ci" else "Reliability (long tier)", body, load_at_start)
     return 1 if failed else 0
 
 
