@@ -6,6 +6,9 @@ Start-up sweep (`recover`), once, before the first cycle:
     still be writing);
   - `.staging-*` folders left by a crash in the middle of an archive freeze are removed, and so is
     the `.GEN_HEAD.next` link a crash between the two steps of a cutover leaves;
+  - a freeze journaled by `archive.freeze_and_record` whose entry is in place and verifies gets its
+    lineage row (a kill between the rename and the lineage write); any other archive entry that
+    lineage.csv does not know is moved to models/quarantine/ (it would otherwise fail verify);
   - a torn last line of the runs index is cut (events.jsonl gets the same from `repair_tail`);
   - the cycle counter is reconciled with the event log: a kill after a cycle's `cycle` event but before
     its state.json save would otherwise run (and record) that cycle number twice.
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loop.events import EventLog, repair_torn_tail
-from loop.evolution.archive import make_writable
+from loop.evolution.archive import complete_interrupted_freezes, make_writable
 from loop.evolution.lineage import read_lineage
 from loop.evolution.paths import ModelPaths
 from loop.fsutil import TEMP_SUFFIX
@@ -45,6 +48,7 @@ def recover(ws: Workspace, events: EventLog) -> dict:
     temp_files = sweep_temp_files(ws.root)
     staging = sweep_archive_staging(ModelPaths(ws.root))
     return {"temp_files_removed": temp_files, "archive_staging_removed": staging,
+            "archive_freezes_completed": complete_interrupted_freezes(ModelPaths(ws.root)),
             "archive_entries_quarantined": quarantine_unregistered(ModelPaths(ws.root)),
             "runs_index_torn_tail_cut": repair_torn_tail(ws.runs_index),
             "cycle_reconciled": reconcile_cycle(ws, events)}

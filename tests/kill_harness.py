@@ -30,7 +30,7 @@ from loop.events import EventLog  # noqa: E402
 from loop.evolution import archive  # noqa: E402
 from loop.evolution.checkpoints import CheckpointManager  # noqa: E402
 from loop.evolution.lifecycle import Lifecycle  # noqa: E402
-from loop.evolution.lineage import LineageRow, mark_promoted, read_lineage, upsert_lineage  # noqa: E402
+from loop.evolution.lineage import LineageRow, mark_promoted, read_lineage  # noqa: E402
 from loop.evolution.paths import ModelPaths  # noqa: E402
 from loop.evolution.promotion import cutover  # noqa: E402
 from loop.evolution.store import load_store, save_store  # noqa: E402
@@ -100,31 +100,14 @@ def child_daemon(cfg: DaemonConfig, fault: str | None, max_cycles: int | None = 
     run_daemon(cfg, Workspace(Path(cfg.workspace)), max_cycles=max_cycles, say=lambda *_: None)
 
 
-def kill_self_after(module, name: str, point: str, wanted: str | None, before: bool = False) -> None:
-    """Test-side fault point inside a loop function this harness does not own: wrap it so the child
-    SIGKILLs itself right before or after it (for archive.freeze's steps and lineage writes)."""
-    original = getattr(module, name)
-
-    def wrapped(*args, **kwargs):
-        if before and wanted == point:
-            os.kill(os.getpid(), signal.SIGKILL)
-        result = original(*args, **kwargs)
-        if not before and wanted == point:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return result
-    setattr(module, name, wrapped)
-
-
 def child_evolution(ws_root: Path, fault: str | None, rng_seed: int) -> None:
     """Freeze archive entries, record them, and cut GEN_HEAD over to them, in a loop until killed."""
-    import loop.evolution.lineage as lineage_module
     import loop.faults
 
     rng = random.Random(rng_seed)
-    if fault in ("cutover:after_new_link", "cutover:after_rename", "archive:mid_copy", "archive:staged_read_only"):
+    if fault in ("cutover:after_new_link", "cutover:after_rename", "archive:mid_copy", "archive:staged_read_only",
+                 "lineage:before_upsert"):
         os.environ["LLMLOOP_FAULT"] = fault        # real fault points in promotion.cutover / archive.freeze
-    kill_self_after(lineage_module, "upsert_lineage", "lineage:before_upsert", fault, before=True)
-    globals()["upsert_lineage"] = lineage_module.upsert_lineage
     loop.faults._hits.clear()
     paths = ModelPaths(ws_root)
     run_dir = ws_root / "fake_run"
@@ -138,10 +121,9 @@ def child_evolution(ws_root: Path, fault: str | None, rng_seed: int) -> None:
         texts = {f: f"{f} of {name}\n" for f in archive.WRITTEN}
         texts["STATUS.txt"] = "PASS\n"
         paths.archive.mkdir(parents=True, exist_ok=True)
-        path, sha = archive.freeze(paths, name, run_dir, texts)
-        upsert_lineage(paths.lineage, LineageRow(name=name, gen_id=gen, branch_id="k", parent=paths.head_name() or "",
-                                                 seed=1, strategy="uniform", status="PASS", score=0.5,
-                                                 archive_path=str(path), hashes_sha256=sha))
+        path, sha = archive.freeze_and_record(paths, name, run_dir, texts, LineageRow(
+            name=name, gen_id=gen, branch_id="k", parent=paths.head_name() or "", seed=1, strategy="uniform",
+            status="PASS", score=0.5, archive_path="", hashes_sha256=""))
         store = load_store(paths)
         store.add(name)
         store.transition(name, Lifecycle.GERMINATED)
@@ -409,6 +391,8 @@ class Campaign:
         self.figures["cycle_reconciled"] += int(recovery["cycle_reconciled"] is not None)
         self.figures["entries_quarantined"] = self.figures.get("entries_quarantined", 0) + \
             len(recovery.get("archive_entries_quarantined", []))
+        self.figures["freezes_completed"] = self.figures.get("freezes_completed", 0) + \
+            len(recovery.get("archive_freezes_completed", []))
         check(not unrecorded_entries(ws), f"unrecorded archive entries after a start: {unrecorded_entries(ws)}")
 
     # ---- the end: one clean start must finish cycles with everything intact ----

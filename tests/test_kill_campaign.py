@@ -41,7 +41,8 @@ def test_kill_9_campaign(tmp_path):
     assert figures["resumed"] >= kills // 2                      # starts that were checked, not just survived
     assert figures["torn_tails_repaired"] >= 1 and figures["temp_files_swept"] >= 1
     assert figures["staging_swept"] >= 1 and figures["gen_head_verified"] >= 1
-    assert figures["unrecorded_archive_entries"] == 0      # a kill between freeze and lineage: quarantined
+    assert figures["unrecorded_archive_entries"] == 0      # a kill between freeze and lineage: completed
+    assert figures.get("freezes_completed", 0) >= 1 and figures.get("entries_quarantined", 0) == 0
     # (a start killed between its sweep and its daemon_start event sweeps without reporting it, so the
     # swept figure can trail the temp files kills left; the harness checks none survives the end)
     record_reliability("kill_campaign", kills=figures["kills"], by_point=by_point, resumed=figures["resumed"],
@@ -54,6 +55,7 @@ def test_kill_9_campaign(tmp_path):
                        archive_entries_verified=figures["archive_entries_verified"],
                        unrecorded_archive_entries_at_end=figures["unrecorded_archive_entries"],
                        entries_quarantined_at_restart=figures.get("entries_quarantined", 0),
+                       freezes_completed_at_restart=figures.get("freezes_completed", 0),
                        cycles_recorded=figures["cycles_recorded"], seconds=result["seconds"])
 
 

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from loop.errors import ArchiveTampered
-from loop.evolution.lineage import read_lineage
+from loop.evolution.lineage import LineageRow, read_lineage, upsert_lineage
 from loop.faults import fault_point
-from loop.fsutil import read_regular_bytes
+from loop.fsutil import atomic_write_text, read_regular_bytes
 from loop.evolution.paths import ModelPaths
 
 COPIED_FROM_RUN = ("model.safetensors", "config.json", "train_args.json", "train.log")
@@ -51,7 +51,8 @@ def hashes_csv(folder: Path) -> str:
     return buf.getvalue()
 
 
-def freeze(paths: ModelPaths, name: str, run_dir: Path, texts: dict[str, str]) -> tuple[Path, str]:
+def freeze(paths: ModelPaths, name: str, run_dir: Path, texts: dict[str, str],
+           before_rename=None) -> tuple[Path, str]:
     """Write the entry into a hidden staging folder, hash it, make it read-only, then rename it into
     place (a crash leaves only a `.staging-*` folder, never a half entry). Returns (path, sha of hashes.csv)."""
     missing = set(WRITTEN) - set(texts)
@@ -80,8 +81,51 @@ def freeze(paths: ModelPaths, name: str, run_dir: Path, texts: dict[str, str]) -
             os.fsync(fh.fileno())
     make_read_only(staging)
     fault_point("archive:staged_read_only")
+    if before_rename is not None:
+        before_rename(final, hashes_sha)
     os.replace(staging, final)
     return final, hashes_sha
+
+
+def freeze_and_record(paths: ModelPaths, name: str, run_dir: Path, texts: dict[str, str],
+                      row: LineageRow) -> tuple[Path, str]:
+    """freeze() and the lineage row as one step: the row is journaled (`models/.freeze-<name>.json`)
+    before the entry is renamed into place, so a kill between the rename and the lineage write is
+    completed by the next start (loop/recovery.py) instead of leaving an entry verify calls planted."""
+    journal = paths.root / f"{FREEZE_JOURNAL_PREFIX}{name}.json"
+
+    def write_intent(final: Path, hashes_sha: str) -> LineageRow:
+        done = row.model_copy(update={"archive_path": str(final), "hashes_sha256": hashes_sha})
+        atomic_write_text(journal, done.model_dump_json() + "\n")
+        return done
+
+    final, hashes_sha = freeze(paths, name, run_dir, texts, before_rename=write_intent)
+    fault_point("lineage:before_upsert")
+    upsert_lineage(paths.lineage, row.model_copy(update={"archive_path": str(final), "hashes_sha256": hashes_sha}))
+    journal.unlink(missing_ok=True)
+    return final, hashes_sha
+
+
+def complete_interrupted_freezes(paths: ModelPaths) -> list[str]:
+    """Finish what freeze_and_record journaled: an entry in place that verifies against the
+    journaled hashes gets its lineage row; a journal whose entry never got renamed is dropped."""
+    completed = []
+    for journal in sorted(paths.root.glob(f"{FREEZE_JOURNAL_PREFIX}*.json")) if paths.root.is_dir() else []:
+        try:
+            row = LineageRow.model_validate_json(journal.read_text())
+        except (OSError, ValueError):
+            journal.unlink(missing_ok=True)
+            continue
+        entry = paths.archive / row.name
+        known = {r.name for r in read_lineage(paths.lineage)}
+        if entry.is_dir() and row.name not in known and not verify_entry(entry, row.hashes_sha256):
+            upsert_lineage(paths.lineage, row)
+            completed.append(row.name)
+        journal.unlink(missing_ok=True)
+    return completed
+
+
+FREEZE_JOURNAL_PREFIX = ".freeze-"
 
 
 def make_read_only(folder: Path) -> None:

@@ -11,7 +11,7 @@ from loop.config import DaemonConfig
 from loop.evolution import archive, cards
 from loop.evolution.gates import check_gates
 from loop.evolution.lifecycle import Lifecycle, TransitionContext
-from loop.evolution.lineage import LineageRow, log_event, read_lineage, upsert_lineage
+from loop.evolution.lineage import LineageRow, log_event, read_lineage
 from loop.evolution.paths import ModelPaths
 from loop.evolution.probes import LoadedModel, run_probes
 from loop.evolution.promotion import propose, read_proposal
@@ -50,11 +50,10 @@ def submit_run(cfg: DaemonConfig, workspace: Path, run_dir: Path, cycle: int, tr
         "MODEL_CARD.md": cards.model_card(name, spec, train, probes, status, run_cfg),
         "STATUS.txt": status + "\n",
     }
-    path, hashes_sha = archive.freeze(paths, name, run_dir, texts)
-    upsert_lineage(paths.lineage, LineageRow(name=name, gen_id=spec.gen_id, branch_id=spec.branch_id,
-                                             parent=spec.parent, seed=spec.seed, strategy=spec.strategy, status=status,
-                                             score=gates.score, archive_path=str(path), hashes_sha256=hashes_sha,
-                                             cycle_trace_id=trace_id))
+    path, hashes_sha = archive.freeze_and_record(paths, name, run_dir, texts, LineageRow(
+        name=name, gen_id=spec.gen_id, branch_id=spec.branch_id, parent=spec.parent, seed=spec.seed,
+        strategy=spec.strategy, status=status, score=gates.score, archive_path="", hashes_sha256="",
+        cycle_trace_id=trace_id))
     store = load_store(paths, trace_id)
     store.add(name)
     for state in (Lifecycle.GERMINATED, Lifecycle.TRAINING):

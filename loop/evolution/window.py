@@ -21,7 +21,7 @@ from loop.domains import resolve_domain
 from loop.evolution import archive, cards
 from loop.evolution.gates import GateResult, check_gates
 from loop.evolution.lifecycle import Lifecycle, TransitionContext
-from loop.evolution.lineage import LineageRow, log_event, read_lineage, upsert_lineage
+from loop.evolution.lineage import LineageRow, log_event, read_lineage
 from loop.evolution.paths import ModelPaths
 from loop.sandbox import load_sandbox
 from loop.evolution.probes import LoadedModel, ProbeMetrics, run_probes
@@ -145,11 +145,10 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
             "MODEL_CARD.md": cards.model_card(name, spec, train, probes, status, run_cfgs[name]),
             "STATUS.txt": status + "\n",
         }
-        path, hashes_sha = archive.freeze(paths, name, paths.candidates / name / "run", texts)
-        upsert_lineage(paths.lineage, LineageRow(
+        path, hashes_sha = archive.freeze_and_record(paths, name, paths.candidates / name / "run", texts, LineageRow(
             name=name, gen_id=spec.gen_id, branch_id=spec.branch_id, parent=spec.parent, seed=spec.seed,
-            strategy=spec.strategy, status=status, score=gates.score, archive_path=str(path),
-            hashes_sha256=hashes_sha, cycle_trace_id=trace_id))
+            strategy=spec.strategy, status=status, score=gates.score, archive_path="", hashes_sha256="",
+            cycle_trace_id=trace_id))
         log_event(paths.log, "ARCHIVED" if gates.passed else "REJECTED", cycle_trace_id=trace_id, candidate=name,
                   rank=rank, score=gates.score, status=status, failed_gates=gates.failed)
         if not gates.passed:
