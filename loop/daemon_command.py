@@ -87,7 +87,10 @@ def split_command_options(args: argparse.Namespace) -> None:
     if not cmd or "--" not in cmd:
         return
     cut = cmd.index("--")
-    before, args.cmd = cmd[:cut], cmd[cut + 1:]
+    before = cmd[:cut]
+    if before and not before[0].startswith("-"):
+        return                  # `policy check git log -- file`: that `--` belongs to the command
+    args.cmd = cmd[cut + 1:]
     if not before:
         return
     options = argparse.ArgumentParser(prog=f"llmloop {args.command}", argument_default=argparse.SUPPRESS)
@@ -204,11 +207,10 @@ def cmd_policy(args, cfg, ws) -> int:
     from loop.daemon import REPO_ROOT
     from loop.gate import policy_check
 
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
+    if not args.cmd:            # split_command_options already took the `--` off
         print("usage: llmloop policy check -- COMMAND", file=sys.stderr)
         return 2
-    return policy_check(" ".join(cmd) if len(cmd) > 1 else cmd[0], cfg, REPO_ROOT)
+    return policy_check(" ".join(args.cmd), cfg, REPO_ROOT)
 
 
 def cmd_sandbox(args, cfg, ws) -> int:

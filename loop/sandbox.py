@@ -28,6 +28,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,10 +136,10 @@ class Sandbox:
                 masked.append(folder)
         for path in needed:
             writable_here = path in writable
-            if not writable_here and any(within(path, b) for b in bound):
+            if not writable_here and any(path.is_relative_to(b) for b in bound):
                 continue                  # already visible through a read-only parent
             for parent in reversed(path.parents):
-                container = max((c for c in (*masked, *bound) if within(parent, c)), key=lambda c: len(c.parts),
+                container = max((c for c in (*masked, *bound) if parent.is_relative_to(c)), key=lambda c: len(c.parts),
                                 default=None)
                 if container is not None and container in masked and container != parent:
                     if parent not in made:                     # a fresh folder inside the tmpfs
@@ -151,10 +152,6 @@ class Sandbox:
             args += ["--bind" if writable_here else "--ro-bind-try", str(path), str(path)]
             bound.append(path)
         return args
-
-
-def within(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
 
 
 def hide_args(path: Path) -> list[str]:
@@ -244,7 +241,7 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
     protected = {repo_root / ".git", *(ws_root / name for name in PROTECTED_IN_WORKSPACE)}
     writable = tuple(sorted(workspace_path(ws_root, p) for p in cfg.sandbox_writable_paths))
     check_writable(writable, protected | {repo_root, ws_root})
-    hidden = credential_paths(cfg) - {p for p in readonly}
+    hidden = credential_paths(cfg) - readonly
     note = ("sandbox: bubblewrap" + (f", runs as {cfg.sandbox_user}" if user else "")
             + (", network on" if cfg.sandbox_network else ", network off")) if bwrap else \
         f"sandbox: NONE ({problem}); the command policy is the only guard (sandbox: optional)"
@@ -261,7 +258,7 @@ def check_writable(writable: tuple[Path, ...], never: set[Path]) -> None:
     """A writable path may not be, or contain, what runs must never write (a path that does not
     exist yet, like GEN_HEAD before the first promotion, could not be protected inside it)."""
     for path in writable:
-        clash = sorted(p for p in never if within(p, path))
+        clash = sorted(p for p in never if p.is_relative_to(path))
         if clash:
             raise ConfigError(f"sandbox_writable_paths: {path} contains {clash[0]}, which runs must never "
                               "write; name a folder beside it instead")
@@ -298,8 +295,6 @@ def find_bwrap(as_root: bool) -> tuple[str | None, str | None]:
 def run_by_hand(cfg: DaemonConfig, repo_root: Path, ws_root: Path, command: str, timeout: float | None = None) -> int:
     """`llmloop sandbox run -- CMD`: CMD exactly as the daemon runs a run_command (`bash -c CMD`
     from the repo root, in a fresh run folder, inside the sandbox), but attached to the terminal."""
-    import time
-
     sandbox = load_sandbox(cfg, repo_root, ws_root)
     run_dir = Path(ws_root).resolve() / "runs" / f"sandbox-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     sandbox.prepare(run_dir)
