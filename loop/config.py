@@ -129,12 +129,35 @@ class LLMRole(StrictModel):
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     timeout_seconds: float = Field(120.0, gt=0)
     max_attempts: int = Field(4, ge=1, le=10)  # transient errors retried with backoff
-    structured_output: Literal["auto", "json_schema", "json_object", "off"] = "auto"
+    # auto: json_schema, json_object_schema (llama.cpp grammar), json_object, off; kept per endpoint
+    structured_output: Literal["auto", "json_schema", "json_object_schema", "json_object", "off"] = "auto"
     temperature: float | None = Field(None, ge=0, le=2)
     # After this many failed calls in a row the role's circuit opens: calls fail fast with no request
     # (the cycle waits) until the cooldown has passed, then one trial call decides (loop/agents/breaker.py).
     circuit_breaker_failures: int = Field(5, ge=1)
     circuit_breaker_cooldown_seconds: float = Field(300.0, ge=0)
+    # While the circuit is open, the budget is spent, a call failed, or (Builder) the gate refused
+    # `llm_gate_refusal_limit` decisions in a row: `offline` lets the offline policy play the role
+    # (each such decision marked with its source), `wait` idles the cycle (the Builder) or skips
+    # the review (the Mentor).
+    when_unavailable: Literal["offline", "wait"] = "offline"
+
+
+class ModelPrice(StrictModel):
+    """What a model costs per million tokens (`llm_prices`), in whatever currency you write."""
+
+    input_per_million: float = Field(0.0, ge=0)
+    output_per_million: float = Field(0.0, ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
+
+
+class LLMBudget(StrictModel):
+    """A cap on LLM spend per daemon start, both roles together; reached: no more LLM calls."""
+
+    max_cost: float | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
 
 
 class CommandPolicyConfig(StrictModel):
@@ -319,10 +342,15 @@ class DaemonConfig(StrictModel):
     mentor_display_name: str = "AI-Mentor"
     interaction_mode: Literal["standard", "builder_health_helper"] = "standard"
     builder: LLMRole = Field(default_factory=LLMRole)
-    mentor: LLMRole = Field(default_factory=LLMRole)
+    mentor: LLMRole = Field(default_factory=lambda: LLMRole(when_unavailable="wait"))
     credentials_file: str = "~/.config/llmloop/credentials.json"   # written by `llmloop login`, 0600
     offline_seed: int = 0
     command_policy: CommandPolicyConfig = Field(default_factory=CommandPolicyConfig)
+    # ---- LLM cost ----
+    llm_prices: dict[str, ModelPrice] = Field(default_factory=dict)    # model name -> price; empty: tokens only
+    llm_budget: LLMBudget = Field(default_factory=LLMBudget)
+    llm_gate_refusal_limit: int = Field(3, ge=1)            # Builder decisions refused in a row ...
+    llm_gate_refusal_offline_cycles: int = Field(5, ge=1)   # ... then this many cycles offline (when_unavailable)
     # ---- mentor cadence ----
     mentor_enabled: bool = True
     mentor_every_n_cycles: int = Field(4, gt=0)

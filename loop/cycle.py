@@ -22,6 +22,7 @@ from loop.agents import offline, prompts
 from loop.agents.context import build_context, estimate_tokens
 from loop.agents.offline import PolicyInput, RunRecord
 from loop.agents.schema import Decision, Review, wait_decision
+from loop.agents.usage import Usage
 from loop.config import DaemonConfig, deep_merge, read_yaml, validate
 from loop.errors import ConfigError, LoopError
 from loop.events import EventLog
@@ -55,6 +56,7 @@ class Loop:
     current: dict = field(default_factory=dict)      # {"trace": id of the cycle running now}
     history: HistoryReader | None = None
     sandbox: object | None = None                    # loop.sandbox.Sandbox; None: no OS boundary (tests)
+    spend_cap: object | None = None                  # loop.agents.usage.SpendCap shared by both roles
 
     def run_history(self) -> list[RunRecord]:
         if self.history is None:
@@ -102,7 +104,7 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     if isinstance(forced, Decision):
         decision, source = forced, "finish-up"
     else:
-        decision, source = decide(loop, context_text, history, cycle, record)
+        decision, source = decide(loop, state, context_text, history, cycle, record)
     decision = scrub(decision, loop.secrets)       # an LLM that echoes a secret: nothing downstream sees it
     record["decision"] = {"source": source, **decision.model_dump(exclude={"train_overlay"}),
                           "train_overlay": decision.train_overlay}
@@ -122,6 +124,7 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
 
     # ---- gate ----
     decision, run_plan = gate(loop, decision, trace, record)
+    count_gate_refusals(loop, state, source, cycle, record)
 
     # ---- run, judge ----
     outcome = None
@@ -138,6 +141,8 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     state.last_decision = {"action": decision.action, "label": decision.run_label, "source": source,
                            "dimension": decision.strategy_dimension, "gate_ok": record["quality_gate"]["ok"]}
     line = f"{decision.action} `{decision.run_label}`" + (f" ({decision.strategy_dimension})" if decision.strategy_dimension else "")
+    if source == "offline-fallback":
+        line += " [offline policy: the Builder LLM was unavailable]"
     if outcome:
         line += f" -> {outcome.get('status')}" + (f" val_acc {outcome['val_accuracy']:.4f}" if outcome.get("val_accuracy") else "")
     return finish_cycle(loop, state, cycle, trace, record, t0, line=line)
@@ -198,13 +203,19 @@ def finish_up(loop: Loop, state: LoopState, cycle: int, record: dict) -> Decisio
 
 # ================================================================== decide ====
 
-def decide(loop: Loop, context_text: str, history: list[RunRecord], cycle: int, record: dict) -> tuple[Decision, str]:
-    """The Builder's decision: from the LLM when one is configured, else the offline policy.
-    An LLM that fails or answers badly makes the cycle a logged `wait`, never a crash."""
+def decide(loop: Loop, state: LoopState, context_text: str, history: list[RunRecord], cycle: int,
+           record: dict) -> tuple[Decision, str]:
+    """The Builder's decision: from the LLM when one is configured, else the offline policy. When the
+    LLM cannot decide (circuit open, budget spent, a failed call, or the gate refused its recent
+    decisions), `builder.when_unavailable` says what the cycle does: `offline` asks the offline
+    policy (source `offline-fallback`, the reason in `llm_fallback`), `wait` logs a wait."""
     if loop.builder is None:
-        todos = [line for line in context_text.splitlines() if line.startswith("T0")]
-        return offline.builder_decision(PolicyInput(cycle, history, todos, loop.phase_hint),
-                                        seed=loop.cfg.offline_seed), "offline"
+        return offline_decision(loop, context_text, history, cycle), "offline"
+    fallback = loop.cfg.builder.when_unavailable == "offline"
+    if fallback and state.llm_offline_until_cycle >= cycle:
+        record["llm_fallback"] = (f"the quality gate refused {loop.cfg.llm_gate_refusal_limit} LLM decisions "
+                                  f"in a row: the offline policy decides until cycle {state.llm_offline_until_cycle}")
+        return offline_decision(loop, context_text, history, cycle), "offline-fallback"
     from loop.agents.llm import LLMCircuitOpen, LLMUnavailable
 
     system, user = prompts.builder_prompt(loop.cfg, loop.repo_root, context_text)
@@ -213,12 +224,37 @@ def decide(loop: Loop, context_text: str, history: list[RunRecord], cycle: int, 
         result = loop.builder.complete_json(system, user, Decision)
     except (LLMUnavailable, LoopError) as exc:
         record["llm_error"] = redact(str(exc), loop.secrets)
+        if isinstance(exc, LLMUnavailable):
+            record["tokens_builder"] = exc.usage.model_dump()       # failed calls cost tokens too
         if isinstance(exc, LLMCircuitOpen):   # refused without a request; the daemon's timer waits it out
             record["llm_circuit_open_s"] = round(exc.retry_in_seconds, 1)
+        if fallback:
+            record["llm_fallback"] = f"Builder LLM unavailable: {record['llm_error']}"
+            return offline_decision(loop, context_text, history, cycle), "offline-fallback"
         return wait_decision(f"Builder LLM unavailable: {record['llm_error']}"), "llm-failed"
-    record["tokens_builder"] = result.usage.__dict__
-    record["llm"] = {"attempts": result.attempts, "repaired": result.repaired, "mode": result.mode}
+    record["tokens_builder"] = result.usage.model_dump()
+    record["llm"] = {"attempts": result.attempts, "repaired": result.repaired, "mode": result.mode,
+                     "seconds": result.seconds}
     return result.parsed, "llm"
+
+
+def offline_decision(loop: Loop, context_text: str, history: list[RunRecord], cycle: int) -> Decision:
+    todos = [line for line in context_text.splitlines() if line.startswith("T0")]
+    return offline.builder_decision(PolicyInput(cycle, history, todos, loop.phase_hint), seed=loop.cfg.offline_seed)
+
+
+def count_gate_refusals(loop: Loop, state: LoopState, source: str, cycle: int, record: dict) -> None:
+    """Past `llm_gate_refusal_limit` LLM decisions refused in a row (quality gate, overlay or command
+    policy), the offline policy decides for `llm_gate_refusal_offline_cycles` cycles."""
+    if source != "llm":
+        return
+    refused = not record["quality_gate"]["ok"] or not record.get("policy", {}).get("allowed", True)
+    state.llm_gate_refusals = state.llm_gate_refusals + 1 if refused else 0
+    if state.llm_gate_refusals >= loop.cfg.llm_gate_refusal_limit and loop.cfg.builder.when_unavailable == "offline":
+        state.llm_offline_until_cycle = cycle + loop.cfg.llm_gate_refusal_offline_cycles
+        state.llm_gate_refusals = 0
+        record["llm_gate_fallback"] = (f"{loop.cfg.llm_gate_refusal_limit} LLM decisions refused in a row: "
+                                       f"offline policy until cycle {state.llm_offline_until_cycle}")
 
 
 def mentor_due(cfg: DaemonConfig, cycle: int, state: LoopState) -> tuple[bool, str]:
@@ -254,10 +290,16 @@ def review_decision(loop: Loop, context_text: str, decision: Decision, history: 
             result = loop.mentor.complete_json(system, user, Review)
         except (LLMUnavailable, LoopError) as exc:
             record["mentor"].update(source="llm-failed", error=redact(str(exc), loop.secrets))
-            return None
-        review = scrub(result.parsed, loop.secrets)
-        record["tokens_mentor"] = result.usage.__dict__
-        record["mentor"].update(source="llm")
+            if isinstance(exc, LLMUnavailable):
+                record["tokens_mentor"] = exc.usage.model_dump()
+            if cfg.mentor.when_unavailable != "offline":
+                return None
+            review = offline.mentor_review(PolicyInput(cycle, history, [], loop.phase_hint), decision, cfg.offline_seed)
+            record["mentor"].update(source="offline-fallback")
+        else:
+            review = scrub(result.parsed, loop.secrets)
+            record["tokens_mentor"] = result.usage.model_dump()
+            record["mentor"].update(source="llm")
     record["mentor"].update(verdict=review.verdict, critical_question=review.critical_question,
                             challenge=review.challenge.model_dump() if review.challenge else None)
     todos = review.todo_new if review.challenge else []       # none on continue
@@ -534,9 +576,7 @@ def finish_cycle(loop: Loop, state: LoopState, cycle: int, trace: str, record: d
     for role in ("builder", "mentor"):
         usage = record.get(f"tokens_{role}")
         if usage:
-            tokens = state.tokens[role]
-            for key in ("prompt_tokens", "completion_tokens", "total_tokens", "calls"):
-                setattr(tokens, key, getattr(tokens, key) + int(usage.get(key, 0)))
+            state.tokens.setdefault(role, Usage()).add(Usage.model_validate(usage))
     record["tokens_total"] = {role: t.model_dump() for role, t in state.tokens.items()}
     record["seconds"] = round(time.monotonic() - t0, 3)
     state.cycle_seconds = (state.cycle_seconds + [record["seconds"]])[-20:]

@@ -64,7 +64,10 @@ def effective_role(role: LLMRole, credentials_file: str) -> LLMRole:
 
 
 def build_loop(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> Loop:
-    from loop.agents.llm import for_role, resolve_api_key
+    from loop.agents.credentials import resolve_api_key
+    from loop.agents.formats import ModeStore
+    from loop.agents.llm import for_role
+    from loop.agents.usage import SpendCap
     from loop.secrets import known_secrets
 
     events = EventLog(ws.events)
@@ -73,16 +76,32 @@ def build_loop(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> Loop:
     def on_llm_event(event: dict) -> None:   # retries, format fallbacks, repairs: traced to the cycle
         events.append(event.get("kind", "llm"), current["trace"], **{k: v for k, v in event.items() if k != "kind"})
 
-    builder = for_role(effective_role(cfg.builder, cfg.credentials_file), "builder", cfg.credentials_file,
-                       on_event=on_llm_event)
-    mentor_role = effective_role(cfg.mentor, cfg.credentials_file).model_copy(
-        update={k: v for k, v in {"model": cfg.mentor_model, "reasoning_effort": cfg.mentor_reasoning_effort}.items() if v})
-    mentor = for_role(mentor_role, "mentor", cfg.credentials_file, on_event=on_llm_event)
-    return Loop(cfg=cfg, repo_root=REPO_ROOT, ws=ws, events=events, builder=builder, mentor=mentor,
-                current=current,
+    def on_budget_spent(reason: str) -> None:
+        say(f"{time.strftime('%H:%M:%S')} {reason}: no more LLM calls this run of the daemon")
+        on_llm_event({"kind": "llm_budget_spent", "reason": reason, "max_cost": cfg.llm_budget.max_cost,
+                      "max_tokens": cfg.llm_budget.max_tokens})
+
+    spend_cap = SpendCap(cfg.llm_budget.max_cost, cfg.llm_budget.max_tokens, on_budget_spent)
+    store = ModeStore(ws.llm_modes)
+    clients = {}
+    for name, role in (("builder", builder_role(cfg)), ("mentor", mentor_role(cfg))):
+        clients[name] = for_role(role, name, cfg.credentials_file, on_event=on_llm_event,
+                                 price=cfg.llm_prices.get(role.model), spend_cap=spend_cap, mode_store=store)
+    return Loop(cfg=cfg, repo_root=REPO_ROOT, ws=ws, events=events, builder=clients["builder"],
+                mentor=clients["mentor"], current=current, spend_cap=spend_cap,
                 secrets=known_secrets() + [k for k in (resolve_api_key(cfg.builder, cfg.credentials_file),
                                                        resolve_api_key(cfg.mentor, cfg.credentials_file)) if k],
                 should_stop=should_stop, say=say, sandbox=load_sandbox(cfg, REPO_ROOT, ws.root))
+
+
+def builder_role(cfg: DaemonConfig) -> LLMRole:
+    return effective_role(cfg.builder, cfg.credentials_file)
+
+
+def mentor_role(cfg: DaemonConfig) -> LLMRole:
+    """The mentor's endpoint, with the seed's `mentor_model` / `mentor_reasoning_effort` on top."""
+    return effective_role(cfg.mentor, cfg.credentials_file).model_copy(
+        update={k: v for k, v in {"model": cfg.mentor_model, "reasoning_effort": cfg.mentor_reasoning_effort}.items() if v})
 
 
 def reap_before_launch(loop: Loop, state: LoopState) -> dict:
@@ -222,7 +241,11 @@ def timer_decision(loop: Loop, state: LoopState):
     for r in history:
         running = max(running, r.score if r.ok else 0.0)
         best.append(running)
+    # Waiting out an open circuit only makes sense when the cycle would wait anyway; with
+    # `when_unavailable: offline` the offline policy keeps the machine busy meanwhile.
     circuit_open_for = getattr(loop.builder, "unavailable_for_seconds", None)   # None: the offline policy
+    if cfg.builder.when_unavailable == "offline":
+        circuit_open_for = None
     inputs = TimerInputs(base_seconds=cfg.daemon_poll_seconds, cycle_seconds=state.cycle_seconds[-window:],
                          run_seconds=[r.minutes * 60 for r in history if r.minutes], best_scores=best,
                          seconds_to_phase=seconds_until_window(cfg.phase, dt.datetime.now()),

@@ -11,7 +11,7 @@ from pathlib import Path
 from loop.config import add_daemon_config_arguments, load_daemon_config
 from loop.errors import LoopError
 
-COMMANDS = ("start", "stop", "status", "watch", "finishup", "report", "reset", "policy", "sandbox", "login")
+COMMANDS = ("start", "stop", "status", "watch", "finishup", "report", "reset", "policy", "sandbox", "login", "llm")
 
 
 def add_arguments(sub) -> None:
@@ -60,6 +60,11 @@ def add_arguments(sub) -> None:
     p.add_argument("--policy", action="store_true", help="refuse first, as the daemon does, if the policy refuses")
     p.add_argument("--timeout", type=float, help="seconds before the command is killed")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND (one shell line, as an LLM would write it)")
+    p = common(sub.add_parser("llm", help="`llm probe`: which structured-output mode each role's endpoint "
+                                          "takes, its latency, and whether a sample decision validates"))
+    p.add_argument("action", choices=["probe"])
+    p.add_argument("--role", choices=["builder", "mentor", "both"], default="both")
+    p.add_argument("--json", action="store_true")
     p = common(sub.add_parser("login", help="store the endpoint and API key (0600 file)"))
     p.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", help="the model name to use for both roles")
@@ -227,8 +232,20 @@ def cmd_sandbox(args, cfg, ws) -> int:
     return run_by_hand(cfg, REPO_ROOT, ws.root, command, args.timeout)
 
 
+def cmd_llm(args, cfg, ws) -> int:
+    from loop.agents import probe
+    from loop.daemon import REPO_ROOT, builder_role, mentor_role
+
+    roles = {"builder": builder_role(cfg), "mentor": mentor_role(cfg)}
+    if args.role != "both":
+        roles = {args.role: roles[args.role]}
+    results = probe.probe_roles(cfg, ws.ensure(), roles, REPO_ROOT)
+    print(json.dumps(probe.as_json(results), indent=2) if args.json else probe.render(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
 def cmd_login(args, cfg, ws) -> int:
-    from loop.agents.llm import write_credentials
+    from loop.agents.credentials import write_credentials
 
     path = Path(cfg.credentials_file).expanduser()
     key = sys.stdin.readline().strip() if args.key_stdin else getpass.getpass("API key (empty for none): ").strip()
@@ -249,4 +266,4 @@ def cmd_login(args, cfg, ws) -> int:
 
 HANDLERS = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "watch": cmd_watch,
             "finishup": cmd_finishup, "report": cmd_report, "reset": cmd_reset, "policy": cmd_policy,
-            "sandbox": cmd_sandbox, "login": cmd_login}
+            "sandbox": cmd_sandbox, "login": cmd_login, "llm": cmd_llm}

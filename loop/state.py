@@ -7,15 +7,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from loop.agents.usage import Usage
 from loop.fsutil import atomic_write_text
 from loop.runner import ActiveRun
-
-
-class RoleTokens(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    calls: int = 0
 
 
 class LoopState(BaseModel):
@@ -35,7 +29,12 @@ class LoopState(BaseModel):
     fitness_baselines: dict[str, float] = Field(default_factory=dict)   # from PHASE, per domain
     flagged_variants: list[str] = Field(default_factory=list)       # underperformers PHASE flagged
     phase_recommendations: dict[str, list] = Field(default_factory=dict)  # search-space hints
-    tokens: dict[str, RoleTokens] = Field(default_factory=lambda: {"builder": RoleTokens(), "mentor": RoleTokens()})
+    # LLM spend per role over the workspace's life (every request, failed ones included)
+    tokens: dict[str, Usage] = Field(default_factory=lambda: {"builder": Usage(), "mentor": Usage()})
+    # The Builder's decisions refused by the quality gate in a row; past the limit the offline
+    # policy plays the Builder until `llm_offline_until_cycle`
+    llm_gate_refusals: int = 0
+    llm_offline_until_cycle: int = 0
     stop_reason: str | None = None
 
     @classmethod

@@ -56,14 +56,36 @@ def leaderboard(ws: Workspace, n: int = 3) -> list[dict]:
              "model": r.config.get("model", {}).get("name")} for r in runs]
 
 
-def llm_or_offline(role, credentials_file: str) -> str:
-    from loop.daemon import effective_role
+def llm_or_offline(role, ws: Workspace) -> str:
+    """'LLM <model> at <url> (mode json_object_schema)' or 'offline policy'."""
+    from loop.agents.formats import ModeStore
 
-    role = effective_role(role, credentials_file)
-    return f"LLM {role.model} at {role.base_url}" if role.base_url else "offline policy"
+    if not role.base_url:
+        return "offline policy"
+    mode = role.structured_output
+    if mode == "auto":
+        mode = ModeStore(ws.llm_modes).get(role.base_url, role.model) or "auto, not negotiated yet"
+    return f"LLM {role.model} at {role.base_url} (mode {mode}; when unavailable: {role.when_unavailable})"
+
+
+def llm_budget_line(cfg: DaemonConfig, ws: Workspace, tokens: dict) -> str | None:
+    """The budget's state this run of the daemon, from the last `llm_budget_spent` event since start."""
+    caps = cfg.llm_budget
+    if caps.max_cost is None and caps.max_tokens is None:
+        return None
+    log = EventLog(ws.events)
+    start = log.tail(1, kind="daemon_start")
+    spent = log.tail(1, kind="llm_budget_spent")
+    if spent and (not start or spent[0].get("ts", "") >= start[0].get("ts", "")):
+        return f"LLM budget: SPENT ({spent[0].get('reason')}); no LLM calls until the daemon restarts"
+    limits = [f"max_cost {caps.max_cost}" if caps.max_cost is not None else "",
+              f"max_tokens {caps.max_tokens}" if caps.max_tokens is not None else ""]
+    return "LLM budget per daemon start: " + ", ".join(x for x in limits if x)
 
 
 def status_info(cfg: DaemonConfig, ws: Workspace) -> dict:
+    from loop.daemon import builder_role, mentor_role
+
     state = LoopState.load(ws.state)
     pid, why = daemon_liveness(ws)
     now = time.time()
@@ -96,8 +118,10 @@ def status_info(cfg: DaemonConfig, ws: Workspace) -> dict:
             "minutes_left": round(request.minutes_to_deadline(finishup.now_utc()), 1),
             "text": finishup.describe(request, finishup.now_utc())},
         "open_todos": open_todos, "tokens": {k: v.model_dump() for k, v in state.tokens.items()},
-        "builder": llm_or_offline(cfg.builder, cfg.credentials_file),
-        "mentor": llm_or_offline(cfg.mentor, cfg.credentials_file),
+        "cost_per_cycle": round(sum(v.cost for v in state.tokens.values()) / state.cycle, 6) if state.cycle else 0.0,
+        "llm_budget": llm_budget_line(cfg, ws, state.tokens),
+        "builder": llm_or_offline(builder_role(cfg), ws),
+        "mentor": llm_or_offline(mentor_role(cfg), ws),
     }
 
 
@@ -128,11 +152,25 @@ def render(info: dict) -> str:
     lines.append("leaderboard: " + ("; ".join(f"{r['label']} {r['val_accuracy']:.4f}" for r in board) if board else "no runs yet"))
     lines.append(f"GEN_HEAD: {info['gen_head'] or 'none'}; proposal pending: {info['proposal_pending'] or 'no'}")
     lines.append(info["finish_up"]["text"] if info["finish_up"] else "finish-up: not requested")
-    tokens = info["tokens"]
-    lines.append(f"open TODOs: {info['open_todos']}; tokens: builder {tokens['builder']['total_tokens']} "
-                 f"({tokens['builder']['calls']} calls), mentor {tokens['mentor']['total_tokens']} "
-                 f"({tokens['mentor']['calls']} calls)")
+    lines.append(f"open TODOs: {info['open_todos']}")
+    lines.extend(token_lines(info))
     return "\n".join(lines)
+
+
+def token_lines(info: dict) -> list[str]:
+    """LLM spend per role, the cost so far and per cycle, and the budget's state."""
+    from loop.agents.usage import Usage
+
+    roles = {role: Usage.model_validate(tokens) for role, tokens in info["tokens"].items()}
+    total = Usage()
+    for usage in roles.values():
+        total.add(usage)
+    lines = ["tokens: " + "; ".join(f"{role} {usage.describe()}" for role, usage in roles.items())]
+    if total.cost:
+        lines.append(f"LLM cost so far: {total.cost:.4f} ({info['cost_per_cycle']:.4f} per cycle)")
+    if info.get("llm_budget"):
+        lines.append(info["llm_budget"])
+    return lines
 
 
 def watch(cfg: DaemonConfig, ws: Workspace, interval_seconds: float, once: bool) -> int:

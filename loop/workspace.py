@@ -27,6 +27,8 @@ class Workspace:
     def daemon_log(self) -> Path: return self.root / "logs" / "daemon.log"
     @property
     def events(self) -> Path: return self.root / "events.jsonl"
+    @property
+    def llm_modes(self) -> Path: return self.root / "logs" / "llm_modes.json"
     # ---- notes ----
     @property
     def notes(self) -> Path: return self.root / "notes"

@@ -2,7 +2,8 @@
 
 Each POST to /v1/chat/completions (or /chat/completions) pops one step:
 
-    {"content": "<assistant text>"}             200 chat.completion (optional "usage" override)
+    {"content": "<assistant text>"}             200 chat.completion (optional "usage" override;
+                                                 "usage": None sends no usage, as some servers do)
     {"status": 429, "headers": {"Retry-After": "0"}, "error": "slow down"}
     {"status": 500} / {"status": 400, "error": "response_format json_schema is not supported"}
     {"delay": 1.0, ...rest of the step}          sleep first (to trigger client timeouts)
@@ -10,6 +11,8 @@ Each POST to /v1/chat/completions (or /chat/completions) pops one step:
     {"reset": True}                              close the socket with a TCP reset (RST)
     {"truncated": True}                          200 headers, then half the body, then close
     {"malformed": True}                          200 with a complete body that is not valid JSON
+    {"status": 500, "body": {...}}               any status with this exact JSON body (real servers'
+                                                 refusal shapes: see REFUSALS)
 
 An empty script answers 500 "script exhausted", unless the server has a `FaultPlan`: then a
 seeded draw per request injects one fault (429 with Retry-After, 500, reset, a delay past the
@@ -36,6 +39,24 @@ import pytest
 
 PATHS = ("/v1/chat/completions", "/chat/completions")
 DEFAULT_USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+
+
+# Refusals of a response_format as real servers send them (status, body). The llama-cpp-python one
+# is what its 0.3.x server answered to json_schema (bench/llama_server.py --probe shows it live).
+REFUSALS = {
+    "llama_cpp_500": {"status": 500, "body": {"error": {
+        "message": "[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input "
+                   "should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': {'expected': "
+                   "\"'text' or 'json_object'\"}}]", "type": "internal_server_error"}}},
+    "fastapi_422": {"status": 422, "body": {"detail": [{
+        "type": "literal_error", "loc": ["body", "response_format", "type"],
+        "msg": "Input should be 'text' or 'json_object'", "input": "json_schema"}]}},
+    "openai_400": {"status": 400, "body": {"error": {
+        "message": "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.",
+        "type": "invalid_request_error", "param": "response_format", "code": None}}},
+    "grammar_500": {"status": 500, "body": {"error": {
+        "message": "failed to parse grammar from the JSON schema", "type": "server_error"}}},
+}
 
 
 # ------------------------------------------------------------ fault plan ----
@@ -82,15 +103,17 @@ class FaultPlan:
         }[kind]
 
 
-def completion_body(content: str, usage: dict | None = None) -> dict[str, Any]:
-    """A minimal but complete `chat.completion` object."""
-    return {
+def completion_body(content: str, usage: dict | None = DEFAULT_USAGE) -> dict[str, Any]:
+    """A minimal but complete `chat.completion` object (without `usage` when usage is None)."""
+    body = {
         "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()),
         "model": "test-model",
         "choices": [{"index": 0, "finish_reason": "stop",
                      "message": {"role": "assistant", "content": content}}],
-        "usage": dict(usage or DEFAULT_USAGE),
     }
+    if usage is not None:
+        body["usage"] = dict(usage)
+    return body
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -128,8 +151,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         status = step.get("status", 200)
-        if status == 200:
-            self._send_json(200, completion_body(step["content"], step.get("usage")), step.get("headers"))
+        if "body" in step:
+            self._send_json(status, step["body"], step.get("headers"))
+        elif status == 200:
+            self._send_json(200, completion_body(step["content"], step.get("usage", DEFAULT_USAGE)), step.get("headers"))
         else:
             error = {"message": step.get("error", f"scripted {status}"), "type": "test_error"}
             self._send_json(status, {"error": error}, step.get("headers"))
@@ -157,14 +182,15 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class LLMServer:
-    """Scripted server on 127.0.0.1:<free port>, served from a daemon thread."""
+    """Scripted server on 127.0.0.1:<free port> (or `port`, to come back where it was), served from
+    a daemon thread."""
 
-    def __init__(self, faults: FaultPlan | None = None) -> None:
+    def __init__(self, faults: FaultPlan | None = None, port: int = 0) -> None:
         self.steps: deque[dict] = deque()
         self.requests: list[dict] = []
         self.faults = faults                  # answers requests once the script is empty
         self._lock = threading.Lock()
-        self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd = _HTTPServer(("127.0.0.1", port), _Handler)
         self._httpd.owner = self
         # A short poll interval keeps shutdown (every test's teardown) fast.
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},

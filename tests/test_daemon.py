@@ -30,7 +30,10 @@ def tiny_trainer_yaml(tmp_path: Path) -> Path:
 def make_cfg(tmp_path: Path, base_url: str | None, **extra) -> DaemonConfig:
     data = {"workspace": str(tmp_path / "ws"), "default_trainer_config": str(tiny_trainer_yaml(tmp_path)),
             "daemon_poll_seconds": 0, "default_monitor_seconds": 120,
-            "builder": {"base_url": base_url, "model": "test", "max_attempts": 2, "timeout_seconds": 5},
+            # wait: these tests pin what a failed call does to the cycle itself (tests/test_llm_fallback.py
+            # covers the offline fallback, the default)
+            "builder": {"base_url": base_url, "model": "test", "max_attempts": 2, "timeout_seconds": 5,
+                        "when_unavailable": "wait"},
             "mentor": {"base_url": base_url, "model": "test", "max_attempts": 2, "timeout_seconds": 5},
             "mentor_every_n_cycles": 100, "evolution": {"rules": {"per_class_accuracy_floor": None}},
             "phase": {"schedule": "off"}, "adaptive_timer": {"min_seconds": 0}}

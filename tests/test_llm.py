@@ -11,9 +11,10 @@ import traceback
 
 import pytest
 
-from loop.agents import llm
-from loop.agents.llm import (LLMClient, LLMUnavailable, Usage, for_role, resolve_api_key,
-                             write_credentials)
+from loop.agents import llm, retry
+from loop.agents.credentials import resolve_api_key, write_credentials
+from loop.agents.llm import LLMClient, LLMUnavailable, for_role
+from loop.agents.usage import Usage
 from loop.agents.schema import Decision, Review
 from loop.config import LLMRole
 from loop.errors import ConfigError
@@ -97,7 +98,7 @@ def test_429_with_retry_after_then_success(llm_server, caplog):
 
 
 def test_retry_after_is_capped(llm_server, monkeypatch):
-    monkeypatch.setattr(llm, "RETRY_AFTER_CAP_S", 0.1)
+    monkeypatch.setattr(retry, "RETRY_AFTER_CAP_S", 0.1)
     llm_server.script({"status": 429, "headers": {"Retry-After": "120"}}, {"content": GOOD})
     events: list[dict] = []
     start = time.monotonic()
@@ -118,7 +119,8 @@ def test_transient_failure_then_success(llm_server, failure):
     result = make_client(llm_server, events=events).complete_json("s", "u", Decision)
     assert result.parsed.action == "wait" and result.attempts == 2
     assert [e["kind"] for e in events] == ["llm_retry"]
-    assert result.usage.calls == 1        # a failed attempt is not a completed call
+    # Every request is counted: the failed attempt is a call too, marked failed
+    assert (result.usage.calls, result.usage.failed_calls) == (2, 1)
 
 
 def test_timeout_then_success(llm_server):
@@ -161,6 +163,7 @@ def test_malformed_json_gets_exactly_one_repair(llm_server):
 
     assert result.repaired and result.parsed.action == "wait" and result.attempts == 2
     assert result.usage == Usage(prompt_tokens=250, completion_tokens=27, total_tokens=277, calls=2)
+    assert not result.usage.estimated              # the server sent usage for both
     first, repair = bodies(llm_server)
     assert repair["messages"][:2] == first["messages"]
     assert repair["messages"][2] == {"role": "assistant", "content": "Sure! here is my plan: train harder"}
@@ -188,7 +191,8 @@ def test_malformed_twice_is_unavailable(llm_server):
 def test_retry_inside_repair_counts_attempts(llm_server):
     llm_server.script({"content": "oops"}, {"status": 500}, {"content": GOOD})
     result = make_client(llm_server).complete_json("s", "u", Decision)
-    assert result.repaired and result.attempts == 3 and result.usage.calls == 2
+    assert result.repaired and result.attempts == 3
+    assert (result.usage.calls, result.usage.failed_calls, result.usage.estimated_calls) == (3, 1, 1)
 
 
 # ------------------------------------------------- structured output modes ----
@@ -201,24 +205,29 @@ def test_json_schema_refusal_falls_back_and_is_remembered(llm_server):
     first = client.complete_json("sys", "u", Decision)
     second = client.complete_json("sys", "u", Decision)
 
-    assert (first.mode, second.mode, client.mode) == ("json_object", "json_object", "json_object")
+    mode = "json_object_schema"
+    assert (first.mode, second.mode, client.mode) == (mode, mode, mode)
     assert first.attempts == 2 and second.attempts == 1
     formats = [b["response_format"]["type"] for b in bodies(llm_server)]
     assert formats == ["json_schema", "json_object", "json_object"]     # not re-probed
-    # Without a schema in response_format the prompt has to carry it (and the word JSON).
+    # json_object with the schema beside it: what llama.cpp's server turns into a grammar
+    assert all(b["response_format"]["schema"]["properties"]["action"] for b in bodies(llm_server)[1:])
+    # The prompt carries the schema too (and the word JSON): a grammar fixes syntax, not meaning.
     system = bodies(llm_server)[1]["messages"][0]["content"]
     assert system.startswith("sys") and "JSON" in system and '"action"' in system
-    assert [e["kind"] for e in events] == ["llm_format_fallback"]
+    assert [e["kind"] for e in events] == ["llm_format_fallback", "llm_format_negotiated"]
 
 
 def test_fallback_down_to_plain_prompt(llm_server):
     llm_server.script({"status": 400, "error": "response_format json_schema is not supported"},
+                      {"status": 400, "error": "response_format.schema is not supported"},
                       {"status": 400, "error": "response_format json_object is not supported"},
                       {"content": "```json\n" + GOOD + "\n```"})
     client = make_client(llm_server)
     result = client.complete_json("s", "u", Decision)
     assert result.mode == "off" and client.mode == "off" and result.parsed.action == "wait"
-    assert "response_format" not in bodies(llm_server)[2]
+    assert result.attempts == 4                    # one request per refused format, none retried
+    assert "response_format" not in bodies(llm_server)[3]
 
 
 @pytest.mark.parametrize("mode", ["json_object", "off"])
@@ -328,9 +337,9 @@ def test_for_role(tmp_path, monkeypatch, llm_server):
 
 
 def test_usage_add():
-    total = Usage(1, 2, 3, 1)
-    assert total.add(Usage(10, 20, 30, 1)) is total
-    assert total == Usage(11, 22, 33, 2)
+    total = Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3, calls=1, cost=0.5)
+    assert total.add(Usage(prompt_tokens=10, completion_tokens=20, total_tokens=30, calls=1, failed_calls=1)) is total
+    assert total == Usage(prompt_tokens=11, completion_tokens=22, total_tokens=33, calls=2, failed_calls=1, cost=0.5)
 
 
 # -------------------------------------------------------------- redaction ----

@@ -158,13 +158,14 @@ def test_bad_bodies_every_attempt_end_as_unavailable(llm_server, step):  # noqa:
 def test_worst_case_attempts_equal_the_bound(llm_server):  # noqa: F811
     # Every mode refused after a retry, then a bad reply and a bad repair: the most one call can send.
     refusal = {"status": 400, "error": "response_format json_schema is not supported"}
-    llm_server.script({"status": 500}, refusal, {"status": 500}, refusal,          # json_schema, json_object
+    llm_server.script({"status": 500}, refusal, {"status": 500}, refusal,          # json_schema, json_object_schema
+                      {"status": 500}, refusal,                                      # json_object
                       {"status": 500}, {"content": "no json"},                       # off
                       {"status": 500}, {"content": "still no json"}, {"content": GOOD})   # the repair
     client = make_client(llm_server, max_attempts=2)
     with pytest.raises(LLMUnavailable, match="after one repair"):
         client.complete_json("s", "u", Decision)
-    assert len(llm_server.requests) == max_requests_per_call(client.role) == 8
+    assert len(llm_server.requests) == max_requests_per_call(client.role) == 10
 
 
 # ========================================================== the breaker ====
@@ -270,7 +271,7 @@ def daemon_cfg(tmp_path: Path, base_url: str, **builder) -> DaemonConfig:
     data = {"workspace": str(tmp_path / "ws"), "default_trainer_config": str(trainer),
             "daemon_poll_seconds": 0, "mentor_enabled": False,
             "builder": {"base_url": base_url, "model": "test", "max_attempts": 2, "timeout_seconds": 5,
-                        "circuit_breaker_failures": 2, **builder},
+                        "circuit_breaker_failures": 2, "when_unavailable": "wait", **builder},
             "evolution": {"rules": {"per_class_accuracy_floor": None}}, "phase": {"schedule": "off"},
             "adaptive_timer": {"min_seconds": 0}}
     return validate(DaemonConfig, data, "<test>")

@@ -2,58 +2,53 @@
 
 `LLMClient.complete_json` sends a system + user prompt and returns a validated pydantic model:
 
-* structured output is negotiated: json_schema, else json_object, else a plain "JSON only" prompt
-  (role.structured_output="auto"); the mode that worked is remembered for later calls;
+* structured output is negotiated (loop/agents/formats.py): json_schema, json_object with a schema
+  (grammar-constrained on llama.cpp), plain json_object, then a plain prompt; a refusal of the format
+  is recognised whatever its status and moves on at once; the mode that worked is kept per endpoint
+  and model in the workspace;
 * transient failures (timeouts, dropped connections, 429, 5xx) are retried by tenacity with
   jittered exponential backoff, honouring a server's Retry-After; the SDK's own retries are off;
 * a reply that is not valid JSON for the model gets exactly one repair request;
-* anything else becomes `LLMUnavailable`, and no log line, event or message carries the API key;
+* every HTTP request is counted (loop/agents/usage.py): tokens from `usage` or estimated, cost from
+  the price table, charged to the shared spend cap, which refuses calls once spent;
+* anything else becomes `LLMUnavailable` (carrying what the failed call spent), and no log line,
+  event or message carries the API key;
 * a circuit breaker per client (loop/agents/breaker.py) counts each failed call once: after
   `circuit_breaker_failures` in a row, calls raise `LLMCircuitOpen` without a request until
   `circuit_breaker_cooldown_seconds` have passed (events `llm_circuit_open` / `llm_circuit_closed`).
 
 HTTP requests per call are bounded: see `max_requests_per_call`.
-
-API keys come from the role's environment variable, else the credentials file `llmloop login` writes.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import openai
-from openai import (APIConnectionError, APIStatusError, APITimeoutError, BadRequestError,
-                    InternalServerError, RateLimitError)
+from openai import APIConnectionError, APITimeoutError
 from pydantic import BaseModel
-from tenacity import (RetryCallState, Retrying, retry_if_exception, retry_if_exception_type,
-                      stop_after_attempt, wait_exponential, wait_random)
-from tenacity.wait import wait_base
+from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponential, wait_random
 
 from loop.agents.breaker import CircuitBreaker
-from loop.agents.schema import json_schema, parse_model
+from loop.agents.credentials import resolve_api_key
+from loop.agents.formats import (MODES, FormatRefused, ModeStore, is_format_refusal, modes_from,
+                                 response_format, system_prompt)
+from loop.agents.retry import RETRY_TRANSIENT, MalformedResponse, is_transient, reply_text, wait_retry_after
+from loop.agents.schema import parse_model
+from loop.agents.usage import ModelPrice, SpendCap, Usage, request_usage
 from loop.config import LLMRole
-from loop.errors import ConfigError, LoopError
-from loop.fsutil import atomic_write_text
+from loop.errors import LoopError
 from loop.secrets import redact
 
 log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 0.5          # first retry waits about this long, doubling after each failure
 BACKOFF_MAX_S = 20.0
-RETRY_AFTER_CAP_S = 30.0      # a server asking for longer still gets retried after this
 ERROR_TEXT_LIMIT = 300        # characters of an error kept in events and messages
 
-MODES = ("json_schema", "json_object", "off")   # the fallback order under "auto"
-# A 400 that mentions one of these is read as "this endpoint cannot do that response_format".
-_FORMAT_REFUSALS = ("response_format", "json_schema", "json_object", "not supported", "unsupported")
-
-JSON_ONLY_HINT = ("\n\nReply with exactly one JSON object and nothing else (no prose, no code fences). "
-                  "It must match this JSON schema:\n{schema}")
 REPAIR_PROMPT = ("Your previous reply could not be used: {error}\n"
                  "Reply with only the corrected JSON object matching the {name} schema, nothing else.")
 
@@ -61,7 +56,12 @@ EventSink = Callable[[dict], None]
 
 
 class LLMUnavailable(LoopError):
-    """The endpoint could not produce a valid reply; the message never contains the API key."""
+    """The endpoint could not produce a valid reply; the message never contains the API key.
+    `usage` is what the failed call spent (requests that got no usable reply included)."""
+
+    def __init__(self, message: str, usage: Usage | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage or Usage()
 
 
 class LLMCircuitOpen(LLMUnavailable):
@@ -72,76 +72,19 @@ class LLMCircuitOpen(LLMUnavailable):
         self.retry_in_seconds = retry_in_seconds
 
 
-class MalformedResponse(Exception):
-    """A 200 whose body is not a chat completion (bad JSON, wrong shape): retried like a dropped reply."""
+class LLMBudgetSpent(LLMUnavailable):
+    """Refused without a request: the daemon's LLM budget (`llm_budget`) is spent."""
 
 
 def max_requests_per_call(role: LLMRole) -> int:
     """The most HTTP requests one `complete_json` can send. Each structured-output mode a chat tries
-    costs at most `max_attempts` requests; the ask walks forward through the modes and the one repair
-    goes on from the mode the ask ended in, so together they try at most two modes more than fallbacks."""
+    costs at most `max_attempts` requests (transient retries, then the refusal); the ask walks forward
+    through the modes and the repair goes on from the mode the ask ended in."""
     fallbacks = len(MODES) - 1 if role.structured_output == "auto" else 0
     return role.max_attempts * (2 + fallbacks)
 
 
-# ------------------------------------------------------------ credentials ----
-
-def resolve_api_key(role: LLMRole, credentials_file: str | Path) -> str | None:
-    """The key from `role.api_key_env` in the environment, else from the credentials file."""
-    from_env = os.environ.get(role.api_key_env, "").strip()
-    if from_env:
-        return from_env
-    try:
-        data = json.loads(Path(credentials_file).expanduser().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    value = data.get(role.api_key_env) if isinstance(data, dict) else None
-    if not isinstance(value, str) or not value.strip():
-        return None
-    return value.strip()
-
-
-def write_credentials(path: str | Path, env_name: str, api_key: str) -> None:
-    """Merge `env_name: api_key` into the JSON credentials file, written atomically with mode 0600."""
-    path = Path(path).expanduser()
-    data = _read_credentials(path)
-    data[env_name] = api_key
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=0o700)
-        os.chmod(path.parent, 0o700)      # mkdir's mode is filtered by the umask
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n", mode=0o600)
-
-
-def _read_credentials(path: Path) -> dict[str, Any]:
-    """The existing file's mapping ({} when absent); a corrupt one is refused, not overwritten."""
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read the credentials file ({type(exc).__name__}); "
-                          "fix or delete it, then log in again") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the credentials file must hold a JSON object")
-    return data
-
-
 # ---------------------------------------------------------------- results ----
-
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    calls: int = 0
-
-    def add(self, other: "Usage") -> "Usage":
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-        self.total_tokens += other.total_tokens
-        self.calls += other.calls
-        return self
-
 
 @dataclass
 class LLMResult:
@@ -151,6 +94,7 @@ class LLMResult:
     attempts: int        # HTTP attempts, retries and the repair included
     repaired: bool       # True when the repair request produced `parsed`
     mode: str            # the structured-output mode of the call that produced `raw`
+    seconds: float = 0.0  # wall time of the whole call
 
 
 @dataclass
@@ -162,80 +106,31 @@ class _Tally:
     mode: str = ""
 
 
-# ------------------------------------------------------------------ retry ----
-
-def _transient_status(exc: BaseException) -> bool:
-    return isinstance(exc, APIStatusError) and (exc.status_code >= 500 or exc.status_code == 429)
-
-
-TRANSIENT_ERRORS = (APITimeoutError, APIConnectionError, RateLimitError, InternalServerError, MalformedResponse)
-RETRY_TRANSIENT = retry_if_exception_type(TRANSIENT_ERRORS) | retry_if_exception(_transient_status)
-
-
-def _reply_text(response: Any) -> str:
-    """The first choice's text ("" when there is no choice); a reply of any other shape is malformed."""
-    if not hasattr(response, "choices"):         # the SDK hands back a non-JSON body as str
-        raise MalformedResponse(f"reply is a {type(response).__name__}, not a chat completion")
-    choices = response.choices
-    if not choices:
-        return ""
-    message = getattr(choices[0], "message", None) if isinstance(choices, list) else None
-    content = getattr(message, "content", None)
-    if message is None or not isinstance(content, (str, type(None))):
-        raise MalformedResponse("reply has no choices[0].message with text content")
-    return content or ""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """The same test as RETRY_TRANSIENT, for an exception already raised."""
-    return isinstance(exc, TRANSIENT_ERRORS) or _transient_status(exc)
-
-
-def retry_after_seconds(exc: BaseException | None) -> float | None:
-    """A status error's Retry-After header in seconds (HTTP dates are ignored), else None."""
-    if not isinstance(exc, APIStatusError):
-        return None
-    try:
-        seconds = float(exc.response.headers.get("retry-after", ""))
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds < float("inf") else None
-
-
-class wait_retry_after(wait_base):
-    """Wait what the server asked for (capped; default RETRY_AFTER_CAP_S), else what `fallback` says."""
-
-    def __init__(self, fallback: wait_base, cap: float | None = None) -> None:
-        self.fallback, self.cap = fallback, cap
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        asked = retry_after_seconds(exc)
-        if asked is None:
-            return self.fallback(retry_state)
-        return min(asked, RETRY_AFTER_CAP_S if self.cap is None else self.cap)
-
-
 # ----------------------------------------------------------------- client ----
 
 class LLMClient:
     """One role's endpoint. `complete_json` is the only call the loop needs."""
 
     def __init__(self, role: LLMRole, role_name: str, api_key: str | None,
-                 on_event: EventSink | None = None, *,
+                 on_event: EventSink | None = None, *, price: ModelPrice | None = None,
+                 spend_cap: SpendCap | None = None, mode_store: ModeStore | None = None,
                  backoff_base: float = BACKOFF_BASE_S, backoff_max: float = BACKOFF_MAX_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.role, self.role_name = role, role_name
         self._api_key = api_key
         self._on_event = on_event
+        self.price, self.spend_cap, self.mode_store = price, spend_cap, mode_store
         # Jitter spreads the retries of both roles (and of other clients) hitting one endpoint.
         backoff = wait_exponential(multiplier=backoff_base, max=backoff_max) + wait_random(0, backoff_base)
         self._wait = wait_retry_after(backoff)
         # max_retries=0: tenacity owns retries, so each attempt is counted, logged and redacted here.
         self._client = openai.OpenAI(base_url=role.base_url, api_key=api_key or "no-key",
                                      timeout=role.timeout_seconds, max_retries=0)
-        # The structured-output mode in use; under "auto", None until a call has found one that works.
-        self.mode: str | None = None if role.structured_output == "auto" else role.structured_output
+        # The structured-output mode in use; under "auto", the remembered one, or None until a call
+        # has found one that works.
+        self.mode: str | None = role.structured_output
+        if role.structured_output == "auto":
+            self.mode = mode_store.get(role.base_url, role.model) if mode_store else None
         self.total_usage = Usage()        # over the client's lifetime, for budgets and status
         self.circuit = CircuitBreaker(role.circuit_breaker_failures, role.circuit_breaker_cooldown_seconds, clock)
 
@@ -243,15 +138,22 @@ class LLMClient:
 
     def complete_json(self, system: str, user: str, model_cls: type[BaseModel]) -> LLMResult:
         """Ask for one `model_cls` as JSON; one repair request if the reply does not validate.
-        Raises `LLMCircuitOpen` (no request sent) while the circuit is open, else `LLMUnavailable`."""
+        Raises `LLMCircuitOpen` or `LLMBudgetSpent` (no request sent), else `LLMUnavailable`."""
         if not self.circuit.allow():
             raise self._circuit_refusal()
+        spent = self.spend_cap.exhausted() if self.spend_cap else None
+        if spent:
+            raise LLMBudgetSpent(f"llm {self.role_name}: {spent}; no request sent")
+        tally, started = _Tally(), time.monotonic()
         try:
-            result = self._ask_with_repair(system, user, model_cls)
+            result = self._ask_with_repair(system, user, model_cls, tally)
         except Exception as exc:       # retries exhausted, refused, or invalid after the repair
+            if isinstance(exc, LLMUnavailable):
+                exc.usage = tally.usage
             self._circuit_failed(exc)
             raise
         self._circuit_succeeded()
+        result.seconds = round(time.monotonic() - started, 3)
         return result
 
     def unavailable_for_seconds(self) -> float:
@@ -260,8 +162,7 @@ class LLMClient:
 
     # ---- the ask and its one repair ----
 
-    def _ask_with_repair(self, system: str, user: str, model_cls: type[BaseModel]) -> LLMResult:
-        tally = _Tally()
+    def _ask_with_repair(self, system: str, user: str, model_cls: type[BaseModel], tally: _Tally) -> LLMResult:
         conversation = [{"role": "user", "content": user}]
         raw = self._chat(system, conversation, model_cls, tally)
         try:
@@ -283,79 +184,86 @@ class LLMClient:
     def _chat(self, system: str, conversation: list[dict], model_cls: type[BaseModel],
               tally: _Tally) -> str:
         """One completed call's text, trying each structured-output mode the endpoint may take."""
-        for mode in self._modes_to_try():
-            messages = [{"role": "system", "content": self._system_for(mode, system, model_cls)},
-                        *conversation]
+        auto = self.role.structured_output == "auto"
+        refused: list[str] = []
+        for mode in (modes_from(self.mode) if auto else (self.role.structured_output,)):
+            messages = [{"role": "system", "content": system_prompt(mode, system, model_cls)}, *conversation]
             try:
                 content = self._create(messages, mode, model_cls, tally)
-            except BadRequestError as exc:
-                if not self._may_fall_back(mode, exc):
-                    raise self._unavailable(f"request refused: {exc}") from None
-                self._note("llm_format_fallback", f"{mode} refused, trying the next mode: {exc}")
+            except FormatRefused as refusal:
+                if not auto:
+                    raise self._unavailable(
+                        f"the endpoint refuses structured_output {mode}: {self._short(refusal.error)}; "
+                        "set structured_output: auto to negotiate a mode it takes") from None
+                self._note("llm_format_fallback", f"{mode} refused, trying the next mode: {self._short(refusal.error)}")
+                refused.append(mode)
                 continue
-            if self.role.structured_output == "auto":
-                self.mode = mode          # later calls start from what worked
+            if auto and mode != self.mode:
+                self._remember(mode, refused)
             tally.mode = mode
             return content
-        raise AssertionError("unreachable: 'off' never falls back")
+        raise AssertionError("unreachable: 'off' is never refused as a format")
 
-    def _modes_to_try(self) -> tuple[str, ...]:
-        if self.role.structured_output != "auto":
-            return (self.role.structured_output,)
-        return MODES[MODES.index(self.mode or MODES[0]):]
-
-    def _may_fall_back(self, mode: str, exc: BadRequestError) -> bool:
-        text = f"{exc} {exc.body}".lower()
-        return (self.role.structured_output == "auto" and mode != MODES[-1]
-                and any(hint in text for hint in _FORMAT_REFUSALS))
-
-    @staticmethod
-    def _system_for(mode: str, system: str, model_cls: type[BaseModel]) -> str:
-        # json_schema carries the schema itself; the other modes only get it through the prompt.
-        if mode == "json_schema":
-            return system
-        return system + JSON_ONLY_HINT.format(schema=json.dumps(json_schema(model_cls)))
-
-    @staticmethod
-    def _response_format(mode: str, model_cls: type[BaseModel]) -> dict | None:
-        if mode == "json_schema":
-            return {"type": "json_schema", "json_schema": {
-                "name": model_cls.__name__, "schema": json_schema(model_cls), "strict": False}}
-        if mode == "json_object":
-            return {"type": "json_object"}
-        return None
+    def _remember(self, mode: str, refused: list[str]) -> None:
+        """Later calls, and later daemons through the store, start from the mode that worked."""
+        self.mode = mode
+        if refused:
+            self._emit({"kind": "llm_format_negotiated", "role": self.role_name, "mode": mode,
+                        "refused": refused, "model": self.role.model})
+        if self.mode_store is not None:
+            try:
+                self.mode_store.put(self.role.base_url, self.role.model, mode)
+            except OSError as exc:       # a full disk costs the next start one negotiation, no more
+                log.warning("llm %s: could not remember mode %s: %s", self.role_name, mode, exc)
 
     # ---- one HTTP call, retried ----
 
     def _create(self, messages: list[dict], mode: str, model_cls: type[BaseModel],
                 tally: _Tally) -> str:
-        """POST one chat completion (transient failures retried); returns the reply text."""
+        """POST one chat completion (transient failures retried); returns the reply text. Every
+        attempt is counted; a refused format raises FormatRefused after one request."""
         kwargs = self._request_kwargs(messages, mode, model_cls)
+        prompt_text = "\n".join(str(m["content"]) for m in messages)
 
-        def attempt() -> tuple[Any, str]:
+        def attempt() -> str:
             tally.attempts += 1
             try:
                 response = self._client.chat.completions.create(**kwargs)
+                text = reply_text(response)
             except ValueError as exc:       # the SDK's JSON decode of a 200 body
+                self._charge(request_usage(None, prompt_text, None, self.price, failed=True), tally)
                 raise MalformedResponse(f"reply body is not JSON: {exc}") from None
-            return response, _reply_text(response)
+            except Exception as exc:
+                reached = not isinstance(exc, APIConnectionError) or isinstance(exc, APITimeoutError)
+                self._charge(request_usage(None, prompt_text, None, self.price, failed=True,
+                                           reached_server=reached), tally)
+                if is_format_refusal(mode, exc):
+                    raise FormatRefused(mode, exc) from None
+                raise
+            self._charge(request_usage(getattr(response, "usage", None), prompt_text, text, self.price,
+                                       failed=False), tally)
+            return text
 
         retrying = Retrying(stop=stop_after_attempt(self.role.max_attempts), wait=self._wait,
                             retry=RETRY_TRANSIENT, before_sleep=self._before_sleep, reraise=True)
         try:
-            response, text = retrying(attempt)
-        except BadRequestError:
-            raise                          # _chat decides whether it is a format refusal
+            return retrying(attempt)
+        except FormatRefused:
+            raise                          # _chat moves on to the next mode
         except (openai.OpenAIError, MalformedResponse) as exc:
             raise self._unavailable(self._failure_text(exc)) from None
-        self._count_usage(response, tally)
-        return text
+
+    def _charge(self, usage: Usage, tally: _Tally) -> None:
+        tally.usage.add(usage)
+        self.total_usage.add(usage)
+        if self.spend_cap is not None:
+            self.spend_cap.charge(usage)
 
     def _request_kwargs(self, messages: list[dict], mode: str, model_cls: type[BaseModel]) -> dict:
         kwargs: dict[str, Any] = {"model": self.role.model, "messages": messages}
-        response_format = self._response_format(mode, model_cls)
-        if response_format is not None:
-            kwargs["response_format"] = response_format
+        fmt = response_format(mode, model_cls)
+        if fmt is not None:
+            kwargs["response_format"] = fmt
         # Only sent when set: many compatible endpoints reject parameters they do not know.
         if self.role.reasoning_effort is not None:
             kwargs["reasoning_effort"] = self.role.reasoning_effort
@@ -377,14 +285,6 @@ class LLMClient:
                     retry_state.attempt_number, self.role.max_attempts, error, wait)
         self._emit({"kind": "llm_retry", "role": self.role_name, "attempt": retry_state.attempt_number,
                     "error": error, "wait_s": round(wait, 3)})
-
-    def _count_usage(self, response: Any, tally: _Tally) -> None:
-        got = getattr(response, "usage", None)
-        usage = Usage(prompt_tokens=getattr(got, "prompt_tokens", 0) or 0,
-                      completion_tokens=getattr(got, "completion_tokens", 0) or 0,
-                      total_tokens=getattr(got, "total_tokens", 0) or 0, calls=1)
-        tally.usage.add(usage)
-        self.total_usage.add(usage)
 
     # ---- the circuit: one failure per failed call, whatever it spent ----
 
@@ -447,8 +347,10 @@ class LLMClient:
 
 
 def for_role(role: LLMRole, role_name: str, credentials_file: str | Path,
-             on_event: EventSink | None = None) -> LLMClient | None:
+             on_event: EventSink | None = None, *, price: ModelPrice | None = None,
+             spend_cap: SpendCap | None = None, mode_store: ModeStore | None = None) -> LLMClient | None:
     """The role's client, or None when it has no base_url (the offline policy plays it)."""
     if role.base_url is None:
         return None
-    return LLMClient(role, role_name, resolve_api_key(role, credentials_file), on_event)
+    return LLMClient(role, role_name, resolve_api_key(role, credentials_file), on_event,
+                     price=price, spend_cap=spend_cap, mode_store=mode_store)
