@@ -111,6 +111,12 @@ def test_budget_spent_the_offline_policy_takes_over_and_status_says_so(tmp_path)
     assert "LLM cost so far: 0.0120 (0.0040 per cycle)" in text
     assert "LLM budget: SPENT (LLM token budget spent: 30 of 20 tokens)" in text
     assert f"LLM tiny at {cfg.builder.base_url} (mode json_schema; when unavailable: offline)" in text
+    from loop.report import generate_reports
+
+    paper = generate_reports(ws.root, 3, "", progress=False)["paper"].read_text()
+    assert "- LLM tokens: builder 30 tokens (2 calls), cost 0.0120; mentor 0 tokens (0 calls)." in paper
+    assert "- LLM cost: 0.0120 in all, 0.0040 per cycle." in paper
+    assert "The offline policy decided 1 cycle while the Builder LLM was unavailable" in paper
 
 
 def test_gate_refusals_in_a_row_hand_the_builder_to_the_offline_policy(tmp_path):

@@ -70,11 +70,26 @@ def setup(data: ReportData) -> list[str]:
     lines.append(f"- Policy: {policy_text(data)}"
                  + (f"; daemon started as Builder = {starts[-1].get('builder')}, Mentor = {starts[-1].get('mentor')}"
                     if starts else "") + ".")
-    tokens = tokens_final(data)
-    if tokens:
-        spent = [f"{role} {t.get('total_tokens', 0)} in {plural(t.get('calls', 0), 'call')}"
-                 for role, t in tokens.items()]
-        lines.append(f"- LLM tokens: {', '.join(spent)}.")
+    lines.extend(llm_spend_lines(data))
+    return lines
+
+
+def llm_spend_lines(data: ReportData) -> list[str]:
+    """Tokens and cost per role (every request, failed ones included), the cost per cycle, and
+    the cycles the offline policy decided because the LLM could not."""
+    from loop.agents.usage import Usage
+
+    tokens = {role: Usage.model_validate(t) for role, t in tokens_final(data).items()}
+    if not any(u.calls for u in tokens.values()):
+        return []
+    lines = [f"- LLM tokens: {'; '.join(f'{role} {u.describe()}' for role, u in tokens.items())}."]
+    cost = sum(u.cost for u in tokens.values())
+    if cost:
+        lines.append(f"- LLM cost: {cost:.4f} in all, {cost / max(1, len(data.cycles)):.4f} per cycle.")
+    fallbacks = sources(data).get("offline-fallback", 0)
+    if fallbacks:
+        lines.append(f"- The offline policy decided {plural(fallbacks, 'cycle')} while the Builder LLM "
+                     "was unavailable (endpoint down, budget spent, or decisions refused by the gate).")
     return lines
 
 
