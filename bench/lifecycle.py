@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _results import machine_facts, write_section  # noqa: E402
 
-from loop.evolution.checkpoints import CheckpointManager  # noqa: E402
-from loop.evolution.grafting import STRATEGIES  # noqa: E402
-from loop.evolution.lifecycle import Lifecycle, LifecycleStore, TransitionContext  # noqa: E402
+from loop.archive.checkpoints import CheckpointManager  # noqa: E402
+from loop.archive.grafting import STRATEGIES  # noqa: E402
+from loop.archive.lifecycle import Lifecycle, LifecycleStore, TransitionContext  # noqa: E402
 
 N = 10_000
 S = Lifecycle

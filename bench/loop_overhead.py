@@ -28,15 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine_facts, write_section  # noqa: E402
 
 from loop.agents import prompts  # noqa: E402
-from loop.agents.context import build_context, estimate_tokens  # noqa: E402
+from loop.agents.context import build_context  # noqa: E402
+from loop.agents.usage import estimate_tokens  # noqa: E402
 from loop.agents.schema import Decision  # noqa: E402
 from loop.config import DaemonConfig, read_yaml  # noqa: E402
-from loop.cycle import Loop, run_cycle  # noqa: E402
-from loop.history import append_history, read_history  # noqa: E402
-from loop.events import EventLog  # noqa: E402
-from loop.notes import add_todos, append_storyline, append_workpad, resolve_todos  # noqa: E402
-from loop.state import LoopState  # noqa: E402
-from loop.workspace import Workspace  # noqa: E402
+from loop.cycle.cycle import Loop, run_cycle  # noqa: E402
+from loop.journal.history import append_history, read_history  # noqa: E402
+from loop.journal.events import EventLog  # noqa: E402
+from loop.journal.notes import add_todos, append_storyline, append_workpad, resolve_todos  # noqa: E402
+from loop.cycle.state import LoopState  # noqa: E402
+from loop.util.workspace import Workspace  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = read_yaml(REPO / "config/trainer/digits.yaml")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from loop.errors import ConfigError
 
@@ -161,7 +161,7 @@ class LLMBudget(StrictModel):
 
 
 class CommandPolicyConfig(StrictModel):
-    """What a `run_command` decision may run (loop/gate.py). Paths are relative to the repo root."""
+    """What a `run_command` decision may run (loop/gate/policy.py). Paths are relative to the repo root."""
 
     allowed_executables: list[str] = Field(default_factory=lambda: [
         "python", "python3", "llmloop", "ls", "cat", "head", "tail", "grep", "wc", "echo", "mkdir", "cp",
@@ -313,7 +313,7 @@ class PhaseConfig(StrictModel):
 
 
 class AdaptiveTimerConfig(StrictModel):
-    """Bounds of the pause between cycles; the pause itself is computed (loop/timer.py)."""
+    """Bounds of the pause between cycles; the pause itself is computed (loop/daemon/timer.py)."""
 
     min_seconds: float = Field(0.5, ge=0)
     max_seconds: float = Field(120.0, gt=0)
@@ -327,6 +327,22 @@ SANDBOX_ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "PY
 
 
 class DaemonConfig(StrictModel):
+    # The project root (not a key: set by load_daemon_config from where the config lives, or
+    # --root); every relative path below resolves against it. In-process configs start at the cwd.
+    _root: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def set_root(self, root: Path) -> None:
+        self._root = Path(root)
+
+    def resolve(self, path: str | Path) -> Path:
+        """`path` as an absolute path: as it is when absolute, else under the project root."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self._root / p
+
     # ---- workspace ----
     workspace: str = "artifacts"
     default_trainer_config: str = "config/trainer/digits.yaml"
@@ -386,7 +402,7 @@ class DaemonConfig(StrictModel):
     auto_repair_model_fallback_map: dict[str, str] = Field(default_factory=dict)
     # URL prefixes clones may come from (a prefix matches up to a '/'); empty: no clones at all.
     auto_repair_clone_allowlist: list[str] = Field(default_factory=list)
-    # ---- sandbox: the OS boundary around every run_command and trainer run (loop/sandbox.py) ----
+    # ---- sandbox: the OS boundary around every run_command and trainer run (loop/run/sandbox.py) ----
     sandbox: Literal["required", "optional"] = "required"   # optional: policy filter alone if bwrap is missing
     sandbox_user: str = "nobody"              # runs drop to this user when the daemon is root
     sandbox_network: bool = False
@@ -431,13 +447,31 @@ class DaemonConfig(StrictModel):
                                  f"auto_repair_module_package_map, and {exc}") from None
         return value
 
+DEFAULT_DAEMON_CONFIG = "config/daemon_config.yaml"
+
+
 def add_daemon_config_arguments(parser) -> None:
-    """The options every daemon-side command shares: which config file, which workspace."""
-    parser.add_argument("--daemon-config", default="config/daemon_config.yaml", help="the daemon's config file")
+    """The options every daemon-side command shares: which config file, which project root, which workspace."""
+    parser.add_argument("--daemon-config", help=f"the daemon's config file (default: <root>/{DEFAULT_DAEMON_CONFIG})")
+    parser.add_argument("--root", help="the project root: relative paths in the config (missions, trainer "
+                                       "configs, workspace) start here (default: where the config lives)")
     parser.add_argument("--workspace", help="override the config's workspace folder")
 
 
-def load_daemon_config(path: str | Path = "config/daemon_config.yaml",
-                       overrides: list[str] | None = None) -> DaemonConfig:
-    """Load and validate the daemon config; nothing starts on a bad one."""
-    return load_model_file(DaemonConfig, path, overrides)
+def project_root_of(config_path: str | Path) -> Path:
+    """Where a config file's relative paths start: the folder above `config/` when the file sits in
+    a folder named config (the project layout `llmloop` ships), else the current directory (a config
+    kept elsewhere, e.g. /tmp/night.yaml, for the project you run it from)."""
+    folder = Path(config_path).expanduser().resolve().parent
+    return folder.parent if folder.name == "config" else Path.cwd().resolve()
+
+
+def load_daemon_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                       root: str | Path | None = None) -> DaemonConfig:
+    """Load and validate the daemon config; nothing starts on a bad one. The project root is `root`
+    when given, else `project_root_of(path)`; never the package's install location."""
+    if path is None:
+        path = Path(root) / DEFAULT_DAEMON_CONFIG if root else Path(DEFAULT_DAEMON_CONFIG)
+    cfg = load_model_file(DaemonConfig, path, overrides)
+    cfg.set_root(Path(root).expanduser().resolve() if root else project_root_of(path))
+    return cfg

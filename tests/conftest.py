@@ -12,9 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m loop.cli ARGS` as a real subprocess."""
+    """Run `python -m loop.cli.main ARGS` as a real subprocess."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "loop.cli", *args], cwd=cwd or REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "loop.cli.main", *args], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -34,8 +34,8 @@ def add_archive_entry(paths, run_dir, name: str, gen: int, status: str = "PASS",
                       promoted: bool = False, score: float = 0.5):
     """Freeze a real model folder into the archive with placeholder text files, and record it in
     lineage.csv, the cheap way tests build an archive."""
-    from loop.evolution import archive
-    from loop.evolution.lineage import LineageRow, upsert_lineage
+    from loop.archive import freeze as archive
+    from loop.archive.lineage import LineageRow, upsert_lineage
 
     texts = {f: f"{f} of {name}\n" for f in archive.WRITTEN}
     texts["STATUS.txt"] = status + "\n"

@@ -2,7 +2,7 @@
 daemon (`run_daemon`: real workspace, files, lock, and the real `openai` client against the scripted
 test server in this process) or drives the promotion pipeline's archive freeze and GEN_HEAD cutover,
 and kills it with SIGKILL: after a seeded random delay, or at a named fault point where the child
-kills itself (loop/faults.py). Between kills it checks the invariants on disk. Forking keeps a kill
+kills itself (loop/util/faults.py). Between kills it checks the invariants on disk. Forking keeps a kill
 at tens of milliseconds instead of a fresh interpreter per kill.
 
     python -m tests.kill_harness --workdir DIR --kills N --seed S --out RESULT.json
@@ -25,18 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from loop.config import DaemonConfig, validate  # noqa: E402
-from loop.daemon import run_daemon  # noqa: E402
-from loop.events import EventLog  # noqa: E402
-from loop.evolution import archive  # noqa: E402
-from loop.evolution.checkpoints import CheckpointManager  # noqa: E402
-from loop.evolution.lifecycle import Lifecycle  # noqa: E402
-from loop.evolution.lineage import LineageRow, mark_promoted, read_lineage  # noqa: E402
-from loop.evolution.paths import ModelPaths  # noqa: E402
-from loop.evolution.promotion import cutover  # noqa: E402
-from loop.evolution.store import load_store, save_store  # noqa: E402
-from loop.recovery import STATE_FOLDERS, is_temp_name  # noqa: E402
-from loop.state import LoopState  # noqa: E402
-from loop.workspace import Workspace  # noqa: E402
+from loop.daemon.process import run_daemon  # noqa: E402
+from loop.journal.events import EventLog  # noqa: E402
+from loop.archive import freeze as archive  # noqa: E402
+from loop.archive.checkpoints import CheckpointManager  # noqa: E402
+from loop.archive.lifecycle import Lifecycle  # noqa: E402
+from loop.archive.lineage import LineageRow, mark_promoted, read_lineage  # noqa: E402
+from loop.archive.paths import ModelPaths  # noqa: E402
+from loop.archive.promotion import cutover  # noqa: E402
+from loop.archive.store import load_store, save_store  # noqa: E402
+from loop.daemon.recovery import STATE_FOLDERS, is_temp_name  # noqa: E402
+from loop.cycle.state import LoopState  # noqa: E402
+from loop.util.workspace import Workspace  # noqa: E402
 from tests.llm_server import LLMServer  # noqa: E402
 
 # Fault points a child kills itself at (NAME@N: the N-th time it gets there). Daemon points first,
@@ -102,13 +102,13 @@ def child_daemon(cfg: DaemonConfig, fault: str | None, max_cycles: int | None = 
 
 def child_evolution(ws_root: Path, fault: str | None, rng_seed: int) -> None:
     """Freeze archive entries, record them, and cut GEN_HEAD over to them, in a loop until killed."""
-    import loop.faults
+    import loop.util.faults
 
     rng = random.Random(rng_seed)
     if fault in ("cutover:after_new_link", "cutover:after_rename", "archive:mid_copy", "archive:staged_read_only",
                  "lineage:before_upsert"):
         os.environ["LLMLOOP_FAULT"] = fault        # real fault points in promotion.cutover / archive.freeze
-    loop.faults._hits.clear()
+    loop.util.faults._hits.clear()
     paths = ModelPaths(ws_root)
     run_dir = ws_root / "fake_run"
     while True:
@@ -428,10 +428,10 @@ class Campaign:
 def child_disk_daemon(cfg: DaemonConfig, stderr_path: Path, env: dict, fsize_limit: int | None = None) -> None:
     import resource
 
-    import loop.recovery
+    import loop.daemon.recovery
 
     os.environ.update(env)
-    loop.recovery.BACKOFF_SECONDS = (0.05, 0.3)          # the test's pause after a failed cycle
+    loop.daemon.recovery.BACKOFF_SECONDS = (0.05, 0.3)          # the test's pause after a failed cycle
     os.dup2(os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), 2)
     if fsize_limit:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -590,13 +590,13 @@ def tmpfs_daemon_case(mount: Path, base_url: str) -> dict:
 def tmpfs_writer_cases(mount: Path) -> list[dict]:
     """Each write site's own writer on a really full disk: it raises ENOSPC (which the daemon turns
     into a `degraded` event) and the last good file survives whole."""
-    from loop.evolution.lifecycle import LifecycleStore
-    from loop.history import append_history
-    from loop.notes import append_storyline, append_workpad, write_todos
-    from loop.progress import ProgressLog
-    from loop.recovery import recover
+    from loop.archive.lifecycle import LifecycleStore
+    from loop.journal.history import append_history
+    from loop.journal.notes import append_storyline, append_workpad, write_todos
+    from loop.util.progress import ProgressLog
+    from loop.daemon.recovery import recover
     from loop.report import generate_reports
-    from loop.state import write_heartbeat
+    from loop.cycle.state import write_heartbeat
 
     ws = Workspace(mount / "sites").ensure()
     paths = ModelPaths(ws.root)
@@ -693,10 +693,11 @@ def warm_up(cfg: DaemonConfig) -> None:
     """Import and load in the parent what every child needs, so a fork starts the daemon at once."""
     import loop.agents.context  # noqa: F401
     import loop.agents.llm  # noqa: F401
-    import loop.gate  # noqa: F401
-    import loop.repair  # noqa: F401
+    import loop.gate.policy  # noqa: F401
+    import loop.gate.quality  # noqa: F401
+    import loop.run.repair  # noqa: F401
     from loop.agents.prompts import check_rule_budgets
-    from loop.daemon import REPO_ROOT, check_task_domain
+    from loop.daemon.process import REPO_ROOT, check_task_domain
 
     check_rule_budgets(cfg, REPO_ROOT)
     check_task_domain(cfg)

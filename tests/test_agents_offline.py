@@ -1,14 +1,15 @@
 """The offline policy (Builder and Mentor without a network) and the bounded prompt context."""
 from __future__ import annotations
 
-from loop.agents.context import build_context, compute_signals, estimate_tokens
+from loop.agents.context import build_context, compute_signals
+from loop.agents.usage import estimate_tokens
 from loop.agents.offline import (SPACE, PolicyInput, RunRecord, builder_decision, mentor_review, overlay_of,
                                  params_of, stagnating)
 from loop.agents.schema import Decision
 from loop.config import deep_merge, read_yaml, validate
-from loop.notes import add_todos, append_storyline, append_workpad
+from loop.journal.notes import add_todos, append_storyline, append_workpad
 from loop.trainer.config import TrainerConfig
-from loop.workspace import Workspace
+from loop.util.workspace import Workspace
 from tests.conftest import REPO
 
 BASE = read_yaml(REPO / "config/trainer/digits.yaml")

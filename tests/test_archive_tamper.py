@@ -21,16 +21,16 @@ import pytest
 
 from loop.config import DaemonConfig
 from loop.errors import ArchiveTampered
-from loop.evolution import archive
-from loop.evolution.gates import check_gates
-from loop.evolution.lifecycle import Lifecycle
-from loop.evolution.lineage import read_lineage
-from loop.evolution.paths import ModelPaths
-from loop.evolution.probes import ProbeMetrics
-from loop.evolution.promotion import approve, cutover, propose, rollback
-from loop.evolution.scheduler import spawn_candidates
-from loop.evolution.store import load_store, save_store
-from loop.evolution.window import CandidateOutcome
+from loop.archive import freeze as archive
+from loop.archive.gates import check_gates
+from loop.archive.lifecycle import Lifecycle
+from loop.archive.lineage import read_lineage
+from loop.archive.paths import ModelPaths
+from loop.archive.probes import ProbeMetrics
+from loop.archive.promotion import approve, cutover, propose, rollback
+from loop.candidates.scheduler import spawn_candidates
+from loop.archive.store import load_store, save_store
+from loop.candidates.window import CandidateOutcome
 from tests.conftest import REPO, add_archive_entry, fault_tier, record_reliability
 
 TRIALS = 3000 if fault_tier() == "long" else 300
@@ -202,7 +202,7 @@ def test_random_tampering_is_caught_and_never_promoted(template, tmp_path):
 
 def cli(paths: ModelPaths, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "loop.cli", *args, "--workspace", str(paths.workspace)],
+    return subprocess.run([sys.executable, "-m", "loop.cli.main", *args, "--workspace", str(paths.workspace)],
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 

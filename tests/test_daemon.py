@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from loop.config import validate, DaemonConfig
-from loop.daemon import AlreadyRunning, run_daemon, running_pid, workspace_of
-from loop.events import EventLog
-from loop.state import LoopState
+from loop.daemon.process import AlreadyRunning, run_daemon, running_pid, workspace_of
+from loop.journal.events import EventLog
+from loop.cycle.state import LoopState
 from tests.conftest import REPO, tiny_config_dict, wait_for
 from tests.llm_server import llm_server  # noqa: F401  (fixture)
 
@@ -168,7 +168,7 @@ def write_daemon_yaml(tmp_path: Path, **extra) -> Path:
 
 def cli(*args, timeout=120):
     env = {k: v for k, v in os.environ.items()} | {"PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "loop.cli", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "loop.cli.main", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -268,8 +268,7 @@ def test_evolution_window_opens_on_the_cycle_clock(tmp_path):
 
 @pytest.mark.slow
 def test_finish_up_runs_a_final_round_then_reports_and_stops(tmp_path):
-    from loop import finishup
-
+    from loop.cycle import finishup
     cfg = make_cfg(tmp_path, None)
     ws, _ = run(cfg, 1)                                          # the offline baseline run
     request = finishup.schedule(finishup.now_utc(), minutes_left=30, final_training_rounds=1, top_k=3, note="e2e")

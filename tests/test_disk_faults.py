@@ -23,8 +23,8 @@ import sys
 
 import pytest
 
-from loop.events import EventLog
-from loop.faults import disk_fault
+from loop.journal.events import EventLog
+from loop.util.faults import disk_fault
 from tests.conftest import REPO, record_reliability
 
 TMPFS_SIZE = "4m"
@@ -118,7 +118,7 @@ def test_event_append_that_fails_leaves_no_partial_line(tmp_path):
     code = f"""
 import resource, signal, sys
 sys.path.insert(0, {str(REPO)!r})
-from loop.events import EventLog
+from loop.journal.events import EventLog
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, ({size} + 100, {size} + 100))
 try:
@@ -136,9 +136,9 @@ def test_degraded_record_names_the_site_and_never_reuses_a_logged_cycle(tmp_path
     counts as done, so the next cycle gets a new number; the `degraded` event names the writer."""
     import errno
 
-    from loop.notes import append_storyline
-    from loop.recovery import Degraded
-    from loop.state import LoopState
+    from loop.journal.notes import append_storyline
+    from loop.daemon.recovery import Degraded
+    from loop.cycle.state import LoopState
 
     events = EventLog(tmp_path / "events.jsonl")
     events.append("cycle", "c00005-abcdef", cycle=5)
@@ -164,10 +164,10 @@ def test_plain_appends_that_fail_leave_no_partial_line(tmp_path):
     again, so the next append starts on a clean line (no half record glued into runs/index.jsonl)."""
     import io
 
-    from loop.history import append_history, read_history
-    from loop.notes import append_storyline
-    from loop.progress import ProgressLog
-    from loop.workspace import Workspace
+    from loop.journal.history import append_history, read_history
+    from loop.journal.notes import append_storyline
+    from loop.util.progress import ProgressLog
+    from loop.util.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws")
     ws.ensure()
@@ -181,10 +181,10 @@ def test_plain_appends_that_fail_leave_no_partial_line(tmp_path):
 import io, json, resource, signal, sys
 sys.path.insert(0, {str(REPO)!r})
 from pathlib import Path
-from loop.history import append_history
-from loop.notes import append_storyline
-from loop.progress import ProgressLog
-from loop.workspace import Workspace
+from loop.journal.history import append_history
+from loop.journal.notes import append_storyline
+from loop.util.progress import ProgressLog
+from loop.util.workspace import Workspace
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 pad = "z" * 5000
@@ -255,7 +255,7 @@ def test_daemon_starts_and_stops_while_events_jsonl_cannot_be_written(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (size + 50, size + 50))
 
     start = ["start", "--foreground", "--daemon-config", str(cfg_path), "--max-cycles", "0"]
-    full = subprocess.run([sys.executable, "-m", "loop.cli", *start], cwd=REPO, capture_output=True, text=True,
+    full = subprocess.run([sys.executable, "-m", "loop.cli.main", *start], cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)), preexec_fn=limit_file_size, timeout=120)
     assert full.returncode == 0 and "Traceback" not in full.stderr, full.stderr[-3000:]
     held_back = [line for line in full.stderr.splitlines() if line.startswith("llmloop degraded")]

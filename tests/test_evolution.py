@@ -11,16 +11,16 @@ import pytest
 
 from loop.config import DaemonConfig, EvolutionConfig, ViolationRules
 from loop.errors import ArchiveTampered
-from loop.evolution import archive
-from loop.evolution.gates import check_gates, composite_score
-from loop.evolution.lifecycle import Lifecycle
-from loop.evolution.lineage import read_events, read_lineage
-from loop.evolution.paths import ModelPaths
-from loop.evolution.probes import LoadedModel, ProbeMetrics, run_probes
-from loop.evolution.promotion import PromotionError, approve, cutover, propose, reject, rollback
-from loop.evolution.scheduler import EvolutionError, spawn_candidates, window_open
-from loop.evolution.store import load_store, save_store
-from loop.evolution.window import CandidateOutcome
+from loop.archive import freeze as archive
+from loop.archive.gates import check_gates, composite_score
+from loop.archive.lifecycle import Lifecycle
+from loop.archive.lineage import read_events, read_lineage
+from loop.archive.paths import ModelPaths
+from loop.archive.probes import LoadedModel, ProbeMetrics, run_probes
+from loop.archive.promotion import PromotionError, approve, cutover, propose, reject, rollback
+from loop.candidates.scheduler import EvolutionError, spawn_candidates, window_open
+from loop.archive.store import load_store, save_store
+from loop.candidates.window import CandidateOutcome
 from loop.trainer.train import train
 from tests.conftest import REPO, add_archive_entry
 
@@ -171,7 +171,7 @@ def test_verify_catches_tampering(tmp_path, model_pool, tamper):
 def test_cli_verify_passes_then_fails_after_one_byte(tmp_path, model_pool):
     paths = ModelPaths(tmp_path / "ws")
     entry = add_entry(paths, model_pool["weak"], "m-G001-a", 1)
-    cmd = [sys.executable, "-m", "loop.cli", "archive", "verify", "--workspace", str(paths.workspace)]
+    cmd = [sys.executable, "-m", "loop.cli.main", "archive", "verify", "--workspace", str(paths.workspace)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     assert subprocess.run(cmd, env=env, cwd=REPO, capture_output=True).returncode == 0
     archive.make_writable(entry)
@@ -299,8 +299,8 @@ def test_promotion_of_a_tampered_archive_is_refused(workspace_with_head):
 CUTOVER_SCRIPT = """
 import sys
 from pathlib import Path
-from loop.evolution.paths import ModelPaths
-from loop.evolution.promotion import cutover
+from loop.archive.paths import ModelPaths
+from loop.archive.promotion import cutover
 cutover(ModelPaths(Path(sys.argv[1])), sys.argv[2])
 """
 
@@ -337,7 +337,7 @@ def test_full_window_on_digits(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "loop.cli", *args, "--daemon-config", str(cfg_path)],
+        return subprocess.run([sys.executable, "-m", "loop.cli.main", *args, "--daemon-config", str(cfg_path)],
                               env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
 
     first = cli("evolve")

@@ -1,7 +1,7 @@
 """Hypothesis fuzzing of Builder decisions and Mentor reviews (issue 7, fault injection).
 
 Every case goes through the daemon's own path, `decide` -> `scrub` -> `review_decision` -> `gate`
-(loop/cycle.py), with the real `LLMClient.complete_json` parsing, validating and repairing the
+(loop/cycle/cycle.py), with the real `LLMClient.complete_json` parsing, validating and repairing the
 reply. Only the HTTP transport is replaced (`ScriptedClient._chat` hands back the fuzzed text), so
 10,000 cases fit in CI; `test_fuzzed_replies_through_a_real_daemon` serves a few of them over real
 HTTP to a real daemon cycle. `launch` is never called: the run plan `gate` returns is what would run.
@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 from loop.agents.llm import LLMClient
 from loop.agents.schema import Decision, Review, parse_model
 from loop.config import DaemonConfig, LLMRole, read_yaml, validate
-from loop.cycle import Loop, decide, gate, review_decision, scrub
-from loop.events import EventLog
-from loop.gate import check_command
+from loop.cycle.cycle import Loop, decide, gate, review_decision, scrub
+from loop.gate.policy import check_command
+from loop.journal.events import EventLog
 from loop.trainer.config import TrainerConfig
-from loop.workspace import Workspace
+from loop.util.workspace import Workspace
 from tests.conftest import REPO, fault_tier, record_reliability, tiny_config_dict
 from tests.llm_server import llm_server  # noqa: F401  (fixture)
 
@@ -367,7 +367,7 @@ E2E_REPLIES = [
 
 @pytest.mark.faults
 def test_fuzzed_replies_through_a_real_daemon(tmp_path, llm_server):  # noqa: F811
-    from loop.daemon import run_daemon, workspace_of
+    from loop.daemon.process import run_daemon, workspace_of
 
     for _, replies in E2E_REPLIES:
         llm_server.script(*({"content": r} for r in replies))

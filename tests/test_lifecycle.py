@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from loop.evolution.checkpoints import CheckpointManager, encode_v1, store_from_bytes, store_to_bytes
-from loop.evolution.lifecycle import (HISTORY, TERMINAL, VALID_TRANSITIONS, Lifecycle, LifecycleStore,
-                                      TransitionContext, TransitionRefused, validate_transition)
+from loop.archive.checkpoints import CheckpointManager, encode_v1, store_from_bytes, store_to_bytes
+from loop.archive.lifecycle import (HISTORY, TERMINAL, VALID_TRANSITIONS, Lifecycle, LifecycleStore,
+                                    TransitionContext, TransitionRefused, validate_transition)
 
 S = Lifecycle
 GOOD = TransitionContext(trained_ok=True, evaluation_passed=True)
@@ -20,17 +20,55 @@ def ctx_for(src, dst):
     return BAD_EVAL if (src, dst) == (S.EVALUATING, S.CULLED) else GOOD
 
 
-def test_eleven_states_and_terminals():
-    assert len(Lifecycle) == 11
-    assert TERMINAL == {S.FOSSILIZED, S.CULLED, S.CANCELLED, S.ROLLED_BACK}
+# The intended lifecycle, written out here on its own (README "Lifecycle", the docstring of
+# loop/archive/lifecycle.py) and NOT read from the table the code uses: a wrong edit of
+# VALID_TRANSITIONS (an edge added, dropped or redirected) must fail these tests.
+#   main path: DORMANT -> GERMINATED -> TRAINING -> GRAFTING -> STABILIZATION -> EVALUATING
+#              -> FINE_TUNING -> FOSSILIZED
+#   exits:     CANCELLED (proposal rejected / window cancelled) before training is decided;
+#              CULLED (gates, burn-in, not selected) from TRAINING, EVALUATING, FINE_TUNING;
+#              ROLLED_BACK (graft, burn-in or a person reverted it) once grafting has begun.
+STATES = ["DORMANT", "GERMINATED", "TRAINING", "GRAFTING", "STABILIZATION", "EVALUATING", "FINE_TUNING",
+          "FOSSILIZED", "CULLED", "CANCELLED", "ROLLED_BACK"]
+ALLOWED = {
+    ("DORMANT", "GERMINATED"),
+    ("GERMINATED", "TRAINING"), ("GERMINATED", "CANCELLED"),
+    ("TRAINING", "GRAFTING"), ("TRAINING", "CULLED"), ("TRAINING", "CANCELLED"),
+    ("GRAFTING", "STABILIZATION"), ("GRAFTING", "ROLLED_BACK"),
+    ("STABILIZATION", "EVALUATING"), ("STABILIZATION", "ROLLED_BACK"),
+    ("EVALUATING", "FINE_TUNING"), ("EVALUATING", "CULLED"), ("EVALUATING", "ROLLED_BACK"),
+    ("FINE_TUNING", "FOSSILIZED"), ("FINE_TUNING", "CULLED"), ("FINE_TUNING", "ROLLED_BACK"),
+}
+TERMINAL_NAMES = {"FOSSILIZED", "CULLED", "CANCELLED", "ROLLED_BACK"}
+ALL_PAIRS = list(itertools.product(STATES, STATES))
 
 
-@pytest.mark.parametrize("src, dst", list(itertools.product(Lifecycle, Lifecycle)))
-def test_every_pair_follows_the_matrix(src, dst):
-    ok, reason = validate_transition(src, dst, ctx_for(src, dst))
-    assert ok == (dst in VALID_TRANSITIONS[src])
-    if not ok:
-        assert reason == f"Invalid transition: {src.name} -> {dst.name}"
+def test_eleven_states_in_their_stored_order_and_terminals():
+    # the values are what checkpoints store: renumbering them would misread every saved store
+    assert [(s.name, s.value) for s in Lifecycle] == [(name, i) for i, name in enumerate(STATES)]
+    assert {s.name for s in TERMINAL} == TERMINAL_NAMES
+    assert TERMINAL_NAMES == {src for src in STATES if not any((src, dst) in ALLOWED for dst in STATES)}
+
+
+def test_every_pair_is_allowed_or_refused_as_intended():
+    wrong = []
+    for src, dst in ALL_PAIRS:
+        ok, reason = validate_transition(S[src], S[dst], ctx_for(S[src], S[dst]))
+        if ok != ((src, dst) in ALLOWED):
+            wrong.append(f"{src} -> {dst}: {'allowed' if ok else 'refused'}")
+        elif not ok and reason != f"Invalid transition: {src} -> {dst}":
+            wrong.append(f"{src} -> {dst}: refused with {reason!r}")
+    assert wrong == [], f"{len(wrong)} of {len(ALL_PAIRS)} transitions differ from the intended lifecycle"
+
+
+def test_the_published_table_and_the_batch_path_agree_with_the_intended_lifecycle():
+    assert {(src.name, dst.name) for src, dsts in VALID_TRANSITIONS.items() for dst in dsts} == ALLOWED
+    # transition_many checks the dense matrix only (no context validators): one row per pair
+    store = LifecycleStore()
+    rows = store.add_many([f"{src}>{dst}" for src, dst in ALL_PAIRS])
+    store.state[rows] = [S[src] for src, _ in ALL_PAIRS]
+    moved = store.transition_many(rows, np.array([S[dst] for _, dst in ALL_PAIRS], np.int8))
+    assert {pair for pair, ok in zip(ALL_PAIRS, moved, strict=True) if ok} == ALLOWED
 
 
 def test_context_validators():

@@ -18,7 +18,7 @@ from loop.agents.usage import Usage
 from loop.agents.schema import Decision, Review
 from loop.config import LLMRole
 from loop.errors import ConfigError
-from loop.secrets import MASK, known_secrets, redact
+from loop.util.secrets import MASK, known_secrets, redact
 from tests.llm_server import llm_server  # noqa: F401  (fixture)
 
 KEY = "sk-canary-1234567890abcdef"

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 
 from loop.config import DaemonConfig, validate
-from loop.cycle import run_cycle
-from loop.daemon import build_loop, workspace_of
-from loop.events import EventLog
-from loop.state import LoopState
-from loop.status import render, status_info
+from loop.cycle.cycle import run_cycle
+from loop.daemon.process import build_loop, workspace_of
+from loop.journal.events import EventLog
+from loop.cycle.state import LoopState
+from loop.daemon.status import render, status_info
 from tests.conftest import tiny_config_dict
 from tests.llm_server import LLMServer
 

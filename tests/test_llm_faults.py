@@ -17,8 +17,8 @@ from loop.agents.breaker import CircuitBreaker
 from loop.agents.llm import LLMCircuitOpen, LLMClient, LLMUnavailable, max_requests_per_call
 from loop.agents.schema import Decision
 from loop.config import DaemonConfig, LLMRole, validate
-from loop.events import EventLog
-from loop.timer import TimerInputs, next_pause
+from loop.journal.events import EventLog
+from loop.daemon.timer import TimerInputs, next_pause
 from tests.conftest import fault_tier, record_reliability, tiny_config_dict, wait_for
 from tests.llm_server import FAULT_KINDS, FaultPlan, LLMServer, llm_server  # noqa: F401  (fixture)
 
@@ -285,7 +285,7 @@ def finish_step() -> dict:
 def test_daemon_waits_out_the_open_circuit_then_resumes(tmp_path, llm_server):  # noqa: F811
     """A server that fails every call: two failed cycles open the Builder's circuit, the timer sleeps
     until it half-opens (no request meanwhile), and the trial call, now answered, closes it."""
-    from loop.daemon import run_daemon, workspace_of
+    from loop.daemon.process import run_daemon, workspace_of
 
     cooldown = 1.5
     cfg = daemon_cfg(tmp_path, llm_server.base_url, circuit_breaker_cooldown_seconds=cooldown)
@@ -330,7 +330,7 @@ def test_daemon_waits_out_the_open_circuit_then_resumes(tmp_path, llm_server):  
 def test_daemon_sleeps_through_a_long_open_circuit_and_still_stops_on_request(tmp_path, llm_server):  # noqa: F811
     """With the default 300 s cooldown the daemon's next pause covers it; nothing is sent while it
     sleeps, and a stop request still ends the sleep at once."""
-    from loop.daemon import run_daemon, workspace_of
+    from loop.daemon.process import run_daemon, workspace_of
 
     cfg = daemon_cfg(tmp_path, llm_server.base_url)          # cooldown: the default 300 s
     ws = workspace_of(cfg)
@@ -362,9 +362,9 @@ def test_daemon_sleeps_through_a_long_open_circuit_and_still_stops_on_request(tm
 
 
 def test_a_cycle_during_an_open_circuit_waits_without_a_request(tmp_path, llm_server):  # noqa: F811
-    from loop.cycle import run_cycle
-    from loop.daemon import build_loop, timer_decision, workspace_of
-    from loop.state import LoopState
+    from loop.cycle.cycle import run_cycle
+    from loop.daemon.process import build_loop, timer_decision, workspace_of
+    from loop.cycle.state import LoopState
 
     cfg = daemon_cfg(tmp_path, llm_server.base_url)
     ws = workspace_of(cfg).ensure()

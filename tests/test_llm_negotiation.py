@@ -185,7 +185,7 @@ def test_llm_probe_reports_mode_latency_and_validity(llm_server, tmp_path):
                            "rationale": "No run yet: a baseline measures where the task stands.",
                            "train_overlay": {"run": {"epochs": 2}}})
     llm_server.script(REFUSALS["llama_cpp_500"], {"content": decision})
-    probe = subprocess.run([sys.executable, "-m", "loop.cli", "llm", "probe", "--daemon-config", str(cfg)],
+    probe = subprocess.run([sys.executable, "-m", "loop.cli.main", "llm", "probe", "--daemon-config", str(cfg)],
                            capture_output=True, text=True, cwd=REPO, timeout=120)
     assert probe.returncode == 0, probe.stderr
     assert "builder: tiny at" in probe.stdout and "mode json_object_schema" in probe.stdout
@@ -196,7 +196,7 @@ def test_llm_probe_reports_mode_latency_and_validity(llm_server, tmp_path):
     assert "Decision" in llm_server.requests[1]["body"]["messages"][0]["content"]
 
     llm_server.script({"content": "no json"}, {"content": "no json either"})
-    failed = subprocess.run([sys.executable, "-m", "loop.cli", "llm", "probe", "--daemon-config", str(cfg),
+    failed = subprocess.run([sys.executable, "-m", "loop.cli.main", "llm", "probe", "--daemon-config", str(cfg),
                              "--role", "builder", "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert failed.returncode == 1
     [row] = json.loads(failed.stdout)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from loop.events import EventLog
-from loop.notes import (add_todos, append_storyline, append_workpad, read_todos, resolve_todos, tail_text,
+from loop.journal.events import EventLog
+from loop.journal.notes import (add_todos, append_storyline, append_workpad, read_todos, resolve_todos, tail_text,
                         todo_cap, todo_summary)
 
 

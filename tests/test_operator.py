@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loop import finishup
+from loop.cycle import finishup
 from loop.errors import ConfigError
 from tests.conftest import REPO, tiny_config_dict, wait_for
 

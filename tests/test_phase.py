@@ -17,13 +17,15 @@ import pytest
 import torch
 
 from loop.agents.offline import params_of
+from loop.archive import freeze as archive
+from loop.archive.paths import ModelPaths
+from loop.archive.promotion import cutover
 from loop.config import DaemonConfig, PhaseConfig
 from loop.errors import DomainError
-from loop.evolution import archive
-from loop.evolution.paths import ModelPaths
-from loop.evolution.promotion import cutover
-from loop.phase import (PhaseResults, PhaseSignal, completion_signal, jitter, latest_results, mean_ci,
-                        read_results, run_phase, t_quantile)
+from loop.phase.evaluate import jitter
+from loop.phase.results import PhaseResults, PhaseSignal, completion_signal, latest_results, read_results
+from loop.phase.run import run_phase
+from loop.phase.stats import mean_ci, t_quantile
 from loop.trainer.train import train
 from tests.conftest import REPO, add_archive_entry, tiny_config_dict
 
@@ -80,6 +82,12 @@ def copy_run(src: Path, dst: Path, **config_changes) -> Path:
     (0.975, 1, 12.7062), (0.975, 5, 2.5706), (0.995, 10, 3.1693), (0.95, 29, 1.6991), (0.975, 10**6, 1.9600)])
 def test_t_quantile_matches_the_table(p, df, expected):
     assert t_quantile(p, df) == pytest.approx(expected, abs=2e-4)
+
+
+@pytest.mark.parametrize("p, df", [(0.5, 3), (1.0, 3), (0.3, 3), (0.975, 0)])
+def test_t_quantile_refuses_out_of_range(p, df):
+    with pytest.raises(ValueError, match="t_quantile needs"):
+        t_quantile(p, df)
 
 
 def test_mean_ci_contains_the_mean_and_shrinks_with_n():

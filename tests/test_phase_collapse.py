@@ -3,16 +3,15 @@ search space, with one integration event; the offline policy then searches the n
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from loop.agents.offline import SPACE, PolicyInput, RunRecord, builder_decision, params_of, restricted_space
 from loop.config import DaemonConfig, deep_merge, read_yaml
-from loop.cycle import Loop, phase_section
-from loop.daemon import collapse_phase
-from loop.events import EventLog
-from loop.phase import PhaseResults
-from loop.state import LoopState
-from loop.workspace import Workspace
+from loop.cycle.cycle import Loop, phase_section
+from loop.cycle.state import LoopState
+from loop.daemon.process import collapse_phase
+from loop.journal.events import EventLog
+from loop.phase.results import PhaseResults
+from loop.util.workspace import Workspace
 from tests.conftest import REPO
 
 RESULTS = {

@@ -1,4 +1,4 @@
-"""Process trees (loop/runner.py, loop/reaper.py): a run's whole tree dies on timeout, stop or
+"""Process trees (loop/run/supervise.py, loop/run/reaper.py): a run's whole tree dies on timeout, stop or
 stall, `setsid` grandchildren included, with and without the sandbox; a restarted daemon reaps
 what an earlier daemon left behind before it launches anything, and re-adopts the active run.
 All real processes; the checks scan the host's process table."""
@@ -18,10 +18,10 @@ import yaml
 
 from conftest import REPO, wait_for
 from loop.config import DaemonConfig
-from loop.events import EventLog
-from loop.runner import ActiveRun, is_alive, kill_run, launch, monitor
-from loop.sandbox import find_bwrap, load_sandbox
-from loop.state import LoopState
+from loop.journal.events import EventLog
+from loop.run.supervise import ActiveRun, is_alive, kill_run, launch, monitor
+from loop.run.sandbox import find_bwrap, load_sandbox
+from loop.cycle.state import LoopState
 
 HAS_BWRAP = shutil.which("bwrap") is not None and find_bwrap(os.geteuid() == 0)[1] is None
 TREE = "setsid sleep 300 & setsid sh -c 'sleep 301 & sleep 302' & sleep 303"
@@ -71,7 +71,7 @@ def test_stop_kills_the_whole_tree(tmp_path, sandboxed):
 
 
 def test_a_run_that_stops_making_progress_is_killed_as_stalled(tmp_path):
-    from loop.cycle import judge
+    from loop.cycle.cycle import judge
 
     run = start(tmp_path, "stall", "echo started; sleep 300", HAS_BWRAP, stall_seconds=1.5)
     t0 = time.monotonic()
@@ -113,7 +113,7 @@ def test_restart_after_kill_9_reaps_leftovers_and_readopts_the_active_run(tmp_pa
         wait_for(lambda: tree_started(stray, 4), 20, "the stray run's processes")
         LoopState(cycle=1, active_run=active).save(ws / "state.json")
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        done = subprocess.run([sys.executable, "-m", "loop.cli", "start", "--foreground", "--max-cycles", "1",
+        done = subprocess.run([sys.executable, "-m", "loop.cli.main", "start", "--foreground", "--max-cycles", "1",
                                "--daemon-config", str(cfg_path)], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=180)
         assert done.returncode == 0, done.stderr
@@ -133,7 +133,7 @@ def test_restart_after_kill_9_reaps_leftovers_and_readopts_the_active_run(tmp_pa
 def test_a_reused_pid_is_not_adopted(tmp_path):
     """The pid in state.json now belongs to another process (create_time differs): not adopted,
     and not killed either unless it carries this workspace's tag."""
-    from loop.reaper import reap_leftovers
+    from loop.run.reaper import reap_leftovers
 
     bystander = subprocess.Popen(["sleep", "60"])
     try:
@@ -148,7 +148,7 @@ def test_a_reused_pid_is_not_adopted(tmp_path):
 def test_readopting_keeps_the_runs_setsid_processes(tmp_path):
     """Without the sandbox's PID namespace, a grandchild of the adopted run that left the tree
     with setsid is found by the run's tag and kept, not reaped as a stray."""
-    from loop.reaper import reap_leftovers
+    from loop.run.reaper import reap_leftovers
 
     run = start(tmp_path, "adopt", "setsid sleep 304 & sleep 305", False)
     try:
@@ -171,7 +171,7 @@ import os, subprocess, sys
 sys.path.insert(0, {str(REPO)!r})
 from pathlib import Path
 from loop.config import DaemonConfig
-from loop.sandbox import load_sandbox
+from loop.run.sandbox import load_sandbox
 ws = Path({str(tmp_path / 'ws')!r})
 sandbox = load_sandbox(DaemonConfig(), Path({str(REPO)!r}), ws)
 phase_dir = ws / "phase"

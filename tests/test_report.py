@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from loop.evolution.lineage import LineageRow, write_lineage
+from loop.archive.lineage import LineageRow, write_lineage
 from loop.report import generate_reports
 from loop.trainer.metrics import EvalMetrics, RunMetrics
 from tests.conftest import REPO

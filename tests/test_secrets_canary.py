@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from loop.config import DaemonConfig, validate
-from loop.daemon import build_loop, run_daemon, workspace_of
+from loop.daemon.process import build_loop, run_daemon, workspace_of
 from loop.report import generate_reports
-from loop.runner import kill_run, launch
+from loop.run.supervise import kill_run, launch
 from tests.conftest import REPO, tiny_config_dict
 from tests.llm_server import llm_server  # noqa: F401  (fixture)
 
@@ -57,7 +57,7 @@ def test_canaries_never_leak(tmp_path, llm_server, monkeypatch):  # noqa: F811
 
     # ---- a child's environment: read it from /proc while the child runs ----
     loop = build_loop(cfg, ws.ensure(), lambda: False, lambda *_: None)
-    from loop.cycle import child_env
+    from loop.cycle.cycle import child_env
     run = launch("envcheck", "t", "command", ["python3", "-c", "import time; time.sleep(3)"], tmp_path / "envrun", 0,
                  REPO, child_env(loop))
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from loop.config import DaemonConfig, validate
 from loop.errors import ConfigError
-from loop.repair import REPOS_DIR, auto_repair, diagnose
+from loop.run.repair import REPOS_DIR, auto_repair, diagnose
 from tests.conftest import REPO
 
 MAP = {"cv2": "opencv-python-headless==4.10.0.84", "yaml": "pyyaml==6.0.2", "sklearn": "scikit-learn==1.5.2",

@@ -164,3 +164,21 @@ def test_domain_args_error_is_clear(tmp_path, tiny_cfg):
     with pytest.raises(DomainError, match="data.domain_args"):
         train(tiny_cfg(data={"domain_args": {"no_such_arg": 1}}), tmp_path / "run")
     assert resolve_domain("digits").num_classes == 10
+
+
+def test_validation_runs_once_per_epoch_and_the_last_is_the_final_eval(tmp_path, tiny_cfg, monkeypatch):
+    """The final evaluation is the last epoch's validation pass (same weights), not a second pass."""
+    import loop.trainer.train as train_module
+
+    passes = []
+    real = train_module.predict_logits
+    monkeypatch.setattr(train_module, "predict_logits", lambda *a, **k: passes.append(1) or real(*a, **k))
+    cfg = tiny_cfg(run={"epochs": 2, "keep_checkpoint": True})
+    metrics = train(cfg, tmp_path / "run")
+    assert len(passes) == 2                                     # one per epoch, none extra at the end
+    assert metrics.eval.accuracy == pytest.approx(metrics.curve[-1].val_accuracy, abs=1e-6)
+    assert metrics.eval.loss == pytest.approx(metrics.curve[-1].val_loss, abs=1e-6)
+    # a resume that finds every epoch done has no pass yet: it evaluates once, to the same figures
+    (tmp_path / "run" / "metrics.json").unlink()
+    again = train(cfg, tmp_path / "run", resume=True)
+    assert len(passes) == 3 and again.eval == metrics.eval

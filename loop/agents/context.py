@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loop.agents.offline import RunRecord, best_run, stagnating
-from loop.notes import tail_text, todo_summary
-from loop.workspace import Workspace
+from loop.journal.notes import tail_text, todo_summary
+from loop.util.workspace import Workspace
 
 WORKPAD_TAIL_CHARS = 1500
 MENTOR_TAIL_CHARS = 1000
@@ -85,24 +85,17 @@ def leaderboard_text(history: list[RunRecord], rows: int = LEADERBOARD_ROWS) -> 
     return "\n".join(lines)
 
 
-def finish_up_text(ws: Workspace) -> str:
-    from loop import finishup
-
-    try:
-        return finishup.prompt_text(finishup.load(ws.finish_up), finishup.now_utc())
-    except finishup.FinishUpError:
-        return ""
-
-
 def build_context(ws: Workspace, cycle: int, history: list[RunRecord], recent_actions: list[str],
                   last_outcome: dict | None, active_run: str | None, promotion_note: str = "",
-                  extra: dict[str, str] | None = None) -> Context:
+                  extra: dict[str, str] | None = None, finish_up: str = "") -> Context:
+    """The Builder's (and Mentor's) context; `finish_up` is the deadline text once finish-up is
+    active (the cycle owns finish-up and passes it in)."""
     open_count, todo_lines = todo_summary(ws.todo)
     last_failed = bool(last_outcome) and last_outcome.get("status") not in (None, "ok")
     signals = compute_signals(history, recent_actions, open_count, last_failed)
     ctx = Context(cycle=cycle, signals=signals, open_todos=todo_lines, open_todo_count=open_count)
     s = ctx.sections
-    s["Finish-up"] = finish_up_text(ws)
+    s["Finish-up"] = finish_up
     s["Priority signals"] = json.dumps(signals.as_dict())
     s["Leaderboard (top 5)"] = leaderboard_text(history)
     if last_outcome:
@@ -123,6 +116,3 @@ def build_context(ws: Workspace, cycle: int, history: list[RunRecord], recent_ac
     return ctx
 
 
-def estimate_tokens(text: str) -> int:
-    """A tokenizer-free estimate (about 4 characters a token for English and JSON)."""
-    return (len(text) + 3) // 4

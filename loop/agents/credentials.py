@@ -8,7 +8,7 @@ from typing import Any
 
 from loop.config import LLMRole
 from loop.errors import ConfigError
-from loop.fsutil import atomic_write_text
+from loop.util.fsutil import atomic_write_text
 
 
 def resolve_api_key(role: LLMRole, credentials_file: str | Path) -> str | None:

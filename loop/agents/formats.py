@@ -23,7 +23,7 @@ from openai import APIStatusError
 from pydantic import BaseModel
 
 from loop.agents.schema import json_schema
-from loop.fsutil import atomic_write_text
+from loop.util.fsutil import atomic_write_text
 
 MODES = ("json_schema", "json_object_schema", "json_object", "off")
 

@@ -41,7 +41,7 @@ from loop.agents.schema import parse_model
 from loop.agents.usage import ModelPrice, SpendCap, Usage, request_usage
 from loop.config import LLMRole
 from loop.errors import LoopError
-from loop.secrets import redact
+from loop.util.secrets import redact
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 
+from loop.journal.history import RunRecord
 from loop.agents.schema import STRATEGY_DIMENSIONS, Decision, Review
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -49,19 +50,6 @@ SPACE: dict[str, tuple[str, list]] = {      # dimension -> (parameter, choices)
     "evaluation": ("epochs", [6, 10, 14]),
 }
 assert set(SPACE) == set(STRATEGY_DIMENSIONS)
-
-
-@dataclass
-class RunRecord:
-    """One finished run as the policies see it (from artifacts/runs/index.jsonl)."""
-
-    label: str
-    cycle: int
-    config: dict            # the resolved trainer config that ran
-    ok: bool
-    score: float            # validation accuracy (0 when the run failed)
-    dimension: str | None = None
-    minutes: float | None = None   # how long the run took
 
 
 @dataclass

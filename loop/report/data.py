@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loop.events import EventLog
-from loop.evolution.paths import ModelPaths
-from loop.workspace import Workspace
+from loop.journal.events import EventLog
+from loop.archive.paths import ModelPaths
+from loop.util.workspace import Workspace
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from loop.fsutil import atomic_write_text
-from loop.progress import ProgressLog
+from loop.util.fsutil import atomic_write_text
+from loop.util.progress import ProgressLog
 from loop.report.data import load_data
 from loop.report.helpers import PAPER_FILE, PLOTS, STORY_FILE
 from loop.report.leaderboard import leaderboard_json, leaderboard_md
@@ -14,7 +14,7 @@ from loop.report.paper import paper_report
 from loop.report.plots import (plot_best_over_cycles, plot_per_class_best, plot_runs_over_cycles,
                                plot_tokens_over_cycles)
 from loop.report.story import condensed_story
-from loop.workspace import Workspace
+from loop.util.workspace import Workspace
 
 
 def generate_reports(workspace: Path, top_k: int = 10, note: str = "", progress: bool = True) -> dict[str, Path]:

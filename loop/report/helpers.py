@@ -9,7 +9,7 @@ import statistics
 from collections import Counter
 from typing import Any
 
-from loop.progress import format_seconds
+from loop.util.progress import format_seconds
 from loop.report.data import ReportData, Run, base_label, dig, outcomes_of
 
 STORY_FILE = "final_condensed_story.md"

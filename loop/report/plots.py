@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from loop.fsutil import atomic_write_bytes
+from loop.util.fsutil import atomic_write_bytes
 from loop.report.data import ReportData, dig
 from loop.report.helpers import improvements, per_class
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from loop.config import BudgetCaps
 from loop.errors import BudgetExceeded
-from loop.fsutil import folder_size_bytes
+from loop.util.fsutil import folder_size_bytes
 
 GB = 1024**3
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from loop.fsutil import atomic_write_bytes
+from loop.util.fsutil import atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

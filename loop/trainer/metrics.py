@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from loop.config import BudgetCaps
-from loop.fsutil import atomic_write_text, read_regular_text
+from loop.util.fsutil import atomic_write_text, read_regular_text
 from loop.trainer.budget import BudgetBreach, BudgetUsed
 
 METRICS_FILE = "metrics.json"

@@ -26,8 +26,8 @@ from sklearn.model_selection import train_test_split
 
 from loop.domains import SampleSet, SpicaDomain, require_spica, resolve_domain
 from loop.errors import BudgetExceeded, ConfigError
-from loop.fsutil import atomic_write_text
-from loop.progress import ProgressLog, format_seconds
+from loop.util.fsutil import atomic_write_text
+from loop.util.progress import ProgressLog, format_seconds
 from loop.trainer.budget import BudgetBreach, BudgetMeter
 from loop.trainer.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from loop.trainer.config import TrainerConfig
@@ -244,6 +244,7 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
         return metrics
 
     # ---- epochs ----
+    val = None                           # the last epoch's validation: the model it scored is the final one
     try:
         meter.check_disk()
         for epoch in range(state.epoch, cfg.run.epochs):
@@ -324,8 +325,12 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
         raise
 
     # ---- evaluate and write ----
-    val_logits = predict_logits(model, val_images, normalize, cfg.data.eval_batch_size, autocast)
-    metrics.eval = score_logits(val_logits, val_labels, domain.class_names)
+    # The last epoch already scored these very weights on the validation set (nothing trains after
+    # it); only a resume that found every epoch done has no such pass yet.
+    if val is None:
+        val = score_logits(predict_logits(model, val_images, normalize, cfg.data.eval_batch_size, autocast),
+                           val_labels, domain.class_names)
+    metrics.eval = val
     save_model_folder(out_dir, model, model_cfg)
     if not cfg.run.keep_checkpoint:
         (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)

@@ -1,0 +1,49 @@
+"""The five gates (evolution_scheduler.md), all of which a candidate must pass:
+  1. recall      >= HEAD's recall - epsilon
+  2. generalize  >= HEAD's generalize + delta
+  3. drift       <= theta
+  4. violations  == 0
+  5. budget      the run finished within every cap
+and the composite score used for ranking: 0.4 recall + 0.4 generalize + 0.2 (1 - drift)."""
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from loop.archive.probes import ProbeMetrics
+
+GATE_NAMES = ("recall", "generalize", "drift", "violations", "budget")
+
+
+class GateResult(BaseModel):
+    gates: dict[str, bool]
+    passed: bool
+    failed: list[str]
+    score: float
+
+
+def composite_score(recall: float, generalize: float, drift: float) -> float:
+    return round(0.4 * recall + 0.4 * generalize + 0.2 * (1.0 - drift), 6)
+
+
+def head_score(head: ProbeMetrics | None) -> float | None:
+    """GEN_HEAD's own score (its drift against itself is 0); None when there is no HEAD."""
+    return None if head is None else composite_score(head.recall, head.generalize, 0.0)
+
+
+def check_gates(cand: ProbeMetrics | None, head: ProbeMetrics | None, budget_ok: bool,
+                epsilon: float, delta: float, theta: float) -> GateResult:
+    """Every gate's verdict; a candidate without probes (its run failed) fails all of them."""
+    if cand is None:
+        gates = {name: False for name in GATE_NAMES}
+        gates["budget"] = budget_ok
+        return GateResult(gates=gates, passed=False, failed=[g for g, ok in gates.items() if not ok], score=0.0)
+    gates = {
+        "recall": head is None or cand.recall >= head.recall - epsilon,
+        "generalize": head is None or cand.generalize >= head.generalize + delta,
+        "drift": cand.drift <= theta,
+        "violations": cand.violations == 0,
+        "budget": budget_ok,
+    }
+    failed = [g for g, ok in gates.items() if not ok]
+    return GateResult(gates=gates, passed=not failed, failed=failed,
+                      score=composite_score(cand.recall, cand.generalize, cand.drift))

@@ -1,0 +1,256 @@
+"""Step 7 and the switchover: the promotion proposal, a person's (or auto mode's) decision, and
+the two-phase commit that moves GEN_HEAD:
+
+    approve: verify -> shadow evaluation (parity with GEN_HEAD on replayed probe traffic)
+             -> GRAFTING (alpha ramp under a strategy) -> atomic cutover of the GEN_HEAD symlink
+             -> burn-in -> advanced, or rolled back by itself
+    reject:  the candidate is cancelled, GEN_HEAD unchanged
+    rollback: GEN_HEAD back to the previous promoted generation, or to a named one
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from loop.config import DaemonConfig
+from loop.errors import ArchiveTampered, LoopError
+from loop.archive import freeze as archive
+from loop.archive.gates import head_score
+from loop.archive.grafting import graft, select_strategy
+from loop.archive.lifecycle import Lifecycle, LifecycleStore, TransitionContext
+from loop.archive.lineage import log_event, mark_promoted, read_events, read_lineage
+from loop.archive.paths import ModelPaths
+from loop.archive.probes import LoadedModel, ProbeMetrics
+from loop.archive.store import load_store, move, save_store
+from loop.util.faults import fault_point
+from loop.util.fsutil import atomic_write_json
+
+TRAFFIC_SPLITS = ("recall", "delta", "drift")
+
+
+class PromotionError(LoopError):
+    exit_code = 9
+
+
+# ------------------------------------------------------------- proposal ----
+
+def propose(paths: ModelPaths, store: LifecycleStore, ranking: list, head: str | None,
+            head_probes: ProbeMetrics | None, trace_id: str = "") -> dict | None:
+    """Write PROMOTION_PROPOSAL.json for the best passing candidate that beats GEN_HEAD's score."""
+    best = next((o for o in ranking if o.gates.passed), None)
+    baseline = head_score(head_probes)
+    losers = [o.name for o in ranking if o.gates.passed and (best is None or o.name != best.name)]
+    if best is None or (baseline is not None and best.gates.score - baseline <= 0):
+        why = "no candidate passed the gates" if best is None else \
+            f"best candidate {best.name} does not beat HEAD ({best.gates.score:.4f} <= {baseline:.4f})"
+        log_event(paths.log, "NO_PROMOTION", cycle_trace_id=trace_id, reason=why, head=head)
+        for name in losers + ([best.name] if best else []):
+            move(store, name, Lifecycle.CULLED, paths, trace_id)
+        return None
+    archive.require_intact(paths, best.name)     # never propose an entry that no longer matches its hashes
+    for name in losers:
+        move(store, name, Lifecycle.CULLED, paths, trace_id)
+    previous = read_proposal(paths)
+    if previous is not None:     # a newer window supersedes a proposal nobody decided on
+        move(store, previous["proposed_head"], Lifecycle.CANCELLED, paths, trace_id)
+        log_event(paths.log, "SUPERSEDED", cycle_trace_id=trace_id, candidate=previous["proposed_head"],
+                  by=best.name)
+    entry = paths.entry(best.name)
+    proposal = {
+        "action": "PROMOTE", "current_head": head, "proposed_head": best.name,
+        "reason": "best candidate passed all gates and beats HEAD" if head else
+                  "first generation: best candidate passed all gates",
+        "improvement": round(best.gates.score - (baseline or 0.0), 6), "score": best.gates.score,
+        "head_score": baseline, "metrics": best.probes.model_dump() if best.probes else None,
+        "gates": best.gates.gates,
+        "hashes": {"model": archive.sha256_file(entry / "model.safetensors"),
+                   "manifest": archive.sha256_file(entry / "evo_manifest.json"),
+                   "hashes_csv": archive.sha256_file(entry / archive.HASHES)},
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cycle_trace_id": trace_id,
+    }
+    atomic_write_json(paths.proposal, proposal)
+    log_event(paths.log, "PROPOSED", cycle_trace_id=trace_id, candidate=best.name, improvement=proposal["improvement"])
+    return proposal
+
+
+def read_proposal(paths: ModelPaths) -> dict | None:
+    import json
+
+    try:
+        return json.loads(paths.proposal.read_text())
+    except FileNotFoundError:
+        return None
+
+
+# -------------------------------------------------------------- cutover ----
+
+def cutover(paths: ModelPaths, target: str | None) -> None:
+    """Point GEN_HEAD at archive/<target> atomically: a new link is made beside it and renamed over
+    it, so there is never a moment without a HEAD. target None removes HEAD (undoing a first promotion).
+    A target that fails verification raises ArchiveTampered before anything changes."""
+    if target is not None:
+        archive.require_intact(paths, target)
+    tmp = paths.root / ".GEN_HEAD.next"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    if target is None:
+        paths.head.unlink(missing_ok=True)
+        return
+    os.symlink(Path("archive") / target, tmp)
+    fault_point("cutover:after_new_link")
+    os.replace(tmp, paths.head)
+    fault_point("cutover:after_rename")
+    dir_fd = os.open(paths.root, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def traffic(model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replayed probe traffic: logits and labels over the recall, delta and drift sets."""
+    return (torch.cat([model.logits(s) for s in TRAFFIC_SPLITS]),
+            torch.cat([model.labels(s) for s in TRAFFIC_SPLITS]))
+
+
+# -------------------------------------------------------------- approve ----
+
+def approve(cfg: DaemonConfig, workspace: Path, trace_id: str = "", say=print) -> dict:
+    """Run the two-phase commit for the pending proposal. Returns the PROMOTED/ROLLBACK record."""
+    paths = ModelPaths(Path(workspace))
+    proposal = read_proposal(paths)
+    if proposal is None:
+        raise PromotionError(f"no pending proposal ({paths.proposal} does not exist)")
+    name, old_head = proposal["proposed_head"], paths.head_name()
+    archive.require_intact(paths, name)
+    if archive.sha256_file(paths.entry(name) / "model.safetensors") != proposal["hashes"]["model"]:
+        raise ArchiveTampered(f"{name}: weights differ from the proposal's hash")
+    if old_head:
+        archive.require_intact(paths, old_head)
+    store = load_store(paths, trace_id)
+    evo = cfg.evolution
+    if not move(store, name, Lifecycle.GRAFTING, paths, trace_id, TransitionContext(trained_ok=True)):
+        raise PromotionError(f"{name} cannot enter GRAFTING from {store.get(name).name if name in store.index else 'untracked'}")
+    log_event(paths.log, "APPROVED", cycle_trace_id=trace_id, candidate=name)
+
+    # ---- phase 1: shadow + graft ----
+    cand = LoadedModel(paths.entry(name))
+    cand_logits, labels = traffic(cand)
+    cand_acc = float((cand_logits.argmax(1) == labels).float().mean())
+    shadow = {"queries": len(labels), "candidate_accuracy": round(cand_acc, 6)}
+    if old_head:
+        head = LoadedModel(paths.entry(old_head), cand.domain)
+        head_logits, _ = traffic(head)
+        shadow["parity"] = round(float((head_logits.argmax(1) == cand_logits.argmax(1)).float().mean()), 6)
+        shadow["head_accuracy"] = round(float((head_logits.argmax(1) == labels).float().mean()), 6)
+        strategy, why = select_strategy(evo.graft.strategy, read_events(paths.log))
+        result = graft(head_logits, cand_logits, labels, strategy, evo.graft.steps, evo.graft.drift_threshold,
+                       evo.graft.tolerance)
+        log_event(paths.log, "GRAFT", cycle_trace_id=trace_id, candidate=name, strategy=strategy, why=why,
+                  ok=result.ok, reason=result.reason, alphas=result.alphas, accuracies=result.accuracies)
+        say(f"shadow: parity {shadow['parity']:.3f}; graft ({strategy}): {result.reason}")
+        if not result.ok:
+            move(store, name, Lifecycle.ROLLED_BACK, paths, trace_id)
+            save_store(paths, store)
+            paths.proposal.unlink(missing_ok=True)
+            return log_event(paths.log, "ROLLBACK", cycle_trace_id=trace_id, candidate=name, head=old_head,
+                             reason=f"graft failed: {result.reason}", shadow=shadow)
+    else:
+        say("shadow and graft skipped: there is no GEN_HEAD yet")
+    log_event(paths.log, "SHADOW", cycle_trace_id=trace_id, candidate=name, **shadow)
+
+    # ---- phase 2: cutover + burn-in ----
+    cutover(paths, name)
+    move(store, name, Lifecycle.STABILIZATION, paths, trace_id)
+    move(store, name, Lifecycle.EVALUATING, paths, trace_id)
+    floor = evo.burn_in_min_accuracy if evo.burn_in_min_accuracy is not None else cand_acc - evo.graft.tolerance
+    ok, detail = burn_in(paths, name, evo.burn_in_batches, floor)
+    if not ok:
+        cutover(paths, old_head)
+        move(store, name, Lifecycle.ROLLED_BACK, paths, trace_id)
+        save_store(paths, store)
+        paths.proposal.unlink(missing_ok=True)
+        log_event(paths.log, "BURN_IN_FAILED", cycle_trace_id=trace_id, candidate=name, detail=detail)
+        say(f"burn-in failed ({detail}); GEN_HEAD rolled back to {old_head or 'none'}")
+        return log_event(paths.log, "ROLLBACK", cycle_trace_id=trace_id, candidate=name, head=old_head,
+                         **{"from": name, "to": old_head}, reason=f"burn-in failed: {detail}")
+    move(store, name, Lifecycle.FINE_TUNING, paths, trace_id, TransitionContext(evaluation_passed=True))
+    if old_head:
+        move(store, old_head, Lifecycle.FOSSILIZED, paths, trace_id)
+    mark_promoted(paths.lineage, name)
+    save_store(paths, store)
+    paths.proposal.unlink(missing_ok=True)
+    say(f"GEN_HEAD advanced: {old_head or 'none'} -> {name} ({detail})")
+    return log_event(paths.log, "PROMOTED", cycle_trace_id=trace_id, **{"from": old_head, "to": name},
+                     shadow=shadow, burn_in=detail)
+
+
+def burn_in(paths: ModelPaths, name: str, batches: int, floor: float) -> tuple[bool, str]:
+    """Serve `batches` slices of probe traffic from what GEN_HEAD now resolves to."""
+    try:
+        if paths.head_name() != name:
+            return False, f"GEN_HEAD resolves to {paths.head_name()}, not {name}"
+        archive.require_intact(paths, name)
+        model = LoadedModel(paths.head.resolve())
+        logits, labels = traffic(model)
+    except (LoopError, OSError, RuntimeError, ValueError) as exc:
+        return False, f"GEN_HEAD did not load: {exc}"
+    chunks = torch.arange(len(labels)).chunk(batches)
+    accs = [float((logits[c].argmax(1) == labels[c]).float().mean()) for c in chunks]
+    overall = float((logits.argmax(1) == labels).float().mean())
+    if overall < floor:
+        return False, f"accuracy {overall:.3f} over {len(accs)} batches < floor {floor:.3f}"
+    return True, f"{len(accs)} batches served, accuracy {overall:.3f} >= {floor:.3f} (worst batch {min(accs):.3f})"
+
+
+# ------------------------------------------------------ reject, rollback ----
+
+def reject(workspace: Path, note: str = "", trace_id: str = "") -> dict:
+    paths = ModelPaths(Path(workspace))
+    proposal = read_proposal(paths)
+    if proposal is None:
+        raise PromotionError(f"no pending proposal ({paths.proposal} does not exist)")
+    store = load_store(paths, trace_id)
+    move(store, proposal["proposed_head"], Lifecycle.CANCELLED, paths, trace_id)
+    save_store(paths, store)
+    paths.proposal.unlink()
+    return log_event(paths.log, "REJECTED_BY_PERSON", cycle_trace_id=trace_id,
+                     candidate=proposal["proposed_head"], note=note)
+
+
+def previous_generation(paths: ModelPaths) -> str | None:
+    """The promoted generation before the current HEAD, in promotion order."""
+    promoted = sorted((r for r in read_lineage(paths.lineage) if r.promoted), key=lambda r: (r.promoted_at, r.gen_id))
+    names = [r.name for r in promoted]
+    head = paths.head_name()
+    if head not in names:
+        return names[-1] if names else None
+    i = names.index(head)
+    return names[i - 1] if i > 0 else None
+
+
+def rollback(workspace: Path, to: str | None = None, reason: str = "manual rollback", trace_id: str = "") -> dict:
+    """GEN_HEAD back to the previous promoted generation, or to the named archive entry."""
+    paths = ModelPaths(Path(workspace))
+    head = paths.head_name()
+    target = to or previous_generation(paths)
+    if target is None:
+        raise PromotionError("no earlier promoted generation to roll back to")
+    if target == head:
+        raise PromotionError(f"GEN_HEAD is already {target}")
+    row = next((r for r in read_lineage(paths.lineage) if r.name == target), None)
+    if row is None:
+        raise PromotionError(f"{target}: no such archive entry")
+    if not row.status.startswith("PASS"):
+        raise PromotionError(f"{target}: its status is {row.status!r}; only a passing generation can be HEAD")
+    archive.require_intact(paths, target)
+    cutover(paths, target)
+    store = load_store(paths, trace_id)
+    if head:
+        move(store, head, Lifecycle.ROLLED_BACK, paths, trace_id)
+    mark_promoted(paths.lineage, target)
+    save_store(paths, store)
+    return log_event(paths.log, "ROLLBACK", cycle_trace_id=trace_id, **{"from": head, "to": target}, reason=reason)

@@ -1,0 +1,92 @@
+"""`llmloop evolve | promote | rollback | archive verify`: thin calls into the pipeline."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+
+from loop.config import add_daemon_config_arguments, load_daemon_config
+from loop.errors import ArchiveTampered, LoopError
+
+
+def add_arguments(sub) -> None:
+    def common(p):
+        add_daemon_config_arguments(p)
+        return p
+
+    p = common(sub.add_parser("evolve", help="run one evolution window now"))
+    p.add_argument("--candidates", type=int, help="how many (default: max_concurrent_experiments)")
+    p.add_argument("--cycle", type=int, default=0, help="the heartbeat cycle to record")
+    p = common(sub.add_parser("promote", help="decide the pending promotion proposal"))
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--approve", action="store_true")
+    group.add_argument("--reject", action="store_true")
+    group.add_argument("--show", action="store_true")
+    p.add_argument("--note", default="")
+    p = common(sub.add_parser("rollback", help="move GEN_HEAD back (previous promoted generation)"))
+    p.add_argument("--to", "--target-gen", dest="to", help="an archive entry name instead of the previous generation")
+    p.add_argument("--reason", default="manual rollback")
+    p = common(sub.add_parser("archive", help="archive tools"))
+    p.add_argument("action", choices=["verify", "list"])
+
+
+def workspace_of(args) -> tuple:
+    """The config and the workspace folder, resolved as every other command resolves them."""
+    from loop.util.workspace import workspace_of as resolve_workspace
+
+    cfg = load_daemon_config(args.daemon_config, root=args.root)
+    return cfg, resolve_workspace(cfg, args.workspace).root
+
+
+def run(args: argparse.Namespace) -> int:
+    from loop.archive import promotion
+    from loop.archive.freeze import verify_archive
+    from loop.archive.lineage import read_lineage
+    from loop.archive.paths import ModelPaths
+
+    try:
+        cfg, workspace = workspace_of(args)
+        trace = f"manual-{uuid.uuid4().hex[:8]}"
+        if args.command == "evolve":
+            from loop.candidates.window import run_window
+
+            result = run_window(cfg, workspace, args.cycle, args.candidates, trace)
+            print(f"proposal: {result.proposal['proposed_head']} (+{result.proposal['improvement']:.4f}); "
+                  "review it, then `llmloop promote --approve` or `--reject`" if result.proposal else
+                  "no proposal: GEN_HEAD unchanged")
+        elif args.command == "promote":
+            if args.show:
+                proposal = promotion.read_proposal(ModelPaths(workspace))
+                print(json.dumps(proposal, indent=2) if proposal else "no pending proposal")
+            elif args.approve:
+                record = promotion.approve(cfg, workspace, trace)
+                print(f"{record['action']}: {record.get('from')} -> {record.get('to')}" if record["action"] == "PROMOTED"
+                      else f"{record['action']}: GEN_HEAD stays {record.get('head')}: {record.get('reason')}")
+                return 0 if record["action"] == "PROMOTED" else 10
+            else:
+                record = promotion.reject(workspace, args.note, trace)
+                print(f"rejected {record['candidate']}")
+        elif args.command == "rollback":
+            record = promotion.rollback(workspace, args.to, args.reason, trace)
+            print(f"GEN_HEAD rolled back: {record['from']} -> {record['to']}")
+        elif args.command == "archive":
+            paths = ModelPaths(workspace)
+            if args.action == "list":
+                head = paths.head_name()
+                for row in read_lineage(paths.lineage):
+                    mark = "HEAD " if row.name == head else ("prom " if row.promoted else "     ")
+                    print(f"{mark}{row.name}  {row.score:.4f}  {row.status}")
+                return 0
+            report = verify_archive(paths)
+            bad = {name: probs for name, probs in report.items() if probs}
+            for name in report:
+                print(f"{'FAIL' if name in bad else 'ok  '} {name}")
+                for problem in bad.get(name, []):
+                    print(f"     {problem}")
+            print(f"{len(report) - len(bad)} of {len(report)} archive entries intact")
+            return ArchiveTampered.exit_code if bad else 0
+        return 0
+    except LoopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code

@@ -1,0 +1,56 @@
+"""state.json and the heartbeat: the daemon's memory between cycles (written atomically)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from loop.agents.usage import Usage
+from loop.util.fsutil import atomic_write_text
+from loop.run.supervise import ActiveRun
+
+
+class LoopState(BaseModel):
+    cycle: int = 0                              # the last cycle that completed
+    started_at: float = Field(default_factory=time.time)
+    active_run: ActiveRun | None = None
+    last_decision: dict | None = None
+    last_outcome: dict | None = None
+    last_promotion: dict | None = None          # the hand-off result shown to the Builder next cycle
+    recent_actions: list[str] = Field(default_factory=list)   # last 20 actions
+    idle_streak: int = 0                        # consecutive cycles without a run
+    failure_streak: int = 0
+    last_mentor_cycle: int = 0
+    window_pending: bool = False                # an evolution window waits for the active run to end
+    cycle_seconds: list[float] = Field(default_factory=list)        # recent cycle durations (timer)
+    phase_done: list[str] = Field(default_factory=list)             # PHASE windows already run
+    fitness_baselines: dict[str, float] = Field(default_factory=dict)   # from PHASE, per domain
+    flagged_variants: list[str] = Field(default_factory=list)       # underperformers PHASE flagged
+    phase_recommendations: dict[str, list] = Field(default_factory=dict)  # search-space hints
+    # LLM spend per role over the workspace's life (every request, failed ones included)
+    tokens: dict[str, Usage] = Field(default_factory=lambda: {"builder": Usage(), "mentor": Usage()})
+    # The Builder's decisions refused by the quality gate in a row; past the limit the offline
+    # policy plays the Builder until `llm_offline_until_cycle`
+    llm_gate_refusals: int = 0
+    llm_offline_until_cycle: int = 0
+    stop_reason: str | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> "LoopState":
+        try:
+            return cls.model_validate_json(path.read_text())
+        except FileNotFoundError:
+            return cls()
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, self.model_dump_json(indent=2) + "\n")
+
+    def note_action(self, action: str) -> None:
+        self.recent_actions = (self.recent_actions + [action])[-20:]
+
+
+def write_heartbeat(path: Path, cycle: int, trace_id: str, pid: int, active: str | None) -> None:
+    atomic_write_text(path, json.dumps({"cycle": cycle, "cycle_trace_id": trace_id, "pid": pid,
+                                        "ts": time.time(), "active_run": active}) + "\n")

@@ -1,0 +1,351 @@
+"""The process around the cycles: single instance (a file lock), state and heartbeat, stop
+requests (a file or SIGTERM, honoured within one cycle), and recovery after a crash: a new start
+resumes at the next cycle number and re-attaches to (or reaps) the run that was active."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from loop.config import DaemonConfig, LLMRole
+from loop.cycle.cycle import Loop, run_cycle
+from loop.errors import LoopError
+from loop.journal.events import EventLog
+from loop.daemon.recovery import Degraded, recover
+from loop.run.reaper import reap_leftovers
+from loop.run.kill import kill_tree
+from loop.run.supervise import is_alive
+from loop.run.sandbox import load_sandbox
+from loop.cycle.state import LoopState
+from loop.util.workspace import Workspace, workspace_of  # noqa: F401  (workspace_of: callers use it from here)
+
+# Where this package is imported from: child processes get it on PYTHONPATH so `python -m
+# loop.trainer` finds the same code. Not a project root: that is where the config lives (cfg.root).
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+
+
+class AlreadyRunning(LoopError):
+    exit_code = 11
+
+
+def running_pid(ws: Workspace) -> int | None:
+    """The pid of a live daemon holding the workspace, or None."""
+    lock = FileLock(str(ws.lock))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            return int(ws.pid.read_text().strip())
+        except (OSError, ValueError):
+            return -1
+    lock.release()
+    return None
+
+
+def effective_role(role: LLMRole, credentials_file: str) -> LLMRole:
+    """The role's endpoint from the config, or else the one `llmloop login --base-url` stored."""
+    if role.base_url:
+        return role
+    try:
+        stored = json.loads(Path(credentials_file).expanduser().read_text())
+    except (OSError, ValueError):
+        return role
+    if not isinstance(stored, dict) or not stored.get("base_url"):
+        return role
+    return role.model_copy(update={"base_url": stored["base_url"], "model": stored.get("model") or role.model})
+
+
+def build_loop(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> Loop:
+    from loop.agents.credentials import resolve_api_key
+    from loop.agents.formats import ModeStore
+    from loop.agents.llm import for_role
+    from loop.agents.usage import SpendCap
+    from loop.util.secrets import known_secrets
+
+    events = EventLog(ws.events)
+    current = {"trace": "-"}
+
+    def on_llm_event(event: dict) -> None:   # retries, format fallbacks, repairs: traced to the cycle
+        events.append(event.get("kind", "llm"), current["trace"], **{k: v for k, v in event.items() if k != "kind"})
+
+    def on_budget_spent(reason: str) -> None:
+        say(f"{time.strftime('%H:%M:%S')} {reason}: no more LLM calls this run of the daemon")
+        on_llm_event({"kind": "llm_budget_spent", "reason": reason, "max_cost": cfg.llm_budget.max_cost,
+                      "max_tokens": cfg.llm_budget.max_tokens})
+
+    spend_cap = SpendCap(cfg.llm_budget.max_cost, cfg.llm_budget.max_tokens, on_budget_spent)
+    store = ModeStore(ws.llm_modes)
+    clients = {}
+    for name, role in (("builder", builder_role(cfg)), ("mentor", mentor_role(cfg))):
+        clients[name] = for_role(role, name, cfg.credentials_file, on_event=on_llm_event,
+                                 price=cfg.llm_prices.get(role.model), spend_cap=spend_cap, mode_store=store)
+    return Loop(cfg=cfg, repo_root=cfg.root, ws=ws, events=events, builder=clients["builder"],
+                mentor=clients["mentor"], current=current, spend_cap=spend_cap,
+                secrets=known_secrets() + [k for k in (resolve_api_key(cfg.builder, cfg.credentials_file),
+                                                       resolve_api_key(cfg.mentor, cfg.credentials_file)) if k],
+                should_stop=should_stop, say=say, sandbox=load_sandbox(cfg, cfg.root, ws.root))
+
+
+def builder_role(cfg: DaemonConfig) -> LLMRole:
+    return effective_role(cfg.builder, cfg.credentials_file)
+
+
+def mentor_role(cfg: DaemonConfig) -> LLMRole:
+    """The mentor's endpoint, with the seed's `mentor_model` / `mentor_reasoning_effort` on top."""
+    return effective_role(cfg.mentor, cfg.credentials_file).model_copy(
+        update={k: v for k, v in {"model": cfg.mentor_model, "reasoning_effort": cfg.mentor_reasoning_effort}.items() if v})
+
+
+def reap_before_launch(loop: Loop, state: LoopState) -> dict:
+    """After a crash: keep following the run state.json names (same pid and create_time), kill
+    every other process an earlier daemon of this workspace left behind."""
+    run = state.active_run
+    reaped = reap_leftovers(loop.sandbox.owner, run.pid if run else None, run.create_time if run else None,
+                            run.run_tag if run else None)
+    if run is not None and run.pid not in reaped["adopted"]:
+        reaped["adopted_run"] = None        # it is gone: the next cycle judges it from its files
+    elif run is not None:
+        reaped["adopted_run"] = run.label
+    return reaped
+
+
+def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, say=print) -> LoopState:
+    """Run cycles until stopped (or `max_cycles`). Holds the workspace lock throughout."""
+    from loop.agents.prompts import check_rule_budgets
+
+    ws.ensure()
+    lock = FileLock(str(ws.lock))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise AlreadyRunning(f"the daemon is already running on {ws.root} (pid {running_pid(ws)})") from None
+    stop = {"requested": False}
+
+    def on_signal(signum, _frame):
+        stop["requested"] = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # Past a file-size limit a write should fail (EFBIG, handled as degraded), not kill the daemon.
+    previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        ws.pid.write_text(f"{os.getpid()}\n")
+        ws.stop_request.unlink(missing_ok=True)
+        rules = check_rule_budgets(cfg, cfg.root)
+        task = check_task_domain(cfg)
+
+        def should_stop() -> bool:
+            return stop["requested"] or ws.stop_request.exists()
+
+        loop = build_loop(cfg, ws, should_stop, say)
+        events = loop.events
+        # Leftover processes first (nothing may still be writing while the sweep runs), then the sweep.
+        reaped = reap_before_launch(loop, LoopState.load(ws.state))
+        torn = events.repair_tail()
+        recovered = recover(ws, events)        # stray temps, archive staging, cycle counter (loop/daemon/recovery.py)
+        state = LoopState.load(ws.state)
+        state.stop_reason = None
+        mode = "LLM" if loop.builder is not None else "offline policy (no endpoint configured; no network)"
+        degraded = Degraded(events)
+        append_daemon_event(degraded, state, say, "daemon_start", f"start-{state.cycle + 1:05d}",
+                            pid=os.getpid(), resume_cycle=state.cycle + 1,
+                            builder=mode, mentor="LLM" if loop.mentor is not None else "offline policy",
+                            prompt_rules=rules, repaired_torn_event=torn, recovery=recovered, task_domain=task,
+                            sandbox=loop.sandbox.note, reaped=reaped,
+                            active_run=state.active_run.label if state.active_run else None,
+                            active_run_alive=is_alive(state.active_run) if state.active_run else None)
+        say(f"llmloop daemon pid {os.getpid()}: Builder and Mentor use the {mode}; "
+            f"resuming at cycle {state.cycle + 1}; {loop.sandbox.note}")
+        if reaped["killed"]:
+            say(f"killed {len(reaped['killed'])} leftover process(es) of an earlier daemon")
+        loop.phase_hint = dict(state.phase_recommendations)
+        done = 0
+        while not should_stop() and state.stop_reason is None and (max_cycles is None or done < max_cycles):
+            try:
+                degraded.flush()                  # `degraded` events a full disk held back
+                state = run_cycle(loop, state)
+                degraded.recovered()
+            except OSError as exc:                # disk full, file too large, read-only: stay up, back off;
+                backoff = degraded.record(exc, state, say)    # state.json on disk is the last good one
+            else:
+                backoff = None
+            done += 1
+            if max_cycles is not None and done >= max_cycles:
+                break
+            if backoff is not None:
+                sleep_between_cycles(backoff, should_stop)
+                continue
+            try:
+                state = phase_if_due(loop, state)
+                if should_stop() or state.stop_reason is not None:
+                    break
+                decision = timer_decision(loop, state)
+                events.append("timer", f"timer-{state.cycle:05d}", seconds=decision.seconds,
+                              reasons=decision.reasons, inputs=decision.inputs)
+            except OSError as exc:
+                sleep_between_cycles(degraded.record(exc, state, say), should_stop)
+                continue
+            sleep_between_cycles(decision.seconds, should_stop)
+        reason = state.stop_reason or ("stop requested" if should_stop() else f"{done} cycle(s) done")
+        append_daemon_event(degraded, state, say, "daemon_stop", f"stop-{state.cycle:05d}", reason=reason,
+                            cycle=state.cycle)
+        say(f"llmloop daemon stopped after cycle {state.cycle}: {reason}")
+        return state
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        ws.pid.unlink(missing_ok=True)
+        ws.stop_request.unlink(missing_ok=True)
+        lock.release()
+
+
+def append_daemon_event(degraded: Degraded, state: LoopState, say, kind: str, trace: str, **fields) -> None:
+    """daemon_start / daemon_stop: an events.jsonl that cannot be written (disk full) must not turn a
+    start or a stop into a traceback. The failure takes the cycles' degraded path: a `degraded` record
+    held back for the next flush, reported on stderr meanwhile, and the daemon carries on."""
+    try:
+        degraded.events.append(kind, trace, **fields)
+    except OSError as exc:
+        degraded.record(exc, state, say)
+
+
+def check_task_domain(cfg: DaemonConfig) -> str:
+    """The daemon runs SPICA domains only: resolve the task before the first cycle (refusing others)."""
+    from loop.config import read_yaml
+    from loop.domains import resolve_domain
+
+    data = read_yaml(cfg.resolve(cfg.default_trainer_config)).get("data", {})
+    domain = resolve_domain(data.get("domain", "digits"), data.get("domain_args"))
+    return type(domain).__name__
+
+
+def timer_decision(loop: Loop, state: LoopState):
+    """The pause before the next cycle, from recent durations, the fitness trend, the machine's load,
+    the Builder's open LLM circuit and the time to the next PHASE window (loop/daemon/timer.py)."""
+    import datetime as dt
+
+    from loop.phase.window import seconds_until_window
+    from loop.daemon.timer import TimerInputs, next_pause, sample_resources
+
+    cfg, window = loop.cfg, loop.cfg.adaptive_timer.window
+    history = loop.run_history()[-window:]
+    best, running = [], 0.0
+    for r in history:
+        running = max(running, r.score if r.ok else 0.0)
+        best.append(running)
+    # Waiting out an open circuit only makes sense when the cycle would wait anyway; with
+    # `when_unavailable: offline` the offline policy keeps the machine busy meanwhile.
+    circuit_open_for = getattr(loop.builder, "unavailable_for_seconds", None)   # None: the offline policy
+    if cfg.builder.when_unavailable == "offline":
+        circuit_open_for = None
+    inputs = TimerInputs(base_seconds=cfg.daemon_poll_seconds, cycle_seconds=state.cycle_seconds[-window:],
+                         run_seconds=[r.minutes * 60 for r in history if r.minutes], best_scores=best,
+                         seconds_to_phase=seconds_until_window(cfg.phase, dt.datetime.now()),
+                         llm_circuit_open_seconds=circuit_open_for() if circuit_open_for else None,
+                         **sample_resources())
+    return next_pause(inputs, cfg.adaptive_timer.min_seconds, cfg.adaptive_timer.max_seconds)
+
+
+def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
+    """At a cycle boundary with nothing running: if a PHASE window is open, pause, run PHASE, wait for
+    its completion signal (in chunks, honouring stop requests), then collapse its results."""
+    import datetime as dt
+
+    from loop.phase import window as phase_window
+    cfg, ws, events = loop.cfg, loop.ws, loop.events
+    key = phase_window.window_due(cfg.phase, state.cycle, dt.datetime.now(), state.phase_done)
+    if key is None or state.active_run is not None:
+        return state
+    run_id = f"{key}-{time.strftime('%H%M%S')}"
+    trace = f"phase-{run_id}"
+    run_dir = ws.root / "phase" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_copy = run_dir / "daemon_config.json"        # PHASE reads exactly the config the daemon runs
+    config_copy.write_text(cfg.model_dump_json(indent=2))
+    events.append("phase_pause", trace, window=key, run_id=run_id, cycle=state.cycle)
+    loop.say(f"PHASE window {key}: pausing after cycle {state.cycle}, deep evaluation {run_id} running")
+    proc = phase_window.start_phase(str(config_copy), ws.root, run_id, cfg.root, sandbox=loop.sandbox)
+    signal_path = ws.root / "phase" / f"phase_complete_{run_id}.json"
+    outcome = phase_window.wait_for_signal(signal_path, proc, loop.should_stop, cfg.phase.sleep_chunk_seconds)
+    state.phase_done = (state.phase_done + [key])[-50:]
+    if outcome == "stopped":
+        kill_tree(proc.pid, popen=proc, tag=f"phase:{run_id}")
+        events.append("phase_interrupted", trace, run_id=run_id, reason="stop requested during the PHASE pause")
+    elif outcome == "phase_failed":
+        events.append("phase_failed", trace, run_id=run_id, exit_code=proc.returncode,
+                      log=str(run_dir / "stdout.log"))
+    else:
+        collapse_phase(loop, state, signal_path, trace)
+    state.save(ws.state)
+    return state
+
+
+def collapse_phase(loop: Loop, state: LoopState, signal_path: Path, trace: str) -> None:
+    """Ingest PHASE results: baselines, flags, search-space recommendations; one integration event."""
+    from loop.phase.results import read_results
+
+    results = read_results(Path(json.loads(signal_path.read_text())["results"]))
+    baselines = {domain: m.fitness for domain, m in results.metrics.items()}
+    state.fitness_baselines.update(baselines)
+    state.flagged_variants = list(results.flagged_variants)
+    state.phase_recommendations = dict(results.search_space_recommendations)
+    loop.phase_hint = dict(results.search_space_recommendations)
+    loop.events.append("phase_integration", trace, run_id=results.run_id, domains=results.domains_tested,
+                       fitness_baselines=baselines, flagged_variants=state.flagged_variants,
+                       promoted_variants=list(results.promoted_variants),
+                       search_space_recommendations=state.phase_recommendations)
+    loop.say(f"PHASE complete: baselines {baselines}; flagged {state.flagged_variants}; "
+             f"recommendations {state.phase_recommendations}; resuming")
+
+
+def sleep_between_cycles(seconds: float, should_stop, chunk: float = 0.2) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not should_stop():
+        time.sleep(min(chunk, max(0.0, deadline - time.monotonic())))
+
+
+def start_background(config_path: str, root: Path, ws: Workspace, extra_args: list[str]) -> int:
+    """Start the daemon detached (its own session, output to logs/daemon.log); returns its pid."""
+    pid = running_pid(ws)
+    if pid is not None:
+        raise AlreadyRunning(f"the daemon is already running on {ws.root} (pid {pid})")
+    ws.ensure()
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT))
+    with open(ws.daemon_log, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "loop.cli", "start", "--foreground", "--daemon-config",
+                                 str(Path(config_path).resolve()), "--root", str(root), "--workspace", str(ws.root),
+                                 *extra_args], cwd=root, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise LoopError(f"the daemon exited at start (code {proc.returncode}); see {ws.daemon_log}")
+        if ws.pid.exists() and running_pid(ws) is not None:
+            return proc.pid
+        time.sleep(0.1)
+    return proc.pid
+
+
+def request_stop(ws: Workspace, wait_seconds: float = 0) -> bool:
+    """Ask the daemon to finish its cycle and exit; True when it is (or already was) stopped."""
+    pid = running_pid(ws)
+    if pid is None:
+        return True
+    ws.stop_request.write_text(f"requested {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+    if pid > 0:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + wait_seconds
+    while time.time() < deadline:
+        if running_pid(ws) is None:
+            return True
+        time.sleep(0.2)
+    return running_pid(ws) is None

@@ -1,0 +1,308 @@
+"""The OS boundary around everything the daemon runs for an LLM: bubblewrap (`bwrap`).
+
+The command policy (loop/gate/policy.py) decides whether a command may run; this module decides what a
+running command can touch. Each run_command and each trainer run gets:
+- its own PID, IPC, UTS (and cgroup) namespaces: it sees only its own processes, and when the
+  sandbox's init dies every process inside dies with it, `setsid` escapees included;
+- no network unless `sandbox_network: true` (its own empty network namespace);
+- the whole filesystem read-only, except its run folder and `sandbox_writable_paths`;
+  `.git`, the notes and the archive stay read-only even inside a writable path;
+- credential files hidden (the llmloop credentials file, ~/.ssh, cloud CLI configs, ...);
+- an environment cleared down to `sandbox_env_allowlist`;
+- where the daemon runs as root: a real unprivileged user (`sandbox_user`, default nobody), with
+  no capabilities and no_new_privs. Folders the run needs whose parents that user cannot traverse
+  (an interpreter under /root, a 0700 workspace parent) are reached through fresh 0755 tmpfs
+  parents that show the needed folder and nothing else.
+
+`sandbox: optional` with bubblewrap missing falls back to the policy filter alone (the daemon says
+so at start); the default, `required`, refuses to start instead.
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loop.config import DaemonConfig
+from loop.errors import ConfigError, SandboxUnavailable
+from loop.util.secrets import looks_secret
+
+INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; scripts/install_tools.sh does it)"
+# Credential stores of the daemon's user, hidden from every run (besides the llmloop credentials file).
+HOME_CREDENTIALS = (".ssh", ".aws", ".azure", ".kube", ".docker", ".gnupg", ".netrc", ".git-credentials",
+                    ".pypirc", ".kaggle", ".huggingface", ".cache/huggingface", ".config/gcloud", ".config/gh",
+                    ".config/llmloop")
+# Where host Unix sockets live; each becomes an empty private tmpfs in the sandbox.
+SOCKET_FOLDERS = (Path("/tmp"), Path("/var/tmp"), Path("/run"), Path("/var/run"))
+PROTECTED_IN_WORKSPACE = ("notes", "logs", "state.json", "events.jsonl", "daemon.lock", "daemon.pid",
+                          "models/archive", "models/GEN_HEAD", "models/lineage.csv", "models/lifecycle",
+                          "models/PROMOTION_PROPOSAL.json")
+DROP_PRIVILEGES = ("--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs")
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How runs are confined. `bwrap` None means no OS boundary (the `optional` fallback)."""
+
+    bwrap: str | None
+    user: tuple[int, int] | None       # (uid, gid) to run as: set when the daemon is root
+    network: bool
+    readonly: tuple[Path, ...]         # must be visible (repo, interpreter, workspace, data)
+    writable: tuple[Path, ...]         # config-named writable paths (besides each run's folder)
+    protected: tuple[Path, ...]        # read-only even inside a writable path
+    hidden: tuple[Path, ...]           # not visible at all
+    base_env: dict[str, str] = field(default_factory=dict)
+    owner: str = ""                    # LLMLOOP_OWNER tag: lets a restart find leftover processes
+    note: str = ""                     # what the daemon says about the boundary at start
+    setpriv: str = "setpriv"           # absolute path, found while loading (not through the run's PATH)
+
+    @property
+    def active(self) -> bool:
+        return self.bwrap is not None
+
+    def env(self, run_dir: Path, run_tag: str = "") -> dict[str, str]:
+        """The run's whole environment: the allowlist, plus a private HOME and TMPDIR in its folder."""
+        return {**self.base_env, "HOME": str(run_dir / ".home"), "TMPDIR": str(run_dir / ".tmp"),
+                "LLMLOOP_RUN_TAG": run_tag}
+
+    def prepare(self, run_dir: Path) -> None:
+        """Make the run folder (and its HOME/TMPDIR) and hand it to the sandbox user."""
+        for folder in (run_dir, run_dir / ".home", run_dir / ".tmp"):
+            folder.mkdir(parents=True, exist_ok=True)
+        if self.user and self.active:
+            uid, gid = self.user
+            for root, dirs, files in os.walk(run_dir):
+                os.chown(root, uid, gid)
+                for name in files:
+                    os.lchown(os.path.join(root, name), uid, gid)
+
+    def command(self, argv: list[str], run_dir: Path, cwd: Path, die_with_parent: bool = True) -> list[str]:
+        """`argv` as it runs in the sandbox (unchanged when there is no OS boundary). The sandbox
+        dies with the process that starts it unless `die_with_parent` is False (PHASE, which must
+        outlive a daemon crash, is started directly, not through runwrap)."""
+        if not self.active:
+            return list(argv)
+        args = self.bwrap_args(Path(run_dir).resolve(), Path(cwd).resolve())
+        return [self.bwrap, *(["--die-with-parent"] if die_with_parent else []), *args, "--",
+                *self.privilege_drop(), *argv]
+
+    def privilege_drop(self) -> list[str]:
+        if not self.user:
+            return []
+        uid, gid = self.user
+        return [self.setpriv, f"--reuid={uid}", f"--regid={gid}", *DROP_PRIVILEGES, "--"]
+
+    def bwrap_args(self, run_dir: Path, cwd: Path) -> list[str]:
+        args = ["--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
+        if not self.network:
+            args.append("--unshare-net")
+        if self.user:      # bwrap runs as root; setpriv inside needs these two, then drops every capability
+            args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        elif os.geteuid() != 0:
+            args.append("--unshare-user")
+        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm"]
+        for device in sorted(glob.glob("/dev/nvidia*")) + ["/dev/dri"]:     # GPUs stay usable
+            args += ["--dev-bind-try", device, device]
+        writable = (run_dir, *self.writable)
+        needed = sorted({*self.readonly, Path(cwd), *writable}, key=lambda p: len(p.parts))
+        args += self.reach_args(needed, set(writable))
+        for path in self.protected:
+            args += ["--ro-bind-try", str(path), str(path)]
+        for path in self.hidden:
+            args += hide_args(path)
+        return args + ["--chdir", str(cwd)]
+
+    def reach_args(self, needed: list[Path], writable: set[Path]) -> list[str]:
+        """Empty private tmpfs over the folders where Unix sockets live (a read-only mount does not
+        stop connect(): Docker, the session bus, ssh-agent, X11), then a bind for every needed
+        path. Where the sandbox user cannot traverse a parent, that parent also becomes an empty
+        0755 tmpfs through which only the needed paths show."""
+        args: list[str] = []
+        masked: list[Path] = []           # folders replaced by an empty tmpfs
+        bound: list[Path] = []            # needed paths bound (host permissions below them)
+        made: set[Path] = set()
+        for folder in SOCKET_FOLDERS:
+            if folder.is_dir() and not folder.is_symlink():
+                args += ["--perms", "1777" if folder.name == "tmp" else "0755", "--tmpfs", str(folder)]
+                masked.append(folder)
+        for path in needed:
+            writable_here = path in writable
+            if not writable_here and any(path.is_relative_to(b) for b in bound):
+                continue                  # already visible through a read-only parent
+            for parent in reversed(path.parents):
+                container = max((c for c in (*masked, *bound) if parent.is_relative_to(c)), key=lambda c: len(c.parts),
+                                default=None)
+                if container is not None and container in masked and container != parent:
+                    if parent not in made:                     # a fresh folder inside the tmpfs
+                        args += ["--perms", "0755", "--dir", str(parent)]
+                        made.add(parent)
+                elif parent != Path("/") and parent not in masked and self.user \
+                        and not traversable(parent, *self.user):
+                    args += ["--perms", "0755", "--tmpfs", str(parent)]
+                    masked.append(parent)
+            args += ["--bind" if writable_here else "--ro-bind-try", str(path), str(path)]
+            bound.append(path)
+        return args
+
+
+def hide_args(path: Path) -> list[str]:
+    if path.is_dir():
+        return ["--perms", "0700", "--tmpfs", str(path)]
+    if path.exists():
+        return ["--ro-bind", "/dev/null", str(path)]
+    return []
+
+
+def traversable(folder: Path, uid: int, gid: int) -> bool:
+    try:
+        st = folder.stat()
+    except OSError:
+        return False
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
+
+
+def uid_mapped(uid: int) -> bool:
+    """Whether `uid` exists in this process's user namespace (not so under `unshare --map-root-user`)."""
+    try:
+        rows = [line.split() for line in Path("/proc/self/uid_map").read_text().splitlines()]
+    except OSError:
+        return True
+    return any(int(inside) <= uid < int(inside) + int(count) for inside, _outside, count in rows)
+
+
+def owner_tag(workspace_root: Path) -> str:
+    """A stable tag for one workspace, carried in every run's environment (LLMLOOP_OWNER)."""
+    return hashlib.sha256(str(Path(workspace_root).resolve()).encode()).hexdigest()[:16]
+
+
+def allowed_env(allowlist: list[str], repo_root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in allowlist and not looks_secret(k)}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(PYTHONPATH=str(repo_root), PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def resolve_user(name: str) -> tuple[int, int]:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise SandboxUnavailable(f"sandbox_user {name!r} does not exist on this machine") from None
+    if entry.pw_uid == 0:
+        raise SandboxUnavailable(f"sandbox_user {name!r} is root; pick an unprivileged user")
+    return entry.pw_uid, entry.pw_gid
+
+
+def interpreter_paths() -> set[Path]:
+    """Where the running Python lives: the venv, its base install, the real binary's folder."""
+    return {Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent}
+
+
+def credential_paths(cfg: DaemonConfig) -> set[Path]:
+    home = Path.home()
+    found = {home / rel for rel in HOME_CREDENTIALS}
+    found.add(Path(cfg.credentials_file).expanduser())
+    found.update(Path(p).expanduser() for p in cfg.sandbox_hide_paths)
+    # A dotfile manager's symlink: hide what it points at (bwrap cannot mount onto the link itself).
+    return {Path(os.path.realpath(p)) for p in found if p.exists()}
+
+
+def workspace_path(ws_root: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else ws_root / path).resolve()
+
+
+def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
+    """The sandbox for this config, or SandboxUnavailable (`sandbox: required` and no bwrap here)."""
+    repo_root, ws_root = Path(repo_root).resolve(), Path(ws_root).resolve()
+    user = resolve_user(cfg.sandbox_user) if os.geteuid() == 0 else None
+    if user and not uid_mapped(user[0]):
+        user = None     # root only inside a user namespace that has no such uid: run as ourselves
+    base_env = {**allowed_env(cfg.sandbox_env_allowlist, repo_root), "LLMLOOP_OWNER": owner_tag(ws_root)}
+    bwrap, problem = find_bwrap(user is not None)
+    if problem and cfg.sandbox == "required":
+        raise SandboxUnavailable(f"sandbox: required, but {problem}; {INSTALL_HINT}, or set `sandbox: optional` "
+                                 "to run with the command policy alone")
+    readonly = {repo_root, ws_root, *interpreter_paths(), *(workspace_path(ws_root, p) for p in cfg.sandbox_readonly_paths)}
+    # Never writable: history, notes, the daemon's own state, the models. (Also bound read-only last,
+    # as a second line.)
+    protected = {repo_root / ".git", *(ws_root / name for name in PROTECTED_IN_WORKSPACE)}
+    writable = tuple(sorted(workspace_path(ws_root, p) for p in cfg.sandbox_writable_paths))
+    check_writable(writable, protected | {repo_root, ws_root})
+    hidden = credential_paths(cfg) - readonly
+    note = ("sandbox: bubblewrap" + (f", runs as {cfg.sandbox_user}" if user else "")
+            + (", network on" if cfg.sandbox_network else ", network off")) if bwrap else \
+        f"sandbox: NONE ({problem}); the command policy is the only guard (sandbox: optional)"
+    sandbox = Sandbox(bwrap=bwrap if not problem else None, user=user if not problem else None,
+                      network=cfg.sandbox_network, readonly=tuple(sorted(readonly)),
+                      writable=writable, protected=tuple(sorted(protected)), hidden=tuple(sorted(hidden)),
+                      base_env=base_env, owner=base_env["LLMLOOP_OWNER"], note=note,
+                      setpriv=shutil.which("setpriv") or "/usr/bin/setpriv")
+    grant_writable(sandbox)
+    return sandbox
+
+
+def check_writable(writable: tuple[Path, ...], never: set[Path]) -> None:
+    """A writable path may not be, or contain, what runs must never write (a path that does not
+    exist yet, like GEN_HEAD before the first promotion, could not be protected inside it)."""
+    for path in writable:
+        clash = sorted(p for p in never if p.is_relative_to(path))
+        if clash:
+            raise ConfigError(f"sandbox_writable_paths: {path} contains {clash[0]}, which runs must never "
+                              "write; name a folder beside it instead")
+
+
+def grant_writable(sandbox: Sandbox) -> None:
+    """Config-named writable paths exist, and the sandbox user may create files in them (each
+    folder itself is handed over, not what it holds: protected files inside stay the daemon's)."""
+    for path in sandbox.writable:
+        path.mkdir(parents=True, exist_ok=True)
+        if sandbox.user and sandbox.active:
+            os.chown(path, *sandbox.user)
+
+
+@functools.lru_cache(maxsize=4)
+def find_bwrap(as_root: bool) -> tuple[str | None, str | None]:
+    """(path, None) when bubblewrap can start a sandbox here, else (path or None, the problem)."""
+    path = shutil.which("bwrap")
+    if path is None:
+        return None, "bubblewrap (bwrap) is not installed"
+    if as_root and shutil.which("setpriv") is None:
+        return path, "setpriv (util-linux) is missing, so runs cannot drop root"
+    probe = [path, "--die-with-parent", "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--proc", "/proc",
+             "--dev", "/dev"] + ([] if as_root else ["--unshare-user"]) + ["true"]
+    try:
+        result = subprocess.run(probe, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return path, f"bubblewrap cannot run: {exc}"
+    if result.returncode != 0:
+        return path, f"bubblewrap cannot create namespaces here: {result.stderr.strip()[:200]}"
+    return path, None
+
+
+def run_by_hand(cfg: DaemonConfig, repo_root: Path, ws_root: Path, command: str, timeout: float | None = None) -> int:
+    """`llmloop sandbox run -- CMD`: CMD exactly as the daemon runs a run_command (`bash -c CMD`
+    from the repo root, in a fresh run folder, inside the sandbox), but attached to the terminal."""
+    sandbox = load_sandbox(cfg, repo_root, ws_root)
+    run_dir = Path(ws_root).resolve() / "runs" / f"sandbox-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    sandbox.prepare(run_dir)
+    print(f"[{sandbox.note}; run folder {run_dir}]", file=sys.stderr, flush=True)
+    argv = sandbox.command(["bash", "-c", command], run_dir, Path(repo_root).resolve())
+    try:
+        return subprocess.run(argv, env=sandbox.env(run_dir, f"by-hand:{run_dir.name}"), cwd=repo_root,
+                              stdin=subprocess.DEVNULL, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        print(f"timed out after {timeout:g}s", file=sys.stderr)
+        return 124
