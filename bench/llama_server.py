@@ -9,11 +9,18 @@ outside the repo, so the project's .venv never sees them and a later session reu
     with serve(python, gguf_path(python)) as base_url:
         ...                                # http://127.0.0.1:PORT/v1, OpenAI-compatible
 
-What the server does with structured output (llama-cpp-python 0.3.x, see --probe):
-  response_format {"type":"json_object","schema":S}  grammar-constrained to S: always valid JSON
-  response_format {"type":"json_object"}             grammar-constrained to some JSON object
-  response_format {"type":"json_schema",...}         422: the type is not "text" or "json_object"
-  no response_format                                 free text (Gemma 3 270M fences its JSON)
+What the server does with each response_format (llama-cpp-python 0.3.36, measured by --probe):
+  {"type":"json_object","schema":S}  200; sampling is grammar-constrained to S. Caveat: that grammar's
+                                     string rule lets raw control characters (a newline) into strings,
+                                     so a strict json.loads can still refuse the reply
+  {"type":"json_object"}             200; constrained to some JSON object (not necessarily the schema)
+  {"type":"json_schema",...}         500 (not 400/422), type "internal_server_error", message
+                                     "1 validation error: ... 'input': 'json_schema' ...": the request
+                                     model only knows "text" and "json_object"; any other type is alike
+  none                               200, free text; the GGUF is the *base* gemma-3-270m, not the
+                                     instruction-tuned one, so it rambles until max_tokens
+Every 200 carries usage {prompt_tokens, completion_tokens, total_tokens}. Grammar-constrained decoding
+costs ~2-4x per token (the grammar is checked over Gemma's 262k-token vocabulary).
 
 Stdlib only. CLI: `python bench/llama_server.py --probe` builds if needed, starts the server,
 sends each request shape once and prints a table; `--build` only builds; `--serve` serves until
@@ -29,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -175,12 +183,12 @@ def serve(python: str | Path, gguf: str | Path, port: int | None = None, *, n_ct
     this GGUF (no chat template in its metadata) is the llama-2 fallback. One thread by default, with
     OpenMP told not to spin: on a 2-core machine that is also training, 2 spinning threads ran 5-10x
     slower than 1 (OMP_WAIT_POLICY=PASSIVE alone brought 2 threads close to 1).
-    The server's output goes to `log_path` (default: a file beside the GGUF). It is stopped on exit
+    The server's output goes to `log_path` (default: $TMPDIR/llama-server-PORT.log). It is stopped on exit
     (SIGTERM, then SIGKILL); a server that dies or does not answer within `ready_timeout_s` raises
     RuntimeError with the end of its log."""
     port = port or free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
-    log_file = Path(log_path) if log_path else Path(gguf).with_name(f"llama-server-{port}.log")
+    log_file = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"llama-server-{port}.log"
     cmd = [str(python), "-c", _BOOT, "--model", str(gguf), "--model_alias", alias,
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
            "--n_threads", str(n_threads), "--n_threads_batch", str(n_threads)]

@@ -6,16 +6,18 @@ The daemon's own config model lives here too; the trainer's lives in `loop.train
 """
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from loop.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 class StrictModel(BaseModel):
@@ -326,6 +328,13 @@ SANDBOX_ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "PY
                          "CUBLAS_WORKSPACE_CONFIG", "VIRTUAL_ENV", "LLMLOOP_FAULT")
 
 
+# Removed keys an old config may still set: loaded with a logged warning, not an unknown-key error.
+IGNORED_DAEMON_KEYS = {
+    "auto_repair_allow_direct_module_install": "a module missing from the auto_repair maps is never installed by "
+                                               "its own name, whatever this said; map it to a pinned package",
+}
+
+
 class DaemonConfig(StrictModel):
     # The project root (not a key: set by load_daemon_config from where the config lives, or
     # --root); every relative path below resolves against it. In-process configs start at the cwd.
@@ -387,9 +396,6 @@ class DaemonConfig(StrictModel):
     # ---- auto-repair ----
     auto_repair_enabled: bool = True
     auto_repair_retry_on_success: bool = True
-    # Kept for compatibility only: a module missing from the maps is never pip-installed by its own
-    # name (a name an LLM wrote may be a typosquat), whatever this says; the outcome says why.
-    auto_repair_allow_direct_module_install: bool = False
     auto_repair_python_exe: str | None = None
     auto_repair_index_url: str = "https://pypi.org/simple"   # the one index pip may use (--index-url)
     # Package maps: every value pinned (see PackagePin / check_package_pin), checked at load.
@@ -420,6 +426,18 @@ class DaemonConfig(StrictModel):
     evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
     phase: PhaseConfig = Field(default_factory=PhaseConfig)
     adaptive_timer: AdaptiveTimerConfig = Field(default_factory=AdaptiveTimerConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_ignored_keys(cls, data: Any) -> Any:
+        """Keys that once existed and now do nothing: an old config still loads, with a warning."""
+        if isinstance(data, dict) and IGNORED_DAEMON_KEYS.keys() & data.keys():
+            data = dict(data)
+            for key in IGNORED_DAEMON_KEYS.keys() & data.keys():
+                log.warning("daemon config: %s is deprecated and ignored (%s); delete it from the config",
+                            key, IGNORED_DAEMON_KEYS[key])
+                del data[key]
+        return data
 
     @field_validator("auto_repair_module_package_map", "auto_repair_model_package_map")
     @classmethod

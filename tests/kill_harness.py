@@ -697,9 +697,9 @@ def warm_up(cfg: DaemonConfig) -> None:
     import loop.gate.quality  # noqa: F401
     import loop.run.repair  # noqa: F401
     from loop.agents.prompts import check_rule_budgets
-    from loop.daemon.process import REPO_ROOT, check_task_domain
+    from loop.daemon.process import check_task_domain
 
-    check_rule_budgets(cfg, REPO_ROOT)
+    check_rule_budgets(cfg, cfg.root)
     check_task_domain(cfg)
 
 

@@ -41,6 +41,27 @@ def test_unknown_daemon_key(tmp_path):
         load_daemon_config(path)
 
 
+def test_removed_daemon_key_loads_with_a_deprecation_warning(tmp_path, caplog):
+    """auto_repair_allow_direct_module_install did nothing and is gone: an old config that still
+    sets it loads (a logged warning naming the key, saying it is ignored), rather than failing."""
+    key = "auto_repair_allow_direct_module_install"
+    assert key not in DaemonConfig.model_fields
+    assert key not in yaml.safe_load((REPO / "config/daemon_config.yaml").read_text())
+    path = write(tmp_path, f"{key}: true\nmentor_every_n_cycles: 7\n", "daemon.yaml")
+    with caplog.at_level("WARNING", logger="loop.config"):
+        cfg = load_daemon_config(path)
+    assert cfg.mentor_every_n_cycles == 7 and not hasattr(cfg, key)
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and key in r.getMessage()]
+    assert len(warned) == 1 and "deprecated and ignored" in warned[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="loop.config"):
+        load_daemon_config(REPO / "config/daemon_config.yaml")          # a current config: no warning
+    assert not [r for r in caplog.records if key in r.getMessage()]
+    # only that key: a misspelling of it is still an unknown key
+    with pytest.raises(ConfigError, match=r"daemon\.yaml: auto_repair_allow_direct_module_instal: unknown key"):
+        load_daemon_config(write(tmp_path, "auto_repair_allow_direct_module_instal: true\n", "daemon.yaml"))
+
+
 def test_daemon_wrong_type(tmp_path):
     path = write(tmp_path, "mentor_every_n_cycles: often\n", "daemon.yaml")
     with pytest.raises(ConfigError, match=r"daemon\.yaml: mentor_every_n_cycles: "):

@@ -182,6 +182,72 @@ def test_cli_verify_passes_then_fails_after_one_byte(tmp_path, model_pool):
     assert result.returncode == 7 and "MODEL_CARD.md was changed" in result.stdout   # ArchiveTampered
 
 
+# ------------------------------------------------ failed candidates' logs ----
+
+def entry_intact(paths, name) -> bool:
+    row = next(r for r in read_lineage(paths.lineage) if r.name == name)
+    return archive.verify_entry(paths.entry(name), row.hashes_sha256) == []
+
+
+def test_failed_window_candidate_carries_its_training_log(tmp_path):
+    """A candidate whose trainer exits before it writes metrics (an unknown model name) is archived
+    with the trainer's output, error included, as train.log; its work folder is gone."""
+    from loop.candidates.window import run_window
+
+    cfg = DaemonConfig(default_trainer_config=str(REPO / "config/trainer/digits.yaml"), max_concurrent_experiments=1,
+                       evolution=EvolutionConfig(rules=ViolationRules(per_class_accuracy_floor=None),
+                                                 candidate_overrides={"model": {"name": "no_such_net"}}))
+    result = run_window(cfg, tmp_path / "ws", cycle=5, count=1, trace_id="t-fail", say=lambda *_: None)
+    paths = ModelPaths(tmp_path / "ws")
+    (only,) = result.ranking
+    assert result.gen_id == 1 and result.proposal is None and not only.gates.passed
+    assert only.status == "FAIL - training failed before it wrote metrics (exit 3)"
+    entry = paths.entry(only.name)
+    log = (entry / "train.log").read_text()
+    assert "no_such_net" in log and "error:" in log
+    assert (entry / "STATUS.txt").read_text() == only.status + "\n" and not (entry / "model.safetensors").exists()
+    assert entry_intact(paths, only.name) and not (paths.candidates / only.name).exists()
+    assert load_store(paths).get(only.name) == Lifecycle.CULLED
+    events = {e["action"]: e for e in read_events(paths.log)}
+    assert events["REJECTED"]["rank"] == 1 and events["GENERATION"]["proposed"] is None
+
+
+def test_failed_daemon_run_carries_the_supervisor_log(tmp_path):
+    """A daemon run handed off after an exit before metrics: the supervisor's run.log (beside the
+    trainer's out/ folder) becomes the entry's train.log, and the hand-off dict keeps its shape."""
+    from loop.candidates.intake import submit_run
+
+    run_dir = tmp_path / "runs" / "r1" / "out"
+    run_dir.mkdir(parents=True)
+    (run_dir / "train.log").write_text("")            # the trainer's own log: empty, it never trained
+    (run_dir.parent / "run.log").write_text("loading config\nerror: Unsupported model.name: no_such_net\n")
+    result = submit_run(daemon_cfg(), tmp_path / "ws", run_dir, cycle=4, trace_id="t-d", returncode=2)
+    paths = ModelPaths(tmp_path / "ws")
+    assert result["status"] == "FAIL - training failed before it wrote metrics (exit 2)"
+    assert result["score"] == 0.0 and not result["proposed"] and result["improvement"] is None
+    assert set(result) == {"name", "status", "score", "gates", "failed_gates", "archive_path", "head", "proposed",
+                           "improvement"}
+    entry = paths.entry(result["name"])
+    assert result["archive_path"] == str(entry) and "-G001-c4-" in result["name"]
+    assert "error: Unsupported model.name: no_such_net" in (entry / "train.log").read_text()
+    assert entry_intact(paths, result["name"]) and load_store(paths).get(result["name"]) == Lifecycle.CULLED
+    (rejected,) = [e for e in read_events(paths.log) if e["action"] == "REJECTED"]
+    assert rejected["source"] == "builder" and "rank" not in rejected
+    assert not [e for e in read_events(paths.log) if e["action"] == "NO_PROMOTION"]
+
+
+def test_daemon_run_without_a_supervisor_log_keeps_its_own(tmp_path, model_pool):
+    """A passing run handed off on its own (no run.log beside it) is archived with the trainer's
+    train.log and becomes the first proposal."""
+    from loop.candidates.intake import submit_run
+
+    result = submit_run(daemon_cfg(), tmp_path / "ws", model_pool["mid"], cycle=3, trace_id="t-ok")
+    entry = ModelPaths(tmp_path / "ws").entry(result["name"])
+    assert result["status"] == "PASS" and result["proposed"] and result["head"] is None
+    assert (entry / "train.log").read_bytes() == (model_pool["mid"] / "train.log").read_bytes()
+    assert {p.name for p in entry.iterdir()} == set(archive.ARCHIVE_FILES)
+
+
 # ------------------------------------------------------------ proposal ----
 
 def test_proposal_only_when_a_candidate_beats_head(workspace_with_head):
@@ -369,6 +435,7 @@ def test_full_window_on_digits(tmp_path):
         if entry.is_dir() and not entry.name.startswith("."):
             assert {p.name for p in entry.iterdir()} == set(archive.ARCHIVE_FILES) or \
                 "FAIL" in (entry / "STATUS.txt").read_text()
+            assert (entry / "train.log").read_text().strip()      # the trainer's output, pass or fail
     events = [e["action"] for e in read_events(paths.log)]
     assert events.count("GENERATION") == 2 and "SPAWN" in events
     shutil.rmtree(ws / "models" / "candidates", ignore_errors=True)

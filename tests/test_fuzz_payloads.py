@@ -25,8 +25,12 @@ from hypothesis import strategies as st
 
 from loop.agents.llm import LLMClient
 from loop.agents.schema import Decision, Review, parse_model
-from loop.config import DaemonConfig, LLMRole, read_yaml, validate
-from loop.cycle.cycle import Loop, decide, gate, review_decision, scrub
+from loop.config import DaemonConfig, LLMRole, validate
+from loop.cycle.cycle import gate
+from loop.cycle.decide import decide, review_decision
+from loop.cycle.loop import Loop, scrub
+from loop.cycle.record import CycleRecord
+from loop.cycle.state import LoopState
 from loop.gate.policy import check_command
 from loop.journal.events import EventLog
 from loop.trainer.config import TrainerConfig
@@ -86,7 +90,9 @@ def loop_env(tmp_path_factory):
     trainer_yaml = root / "tiny.yaml"
     trainer_yaml.write_text(json.dumps(tiny_config_dict()))
     ws = Workspace(root / "ws").ensure()
-    cfg = DaemonConfig(workspace=str(ws.root), default_trainer_config=str(trainer_yaml))
+    # when_unavailable: wait pins what a reply that fails validation does to the cycle itself
+    cfg = DaemonConfig(workspace=str(ws.root), default_trainer_config=str(trainer_yaml),
+                       builder=LLMRole(when_unavailable="wait"))
     loop = Loop(cfg=cfg, repo_root=REPO, ws=ws, events=EventLog(ws.events), builder=scripted("builder"),
                 mentor=scripted("mentor"), secrets=[SECRET], say=lambda *_: None)
     yield loop
@@ -96,17 +102,17 @@ def loop_env(tmp_path_factory):
 def daemon_path(loop: Loop, builder_replies: tuple[str, str], mentor_replies: tuple[str, str] | None = None):
     """What run_cycle does from the Builder's reply to the run plan, minus `launch`."""
     trace = f"fuzz-{TALLY['cases']:06d}"
-    record: dict = {"cycle": 1, "trace": trace}
+    record = CycleRecord(cycle=1, trace=trace)
     loop.builder.script(*builder_replies)
-    decision, source = decide(loop, "## Fuzz context", [], 1, record)
+    decision, source = decide(loop, LoopState(), "## Fuzz context", [], record)
     decision = scrub(decision, loop.secrets)
     review = None
     if mentor_replies is not None:
         loop.mentor.script(*mentor_replies)
-        review = review_decision(loop, "## Fuzz context", decision, [], 1, "fuzz", record)
+        review = review_decision(loop, "## Fuzz context", decision, [], "fuzz", record)
         if review is not None and review.verdict == "off_track" and review.challenge is not None:
             decision, source = review.challenge, "mentor"
-    final, plan = gate(loop, decision, trace, record)
+    final, plan = gate(loop, decision, record)
     return decision, source, review, final, plan, record
 
 
@@ -135,32 +141,32 @@ BENIGN_PIECES = ["echo ok", "ls artifacts", "true", "python -m pytest --version"
                  "mkdir -p artifacts/fuzz", "sleep 0", "cat README.md"]
 
 
-def check_plan(loop: Loop, final: Decision, plan: dict | None, record: dict) -> None:
+def check_plan(loop: Loop, final: Decision, plan, record: CycleRecord) -> None:
     """A plan only for what passed every check; no plan leaves nothing that could still run."""
     if plan is None:
         assert final.action not in ("train", "run_command"), final
         if final.action == "wait":
             assert final.rationale.strip(), "a wait must say why"
         return
-    assert record["quality_gate"]["ok"], record
+    assert record.quality_gate.ok, record
     assert final.action in ("train", "run_command")
     if final.action == "run_command":
-        assert record["policy"]["allowed"] and plan["argv"] == ["bash", "-c", final.command]
+        assert record.policy.allowed and plan.argv == ["bash", "-c", final.command]
         again = check_command(final.command, loop.cfg.command_policy, loop.repo_root, loop.ws.root,
                               protected_files=[Path(loop.cfg.credentials_file).expanduser()])
         assert again.allowed, again.reasons
         assert not any(piece in final.command for piece in HOSTILE_PIECES), final.command
     else:
-        written = json.loads(Path(plan["config_path"]).read_text())
+        written = json.loads(Path(plan.config_path).read_text())
         trainer = validate(TrainerConfig, written, "fuzz")                 # what the trainer will load
         for key, cap in loop.cfg.budget.model_dump().items():
             if cap is not None:
                 assert getattr(trainer.budget, key) <= cap
-        shutil.rmtree(plan["run_dir"])                                   # keep the workspace small
+        shutil.rmtree(plan.run_dir)                                   # keep the workspace small
     TALLY["run_plans"] += 1
 
 
-def tally(decided: Decision, final: Decision, valid: bool, plan: dict | None) -> None:
+def tally(decided: Decision, final: Decision, valid: bool, plan) -> None:
     """refused: a reply that did not validate, or a run it asked for that got no plan;
     downgraded_to_wait: a case that ends as `wait` though the reply did not ask for one."""
     TALLY["cases"] += 1
@@ -299,7 +305,7 @@ def test_raw_decision_replies(loop_env, first, repair):
     decision, source, _, final, plan, record = daemon_path(loop_env, (first, repair))
     if not valid:
         assert source == "llm-failed" and decision.action == "wait" and plan is None
-        assert record["llm_error"].strip() and "Builder LLM unavailable" in decision.rationale
+        assert record.llm_error.strip() and "Builder LLM unavailable" in decision.rationale
         assert SECRET not in decision.rationale
     else:
         assert source == "llm"
@@ -316,7 +322,7 @@ def test_hostile_decisions(loop_env, payload):
     decision, source, _, final, plan, record = daemon_path(loop_env, (raw, raw))
     assert (source == "llm") == valid
     if not valid:
-        assert final.action == "wait" and plan is None and record["llm_error"].strip()
+        assert final.action == "wait" and plan is None and record.llm_error.strip()
     check_plan(loop_env, final, plan, record)
     tally(decision, final, valid, plan)
 
@@ -331,7 +337,7 @@ def test_review_replies(loop_env, review, builder):
                                                                 (review, review))
     assert (parsed is not None) == valid
     if not valid:
-        assert record["mentor"]["source"] == "llm-failed" and record["mentor"]["error"].strip()
+        assert record.mentor.source == "llm-failed" and record.mentor.error.strip()
         assert source == "llm"                                  # the Builder's own decision stands
     elif parsed.verdict == "off_track" and parsed.challenge is not None:
         assert source == "mentor"
@@ -374,8 +380,10 @@ def test_fuzzed_replies_through_a_real_daemon(tmp_path, llm_server):  # noqa: F8
     trainer_yaml = tmp_path / "tiny.yaml"
     trainer_yaml.write_text(json.dumps(tiny_config_dict()))
     # Every reply here is bad on purpose: a breaker opening after five would make the daemon wait out its cooldown.
+    # when_unavailable: wait, so a refused reply leaves the cycle without a run (the offline fallback is
+    # tests/test_llm_fallback.py's); the gate-refusal fallback is kept out of reach the same way.
     role = {"base_url": llm_server.base_url, "model": "test", "max_attempts": 1, "timeout_seconds": 10,
-            "circuit_breaker_failures": 100}
+            "circuit_breaker_failures": 100, "when_unavailable": "wait"}
     cfg = validate(DaemonConfig, {"workspace": str(tmp_path / "ws"), "default_trainer_config": str(trainer_yaml),
                                   "daemon_poll_seconds": 0, "builder": role, "mentor": role,
                                   "mentor_enabled": False, "phase": {"schedule": "off"},

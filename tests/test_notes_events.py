@@ -81,3 +81,28 @@ def test_events_append_tail_and_torn_line(tmp_path):
     log.append("cycle", "c00300", n=300)
     lines = log.path.read_text().splitlines()
     assert len(lines) == 301 and json.loads(lines[-1])["n"] == 300
+
+
+def test_workspace_ensure_creates_the_shared_todo_once_and_never_overwrites(tmp_path):
+    """The file the README points to exists from the start (heading, empty queue), even after a
+    night with no TODO; preparing the workspace again never replaces a queue."""
+    from loop.journal.notes import write_todos
+    from loop.util.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws").ensure()
+    reference = tmp_path / "empty_queue.md"
+    write_todos(reference, [])                             # what the notes module writes for no items
+    assert ws.todo.read_text(encoding="utf-8") == reference.read_text(encoding="utf-8")
+    assert ws.todo.read_text(encoding="utf-8").startswith("# Shared TODO\n")
+    assert read_todos(ws.todo) == [] and todo_summary(ws.todo) == (0, [])
+    assert [p.name for p in ws.notes.iterdir()] == ["shared_todo.md"]      # no temp file left behind
+    added, _ = add_todos(ws.todo, ["Check the confusion between 3 and 8"], "B", 1, 2)
+    assert added == ["T0001"]                              # the queue starts at T0001 under the heading
+    queue = ws.todo.read_text(encoding="utf-8")
+    ws.ensure()
+    Workspace(ws.root).ensure()
+    assert ws.todo.read_text(encoding="utf-8") == queue    # idempotent: the queue is kept as it is
+    hand_written = "my own notes, not in the queue format\n"
+    ws.todo.write_text(hand_written)
+    ws.ensure()
+    assert ws.todo.read_text() == hand_written             # never overwritten, whatever it holds

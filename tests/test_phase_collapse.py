@@ -6,7 +6,7 @@ import json
 
 from loop.agents.offline import SPACE, PolicyInput, RunRecord, builder_decision, params_of, restricted_space
 from loop.config import DaemonConfig, deep_merge, read_yaml
-from loop.cycle.cycle import Loop, phase_section
+from loop.cycle.cycle import Loop, phase_section  # noqa: F401  (Loop: re-exported by the cycle)
 from loop.cycle.state import LoopState
 from loop.daemon.process import collapse_phase
 from loop.journal.events import EventLog

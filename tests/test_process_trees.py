@@ -71,14 +71,14 @@ def test_stop_kills_the_whole_tree(tmp_path, sandboxed):
 
 
 def test_a_run_that_stops_making_progress_is_killed_as_stalled(tmp_path):
-    from loop.cycle.cycle import judge
+    from loop.run.judge import judge
 
     run = start(tmp_path, "stall", "echo started; sleep 300", HAS_BWRAP, stall_seconds=1.5)
     t0 = time.monotonic()
     assert monitor(run, 60, lambda: False, poll_seconds=0.1) == "stalled"
     assert time.monotonic() - t0 < 15
     assert not tagged("LLMLOOP_RUN_TAG", run.run_tag)
-    assert judge(run, "stalled")["status"] == "stalled"
+    assert judge(run, "stalled").status == "stalled"
 
 
 def test_a_run_that_keeps_writing_is_not_stalled(tmp_path):

@@ -292,7 +292,7 @@ def test_unmapped_module_installs_nothing(tmp_path):
     outcome = auto_repair("python train.py", MODULE_TRACEBACK, cfg, tmp_path / "ws", REPO)
     assert outcome is not None and not outcome.applied and not outcome.retry
     assert outcome.actions == [] and outcome.retry_command == "python train.py"
-    assert "'foo'" in outcome.reason and "auto_repair_allow_direct_module_install is off" in outcome.reason
+    assert "'foo'" in outcome.reason and "refused for supply-chain safety" in outcome.reason
     assert not (tmp_path / "ws").exists()
 
 

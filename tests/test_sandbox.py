@@ -241,7 +241,7 @@ def test_symlinked_credential_folders_are_hidden_too(box, tmp_path):
 def test_the_daemon_never_follows_a_runs_symlinks(box, tmp_path):
     """The daemon (root here) reads what a run wrote: a run that links its outputs to a file only
     root can read gets neither the content into the judgement nor the file into the archive."""
-    from loop.cycle.cycle import judge
+    from loop.run.judge import judge
     from loop.archive import freeze as archive
     from loop.archive.paths import ModelPaths
     from loop.run.supervise import ActiveRun
@@ -256,7 +256,7 @@ def test_the_daemon_never_follows_a_runs_symlinks(box, tmp_path):
                     log_path=str(run_dir / "run.log"), exit_file=str(run_dir / "exit_code"), pid=1,
                     create_time=0.0, started_at=0.0, cycle_started=1)
     outcome = judge(run, "finished")
-    assert outcome["status"] == "failed" and CANARY not in json.dumps(outcome)
+    assert outcome.status == "failed" and CANARY not in outcome.model_dump_json()
     paths = ModelPaths(box.ws)
     paths.archive.mkdir(parents=True, exist_ok=True)
     with pytest.raises(OSError):

@@ -12,6 +12,7 @@ instead of a rank, and yields to a pending proposal that scores at least as well
 """
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -150,8 +151,6 @@ def archive_candidate(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStor
 def entry_texts(cfg: DaemonConfig, paths: ModelPaths, j: Judged, rank: int, head: str | None,
                 head_probes: ProbeMetrics | None) -> dict[str, str]:
     """The written files of the candidate's entry (freeze.WRITTEN)."""
-    import json
-
     t = j.training
     return {
         "evo_manifest.json": json.dumps(cards.manifest(t.spec, t.name, t.run_cfg, paths, head, t.spec.grandparent,

@@ -190,7 +190,7 @@ def cmd_finishup(args, cfg, ws) -> int:
 def cmd_report(args, cfg, ws) -> int:
     from loop.report import report_command
 
-    root = Path(args.workspace_root) if args.workspace_root else Path.cwd()
+    root = Path(args.workspace_root) if args.workspace_root else cfg.root
     return report_command(root, args.top_k, Path(args.workspace) if args.workspace else
                           (None if args.workspace_root else ws.root))
 

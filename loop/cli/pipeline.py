@@ -40,7 +40,8 @@ def workspace_of(args) -> tuple:
 
 
 def run(args: argparse.Namespace) -> int:
-    from loop.archive import promotion
+    # `archive verify | list` only hash files and read CSV: they must not pay for torch (seconds),
+    # which the promotion pipeline (and the evolution window) import; those come in per command.
     from loop.archive.freeze import verify_archive
     from loop.archive.lineage import read_lineage
     from loop.archive.paths import ModelPaths
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
                   "review it, then `llmloop promote --approve` or `--reject`" if result.proposal else
                   "no proposal: GEN_HEAD unchanged")
         elif args.command == "promote":
+            from loop.archive import promotion
+
             if args.show:
                 proposal = promotion.read_proposal(ModelPaths(workspace))
                 print(json.dumps(proposal, indent=2) if proposal else "no pending proposal")
@@ -68,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
                 record = promotion.reject(workspace, args.note, trace)
                 print(f"rejected {record['candidate']}")
         elif args.command == "rollback":
+            from loop.archive import promotion
+
             record = promotion.rollback(workspace, args.to, args.reason, trace)
             print(f"GEN_HEAD rolled back: {record['from']} -> {record['to']}")
         elif args.command == "archive":

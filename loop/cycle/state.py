@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from loop.agents.usage import Usage
 from loop.util.fsutil import atomic_write_text
+from loop.run.judge import RunOutcome
 from loop.run.supervise import ActiveRun
 
 
@@ -17,7 +18,7 @@ class LoopState(BaseModel):
     started_at: float = Field(default_factory=time.time)
     active_run: ActiveRun | None = None
     last_decision: dict | None = None
-    last_outcome: dict | None = None
+    last_outcome: RunOutcome | None = None     # the last run judged
     last_promotion: dict | None = None          # the hand-off result shown to the Builder next cycle
     recent_actions: list[str] = Field(default_factory=list)   # last 20 actions
     idle_streak: int = 0                        # consecutive cycles without a run

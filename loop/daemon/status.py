@@ -110,7 +110,8 @@ def status_info(cfg: DaemonConfig, ws: Workspace) -> dict:
     return {
         "running": pid is not None, "pid": pid, "why": why, "alive": alive,
         "cycle": state.cycle, "heartbeat_age_seconds": heartbeat_age, "active_run": active,
-        "last_decision": state.last_decision, "last_outcome": state.last_outcome,
+        "last_decision": state.last_decision,
+        "last_outcome": state.last_outcome.model_dump() if state.last_outcome else None,
         "leaderboard_top3": leaderboard(ws), "gen_head": models.head_name(),
         "proposal_pending": json.loads(models.proposal.read_text())["proposed_head"] if models.proposal.exists() else None,
         "finish_up": None if request is None else {

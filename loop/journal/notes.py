@@ -16,6 +16,7 @@ from pathlib import Path
 
 from loop.util import fsutil
 from loop.util.fsutil import atomic_write_text
+from loop.util.workspace import TODO_HEADING
 
 WORKPAD_SECTIONS = ("## Notes", "## Data Exploration")
 _TODO_LINE = re.compile(r"^- \[(?P<done>[ x])\] (?P<id>T\d{4}) \((?P<meta>[^)]*)\) (?P<text>.*)$")
@@ -74,7 +75,7 @@ def read_todos(path: Path) -> list[Todo]:
 
 
 def write_todos(path: Path, todos: list[Todo]) -> None:
-    lines = ["# Shared TODO", "", "One queue for Builder and Mentor. Resolve items by id.", ""]
+    lines = list(TODO_HEADING)
     lines += [f"- [{'x' if t.done else ' '}] {t.id} ({t.meta}) {t.text}" for t in todos]
     atomic_write_text(path, "\n".join(lines) + "\n")
 

@@ -3,7 +3,7 @@ seed's order:
 
   model:  fallback map (preferred over any install) -> model package map -> model clone map
   module: package map -> alias map -> clone map; never a pip install of the module name itself
-          (`auto_repair_allow_direct_module_install` is kept for old configs but refused)
+          (the old `auto_repair_allow_direct_module_install` key is ignored: loop/config.py)
 
 Also the records every step module shares: `RepairStep` (what to do), `RepairAction` (what it did)
 and `StepContext` (what the steps run with).
@@ -91,8 +91,8 @@ def _plan_module(name: str, cfg: DaemonConfig) -> list[RepairStep]:
         return [_pip(name, alias, "auto_repair_module_alias_map")]
     if name in cfg.auto_repair_module_clone_map:
         return [_clone(name, cfg.auto_repair_module_clone_map[name], "auto_repair_module_clone_map")]
-    # No direct guess, even with auto_repair_allow_direct_module_install: the module name came from
-    # a log of an LLM-written command, and the same name on a public index can be anyone's package.
+    # No direct guess: the module name came from a log of an LLM-written command, and the same name
+    # on a public index can be anyone's package.
     return []
 
 
@@ -115,7 +115,5 @@ def no_plan_reason(failure: Failure, cfg: DaemonConfig) -> str:
                 "auto_repair_model_package_map or auto_repair_model_clone_map")
     reason = (f"no repair for missing module {failure.name!r}: not in auto_repair_module_package_map, "
               "auto_repair_module_alias_map or auto_repair_module_clone_map")
-    if cfg.auto_repair_allow_direct_module_install:
-        return (reason + "; auto_repair_allow_direct_module_install is on, but direct installs of "
-                "unmapped module names are refused for supply-chain safety (add a pinned map entry)")
-    return reason + ", and auto_repair_allow_direct_module_install is off"
+    return (reason + "; direct installs of unmapped module names are refused for supply-chain safety "
+            "(add a pinned map entry)")

@@ -1,8 +1,16 @@
 """Where the daemon keeps what it knows, under the config's `workspace` folder (artifacts/)."""
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from loop.util.fsutil import TEMP_SUFFIX
+
+# The shared TODO queue's heading; loop/journal/notes.py writes the items under it. `ensure` writes
+# it with an empty queue, so the file the README points to is there before the first TODO.
+TODO_HEADING = ("# Shared TODO", "", "One queue for Builder and Mentor. Resolve items by id.", "")
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,26 @@ class Workspace:
     def ensure(self) -> "Workspace":
         for folder in (self.root, self.root / "logs", self.notes, self.runs):
             folder.mkdir(parents=True, exist_ok=True)
+        self._ensure_todo()
         return self
+
+    def _ensure_todo(self) -> None:
+        """notes/shared_todo.md with its heading and an empty queue, unless a file is there already
+        (never replaced): the text goes to a temp file that is hard-linked into place, which fails
+        when the name exists, so a concurrent writer's queue is never overwritten and a crash leaves
+        no half-written file. Best effort: on a full disk the first TODO write creates it instead."""
+        if os.path.lexists(self.todo):
+            return
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.todo.name}.", suffix=TEMP_SUFFIX, dir=self.notes)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write("\n".join(TODO_HEADING) + "\n")
+                os.link(tmp, self.todo)
+            finally:
+                os.unlink(tmp)
+        except OSError:             # FileExistsError: someone was first; ENOSPC and the like: see above
+            pass
 
 
 def workspace_of(cfg, override: str | Path | None = None) -> Workspace:

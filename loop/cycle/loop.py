@@ -1,0 +1,47 @@
+"""What every cycle needs, built once by the daemon (`Loop`), and small helpers the steps share."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from loop.config import DaemonConfig
+from loop.journal.events import EventLog
+from loop.journal.history import HistoryReader, RunRecord
+from loop.util.secrets import redact
+from loop.util.workspace import Workspace
+
+
+@dataclass
+class Loop:
+    """What every cycle needs, built once by the daemon."""
+
+    cfg: DaemonConfig
+    repo_root: Path
+    ws: Workspace
+    events: EventLog
+    builder: object | None = None            # LLMClient, or None for the offline policy
+    mentor: object | None = None
+    secrets: list[str] = field(default_factory=list)
+    should_stop: Callable[[], bool] = lambda: False
+    say: Callable[[str], None] = print
+    phase_hint: dict = field(default_factory=dict)   # search-space recommendations (PHASE)
+    current: dict = field(default_factory=dict)      # {"trace": id of the cycle running now}
+    history: HistoryReader | None = None
+    sandbox: object | None = None                    # loop.run.sandbox.Sandbox; None: no OS boundary (tests)
+    spend_cap: object | None = None                  # loop.agents.usage.SpendCap shared by both roles
+
+    def run_history(self) -> list[RunRecord]:
+        if self.history is None:
+            self.history = HistoryReader(self.ws.runs_index)
+        return self.history.read()
+
+
+def scrub(model, secrets: list[str]):
+    """The same record with every secret value redacted from every string in it."""
+    return type(model).model_validate_json(redact(model.model_dump_json(), secrets))
+
+
+def new_trace_id(cycle: int) -> str:
+    return f"c{cycle:05d}-{uuid.uuid4().hex[:6]}"

@@ -1,0 +1,139 @@
+"""The cycle's record: what one cycle decided, what the gate said, what ran and what became of it.
+
+The cycle fills one `CycleRecord` as it goes (decide -> gate -> run -> judge -> record) and writes
+it as the `cycle` event in events.jsonl; status, the reports and the tests read events back through
+the same model (`CycleRecord.from_event`), so a renamed field fails loudly instead of reading as
+missing. Fields that a cycle did not reach stay None and are left out of the event.
+"""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loop.agents.schema import Decision
+from loop.agents.usage import Usage
+from loop.run.judge import RunOutcome
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- decide ----
+
+class DecisionEntry(Decision):
+    """The decision acted on, with where it came from: llm | offline | offline-fallback | llm-failed |
+    mentor | finish-up."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+
+
+class LLMCall(_Entry):
+    attempts: int
+    repaired: bool
+    mode: str              # the structured-output mode that answered
+    seconds: float = 0.0
+
+
+class MentorEntry(_Entry):
+    why: str
+    name: str
+    web_search: str
+    source: str = ""       # llm | offline | offline-fallback | llm-failed
+    error: str | None = None
+    verdict: str | None = None
+    critical_question: str | None = None
+    challenge: dict | None = None
+    challenge_applied: bool | None = None
+    todo_added: list[str] | None = None
+
+
+class FinishUpEntry(_Entry):
+    step: str
+    deadline: str
+    minutes_left: float
+    reports: dict[str, str] | None = None
+
+
+# ---- gate ----
+
+class GateEntry(_Entry):
+    ok: bool
+    reasons: list[str] = Field(default_factory=list)
+    housekeeping: dict = Field(default_factory=dict)    # counts of the decision's housekeeping fields
+
+
+class PolicyEntry(_Entry):
+    allowed: bool
+    reasons: list[str] = Field(default_factory=list)
+
+
+# ---- run, judge ----
+
+class RunStart(_Entry):
+    label: str
+    pid: int
+    kind: str
+    log_path: str
+    monitor: str           # what the monitor window ended with: running | exited | timed_out | ...
+    sandbox: str
+
+
+class RepairEntry(_Entry):
+    applied: bool
+    actions: list = Field(default_factory=list)
+    reason: str | None = None
+
+
+class HousekeepingEntry(_Entry):
+    todo_added: list[str] = Field(default_factory=list)
+    todo_refused: list[str] = Field(default_factory=list)
+    todo_resolved: list[str] = Field(default_factory=list)
+
+
+class CycleRecord(BaseModel):
+    """One cycle, in the order the cycle fills it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cycle: int
+    trace: str
+    seconds: float | None = None
+    finish_up: FinishUpEntry | None = None
+    followed_run: RunOutcome | None = None          # a run from an earlier cycle, followed
+    # ---- decide ----
+    decision: DecisionEntry | None = None
+    prompt_tokens_estimate: int | None = None
+    llm: LLMCall | None = None
+    llm_error: str | None = None
+    llm_circuit_open_s: float | None = None
+    llm_fallback: str | None = None                 # why the offline policy decided instead of the LLM
+    llm_gate_fallback: str | None = None            # the gate refused the LLM's decisions N times in a row
+    tokens_builder: Usage | None = None             # this cycle's requests, failed ones included
+    tokens_mentor: Usage | None = None
+    tokens_total: dict[str, Usage] = Field(default_factory=dict)   # per role, over the workspace's life
+    # ---- review ----
+    mentor: MentorEntry | None = None
+    stuck_wait_recovery: str | None = None
+    # ---- gate ----
+    quality_gate: GateEntry | None = None
+    policy: PolicyEntry | None = None
+    # ---- run, judge ----
+    run: RunStart | None = None
+    run_outcome: RunOutcome | None = None
+    auto_repair: RepairEntry | None = None
+    run_outcome_retry: RunOutcome | None = None
+    # ---- candidates ----
+    promotion: dict | None = None                   # the candidate path's result for this run
+    evolution: dict | None = None                   # an evolution window that ran in this cycle
+    # ---- record ----
+    housekeeping: HousekeepingEntry | None = None
+
+    def event_fields(self) -> dict:
+        """The `cycle` event's fields: every field the cycle reached (None ones left out)."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if v is not None and v != {}}
+
+    @classmethod
+    def from_event(cls, event: dict) -> "CycleRecord":
+        """A `cycle` event read back (its ts / kind / cycle_trace_id envelope dropped)."""
+        return cls.model_validate({k: v for k, v in event.items() if k not in ("ts", "kind", "cycle_trace_id")})

@@ -1,0 +1,166 @@
+"""The cycle's run and judge steps: watch a run for its monitor window, judge it, give a failed run
+its one auto-repair pass and retry, follow a run across cycles, and hand a finished training to the
+candidate path (and the evolution window on its clock)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from loop.agents.schema import Decision
+from loop.config import DaemonConfig
+from loop.cycle.loop import Loop
+from loop.cycle.record import CycleRecord, RepairEntry, RunStart
+from loop.cycle.state import LoopState
+from loop.errors import LoopError
+from loop.journal.history import RunRecord, append_history
+from loop.run.judge import RunOutcome, judge
+from loop.run.plan import RunPlan, child_env
+from loop.run.supervise import ActiveRun, kill_run, launch, monitor
+from loop.util.fsutil import read_regular_text
+from loop.util.secrets import redact
+
+RETRY_MIN_MONITOR_SECONDS = 60.0
+
+
+def start(loop: Loop, plan: RunPlan, cycle: int, retry_of: str | None = None) -> ActiveRun:
+    """Launch a planned run in its own process group, inside the sandbox."""
+    return launch(plan.label, plan.trace_id, plan.kind, plan.argv, plan.run_dir, cycle, loop.repo_root,
+                  child_env(loop.repo_root), config_path=plan.config_path, retry_of=retry_of,
+                  walltime_limit_seconds=plan.walltime_limit_seconds, sandbox=loop.sandbox,
+                  stall_seconds=plan.stall_seconds)
+
+
+def monitor_seconds(cfg: DaemonConfig, decision: Decision | None) -> float:
+    wanted = decision.monitor_seconds if decision and decision.monitor_seconds else cfg.default_monitor_seconds
+    return float(max(1, min(wanted, cfg.max_monitor_seconds)))
+
+
+def watch_and_judge(loop: Loop, state: LoopState, decision: Decision | None, rec: CycleRecord) -> RunOutcome | None:
+    """Watch the active run for one monitor window; judge it if it ended (None while it runs)."""
+    run = state.active_run
+    status = monitor(run, monitor_seconds(loop.cfg, decision), loop.should_stop)
+    rec.run = RunStart(label=run.label, pid=run.pid, kind=run.kind, log_path=run.log_path, monitor=status,
+                       sandbox=run.sandbox)
+    if status == "running":
+        return None
+    if status == "stopping":
+        kill_run(run)
+    outcome = judge(run, status)
+    state.active_run = None
+    rec.run_outcome = outcome
+    if not outcome.ok and status != "stopping" and run.retry_of is None:
+        outcome = repair_and_retry(loop, state, run, outcome, rec) or outcome
+    finish_run(loop, state, run, outcome, rec)
+    return outcome
+
+
+def repair_and_retry(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunOutcome,
+                     rec: CycleRecord) -> RunOutcome | None:
+    """One auto-repair pass and one retry (the seed's Auto Repair)."""
+    from loop.run.repair import auto_repair
+
+    try:
+        log_text = read_regular_text(run.log_path, tail=20000)
+    except OSError:
+        log_text = ""
+    command = run.argv if run.kind == "train" else run.argv[-1]
+    fix = auto_repair(command, log_text, loop.cfg, loop.ws.root, loop.repo_root)
+    if fix is None:
+        return None
+    rec.auto_repair = RepairEntry(applied=fix.applied, actions=fix.actions, reason=getattr(fix, "reason", None))
+    if not fix.applied or not loop.cfg.auto_repair_retry_on_success:
+        return None
+    argv = fix.retry_command if isinstance(fix.retry_command, list) else ["bash", "-c", fix.retry_command]
+    retry_dir = Path(run.run_dir + "-retry")
+    if run.kind == "train" and "--out" in argv:
+        argv = list(argv)
+        argv[argv.index("--out") + 1] = str(retry_dir / "out")
+    plan = RunPlan(f"{run.label}-retry", rec.trace, run.kind, argv, retry_dir, run.walltime_limit_seconds,
+                   run.stall_seconds)
+    state.active_run = retry_run = start(loop, plan, rec.cycle, retry_of=run.label)
+    status = monitor(retry_run, max(monitor_seconds(loop.cfg, None), RETRY_MIN_MONITOR_SECONDS), loop.should_stop)
+    if status == "running":                     # keep following it next cycle
+        rec.run_outcome_retry = RunOutcome(label=retry_run.label, status="running")
+        return rec.run_outcome_retry
+    if status == "stopping":
+        kill_run(retry_run)
+    retry = judge(retry_run, status)
+    state.active_run = None
+    rec.run_outcome_retry = retry
+    return retry
+
+
+def follow_run(loop: Loop, state: LoopState, rec: CycleRecord) -> RunOutcome:
+    """Monitor a run started in an earlier cycle (or by a daemon that crashed)."""
+    run = state.active_run
+    run.monitor_cycles += 1
+    outcome = watch_and_judge(loop, state, None, rec)
+    if outcome is None and run.monitor_cycles >= loop.cfg.stale_orphan_idle_cycles and not log_growing(run):
+        kill_run(run)
+        outcome = judge(run, "timed_out").model_copy(update={
+            "status": "stale_orphan", "error": f"no log progress for {run.monitor_cycles} cycles"})
+        state.active_run = None
+        finish_run(loop, state, run, outcome, rec)
+    return outcome or RunOutcome(label=run.label, status="running", monitor_cycles=run.monitor_cycles)
+
+
+def log_growing(run: ActiveRun, window_seconds: float = 300) -> bool:
+    try:
+        return time.time() - Path(run.log_path).stat().st_mtime < window_seconds
+    except OSError:
+        return False
+
+
+def finish_run(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunOutcome, rec: CycleRecord) -> None:
+    """A run is over: remember it, and hand a finished training run to the candidate path."""
+    state.last_outcome = outcome
+    state.failure_streak = 0 if outcome.ok else state.failure_streak + 1
+    if run.kind != "train" and outcome.kind != "train":
+        return
+    out_dir = Path(outcome.run_dir or run.run_dir) / "out"
+    append_history(loop.ws, RunRecord(label=outcome.label, cycle=rec.cycle, trace=rec.trace,
+                                      config=read_train_args(out_dir), ok=outcome.ok,
+                                      score=outcome.val_accuracy or 0.0,
+                                      dimension=rec.decision.strategy_dimension if rec.decision else None,
+                                      minutes=round(outcome.seconds / 60.0, 3), run_dir=str(out_dir)))
+    if outcome.ok and (out_dir / "model.safetensors").exists():
+        from loop.candidates.intake import submit_run
+
+        try:
+            state.last_promotion = submit_run(loop.cfg, loop.ws.root, out_dir, rec.cycle, rec.trace)
+        except (LoopError, OSError, ValueError) as exc:
+            state.last_promotion = {"error": f"hand-off failed: {exc}"}
+        rec.promotion = state.last_promotion
+
+
+def read_train_args(out_dir: Path) -> dict:
+    """The resolved trainer config a run wrote ({} when it wrote none or an unreadable one)."""
+    try:
+        config = json.loads(read_regular_text(out_dir / "train_args.json"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def evolution_window(loop: Loop, state: LoopState, rec: CycleRecord) -> None:
+    """Heartbeat cycles are the evolution clock: a window opens on multiples of evo_period_cycles
+    (and waits for the active run to end, so candidates never compete with it for the machine)."""
+    from loop.candidates.scheduler import window_open
+
+    if window_open(rec.cycle, loop.cfg.evo_period_cycles):
+        state.window_pending = True
+    if not state.window_pending or state.active_run is not None:
+        return
+    from loop.candidates.window import run_window
+
+    state.window_pending = False
+    try:
+        result = run_window(loop.cfg, loop.ws.root, rec.cycle, None, rec.trace, say=loop.say)
+        rec.evolution = {"gen_id": result.gen_id, "head": result.head,
+                         "ranking": [{"name": o.name, "status": o.status, "score": o.gates.score}
+                                     for o in result.ranking],
+                         "proposal": result.proposal["proposed_head"] if result.proposal else None}
+        state.last_promotion = {"evolution_window": rec.evolution}
+    except (LoopError, OSError, ValueError) as exc:
+        rec.evolution = {"error": redact(str(exc), loop.secrets)}

@@ -1,0 +1,70 @@
+"""What became of a run: its exit code, its metrics.json (read without following links: the run
+wrote it, so it may be anything), and the supervisor's verdict (timed out, stalled, stopped)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from loop.run.supervise import ActiveRun, exit_code
+from loop.util.fsutil import read_regular_text
+
+
+class RunOutcome(BaseModel):
+    """One finished (or abandoned) run, as the cycle event's `run_outcome` and state.json keep it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    status: str                     # ok | failed | timed_out | stalled | interrupted | killed | stale_orphan | running
+    kind: str = "train"
+    exit_code: int | None = None
+    log_path: str = ""
+    run_dir: str = ""
+    seconds: float = 0.0
+    error: str | None = None
+    val_accuracy: float | None = None
+    budget_breach: dict | None = None
+    monitor_cycles: int | None = None   # for a run still followed
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def judge(run: ActiveRun, monitor_status: str) -> RunOutcome:
+    """The outcome of `run` once the supervisor has stopped watching it with `monitor_status`."""
+    out = dict(label=run.label, kind=run.kind, exit_code=exit_code(run), log_path=run.log_path,
+               run_dir=run.run_dir, seconds=round(time.time() - run.started_at, 1))
+    if monitor_status == "timed_out":
+        return RunOutcome(**out, status="timed_out", error="walltime limit reached; process group killed")
+    if monitor_status == "stopping":
+        return RunOutcome(**out, status="interrupted", error="the daemon was asked to stop")
+    if monitor_status == "stalled":
+        return RunOutcome(**out, status="stalled",
+                          error=f"no output for {run.stall_seconds:.0f}s; the run's whole tree was killed")
+    if run.kind == "train":
+        metrics_path = Path(run.run_dir) / "out" / "metrics.json"
+        if metrics_path.exists() or metrics_path.is_symlink():
+            return judge_metrics(metrics_path, out)
+    code = out["exit_code"]
+    if code is None:
+        return RunOutcome(**out, status="killed", error="the run died without an exit code")
+    return RunOutcome(**out, status="ok" if code == 0 else "failed", error=None if code == 0 else f"exit {code}")
+
+
+def judge_metrics(metrics_path: Path, out: dict) -> RunOutcome:
+    try:
+        metrics = json.loads(read_regular_text(metrics_path))
+    except (OSError, ValueError) as exc:
+        return RunOutcome(**out, status="failed", error=f"unreadable metrics.json: {exc}"[:300])
+    if not isinstance(metrics, dict) or "status" not in metrics:
+        return RunOutcome(**out, status="failed", error="metrics.json has no status")
+    accuracy = (metrics.get("eval") or {}).get("accuracy")
+    breach = metrics.get("budget_breach")
+    error = metrics.get("error")
+    return RunOutcome(**out, status=str(metrics["status"]), error=None if error is None else str(error),
+                      val_accuracy=accuracy if isinstance(accuracy, (int, float)) else None,
+                      budget_breach=breach if isinstance(breach, dict) else None)
