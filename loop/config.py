@@ -134,6 +134,9 @@ class LLMRole(StrictModel):
     # auto: json_schema, json_object_schema (llama.cpp grammar), json_object, off; kept per endpoint
     structured_output: Literal["auto", "json_schema", "json_object_schema", "json_object", "off"] = "auto"
     temperature: float | None = Field(None, ge=0, le=2)
+    # Sent as max_tokens when set: a small local model under a grammar can otherwise write until its
+    # context is full (minutes per call on a CPU).
+    max_output_tokens: int | None = Field(None, ge=16)
     # After this many failed calls in a row the role's circuit opens: calls fail fast with no request
     # (the cycle waits) until the cooldown has passed, then one trial call decides (loop/agents/breaker.py).
     circuit_breaker_failures: int = Field(5, ge=1)

@@ -39,12 +39,13 @@ def add_archive_entry(paths, run_dir, name: str, gen: int, status: str = "PASS",
 
     texts = {f: f"{f} of {name}\n" for f in archive.WRITTEN}
     texts["STATUS.txt"] = status + "\n"
-    path, sha = archive.freeze(paths, name, run_dir, texts)
+    entry = archive.freeze(paths, name, run_dir, texts)
     upsert_lineage(paths.lineage, LineageRow(name=name, gen_id=gen, branch_id="a", parent=parent, seed=1,
-                                             strategy="uniform", status=status, score=score, archive_path=str(path),
-                                             hashes_sha256=sha, promoted=promoted,
+                                             strategy="uniform", status=entry.status, score=score,
+                                             archive_path=str(entry.path), hashes_sha256=entry.hashes_sha256,
+                                             promoted=promoted,
                                              promoted_at=f"2026-01-0{gen}T00:00:00Z" if promoted else ""))
-    return path
+    return entry.path
 
 
 def tiny_config_dict(**sections) -> dict:

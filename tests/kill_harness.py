@@ -32,7 +32,7 @@ from loop.archive.checkpoints import CheckpointManager  # noqa: E402
 from loop.archive.lifecycle import Lifecycle  # noqa: E402
 from loop.archive.lineage import LineageRow, mark_promoted, read_lineage  # noqa: E402
 from loop.archive.paths import ModelPaths  # noqa: E402
-from loop.archive.promotion import cutover  # noqa: E402
+from loop.archive.promotion import cutover, read_proposal  # noqa: E402
 from loop.archive.store import load_store, save_store  # noqa: E402
 from loop.daemon.recovery import STATE_FOLDERS, is_temp_name  # noqa: E402
 from loop.cycle.state import LoopState  # noqa: E402
@@ -121,7 +121,7 @@ def child_evolution(ws_root: Path, fault: str | None, rng_seed: int) -> None:
         texts = {f: f"{f} of {name}\n" for f in archive.WRITTEN}
         texts["STATUS.txt"] = "PASS\n"
         paths.archive.mkdir(parents=True, exist_ok=True)
-        path, sha = archive.freeze_and_record(paths, name, run_dir, texts, LineageRow(
+        archive.freeze_and_record(paths, name, run_dir, texts, LineageRow(
             name=name, gen_id=gen, branch_id="k", parent=paths.head_name() or "", seed=1, strategy="uniform",
             status="PASS", score=0.5, archive_path="", hashes_sha256=""))
         store = load_store(paths)
@@ -184,8 +184,7 @@ def check_state_files(ws: Workspace) -> LoopState:
         if note.exists():
             note.read_text(encoding="utf-8")
     paths = ModelPaths(ws.root)
-    if paths.proposal.exists():
-        json.loads(paths.proposal.read_text())
+    read_proposal(paths)                             # raises on a torn or invalid proposal
     if paths.lifecycle.exists():
         restored = CheckpointManager(paths.lifecycle).restore()
         check(not restored.skipped, f"corrupt lifecycle checkpoints: {restored.skipped}")

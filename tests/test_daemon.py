@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -179,7 +178,12 @@ def test_background_start_status_stop_and_kill_9_resume(tmp_path):
     ws_root = tmp_path / "ws"
     started = cli("start", "--daemon-config", str(cfg_path))
     assert started.returncode == 0, started.stderr
-    assert "offline policy" in (ws_root / "logs" / "daemon.log").read_text() or True
+    # the daemon says which Builder it runs: in its start event at once (its log is block-buffered
+    # while it runs; checked below, after the restarted daemon has exited)
+    wait_for(lambda: any(e["kind"] == "daemon_start" for e in EventLog(ws_root / "events.jsonl")), 60,
+             "the daemon_start event")
+    start_event = next(e for e in EventLog(ws_root / "events.jsonl") if e["kind"] == "daemon_start")
+    assert start_event["builder"].startswith("offline policy") and start_event["mentor"] == "offline policy"
     again = cli("start", "--daemon-config", str(cfg_path))
     assert again.returncode == 11 and "already running" in again.stderr
 
@@ -211,20 +215,34 @@ def test_background_start_status_stop_and_kill_9_resume(tmp_path):
     assert resumed["followed_run"]["label"] == before.active_run.label              # re-attached or reaped
     assert cli("status", "--daemon-config", str(cfg_path)).returncode == 0
     assert "not running" in cli("stop", "--daemon-config", str(cfg_path)).stdout
+    wait_for(lambda: running_pid(workspace_of(validate(DaemonConfig, {"workspace": str(ws_root)}, "t"))) is None,
+             30, "the restarted daemon to exit")
+    log = (ws_root / "logs" / "daemon.log").read_text()
+    assert "Builder and Mentor use the offline policy" in log and "stopped after cycle" in log
 
 
 @pytest.mark.slow
-def test_stop_finishes_within_one_cycle(tmp_path):
-    cfg_path = write_daemon_yaml(tmp_path, default_monitor_seconds=2)
+def test_stop_finishes_the_cycle_in_progress_and_starts_no_other(tmp_path, llm_server):  # noqa: F811
+    """`llmloop stop` while cycle 2 is in progress (its Builder reply takes 8 s): the daemon finishes
+    cycle 2 with that reply, asks for no further decision (no cycle 3), and exits."""
+    llm_server.script(decision("wait"), {"delay": 8, **decision("research")})   # then: 500 script exhausted
+    role = {"base_url": llm_server.base_url, "model": "test", "max_attempts": 2, "timeout_seconds": 60}
+    cfg_path = write_daemon_yaml(tmp_path, builder={**role, "when_unavailable": "wait"}, mentor=role,
+                                 mentor_every_n_cycles=100)
     assert cli("start", "--daemon-config", str(cfg_path)).returncode == 0
     ws_root = tmp_path / "ws"
-    wait_for(lambda: (ws_root / "logs" / "daemon_heartbeat.json").exists(), 120, "the first heartbeat")
-    t0 = time.monotonic()
+    wait_for(lambda: len(llm_server.requests) >= 2, 120, "cycle 2 to ask the Builder")
+    cycles_before = [e["cycle"] for e in EventLog(ws_root / "events.jsonl") if e["kind"] == "cycle"]
+    assert cycles_before == [1]                                  # cycle 1 done, cycle 2 waiting for its reply
     stopped = cli("stop", "--daemon-config", str(cfg_path), "--wait", "60")
-    assert stopped.returncode == 0 and "stopped" in stopped.stdout
-    assert time.monotonic() - t0 < 60
+    assert stopped.returncode == 0 and stopped.stdout.strip() == "llmloop stopped", stopped.stdout
     events = list(EventLog(ws_root / "events.jsonl"))
+    cycles = [e for e in events if e["kind"] == "cycle"]
+    assert [e["cycle"] for e in cycles] == [1, 2]                # the cycle in progress was finished ...
+    assert cycles[1]["decision"]["action"] == "research" and cycles[1]["decision"]["source"] == "llm"
+    assert len(llm_server.requests) == 2                         # ... and no new one started
     assert events[-1]["kind"] == "daemon_stop" and events[-1]["reason"] == "stop requested"
+    assert events[-1]["cycle"] == 2 and LoopState.load(ws_root / "state.json").cycle == 2
 
 
 def test_second_instance_refused_in_process(tmp_path):
@@ -299,7 +317,6 @@ def test_phase_window_pauses_then_resumes_on_the_signal(tmp_path):
     cfg = make_cfg(tmp_path, None, phase={"schedule": "daily", "daily_start": start.strftime("%H:%M"),
                                           "daily_end": end.strftime("%H:%M"), "top_k": 1, "epochs": 1, "slices": 2,
                                           "replicas": 2, "sleep_chunk_seconds": 0.5})
-    t0 = time.monotonic()
     ws, state = run(cfg, 3)
     events = list(EventLog(ws.root / "events.jsonl"))
     kinds = [e["kind"] for e in events]
@@ -307,7 +324,9 @@ def test_phase_window_pauses_then_resumes_on_the_signal(tmp_path):
     assert "phase_integration" in kinds and kinds.count("phase_pause") == 1  # once per window
     assert kinds.index("phase_integration") < len(kinds) - 1 and kinds[-1] == "daemon_stop"
     assert kinds[kinds.index("phase_integration") + 1:].count("cycle") >= 1  # resumed
-    assert state.fitness_baselines and time.monotonic() - t0 < 50 * 60
+    # resumed on the signal, not at the window's end (58 minutes away): the 300 s test timeout
+    # (pyproject.toml) already bounds the whole run far below that, so no time bound here
+    assert state.fitness_baselines
     assert list((ws.root / "phase").glob("phase_complete_*.json"))
 
 

@@ -17,7 +17,7 @@ from loop.archive.lifecycle import Lifecycle
 from loop.archive.lineage import read_events, read_lineage
 from loop.archive.paths import ModelPaths
 from loop.archive.probes import LoadedModel, ProbeMetrics, run_probes
-from loop.archive.promotion import PromotionError, approve, cutover, propose, reject, rollback
+from loop.archive.promotion import PromotionError, approve, cutover, propose, read_proposal, reject, rollback
 from loop.candidates.scheduler import EvolutionError, spawn_candidates, window_open
 from loop.archive.store import load_store, save_store
 from loop.candidates.window import CandidateOutcome
@@ -259,8 +259,17 @@ def test_proposal_only_when_a_candidate_beats_head(workspace_with_head):
     assert strong.gates.score > composite_score(head_probes.recall, head_probes.generalize, 0)
     # the strong model beats the weak HEAD: a proposal
     proposal = propose(paths, store, [strong], "m-G001-a", head_probes)
-    assert proposal and proposal["proposed_head"] == "m-G002-a" and paths.proposal.exists()
-    assert proposal["hashes"]["model"] == archive.sha256_file(paths.entry("m-G002-a") / "model.safetensors")
+    assert proposal and proposal.proposed_head == "m-G002-a" and paths.proposal.exists()
+    assert proposal.hashes.model == archive.sha256_file(paths.entry("m-G002-a") / "model.safetensors")
+    assert read_proposal(paths) == proposal
+    # the file is the record serialised, in the shape it always had
+    import json
+    on_disk = json.loads(paths.proposal.read_text())
+    assert list(on_disk) == ["action", "current_head", "proposed_head", "reason", "improvement", "score",
+                             "head_score", "metrics", "gates", "hashes", "timestamp", "cycle_trace_id"]
+    assert on_disk["action"] == "PROMOTE" and on_disk["metrics"] == strong.probes.model_dump()
+    assert list(on_disk["hashes"]) == ["model", "manifest", "hashes_csv"]
+    assert paths.proposal.read_text() == json.dumps(on_disk, indent=2) + "\n"
     paths.proposal.unlink()
     # against itself as HEAD it cannot improve: no proposal
     self_probes = strong.probes.model_copy(update={"drift": 0.0})
@@ -335,17 +344,35 @@ def test_failed_graft_keeps_head(workspace_with_head):
     make_proposal(paths)
     # swap roles: propose the weak model over the strong HEAD by editing nothing but the proposal
     cutover(paths, "m-G002-a")
-    import json
-    proposal = json.loads(paths.proposal.read_text())
-    proposal.update(proposed_head="m-G001-a",
-                    hashes={"model": archive.sha256_file(paths.entry("m-G001-a") / "model.safetensors")})
-    paths.proposal.write_text(json.dumps(proposal))
+    proposal = read_proposal(paths)
+    hashes = proposal.hashes.model_copy(
+        update={"model": archive.sha256_file(paths.entry("m-G001-a") / "model.safetensors")})
+    paths.proposal.write_text(proposal.model_copy(update={"proposed_head": "m-G001-a", "hashes": hashes})
+                              .model_dump_json())
     store = load_store(paths)
     store.state[store.row("m-G001-a")] = Lifecycle.TRAINING
     save_store(paths, store)
     record = approve(daemon_cfg(), paths.workspace, say=lambda *_: None)
     assert record["action"] == "ROLLBACK" and "graft failed" in record["reason"]
     assert paths.head_name() == "m-G002-a"
+
+
+def test_a_proposal_file_that_does_not_validate_is_an_error(workspace_with_head):
+    """Never a silent None: the error names the file and the field."""
+    import json
+    paths = workspace_with_head
+    make_proposal(paths)
+    proposal = json.loads(paths.proposal.read_text())
+    del proposal["hashes"]["manifest"]
+    proposal["score"] = "high"
+    paths.proposal.write_text(json.dumps(proposal))
+    with pytest.raises(PromotionError) as caught:
+        read_proposal(paths)
+    assert str(paths.proposal) in str(caught.value)
+    assert "hashes.manifest" in str(caught.value) and "score" in str(caught.value)
+    paths.proposal.write_text("{not json")
+    with pytest.raises(PromotionError, match="PROMOTION_PROPOSAL.json"):
+        approve(daemon_cfg(), paths.workspace, say=lambda *_: None)
 
 
 def test_promotion_of_a_tampered_archive_is_refused(workspace_with_head):

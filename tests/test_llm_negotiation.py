@@ -201,3 +201,11 @@ def test_llm_probe_reports_mode_latency_and_validity(llm_server, tmp_path):
     assert failed.returncode == 1
     [row] = json.loads(failed.stdout)
     assert row["ok"] is False and "invalid reply after one repair" in row["error"] and row["requests"] == 2
+
+
+def test_raw_control_characters_in_strings_are_accepted(llm_server):
+    # What llama.cpp's schema grammar lets a small model write: a bare newline inside a string.
+    llm_server.script({"content": '{"action": "wait", "rationale": "line one\nline two", "run_label": "w"}'})
+    result = client_for(llm_server, max_output_tokens=300).complete_json("s", "u", Decision)
+    assert result.parsed.rationale == "line one\nline two" and not result.repaired
+    assert llm_server.requests[0]["body"]["max_tokens"] == 300

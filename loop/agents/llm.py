@@ -269,6 +269,8 @@ class LLMClient:
             kwargs["reasoning_effort"] = self.role.reasoning_effort
         if self.role.temperature is not None:
             kwargs["temperature"] = self.role.temperature
+        if self.role.max_output_tokens is not None:
+            kwargs["max_tokens"] = self.role.max_output_tokens
         return kwargs
 
     def _failure_text(self, exc: BaseException) -> str:

@@ -89,18 +89,20 @@ _FENCE = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.S)
 
 
 def extract_json(text: str) -> Any:
-    """The first JSON object in `text` (bare, or in a ```json fence); ValueError if none."""
+    """The first JSON object in `text` (bare, or in a ```json fence); ValueError if none. Raw control
+    characters inside strings are accepted (strict=False): llama.cpp's schema grammars let a model
+    write a bare newline in a rationale, and refusing that would cost a repair request for nothing."""
     text = text.strip()
     try:
-        return json.loads(text)
+        return json.loads(text, strict=False)
     except json.JSONDecodeError:
         pass
     match = _FENCE.search(text)
     if match:
-        return json.loads(match.group(1))
+        return json.loads(match.group(1), strict=False)
     start, end = text.find("{"), text.rfind("}")
     if start >= 0 and end > start:
-        return json.loads(text[start:end + 1])
+        return json.loads(text[start:end + 1], strict=False)
     raise ValueError("no JSON object in the reply")
 
 

@@ -16,6 +16,8 @@ import stat
 import time
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from loop.errors import ArchiveTampered
 from loop.archive.lineage import LineageRow, read_lineage, upsert_lineage
 from loop.util.faults import fault_point
@@ -27,6 +29,34 @@ COPIED_FROM_RUN = ("model.safetensors", "config.json", "train_args.json", LOG)
 WRITTEN = ("evo_manifest.json", "metrics.json", "EVAL.md", "MODEL_CARD.md", "STATUS.txt")
 HASHES = "hashes.csv"
 ARCHIVE_FILES = COPIED_FROM_RUN + WRITTEN + (HASHES,)
+
+
+class ArchiveEntry(BaseModel):
+    """One frozen entry, archive/<name>: what freeze() made, or what a lineage row records."""
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    path: Path
+    status: str                  # its STATUS.txt: PASS / FAIL - <reason>
+    hashes_sha256: str           # sha256 of its hashes.csv (lineage.csv keeps it)
+
+    @classmethod
+    def recorded(cls, paths: ModelPaths, row: LineageRow) -> ArchiveEntry:
+        """The entry a lineage row records (where this workspace keeps it, whatever the row's path)."""
+        return cls(name=row.name, path=paths.entry(row.name), status=row.status, hashes_sha256=row.hashes_sha256)
+
+    def lineage_row(self, row: LineageRow) -> LineageRow:
+        """`row` completed with where the entry is and what its hashes.csv hashes to."""
+        return row.model_copy(update={"archive_path": str(self.path), "hashes_sha256": self.hashes_sha256})
+
+    def problems(self) -> list[str]:
+        """What verify finds wrong with it against its recorded hashes.csv (empty list: intact)."""
+        return verify_entry(self.path, self.hashes_sha256)
+
+
+def recorded_entries(paths: ModelPaths) -> dict[str, ArchiveEntry]:
+    """{name: entry} for every entry lineage.csv records."""
+    return {row.name: ArchiveEntry.recorded(paths, row) for row in read_lineage(paths.lineage)}
 
 
 def entry_name(prefix: str, gen_id: int, branch_id: str, when: float | None = None) -> str:
@@ -54,9 +84,10 @@ def hashes_csv(folder: Path) -> str:
 
 
 def freeze(paths: ModelPaths, name: str, run_dir: Path, texts: dict[str, str],
-           before_rename=None, log: Path | None = None) -> tuple[Path, str]:
+           before_rename=None, log: Path | None = None) -> ArchiveEntry:
     """Write the entry into a hidden staging folder, hash it, make it read-only, then rename it into
-    place (a crash leaves only a `.staging-*` folder, never a half entry). Returns (path, sha of hashes.csv).
+    place (a crash leaves only a `.staging-*` folder, never a half entry). `before_rename(entry)`
+    runs once it is staged, read-only and hashed.
     `log`, when it exists, is archived as train.log instead of the run's own (the captured output
     of the training: the trainer's stdout.log or the supervisor's run.log, errors included)."""
     missing = set(WRITTEN) - set(texts)
@@ -82,35 +113,34 @@ def freeze(paths: ModelPaths, name: str, run_dir: Path, texts: dict[str, str],
     for fname, text in texts.items():
         (staging / fname).write_text(text, encoding="utf-8")
     (staging / HASHES).write_bytes(hashes_csv(staging).encode("utf-8"))
-    hashes_sha = sha256_file(staging / HASHES)
+    entry = ArchiveEntry(name=name, path=final, status=texts["STATUS.txt"].strip(),
+                         hashes_sha256=sha256_file(staging / HASHES))
     for path in staging.iterdir():
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
     make_read_only(staging)
     fault_point("archive:staged_read_only")
     if before_rename is not None:
-        before_rename(final, hashes_sha)
+        before_rename(entry)
     os.replace(staging, final)
-    return final, hashes_sha
+    return entry
 
 
 def freeze_and_record(paths: ModelPaths, name: str, run_dir: Path, texts: dict[str, str],
-                      row: LineageRow, log: Path | None = None) -> tuple[Path, str]:
+                      row: LineageRow, log: Path | None = None) -> ArchiveEntry:
     """freeze() and the lineage row as one step: the row is journaled (`models/.freeze-<name>.json`)
     before the entry is renamed into place, so a kill between the rename and the lineage write is
     completed by the next start (loop/daemon/recovery.py) instead of leaving an entry verify calls planted."""
     journal = paths.root / f"{FREEZE_JOURNAL_PREFIX}{name}.json"
 
-    def write_intent(final: Path, hashes_sha: str) -> LineageRow:
-        done = row.model_copy(update={"archive_path": str(final), "hashes_sha256": hashes_sha})
-        atomic_write_text(journal, done.model_dump_json() + "\n")
-        return done
+    def write_intent(entry: ArchiveEntry) -> None:
+        atomic_write_text(journal, entry.lineage_row(row).model_dump_json() + "\n")
 
-    final, hashes_sha = freeze(paths, name, run_dir, texts, before_rename=write_intent, log=log)
+    entry = freeze(paths, name, run_dir, texts, before_rename=write_intent, log=log)
     fault_point("lineage:before_upsert")
-    upsert_lineage(paths.lineage, row.model_copy(update={"archive_path": str(final), "hashes_sha256": hashes_sha}))
+    upsert_lineage(paths.lineage, entry.lineage_row(row))
     journal.unlink(missing_ok=True)
-    return final, hashes_sha
+    return entry
 
 
 def complete_interrupted_freezes(paths: ModelPaths) -> list[str]:
@@ -123,9 +153,9 @@ def complete_interrupted_freezes(paths: ModelPaths) -> list[str]:
         except (OSError, ValueError):
             journal.unlink(missing_ok=True)
             continue
-        entry = paths.archive / row.name
+        entry = ArchiveEntry.recorded(paths, row)
         known = {r.name for r in read_lineage(paths.lineage)}
-        if entry.is_dir() and row.name not in known and not verify_entry(entry, row.hashes_sha256):
+        if entry.path.is_dir() and row.name not in known and not entry.problems():
             upsert_lineage(paths.lineage, row)
             completed.append(row.name)
         journal.unlink(missing_ok=True)
@@ -200,14 +230,16 @@ def _recorded_hashes(text: str) -> tuple[dict[str, str], int]:
 
 def verify_archive(paths: ModelPaths) -> dict[str, list[str]]:
     """Re-hash every entry; {entry name: problems} for every entry (empty list: intact)."""
-    recorded = {row.name: row.hashes_sha256 for row in read_lineage(paths.lineage)}
+    recorded = recorded_entries(paths)
     report: dict[str, list[str]] = {}
     if paths.archive.exists():
         for folder in sorted(p for p in paths.archive.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            problems = verify_entry(folder, recorded.get(folder.name))
-            if folder.name not in recorded:
-                problems.append(f"{folder.name}: not in lineage.csv (renamed or planted?)")
-            report[folder.name] = problems
+            entry = recorded.get(folder.name)
+            if entry is not None:
+                report[folder.name] = entry.problems()
+            else:
+                report[folder.name] = verify_entry(folder) + [
+                    f"{folder.name}: not in lineage.csv (renamed or planted?)"]
     for name in sorted(set(recorded) - set(report)):
         report[name] = [f"{name}: entry is missing"]
     return report
@@ -215,10 +247,10 @@ def verify_archive(paths: ModelPaths) -> dict[str, list[str]]:
 
 def require_intact(paths: ModelPaths, name: str) -> Path:
     """The entry's path, or ArchiveTampered naming what changed."""
-    recorded = {row.name: row.hashes_sha256 for row in read_lineage(paths.lineage)}
-    if name not in recorded:
+    entry = recorded_entries(paths).get(name)
+    if entry is None:
         raise ArchiveTampered(f"{name}: not a recorded archive entry")
-    problems = verify_entry(paths.entry(name), recorded[name])
+    problems = entry.problems()
     if problems:
         raise ArchiveTampered("; ".join(problems))
-    return paths.entry(name)
+    return entry.path

@@ -43,7 +43,7 @@ def submit_run(cfg: DaemonConfig, workspace: Path, run_dir: Path, cycle: int, tr
     outcome, proposal = taken.ranking[0], taken.proposal
     result = {"name": name, "status": outcome.status, "score": outcome.gates.score, "gates": outcome.gates.gates,
               "failed_gates": outcome.gates.failed, "archive_path": outcome.archive_path, "head": head,
-              "proposed": bool(proposal), "improvement": proposal["improvement"] if proposal else None}
+              "proposed": bool(proposal), "improvement": proposal.improvement if proposal else None}
     if taken.auto_promotion is not None:
         result["auto_promotion"] = taken.auto_promotion
     return result

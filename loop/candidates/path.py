@@ -26,7 +26,7 @@ from loop.archive.lifecycle import Lifecycle, LifecycleStore, TransitionContext
 from loop.archive.lineage import LineageRow, log_event
 from loop.archive.paths import ModelPaths
 from loop.archive.probes import LoadedModel, ProbeMetrics, run_probes
-from loop.archive.promotion import approve, propose, read_proposal
+from loop.archive.promotion import Proposal, approve, propose, read_proposal
 from loop.archive.store import move, save_store
 from loop.candidates import cards
 from loop.candidates.scheduler import CandidateSpec
@@ -63,7 +63,7 @@ class PathResult(BaseModel):
     """What the path did with a batch of trainings: the ranking, the proposal, an auto approval."""
     head: str | None
     ranking: list[CandidateOutcome]
-    proposal: dict | None = None
+    proposal: Proposal | None = None
     auto_promotion: str | None = None     # approve()'s action when promotion_mode is auto
 
 
@@ -79,7 +79,7 @@ class Judged:
 def take_candidates(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStore, trainings: list[Training],
                     head: str | None, trace_id: str = "", *, domain: SpicaDomain | None = None, source: str = "",
                     say: Callable[..., None] = print,
-                    before_approve: Callable[[list[CandidateOutcome], dict | None], None] | None = None,
+                    before_approve: Callable[[list[CandidateOutcome], Proposal | None], None] | None = None,
                     ) -> PathResult:
     """Take `trainings` (finished, pass or fail) through probe, gates, archive, lineage, lifecycle
     and proposal; `before_approve(ranking, proposal)` runs once the lifecycle store is saved."""
@@ -128,12 +128,12 @@ def archive_candidate(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStor
                       say: Callable[..., None]) -> CandidateOutcome:
     """ARCHIVE + LINEAGE + LIFECYCLE for one judged candidate, pass or fail."""
     t, gates, status = j.training, j.gates, j.status
-    path, _ = archive.freeze_and_record(paths, t.name, t.run_dir, entry_texts(cfg, paths, j, rank, head, head_probes),
-                                        LineageRow(name=t.name, gen_id=t.spec.gen_id, branch_id=t.spec.branch_id,
-                                                   parent=t.spec.parent, seed=t.spec.seed, strategy=t.spec.strategy,
-                                                   status=status, score=gates.score, archive_path="",
-                                                   hashes_sha256="", cycle_trace_id=trace_id),
-                                        log=t.log)
+    entry = archive.freeze_and_record(paths, t.name, t.run_dir, entry_texts(cfg, paths, j, rank, head, head_probes),
+                                      LineageRow(name=t.name, gen_id=t.spec.gen_id, branch_id=t.spec.branch_id,
+                                                 parent=t.spec.parent, seed=t.spec.seed, strategy=t.spec.strategy,
+                                                 status=status, score=gates.score, archive_path="",
+                                                 hashes_sha256="", cycle_trace_id=trace_id),
+                                      log=t.log)
     tag = {"source": source} if source else {"rank": rank}
     log_event(paths.log, "ARCHIVED" if gates.passed else "REJECTED", cycle_trace_id=trace_id, candidate=t.name,
               **tag, score=gates.score, status=status, failed_gates=gates.failed)
@@ -145,7 +145,7 @@ def archive_candidate(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStor
         shutil.rmtree(t.work, ignore_errors=True)
     say(f"  {rank}. {t.name}: {status} (score {gates.score:.4f})")
     return CandidateOutcome(name=t.name, spec=t.spec, returncode=t.returncode, status=status, gates=gates,
-                            probes=j.probes, archive_path=str(path))
+                            probes=j.probes, archive_path=str(entry.path))
 
 
 def entry_texts(cfg: DaemonConfig, paths: ModelPaths, j: Judged, rank: int, head: str | None,
@@ -165,16 +165,16 @@ def entry_texts(cfg: DaemonConfig, paths: ModelPaths, j: Judged, rank: int, head
 
 
 def propose_lone(paths: ModelPaths, store: LifecycleStore, ranking: list[CandidateOutcome], head: str | None,
-                 head_probes: ProbeMetrics | None, trace_id: str) -> dict | None:
+                 head_probes: ProbeMetrics | None, trace_id: str) -> Proposal | None:
     """PROPOSAL for candidates from outside a window: none passed -> nothing to decide; a pending
     proposal that scores at least as well keeps its place; otherwise the usual proposal."""
     best = next((o for o in ranking if o.gates.passed), None)
     if best is None:
         return None
     pending = read_proposal(paths)
-    if pending is not None and pending.get("score", 0) >= best.gates.score:
+    if pending is not None and pending.score >= best.gates.score:
         move(store, best.name, Lifecycle.CULLED, paths, trace_id)
         log_event(paths.log, "NO_PROMOTION", cycle_trace_id=trace_id, candidate=best.name,
-                  reason=f"pending proposal {pending['proposed_head']} scores higher")
+                  reason=f"pending proposal {pending.proposed_head} scores higher")
         return None
     return propose(paths, store, ranking, head, head_probes, trace_id)

@@ -21,6 +21,7 @@ from loop.archive import freeze as archive
 from loop.archive.lifecycle import Lifecycle, LifecycleStore
 from loop.archive.lineage import LineageRow, log_event, read_lineage
 from loop.archive.paths import ModelPaths
+from loop.archive.promotion import Proposal
 from loop.run.sandbox import load_sandbox
 from loop.candidates.path import CandidateOutcome, Training, take_candidates
 from loop.candidates.scheduler import CandidateSpec, spawn_candidates
@@ -36,7 +37,7 @@ class WindowResult(BaseModel):
     gen_id: int
     head: str | None
     ranking: list[CandidateOutcome]
-    proposal: dict | None = None
+    proposal: Proposal | None = None
 
 
 # ----------------------------------------------------------- the window ----
@@ -69,10 +70,10 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
         training.returncode = job.returncode or 0
 
     # ---- EVAL + RANK + FREEZE (every candidate, pass or fail) + PROPOSE ----
-    def generation(ranking: list[CandidateOutcome], proposal: dict | None) -> None:
+    def generation(ranking: list[CandidateOutcome], proposal: Proposal | None) -> None:
         log_event(paths.log, "GENERATION", cycle_trace_id=trace_id, cycle=cycle, gen_id=gen_id, head=head,
                   ranking=[{"name": o.name, "status": o.status, "score": o.gates.score} for o in ranking],
-                  proposed=proposal["proposed_head"] if proposal else None)
+                  proposed=proposal.proposed_head if proposal else None)
 
     domain = resolve_domain(base.get("data", {}).get("domain", "digits"), base.get("data", {}).get("domain_args"))
     result = take_candidates(cfg, paths, store, trainings, head, trace_id, domain=domain, say=say,

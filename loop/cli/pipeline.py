@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import uuid
 
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             from loop.candidates.window import run_window
 
             result = run_window(cfg, workspace, args.cycle, args.candidates, trace)
-            print(f"proposal: {result.proposal['proposed_head']} (+{result.proposal['improvement']:.4f}); "
+            print(f"proposal: {result.proposal.proposed_head} (+{result.proposal.improvement:.4f}); "
                   "review it, then `llmloop promote --approve` or `--reject`" if result.proposal else
                   "no proposal: GEN_HEAD unchanged")
         elif args.command == "promote":
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
             if args.show:
                 proposal = promotion.read_proposal(ModelPaths(workspace))
-                print(json.dumps(proposal, indent=2) if proposal else "no pending proposal")
+                print(proposal.model_dump_json(indent=2) if proposal else "no pending proposal")
             elif args.approve:
                 record = promotion.approve(cfg, workspace, trace)
                 print(f"{record['action']}: {record.get('from')} -> {record.get('to')}" if record["action"] == "PROMOTED"

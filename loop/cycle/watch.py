@@ -160,7 +160,7 @@ def evolution_window(loop: Loop, state: LoopState, rec: CycleRecord) -> None:
         rec.evolution = {"gen_id": result.gen_id, "head": result.head,
                          "ranking": [{"name": o.name, "status": o.status, "score": o.gates.score}
                                      for o in result.ranking],
-                         "proposal": result.proposal["proposed_head"] if result.proposal else None}
+                         "proposal": result.proposal.proposed_head if result.proposal else None}
         state.last_promotion = {"evolution_window": rec.evolution}
     except (LoopError, OSError, ValueError) as exc:
         rec.evolution = {"error": redact(str(exc), loop.secrets)}

@@ -117,8 +117,6 @@ def reap_before_launch(loop: Loop, state: LoopState) -> dict:
 
 def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, say=print) -> LoopState:
     """Run cycles until stopped (or `max_cycles`). Holds the workspace lock throughout."""
-    from loop.agents.prompts import check_rule_budgets
-
     ws.ensure()
     lock = FileLock(str(ws.lock))
     try:
@@ -136,61 +134,12 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
     try:
         ws.pid.write_text(f"{os.getpid()}\n")
         ws.stop_request.unlink(missing_ok=True)
-        rules = check_rule_budgets(cfg, cfg.root)
-        task = check_task_domain(cfg)
 
         def should_stop() -> bool:
             return stop["requested"] or ws.stop_request.exists()
 
-        loop = build_loop(cfg, ws, should_stop, say)
-        events = loop.events
-        # Leftover processes first (nothing may still be writing while the sweep runs), then the sweep.
-        reaped = reap_before_launch(loop, LoopState.load(ws.state))
-        torn = events.repair_tail()
-        recovered = recover(ws, events)        # stray temps, archive staging, cycle counter (loop/daemon/recovery.py)
-        state = LoopState.load(ws.state)
-        state.stop_reason = None
-        mode = "LLM" if loop.builder is not None else "offline policy (no endpoint configured; no network)"
-        degraded = Degraded(events)
-        append_daemon_event(degraded, state, say, "daemon_start", f"start-{state.cycle + 1:05d}",
-                            pid=os.getpid(), resume_cycle=state.cycle + 1,
-                            builder=mode, mentor="LLM" if loop.mentor is not None else "offline policy",
-                            prompt_rules=rules, repaired_torn_event=torn, recovery=recovered, task_domain=task,
-                            sandbox=loop.sandbox.note, reaped=reaped,
-                            active_run=state.active_run.label if state.active_run else None,
-                            active_run_alive=is_alive(state.active_run) if state.active_run else None)
-        say(f"llmloop daemon pid {os.getpid()}: Builder and Mentor use the {mode}; "
-            f"resuming at cycle {state.cycle + 1}; {loop.sandbox.note}")
-        if reaped["killed"]:
-            say(f"killed {len(reaped['killed'])} leftover process(es) of an earlier daemon")
-        loop.phase_hint = dict(state.phase_recommendations)
-        done = 0
-        while not should_stop() and state.stop_reason is None and (max_cycles is None or done < max_cycles):
-            try:
-                degraded.flush()                  # `degraded` events a full disk held back
-                state = run_cycle(loop, state)
-                degraded.recovered()
-            except OSError as exc:                # disk full, file too large, read-only: stay up, back off;
-                backoff = degraded.record(exc, state, say)    # state.json on disk is the last good one
-            else:
-                backoff = None
-            done += 1
-            if max_cycles is not None and done >= max_cycles:
-                break
-            if backoff is not None:
-                sleep_between_cycles(backoff, should_stop)
-                continue
-            try:
-                state = phase_if_due(loop, state)
-                if should_stop() or state.stop_reason is not None:
-                    break
-                decision = timer_decision(loop, state)
-                events.append("timer", f"timer-{state.cycle:05d}", seconds=decision.seconds,
-                              reasons=decision.reasons, inputs=decision.inputs)
-            except OSError as exc:
-                sleep_between_cycles(degraded.record(exc, state, say), should_stop)
-                continue
-            sleep_between_cycles(decision.seconds, should_stop)
+        loop, state, degraded = start_up(cfg, ws, should_stop, say)
+        state, done = cycle_until_stopped(loop, state, degraded, should_stop, max_cycles, say)
         reason = state.stop_reason or ("stop requested" if should_stop() else f"{done} cycle(s) done")
         append_daemon_event(degraded, state, say, "daemon_stop", f"stop-{state.cycle:05d}", reason=reason,
                             cycle=state.cycle)
@@ -202,6 +151,70 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         ws.pid.unlink(missing_ok=True)
         ws.stop_request.unlink(missing_ok=True)
         lock.release()
+
+
+def start_up(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> tuple[Loop, LoopState, Degraded]:
+    """Checks, the loop, strays reaped, the workspace repaired after a crash, the daemon_start event."""
+    from loop.agents.prompts import check_rule_budgets
+
+    rules = check_rule_budgets(cfg, cfg.root)
+    task = check_task_domain(cfg)
+    loop = build_loop(cfg, ws, should_stop, say)
+    events = loop.events
+    # Leftover processes first (nothing may still be writing while the sweep runs), then the sweep.
+    reaped = reap_before_launch(loop, LoopState.load(ws.state))
+    torn = events.repair_tail()
+    recovered = recover(ws, events)        # stray temps, archive staging, cycle counter (loop/daemon/recovery.py)
+    state = LoopState.load(ws.state)
+    state.stop_reason = None
+    mode = "LLM" if loop.builder is not None else "offline policy (no endpoint configured; no network)"
+    degraded = Degraded(events)
+    append_daemon_event(degraded, state, say, "daemon_start", f"start-{state.cycle + 1:05d}",
+                        pid=os.getpid(), resume_cycle=state.cycle + 1,
+                        builder=mode, mentor="LLM" if loop.mentor is not None else "offline policy",
+                        prompt_rules=rules, repaired_torn_event=torn, recovery=recovered, task_domain=task,
+                        sandbox=loop.sandbox.note, reaped=reaped,
+                        active_run=state.active_run.label if state.active_run else None,
+                        active_run_alive=is_alive(state.active_run) if state.active_run else None)
+    say(f"llmloop daemon pid {os.getpid()}: Builder and Mentor use the {mode}; "
+        f"resuming at cycle {state.cycle + 1}; {loop.sandbox.note}")
+    if reaped["killed"]:
+        say(f"killed {len(reaped['killed'])} leftover process(es) of an earlier daemon")
+    loop.phase_hint = dict(state.phase_recommendations)
+    return loop, state, degraded
+
+
+def cycle_until_stopped(loop: Loop, state: LoopState, degraded: Degraded, should_stop, max_cycles: int | None,
+                        say) -> tuple[LoopState, int]:
+    """Cycles, PHASE when due, and the adaptive pause between them; a full disk backs off, never exits."""
+    done = 0
+    while not should_stop() and state.stop_reason is None and (max_cycles is None or done < max_cycles):
+        try:
+            degraded.flush()                  # `degraded` events a full disk held back
+            state = run_cycle(loop, state)
+            degraded.recovered()
+        except OSError as exc:                # disk full, file too large, read-only: stay up, back off;
+            backoff = degraded.record(exc, state, say)    # state.json on disk is the last good one
+        else:
+            backoff = None
+        done += 1
+        if max_cycles is not None and done >= max_cycles:
+            break
+        if backoff is not None:
+            sleep_between_cycles(backoff, should_stop)
+            continue
+        try:
+            state = phase_if_due(loop, state)
+            if should_stop() or state.stop_reason is not None:
+                break
+            decision = timer_decision(loop, state)
+            loop.events.append("timer", f"timer-{state.cycle:05d}", seconds=decision.seconds,
+                               reasons=decision.reasons, inputs=decision.inputs)
+        except OSError as exc:
+            sleep_between_cycles(degraded.record(exc, state, say), should_stop)
+            continue
+        sleep_between_cycles(decision.seconds, should_stop)
+    return state, done
 
 
 def append_daemon_event(degraded: Degraded, state: LoopState, say, kind: str, trace: str, **fields) -> None:

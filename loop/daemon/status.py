@@ -83,6 +83,17 @@ def llm_budget_line(cfg: DaemonConfig, ws: Workspace, tokens: dict) -> str | Non
     return "LLM budget per daemon start: " + ", ".join(x for x in limits if x)
 
 
+def pending_proposal(models: ModelPaths) -> str | None:
+    """The entry PROMOTION_PROPOSAL.json proposes. The promotion module (torch) is imported only
+    when a proposal is pending, so `status` stays quick the rest of the time."""
+    if not models.proposal.exists():
+        return None
+    from loop.archive.promotion import read_proposal
+
+    proposal = read_proposal(models)
+    return proposal.proposed_head if proposal else None
+
+
 def status_info(cfg: DaemonConfig, ws: Workspace) -> dict:
     from loop.daemon.process import builder_role, mentor_role
 
@@ -113,7 +124,7 @@ def status_info(cfg: DaemonConfig, ws: Workspace) -> dict:
         "last_decision": state.last_decision,
         "last_outcome": state.last_outcome.model_dump() if state.last_outcome else None,
         "leaderboard_top3": leaderboard(ws), "gen_head": models.head_name(),
-        "proposal_pending": json.loads(models.proposal.read_text())["proposed_head"] if models.proposal.exists() else None,
+        "proposal_pending": pending_proposal(models),
         "finish_up": None if request is None else {
             "status": request.status, "deadline_utc": request.deadline_utc,
             "minutes_left": round(request.minutes_to_deadline(finishup.now_utc()), 1),
