@@ -132,3 +132,19 @@ def test_gate_refusals_in_a_row_hand_the_builder_to_the_offline_policy(tmp_path)
     second, third = cycles(workspace_of(cfg))[1:3]
     assert "2 LLM decisions refused in a row" in second["llm_gate_fallback"]
     assert "quality gate refused 2 LLM decisions" in third["llm_fallback"]
+
+
+def test_valid_but_poor_decisions_are_refused_with_reasons(tmp_path):
+    """What a small model may well say: schema-valid, but a one-word rationale or an absurd lr."""
+    lr_200 = {"content": json.dumps({"action": "train", "run_label": "lr-sweep-high", "strategy_dimension": "optimization",
+                                     "rationale": "A much larger learning rate should converge faster on this task.",
+                                     "train_overlay": {"optim": {"lr": 200}}})}
+    terse = {"content": json.dumps({"action": "train", "rationale": "10", "run_label": "run"})}
+    with LLMServer() as server:
+        cfg = make_cfg(tmp_path, server.base_url)
+        server.script(lr_200, terse)
+        run_cycles(cfg, 2)
+    first, second = cycles(workspace_of(cfg))
+    assert not first["quality_gate"]["ok"] and "optim.lr" in " ".join(first["quality_gate"]["reasons"])
+    assert not second["quality_gate"]["ok"] and any("rationale" in r for r in second["quality_gate"]["reasons"])
+    assert "run" not in first and "run" not in second

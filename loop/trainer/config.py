@@ -48,10 +48,10 @@ class ModelConfig(StrictModel):
 
 class OptimConfig(StrictModel):
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.05, gt=0, le=10)        # above 10 is a typo or a bad decision, never a schedule
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
     grad_clip: float | None = Field(None, gt=0)
 
 
