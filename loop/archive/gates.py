@@ -7,11 +7,21 @@
 and the composite score used for ranking: 0.4 recall + 0.4 generalize + 0.2 (1 - drift)."""
 from __future__ import annotations
 
-from pydantic import BaseModel
-
-from loop.archive.probes import ProbeMetrics
+from pydantic import BaseModel, Field
 
 GATE_NAMES = ("recall", "generalize", "drift", "violations", "budget")
+
+
+class ProbeMetrics(BaseModel):
+    recall: float
+    generalize: float
+    drift: float
+    violations: int
+    violated: list[str] = Field(default_factory=list)
+    val_accuracy: float
+    per_class_accuracy: dict[str, float] = Field(default_factory=dict)
+    parameters: int
+    latency_ms: float | None = None
 
 
 class GateResult(BaseModel):

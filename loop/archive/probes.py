@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
 
+from loop.archive.gates import ProbeMetrics  # noqa: F401  (re-exported: callers import it from here)
 from loop.config import ViolationRules
 from loop.domains import SpicaDomain, require_spica, resolve_domain
 from loop.trainer.data import ImageDataset, Normalizer
@@ -20,18 +20,6 @@ from loop.trainer.metrics import predict_logits, score_logits
 from loop.trainer.models import ModelFileConfig, load_model_folder
 
 PROBE_SPLITS = ("recall", "delta", "drift", "val")
-
-
-class ProbeMetrics(BaseModel):
-    recall: float
-    generalize: float
-    drift: float
-    violations: int
-    violated: list[str] = Field(default_factory=list)
-    val_accuracy: float
-    per_class_accuracy: dict[str, float] = Field(default_factory=dict)
-    parameters: int
-    latency_ms: float | None = None
 
 
 class LoadedModel:

@@ -88,7 +88,7 @@ def pending_proposal(models: ModelPaths) -> str | None:
     when a proposal is pending, so `status` stays quick the rest of the time."""
     if not models.proposal.exists():
         return None
-    from loop.archive.promotion import read_proposal
+    from loop.archive.proposal import read_proposal
 
     proposal = read_proposal(models)
     return proposal.proposed_head if proposal else None
