@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 
 from loop.archive.checkpoints import CheckpointManager, encode_v1, store_from_bytes, store_to_bytes
-from loop.archive.lifecycle import (HISTORY, TERMINAL, VALID_TRANSITIONS, Lifecycle, LifecycleStore,
-                                    TransitionContext, TransitionRefused, validate_transition)
+from loop.archive.lifecycle import (
+    HISTORY,
+    TERMINAL,
+    VALID_TRANSITIONS,
+    Lifecycle,
+    LifecycleStore,
+    TransitionContext,
+    TransitionRefused,
+    validate_transition,
+)
 
 S = Lifecycle
 GOOD = TransitionContext(trained_ok=True, evaluation_passed=True)
@@ -107,7 +115,7 @@ def test_history_keeps_last_ten_in_order():
     store = LifecycleStore()
     rows = store.add_many(["x"])
     # ring buffer: write 12 matrix-valid moves by resetting state directly between two states
-    for i in range(12):
+    for _ in range(12):
         store.state[rows[0]] = S.DORMANT
         store.transition_many(rows, S.GERMINATED)
     hist = store.info("x")["history"]

@@ -4,8 +4,16 @@ from __future__ import annotations
 import json
 
 from loop.journal.events import EventLog
-from loop.journal.notes import (add_todos, append_storyline, append_workpad, read_todos, resolve_todos, tail_text,
-                        todo_cap, todo_summary)
+from loop.journal.notes import (
+    add_todos,
+    append_storyline,
+    append_workpad,
+    read_todos,
+    resolve_todos,
+    tail_text,
+    todo_cap,
+    todo_summary,
+)
 
 
 def test_workpad_sections_get_their_entries(tmp_path):

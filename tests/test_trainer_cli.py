@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -57,7 +56,8 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path):
 
     killed = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "loop.cli.main", "train", "--config", str(cfg), "--out", str(killed)],
+    proc = subprocess.Popen([sys.executable, "-m", "loop.cli.main", "train", "--config", str(cfg),
+                             "--out", str(killed)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = killed / "train.log"
     try:

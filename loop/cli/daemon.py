@@ -207,13 +207,18 @@ def cmd_reset(args, cfg, ws) -> int:
     return 0
 
 
+def shell_line(words: list[str]) -> str:
+    """`-- 'one shell line'` is taken as written; `-- bash -c "echo x"` keeps each word's quoting."""
+    return words[0] if len(words) == 1 else shlex.join(words)
+
+
 def cmd_policy(args, cfg, ws) -> int:
     from loop.cli.policy import policy_check
 
     if not args.cmd:            # split_command_options already took the `--` off
         print("usage: llmloop policy check -- COMMAND", file=sys.stderr)
         return 2
-    return policy_check(" ".join(args.cmd), cfg, ws.root)
+    return policy_check(shell_line(args.cmd), cfg, ws.root)
 
 
 def cmd_sandbox(args, cfg, ws) -> int:
@@ -225,7 +230,7 @@ def cmd_sandbox(args, cfg, ws) -> int:
         return 2
     # One word is the shell line itself (`-- "ls | wc"`); several words are an argv whose own
     # quoting must survive (`-- bash -c "echo inside"`), so quote them back into one line.
-    command = args.cmd[0] if len(args.cmd) == 1 else shlex.join(args.cmd)
+    command = shell_line(args.cmd)
     if args.policy and policy_check(command, cfg, ws.root) != 0:
         return 6
     return run_by_hand(cfg, cfg.root, ws.root, command, args.timeout)

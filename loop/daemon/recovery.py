@@ -207,11 +207,11 @@ def write_site(exc: OSError) -> str:
     shared write helper or a private function (so state.save, notes.append_line, archive.freeze,
     events.append_line ... and not fsutil)."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/loop/" in f.filename.replace("\\", "/")]
-    helpers = ("/loop/fsutil.py", "/loop/faults.py")
+    helpers = ("/loop/util/fsutil.py", "/loop/util/faults.py")
     named = [f for f in frames if not f.filename.replace("\\", "/").endswith(helpers) and not f.name.startswith("_")]
     picked = (named or frames)[-1:]
     if not picked:
         return "unknown"
     frame = picked[0]
-    module = frame.filename.replace("\\", "/").split("/loop/", 1)[1].removesuffix(".py").replace("/", ".")
+    module = Path(frame.filename.replace("\\", "/")).stem     # the module, without its folder: state.save
     return f"{module}.{frame.name}"
