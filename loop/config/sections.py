@@ -1,0 +1,141 @@
+"""The sections of the daemon's config: the LLM roles and their cost, the command policy, the
+per-run budget caps, evolution, PHASE and the adaptive timer."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from loop.config.load import StrictModel
+
+
+# ---------------------------------------------------------- daemon config ----
+# Keys keep the names of the seed README (daemon_poll_seconds, mentor_every_n_cycles,
+# auto_repair_*, ...) so its readers find them. Sections group what the seed left implicit.
+
+class LLMRole(StrictModel):
+    """One role's endpoint. No base_url -> the offline policy plays the role (no network)."""
+
+    base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"        # read from the environment, else the credentials file
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    timeout_seconds: float = Field(120.0, gt=0)
+    max_attempts: int = Field(4, ge=1, le=10)  # transient errors retried with backoff
+    # auto: json_schema, json_object_schema (llama.cpp grammar), json_object, off; kept per endpoint
+    structured_output: Literal["auto", "json_schema", "json_object_schema", "json_object", "off"] = "auto"
+    temperature: float | None = Field(None, ge=0, le=2)
+    # Sent as max_tokens when set: a small local model under a grammar can otherwise write until its
+    # context is full (minutes per call on a CPU).
+    max_output_tokens: int | None = Field(None, ge=16)
+    # After this many failed calls in a row the role's circuit opens: calls fail fast with no request
+    # (the cycle waits) until the cooldown has passed, then one trial call decides (loop/agents/breaker.py).
+    circuit_breaker_failures: int = Field(5, ge=1)
+    circuit_breaker_cooldown_seconds: float = Field(300.0, ge=0)
+    # While the circuit is open, the budget is spent, a call failed, or (Builder) the gate refused
+    # `llm_gate_refusal_limit` decisions in a row: `offline` lets the offline policy play the role
+    # (each such decision marked with its source), `wait` idles the cycle (the Builder) or skips
+    # the review (the Mentor).
+    when_unavailable: Literal["offline", "wait"] = "offline"
+
+
+class ModelPrice(StrictModel):
+    """What a model costs per million tokens (`llm_prices`), in whatever currency you write."""
+
+    input_per_million: float = Field(0.0, ge=0)
+    output_per_million: float = Field(0.0, ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
+
+
+class LLMBudget(StrictModel):
+    """A cap on LLM spend per daemon start, both roles together; reached: no more LLM calls."""
+
+    max_cost: float | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class CommandPolicyConfig(StrictModel):
+    """What a `run_command` decision may run (loop/gate/policy.py). Paths are relative to the repo root."""
+
+    allowed_executables: list[str] = Field(default_factory=lambda: [
+        "python", "python3", "llmloop", "ls", "cat", "head", "tail", "grep", "wc", "echo", "mkdir", "cp",
+        "mv", "rm", "touch", "find", "sort", "uniq", "du", "df", "nvidia-smi", "sleep", "true", "cd"])
+    writable_paths: list[str] = Field(default_factory=lambda: ["artifacts", "/tmp"])
+    allow_network: bool = False
+
+
+
+class BudgetCaps(StrictModel):
+    """Per-run caps (evolution_scheduler.md 'Budget'); None means no cap."""
+
+    max_steps: int | None = Field(None, gt=0)
+    max_walltime_minutes: float | None = Field(None, gt=0)
+    max_gpu_memory_gb: float | None = Field(None, gt=0)
+    max_cpu_memory_gb: float | None = Field(None, gt=0)
+    max_tokens_processed: int | None = Field(None, gt=0)
+    max_disk_gb: float | None = Field(None, gt=0)
+
+
+SAMPLING_STRATEGIES = ("recent_weighted", "uniform", "hard_example_weighted", "class_balanced")
+
+
+class ViolationRules(StrictModel):
+    """Hard rules a candidate must not break (the seed's "law compliance"); None switches one off."""
+
+    per_class_accuracy_floor: float | None = Field(0.5, ge=0, le=1)   # on the val split
+    max_parameters: int | None = Field(None, gt=0)
+    max_latency_ms: float | None = Field(None, gt=0)                  # one image, CPU, median
+
+
+class GraftConfig(StrictModel):
+    strategy: Literal["auto", "linear", "drift_controlled", "momentum", "adaptive"] = "auto"
+    steps: int = Field(10, ge=1)
+    drift_threshold: float = Field(0.05, ge=0, le=1)
+    tolerance: float = Field(0.02, ge=0, le=1)   # blended accuracy may dip this far below HEAD's
+
+
+class EvolutionConfig(StrictModel):
+    archive_prefix: str = Field("llmloop", pattern=r"^[A-Za-z0-9_.]+$")
+    strategies: list[Literal["recent_weighted", "uniform", "hard_example_weighted", "class_balanced"]] = Field(
+        default_factory=lambda: list(SAMPLING_STRATEGIES), min_length=1)
+    replay_samples_per_generation: int = Field(50, ge=0)
+    candidate_overrides: dict[str, Any] = Field(default_factory=dict)   # overlay on the trainer config
+    rules: ViolationRules = Field(default_factory=ViolationRules)
+    graft: GraftConfig = Field(default_factory=GraftConfig)
+    burn_in_batches: int = Field(4, ge=1)
+    burn_in_min_accuracy: float | None = Field(None, ge=0, le=1)   # None: shadow accuracy - tolerance
+
+
+class PhaseConfig(StrictModel):
+    """PHASE deep evaluation (dream_phase.md): when its window opens the loop pauses at a cycle
+    boundary, PHASE evaluates GEN_HEAD and the archive's top-k with QTIME replicas, and the loop
+    resumes on PHASE's completion signal."""
+
+    schedule: Literal["daily", "every_n_cycles", "off"] = "daily"
+    daily_start: str = Field("03:00", pattern=r"^\d{2}:\d{2}$")    # local time
+    daily_end: str = Field("07:00", pattern=r"^\d{2}:\d{2}$")
+    every_n_cycles: int = Field(50, ge=1)
+    top_k: int = Field(3, ge=0)                 # archive entries evaluated besides GEN_HEAD
+    epochs: int = Field(2, ge=1)                # QTIME: passes over each slice
+    slices: int = Field(5, ge=1)                # QTIME: bootstrap slices of the evaluation sets
+    replicas: int = Field(3, ge=1)              # QTIME: seeds (test-time jitter and slice draws)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    sleep_chunk_seconds: float = Field(60.0, gt=0, le=60)   # a stop request is honoured within one chunk
+
+
+class AdaptiveTimerConfig(StrictModel):
+    """Bounds of the pause between cycles; the pause itself is computed (loop/daemon/timer.py)."""
+
+    min_seconds: float = Field(0.5, ge=0)
+    max_seconds: float = Field(120.0, gt=0)
+    window: int = Field(10, ge=1)               # cycles in the rolling averages
+
+
+# Environment variables a sandboxed run keeps (everything else, secrets included, is dropped).
+SANDBOX_ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "PYTHONHASHSEED", "PYTHONUNBUFFERED",
+                         "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+                         "CUBLAS_WORKSPACE_CONFIG", "VIRTUAL_ENV", "LLMLOOP_FAULT")
+
+
