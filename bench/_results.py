@@ -23,7 +23,8 @@ section below and replaces it on every run; see each script's docstring for what
 
 
 def machine_facts() -> str:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+              else f"CPU ({platform.processor() or platform.machine()})")
     return (f"nproc {os.cpu_count()}, torch {torch.__version__} (threads {torch.get_num_threads()}), "
             f"python {platform.python_version()}, device {device}, load average at start "
             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")

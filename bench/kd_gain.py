@@ -23,8 +23,8 @@ import tempfile
 import time
 
 import torch
-
 from _results import machine_facts, spread, write_section
+
 from loop.config import validate
 from loop.domains import resolve_domain
 from loop.trainer.config import TrainerConfig
@@ -74,7 +74,8 @@ def run_setting(s: dict, teacher_dir: str, tmp: str, domain) -> tuple[str, float
     n_train = round(s["train_fraction"] * len(domain.splits.train))
     text = "\n".join([
         f"### setting {s['name']}: student test_resnet, train_fraction {s['train_fraction']} (~{n_train} images), "
-        f"batch {s['batch_size']}, {s['epochs']} epochs; KD alpha {s['alpha']}, beta {s['beta']}, temperature {s['temperature']}", "",
+        f"batch {s['batch_size']}, {s['epochs']} epochs; KD alpha {s['alpha']}, beta {s['beta']}, "
+        f"temperature {s['temperature']}", "",
         "| seed | no-KD val acc | KD val acc | KD - no-KD |", "|---|---|---|---|", *rows, "",
         f"- no-KD: {spread(arms['no-KD'])}",
         f"- KD: {spread(arms['KD'])}",

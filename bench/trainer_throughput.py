@@ -51,9 +51,9 @@ from unittest import mock
 import timm
 import torch
 import torch.nn.functional as F
+from _results import machine_facts, write_section
 
 import loop.trainer.train as trainer_module
-from _results import machine_facts, write_section
 from loop.config import validate
 from loop.domains import resolve_domain
 from loop.trainer.config import TrainerConfig

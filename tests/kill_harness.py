@@ -24,9 +24,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from loop.config import DaemonConfig, validate  # noqa: E402
-from loop.daemon.process import run_daemon  # noqa: E402
-from loop.journal.events import EventLog  # noqa: E402
 from loop.archive import freeze as archive  # noqa: E402
 from loop.archive.checkpoints import CheckpointManager  # noqa: E402
 from loop.archive.lifecycle import Lifecycle  # noqa: E402
@@ -34,8 +31,11 @@ from loop.archive.lineage import LineageRow, mark_promoted, read_lineage  # noqa
 from loop.archive.paths import ModelPaths  # noqa: E402
 from loop.archive.promotion import cutover, read_proposal  # noqa: E402
 from loop.archive.store import load_store, save_store  # noqa: E402
-from loop.daemon.recovery import STATE_FOLDERS, is_temp_name  # noqa: E402
+from loop.config import DaemonConfig, validate  # noqa: E402
 from loop.cycle.state import LoopState  # noqa: E402
+from loop.daemon.process import run_daemon  # noqa: E402
+from loop.daemon.recovery import STATE_FOLDERS, is_temp_name  # noqa: E402
+from loop.journal.events import EventLog  # noqa: E402
 from loop.util.workspace import Workspace  # noqa: E402
 from tests.llm_server import LLMServer  # noqa: E402
 
@@ -386,7 +386,8 @@ class Campaign:
         self.figures["resumed"] += 1
         self.figures["torn_tails_repaired"] += int(start["repaired_torn_event"])
         self.figures["temp_files_swept"] += len(swept)
-        self.figures["staging_swept"] += len([s for s in recovery["archive_staging_removed"] if s.startswith(".staging")])
+        self.figures["staging_swept"] += len([s for s in recovery["archive_staging_removed"]
+                                              if s.startswith(".staging")])
         self.figures["cycle_reconciled"] += int(recovery["cycle_reconciled"] is not None)
         self.figures["entries_quarantined"] = self.figures.get("entries_quarantined", 0) + \
             len(recovery.get("archive_entries_quarantined", []))
@@ -411,7 +412,6 @@ class Campaign:
             self.figures["gen_head_verified"] += 1
         paths = ModelPaths(self.ws.root)
         report = archive.verify_archive(paths)
-        recorded = {r.name for r in read_lineage(paths.lineage)}
         broken = {k: v for k, v in report.items() if v}
         check(not broken, f"archive entries fail verify after the final start: {broken}")
         self.figures["archive_entries_verified"] = sum(1 for k, v in report.items() if not v)
@@ -590,12 +590,12 @@ def tmpfs_writer_cases(mount: Path) -> list[dict]:
     """Each write site's own writer on a really full disk: it raises ENOSPC (which the daemon turns
     into a `degraded` event) and the last good file survives whole."""
     from loop.archive.lifecycle import LifecycleStore
+    from loop.cycle.state import write_heartbeat
+    from loop.daemon.recovery import recover
     from loop.journal.history import append_history
     from loop.journal.notes import append_storyline, append_workpad, write_todos
-    from loop.util.progress import ProgressLog
-    from loop.daemon.recovery import recover
     from loop.report import generate_reports
-    from loop.cycle.state import write_heartbeat
+    from loop.util.progress import ProgressLog
 
     ws = Workspace(mount / "sites").ensure()
     paths = ModelPaths(ws.root)
@@ -621,7 +621,7 @@ def tmpfs_writer_cases(mount: Path) -> list[dict]:
         "archive freeze": (None, lambda: archive.freeze(paths, "full-G001-a", run_dir, texts)),
         "reports": (ws.reports / "final_paper_report.md", lambda: generate_reports(ws.root, 3, big, progress=False)),
     }
-    for name, (path, _) in sites.items():                   # the last good version of each file
+    for _name, (path, _) in sites.items():                  # the last good version of each file
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
     LoopState(cycle=2).save(ws.state)

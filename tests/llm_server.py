@@ -154,7 +154,8 @@ class _Handler(BaseHTTPRequestHandler):
         if "body" in step:
             self._send_json(status, step["body"], step.get("headers"))
         elif status == 200:
-            self._send_json(200, completion_body(step["content"], step.get("usage", DEFAULT_USAGE)), step.get("headers"))
+            self._send_json(200, completion_body(step["content"], step.get("usage", DEFAULT_USAGE)),
+                            step.get("headers"))
         else:
             error = {"message": step.get("error", f"scripted {status}"), "type": "test_error"}
             self._send_json(status, {"error": error}, step.get("headers"))

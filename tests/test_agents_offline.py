@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 from loop.agents.context import build_context, compute_signals
-from loop.agents.usage import estimate_tokens
-from loop.agents.offline import (SPACE, PolicyInput, RunRecord, builder_decision, mentor_review, overlay_of,
-                                 params_of, stagnating)
+from loop.agents.offline import (
+    SPACE,
+    PolicyInput,
+    RunRecord,
+    builder_decision,
+    mentor_review,
+    overlay_of,
+    params_of,
+    stagnating,
+)
 from loop.agents.schema import Decision
+from loop.agents.usage import estimate_tokens
 from loop.config import deep_merge, read_yaml, validate
 from loop.journal.notes import add_todos, append_storyline, append_workpad
 from loop.trainer.config import TrainerConfig

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from loop.config import DaemonConfig
-from loop.errors import ArchiveTampered
 from loop.archive import freeze as archive
 from loop.archive.gates import check_gates
 from loop.archive.lifecycle import Lifecycle
@@ -28,9 +26,11 @@ from loop.archive.lineage import read_lineage
 from loop.archive.paths import ModelPaths
 from loop.archive.probes import ProbeMetrics
 from loop.archive.promotion import approve, cutover, propose, rollback
-from loop.candidates.scheduler import spawn_candidates
 from loop.archive.store import load_store, save_store
+from loop.candidates.scheduler import spawn_candidates
 from loop.candidates.window import CandidateOutcome
+from loop.config import DaemonConfig
+from loop.errors import ArchiveTampered
 from tests.conftest import REPO, add_archive_entry, fault_tier, record_reliability
 
 TRIALS = 3000 if fault_tier() == "long" else 300
@@ -182,14 +182,15 @@ def test_random_tampering_is_caught_and_never_promoted(template, tmp_path):
 
         report = archive.verify_archive(paths)
         assert report[HEAD] == [] and any(report.values()), (kind, done, report)
-        caught[kind] += refused(lambda: archive.require_intact(paths, TARGET))
+        caught[kind] += refused(lambda paths=paths: archive.require_intact(paths, TARGET))
         # promotion: the pending proposal, a new proposal, a direct cutover; rollback to it
-        refusals = [refused(lambda: approve(cfg, paths.workspace, say=lambda *_: None)),
-                    refused(lambda: propose(paths, load_store(paths), [passing_outcome(paths)], HEAD, None)),
-                    refused(lambda: cutover(paths, TARGET))]
+        refusals = [refused(lambda paths=paths: approve(cfg, paths.workspace, say=lambda *_: None)),
+                    refused(lambda paths=paths: propose(paths, load_store(paths), [passing_outcome(paths)],
+                                                        HEAD, None)),
+                    refused(lambda paths=paths: cutover(paths, TARGET))]
         assert all(refusals), (kind, done, refusals)
         promotions_refused += all(refusals)
-        rollbacks_refused += refused(lambda: rollback(paths.workspace, to=TARGET))
+        rollbacks_refused += refused(lambda paths=paths: rollback(paths.workspace, to=TARGET))
         assert_head_intact(paths)
         assert load_store(paths).get(TARGET) == Lifecycle.TRAINING                # nothing moved it
         remove_workspace(paths)

@@ -136,9 +136,9 @@ def test_degraded_record_names_the_site_and_never_reuses_a_logged_cycle(tmp_path
     counts as done, so the next cycle gets a new number; the `degraded` event names the writer."""
     import errno
 
-    from loop.journal.notes import append_storyline
-    from loop.daemon.recovery import Degraded
     from loop.cycle.state import LoopState
+    from loop.daemon.recovery import Degraded
+    from loop.journal.notes import append_storyline
 
     events = EventLog(tmp_path / "events.jsonl")
     events.append("cycle", "c00005-abcdef", cycle=5)
@@ -188,7 +188,8 @@ from loop.util.workspace import Workspace
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
 pad = "z" * 5000
-writers = {{"history": lambda: append_history(Workspace(Path({str(ws.root)!r})), {{"label": "x", "cycle": 2, "pad": pad}}),
+writers = {{"history": lambda: append_history(Workspace(Path({str(ws.root)!r})),
+                                              {{"label": "x", "cycle": 2, "pad": pad}}),
            "storyline": lambda: append_storyline(Path({str(ws.storyline)!r}), "- c00002 " + pad),
            "progress": lambda: ProgressLog(Path({str(progress_log)!r}), "t", 1, stream=io.StringIO()).line(pad)}}
 errnos = {{}}

@@ -82,16 +82,16 @@ def test_image_folder_domain(tmp_path):
 
 def test_image_folder_errors(tmp_path):
     with pytest.raises(DomainError, match="is not a folder"):
-        resolve_domain("image_folder", {"root": str(tmp_path / "missing")}).splits
+        _ = resolve_domain("image_folder", {"root": str(tmp_path / "missing")}).splits
     one = tmp_path / "one"
     make_folder(one, per_class=(5,))
     with pytest.raises(DomainError, match="at least two class sub-folders"):
-        resolve_domain("image_folder", {"root": str(one)}).splits
+        _ = resolve_domain("image_folder", {"root": str(one)}).splits
     empty = tmp_path / "empty"
     make_folder(empty, per_class=(5, 5))
     (empty / "class_2").mkdir()
     with pytest.raises(DomainError, match="holds no images"):
-        resolve_domain("image_folder", {"root": str(empty)}).splits
+        _ = resolve_domain("image_folder", {"root": str(empty)}).splits
 
 
 class NotADomain:

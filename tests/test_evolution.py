@@ -9,8 +9,6 @@ import sys
 
 import pytest
 
-from loop.config import DaemonConfig, EvolutionConfig, ViolationRules
-from loop.errors import ArchiveTampered
 from loop.archive import freeze as archive
 from loop.archive.gates import check_gates, composite_score
 from loop.archive.lifecycle import Lifecycle
@@ -18,12 +16,13 @@ from loop.archive.lineage import read_events, read_lineage
 from loop.archive.paths import ModelPaths
 from loop.archive.probes import LoadedModel, ProbeMetrics, run_probes
 from loop.archive.promotion import PromotionError, approve, cutover, propose, read_proposal, reject, rollback
-from loop.candidates.scheduler import EvolutionError, spawn_candidates, window_open
 from loop.archive.store import load_store, save_store
+from loop.candidates.scheduler import EvolutionError, spawn_candidates, window_open
 from loop.candidates.window import CandidateOutcome
+from loop.config import DaemonConfig, EvolutionConfig, ViolationRules
+from loop.errors import ArchiveTampered
 from loop.trainer.train import train
 from tests.conftest import REPO, add_archive_entry
-
 
 # ----------------------------------------------------------- scheduler ----
 

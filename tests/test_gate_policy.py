@@ -302,7 +302,8 @@ def test_policy_check_and_the_daemon_agree_on_the_workspace(tmp_path):
 
     project = tmp_path / "project"
     (project / "config").mkdir(parents=True)
-    (project / "config" / "daemon_config.yaml").write_text("workspace: artifacts\ncommand_policy: {writable_paths: []}\n")
+    (project / "config" / "daemon_config.yaml").write_text("workspace: artifacts\n"
+                                                             "command_policy: {writable_paths: []}\n")
     other = tmp_path / "elsewhere-ws"
     command = f"cd {project} && mkdir -p {other}/notes-extra"
     run = subprocess.run([sys.executable, "-m", "loop.cli", "policy", "check", "--daemon-config",

@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from loop.journal.events import EventLog
-from loop.daemon.recovery import recover, sweep_temp_files
 from loop.cycle.state import LoopState
+from loop.daemon.recovery import recover, sweep_temp_files
+from loop.journal.events import EventLog
 from loop.util.workspace import Workspace
 from tests.conftest import REPO, fault_tier, record_reliability
 from tests.kill_harness import DAEMON_POINTS, EVOLUTION_POINTS

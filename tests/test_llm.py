@@ -11,15 +11,14 @@ import traceback
 
 import pytest
 
-from loop.agents import llm, retry
+from loop.agents import retry
 from loop.agents.credentials import resolve_api_key, write_credentials
 from loop.agents.llm import LLMClient, LLMUnavailable, for_role
-from loop.agents.usage import Usage
 from loop.agents.schema import Decision, Review
+from loop.agents.usage import Usage
 from loop.config import LLMRole
 from loop.errors import ConfigError
 from loop.util.secrets import MASK, known_secrets, redact
-from tests.llm_server import llm_server  # noqa: F401  (fixture)
 
 KEY = "sk-canary-1234567890abcdef"
 GOOD = '{"action": "wait", "rationale": "nothing to do", "run_label": "w1"}'

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from loop.config import DaemonConfig, validate
 from loop.cycle.cycle import run_cycle
-from loop.daemon.process import build_loop, workspace_of
-from loop.journal.events import EventLog
 from loop.cycle.state import LoopState
+from loop.daemon.process import build_loop, workspace_of
 from loop.daemon.status import render, status_info
+from loop.journal.events import EventLog
 from tests.conftest import tiny_config_dict
 from tests.llm_server import LLMServer
-
-import yaml
 
 
 def make_cfg(tmp_path, base_url: str, **extra) -> DaemonConfig:
@@ -136,7 +136,8 @@ def test_gate_refusals_in_a_row_hand_the_builder_to_the_offline_policy(tmp_path)
 
 def test_valid_but_poor_decisions_are_refused_with_reasons(tmp_path):
     """What a small model may well say: schema-valid, but a one-word rationale or an absurd lr."""
-    lr_200 = {"content": json.dumps({"action": "train", "run_label": "lr-sweep-high", "strategy_dimension": "optimization",
+    lr_200 = {"content": json.dumps({"action": "train", "run_label": "lr-sweep-high",
+                                     "strategy_dimension": "optimization",
                                      "rationale": "A much larger learning rate should converge faster on this task.",
                                      "train_overlay": {"optim": {"lr": 200}}})}
     terse = {"content": json.dumps({"action": "train", "rationale": "10", "run_label": "run"})}

@@ -17,10 +17,10 @@ from loop.agents.breaker import CircuitBreaker
 from loop.agents.llm import LLMCircuitOpen, LLMClient, LLMUnavailable, max_requests_per_call
 from loop.agents.schema import Decision
 from loop.config import DaemonConfig, LLMRole, validate
-from loop.journal.events import EventLog
 from loop.daemon.timer import TimerInputs, next_pause
+from loop.journal.events import EventLog
 from tests.conftest import fault_tier, record_reliability, tiny_config_dict, wait_for
-from tests.llm_server import FAULT_KINDS, FaultPlan, LLMServer, llm_server  # noqa: F401  (fixture)
+from tests.llm_server import FAULT_KINDS, FaultPlan, LLMServer
 
 GOOD = '{"action": "wait", "rationale": "nothing to do", "run_label": "w1"}'
 CLIENT_TIMEOUT_S = 0.2          # the timeout fault's delay must exceed it
@@ -139,7 +139,7 @@ def test_fault_campaign_no_crash_bounded_attempts_and_the_breaker_opens():
 
 # ========================================================= bounded attempts ====
 
-def test_malformed_body_is_retried_not_raised(llm_server):  # noqa: F811
+def test_malformed_body_is_retried_not_raised(llm_server):
     # The SDK raises a bare JSONDecodeError for a 200 whose body is not JSON: it must not escape.
     llm_server.script({"malformed": True}, {"content": GOOD})
     result = make_client(llm_server).complete_json("s", "u", Decision)
@@ -148,14 +148,14 @@ def test_malformed_body_is_retried_not_raised(llm_server):  # noqa: F811
 
 @pytest.mark.parametrize("step", [{"malformed": True}, {"truncated": True}, {"reset": True}],
                          ids=["malformed", "truncated", "reset"])
-def test_bad_bodies_every_attempt_end_as_unavailable(llm_server, step):  # noqa: F811
+def test_bad_bodies_every_attempt_end_as_unavailable(llm_server, step):
     llm_server.script(*[step] * 3)
     with pytest.raises(LLMUnavailable, match="failed 3 attempt"):
         make_client(llm_server).complete_json("s", "u", Decision)
     assert len(llm_server.requests) == 3
 
 
-def test_worst_case_attempts_equal_the_bound(llm_server):  # noqa: F811
+def test_worst_case_attempts_equal_the_bound(llm_server):
     # Every mode refused after a retry, then a bad reply and a bad repair: the most one call can send.
     refusal = {"status": 400, "error": "response_format json_schema is not supported"}
     llm_server.script({"status": 500}, refusal, {"status": 500}, refusal,          # json_schema, json_object_schema
@@ -188,7 +188,7 @@ def test_breaker_states_with_an_injected_clock():
         CircuitBreaker(failures_to_open=0, cooldown_seconds=1)
 
 
-def test_breaker_opens_after_n_failed_calls_and_sends_nothing_until_the_cooldown(llm_server):  # noqa: F811
+def test_breaker_opens_after_n_failed_calls_and_sends_nothing_until_the_cooldown(llm_server):
     # Empty script: the server answers 500 to everything.
     clock, events = ManualClock(), []
     client = make_client(llm_server, clock, events, max_attempts=2, circuit_breaker_failures=3,
@@ -216,7 +216,7 @@ def test_breaker_opens_after_n_failed_calls_and_sends_nothing_until_the_cooldown
     assert len(kinds(events, "llm_circuit_open")) == 2 and client.unavailable_for_seconds() == 60
 
 
-def test_half_open_success_closes_the_circuit(llm_server):  # noqa: F811
+def test_half_open_success_closes_the_circuit(llm_server):
     clock, events = ManualClock(), []
     client = make_client(llm_server, clock, events, max_attempts=1, circuit_breaker_failures=2,
                          circuit_breaker_cooldown_seconds=10)
@@ -237,7 +237,7 @@ def test_half_open_success_closes_the_circuit(llm_server):  # noqa: F811
     assert client.circuit.state == "closed" and len(kinds(events, "llm_circuit_open")) == 1
 
 
-def test_each_client_has_its_own_breaker(llm_server):  # noqa: F811
+def test_each_client_has_its_own_breaker(llm_server):
     clock = ManualClock()
     builder = make_client(llm_server, clock, max_attempts=1, circuit_breaker_failures=1)
     mentor = make_client(llm_server, clock, max_attempts=1, circuit_breaker_failures=1)
@@ -282,7 +282,7 @@ def finish_step() -> dict:
                                    "rationale": "The endpoint is back; finishing the test run here."})}
 
 
-def test_daemon_waits_out_the_open_circuit_then_resumes(tmp_path, llm_server):  # noqa: F811
+def test_daemon_waits_out_the_open_circuit_then_resumes(tmp_path, llm_server):
     """A server that fails every call: two failed cycles open the Builder's circuit, the timer sleeps
     until it half-opens (no request meanwhile), and the trial call, now answered, closes it."""
     from loop.daemon.process import run_daemon, workspace_of
@@ -295,7 +295,8 @@ def test_daemon_waits_out_the_open_circuit_then_resumes(tmp_path, llm_server):  
 
     def heal_after_open() -> None:     # the endpoint comes back once the circuit has opened
         try:
-            wait_for(lambda: events_path.exists() and any(e["kind"] == "llm_circuit_open" for e in EventLog(events_path)),
+            wait_for(lambda: (events_path.exists()
+                              and any(e["kind"] == "llm_circuit_open" for e in EventLog(events_path))),
                      15, "the circuit to open")
             at_open["requests"] = len(llm_server.requests)
         finally:
@@ -311,7 +312,8 @@ def test_daemon_waits_out_the_open_circuit_then_resumes(tmp_path, llm_server):  
     assert [c["decision"]["action"] for c in cycles] == ["wait", "wait", "finish"]   # no spinning
     for failed in cycles[:2]:
         assert failed["decision"]["source"] == "llm-failed"
-        assert failed["decision"]["rationale"].startswith("Builder LLM unavailable") and "failed 2 attempt" in failed["llm_error"]
+        assert failed["decision"]["rationale"].startswith("Builder LLM unavailable")
+        assert "failed 2 attempt" in failed["llm_error"]
     assert state.stop_reason == "the Builder chose finish"
     [opened] = [e for e in events if e["kind"] == "llm_circuit_open"]
     assert opened["failures"] == 2 and opened["cooldown_s"] == cooldown
@@ -327,7 +329,7 @@ def test_daemon_waits_out_the_open_circuit_then_resumes(tmp_path, llm_server):  
     assert trial - last_failure >= cooldown
 
 
-def test_daemon_sleeps_through_a_long_open_circuit_and_still_stops_on_request(tmp_path, llm_server):  # noqa: F811
+def test_daemon_sleeps_through_a_long_open_circuit_and_still_stops_on_request(tmp_path, llm_server):
     """With the default 300 s cooldown the daemon's next pause covers it; nothing is sent while it
     sleeps, and a stop request still ends the sleep at once."""
     from loop.daemon.process import run_daemon, workspace_of
@@ -361,10 +363,10 @@ def test_daemon_sleeps_through_a_long_open_circuit_and_still_stops_on_request(tm
     assert [e["reason"] for e in events if e["kind"] == "daemon_stop"] == ["stop requested"]
 
 
-def test_a_cycle_during_an_open_circuit_waits_without_a_request(tmp_path, llm_server):  # noqa: F811
+def test_a_cycle_during_an_open_circuit_waits_without_a_request(tmp_path, llm_server):
     from loop.cycle.cycle import run_cycle
-    from loop.daemon.process import build_loop, timer_decision, workspace_of
     from loop.cycle.state import LoopState
+    from loop.daemon.process import build_loop, timer_decision, workspace_of
 
     cfg = daemon_cfg(tmp_path, llm_server.base_url)
     ws = workspace_of(cfg).ensure()

@@ -21,7 +21,7 @@ from loop.agents.llm import LLMBudgetSpent, LLMClient, LLMUnavailable
 from loop.agents.schema import Decision
 from loop.agents.usage import SpendCap, estimate_tokens
 from loop.config import LLMRole, ModelPrice
-from tests.llm_server import REFUSALS, LLMServer, llm_server  # noqa: F401  (fixture)
+from tests.llm_server import REFUSALS, LLMServer
 
 GOOD = json.dumps({"action": "wait", "rationale": "Nothing to run until the last result is read.",
                    "run_label": "wait-for-result"})
@@ -191,7 +191,8 @@ def test_llm_probe_reports_mode_latency_and_validity(llm_server, tmp_path):
     assert "builder: tiny at" in probe.stdout and "mode json_object_schema" in probe.stdout
     assert "reply valid; quality gate passed; 2 request(s)" in probe.stdout
     assert "mentor: offline policy" in probe.stdout
-    assert ModeStore(tmp_path / "ws" / "logs" / "llm_modes.json").get(llm_server.base_url, "tiny") == "json_object_schema"
+    modes = ModeStore(tmp_path / "ws" / "logs" / "llm_modes.json")
+    assert modes.get(llm_server.base_url, "tiny") == "json_object_schema"
     # The system prompt is the daemon's: the mission and the JSON contract.
     assert "Decision" in llm_server.requests[1]["body"]["messages"][0]["content"]
 

@@ -14,7 +14,7 @@ import yaml
 
 from loop.cycle import finishup
 from loop.errors import ConfigError
-from tests.conftest import REPO, tiny_config_dict, wait_for
+from tests.conftest import REPO, tiny_config_dict
 
 NOW = dt.datetime(2026, 2, 18, 20, 0, tzinfo=dt.timezone.utc)
 

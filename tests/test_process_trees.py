@@ -4,7 +4,6 @@ what an earlier daemon left behind before it launches anything, and re-adopts th
 All real processes; the checks scan the host's process table."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -15,13 +14,13 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-
 from conftest import REPO, wait_for
+
 from loop.config import DaemonConfig
-from loop.journal.events import EventLog
-from loop.run.supervise import ActiveRun, is_alive, kill_run, launch, monitor
-from loop.run.sandbox import find_bwrap, load_sandbox
 from loop.cycle.state import LoopState
+from loop.journal.events import EventLog
+from loop.run.sandbox import find_bwrap, load_sandbox
+from loop.run.supervise import ActiveRun, is_alive, kill_run, launch, monitor
 
 HAS_BWRAP = shutil.which("bwrap") is not None and find_bwrap(os.geteuid() == 0)[1] is None
 TREE = "setsid sleep 300 & setsid sh -c 'sleep 301 & sleep 302' & sleep 303"

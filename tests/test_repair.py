@@ -16,8 +16,16 @@ import pytest
 import yaml
 
 from loop.config import CloneSpec, DaemonConfig
-from loop.run.repair import (CONFIGS_DIR, REPOS_DIR, Failure, auto_repair, checkout_clone, clone_dir, diagnose,
-                         plan_repair)
+from loop.run.repair import (
+    CONFIGS_DIR,
+    REPOS_DIR,
+    Failure,
+    auto_repair,
+    checkout_clone,
+    clone_dir,
+    diagnose,
+    plan_repair,
+)
 from tests.conftest import REPO, tiny_config_dict
 
 OFFLINE_PIP = ["--no-build-isolation", "--no-index"]

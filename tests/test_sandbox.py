@@ -7,7 +7,6 @@ output. A command's own exit code is not trusted as proof.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import REPO
+
 from loop.config import DaemonConfig
 from loop.errors import ConfigError, SandboxUnavailable
 from loop.run.sandbox import find_bwrap, load_sandbox
@@ -106,7 +105,8 @@ def test_symlinks_out_of_the_run_folder_do_not_write_through(box):
     before = snapshot(box.ws / "state.json", REPO / "README.md")
     token = uuid.uuid4().hex
     done, run_dir = box(f'cd "$(dirname "$HOME")"; ln -s {box.ws}/state.json st; echo hacked > st; '
-                        f'ln -s {REPO} repo; echo x > repo/evil-via-link; ln -s / root; echo x > root/tmp/evil-root-link-{token}')
+                        f'ln -s {REPO} repo; echo x > repo/evil-via-link; '
+                        f'ln -s / root; echo x > root/tmp/evil-root-link-{token}')
     assert snapshot(box.ws / "state.json", REPO / "README.md") == before
     assert not (REPO / "evil-via-link").exists()
     assert not Path(f"/tmp/evil-root-link-{token}").exists()
@@ -126,7 +126,8 @@ def test_writable_paths_work_but_may_not_contain_what_runs_must_never_write(box)
     for value in (".", "models", "notes", "..", str(REPO)):
         with pytest.raises(ConfigError, match="sandbox_writable_paths"):
             box("true", sandbox_writable_paths=[value])
-    protected = [box.ws / "state.json", box.ws / "notes" / "workpad.md", box.ws / "models" / "archive" / "gen1" / "model.txt"]
+    protected = [box.ws / "state.json", box.ws / "notes" / "workpad.md",
+                 box.ws / "models" / "archive" / "gen1" / "model.txt"]
     before = snapshot(*protected)
     done, _ = box(f"echo ok > {box.ws}/scratch/out.txt; " + "; ".join(f"echo hacked >> {p}" for p in protected),
                   sandbox_writable_paths=["scratch"])
@@ -170,7 +171,8 @@ def test_no_network_by_any_tool(box, listener):
         attempts.append(f"wget -q -T 3 -t 1 -O- http://127.0.0.1:{port}/")
     for tool in ("nc", "ncat", "socat"):
         if shutil.which(tool):
-            attempts.append(f"echo hi | {tool} 127.0.0.1 {port}" if tool != "socat" else f"echo hi | socat - TCP:127.0.0.1:{port}")
+            attempts.append(f"echo hi | {tool} 127.0.0.1 {port}" if tool != "socat"
+                            else f"echo hi | socat - TCP:127.0.0.1:{port}")
     for attempt in attempts:
         done, _ = box(attempt)
         assert done.returncode != 0, f"{attempt!r} succeeded: {done.stdout}"
@@ -241,9 +243,9 @@ def test_symlinked_credential_folders_are_hidden_too(box, tmp_path):
 def test_the_daemon_never_follows_a_runs_symlinks(box, tmp_path):
     """The daemon (root here) reads what a run wrote: a run that links its outputs to a file only
     root can read gets neither the content into the judgement nor the file into the archive."""
-    from loop.run.judge import judge
     from loop.archive import freeze as archive
     from loop.archive.paths import ModelPaths
+    from loop.run.judge import judge
     from loop.run.supervise import ActiveRun
 
     secret = tmp_path / "root-only.txt"

@@ -15,7 +15,6 @@ from loop.daemon.process import build_loop, run_daemon, workspace_of
 from loop.report import generate_reports
 from loop.run.supervise import kill_run, launch
 from tests.conftest import REPO, tiny_config_dict
-from tests.llm_server import llm_server  # noqa: F401  (fixture)
 
 ENV_CANARY = "sk-envcanary-0123456789abcdefXYZ"
 FILE_CANARY = "filecanary-9876543210-QWERTY-zz"
@@ -28,7 +27,7 @@ def decision(action: str, **fields) -> dict:
 
 
 @pytest.mark.slow
-def test_canaries_never_leak(tmp_path, llm_server, monkeypatch):  # noqa: F811
+def test_canaries_never_leak(tmp_path, llm_server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", ENV_CANARY)
     creds = tmp_path / "creds.json"
     creds.write_text(json.dumps({"LOOP_TEST_KEY": FILE_CANARY}))

@@ -8,8 +8,8 @@ import threading
 import time
 
 from loop.config import PhaseConfig
-from loop.phase.window import daily_window_key, seconds_until_window, wait_for_signal, window_due
 from loop.daemon.timer import TimerInputs, improvement_rate, next_pause
+from loop.phase.window import daily_window_key, seconds_until_window, wait_for_signal, window_due
 
 
 def pause(**kw) -> float:

@@ -34,8 +34,15 @@ from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponent
 
 from loop.agents.breaker import CircuitBreaker
 from loop.agents.credentials import resolve_api_key
-from loop.agents.formats import (MODES, FormatRefused, ModeStore, is_format_refusal, modes_from,
-                                 response_format, system_prompt)
+from loop.agents.formats import (
+    MODES,
+    FormatRefused,
+    ModeStore,
+    is_format_refusal,
+    modes_from,
+    response_format,
+    system_prompt,
+)
 from loop.agents.retry import RETRY_TRANSIENT, MalformedResponse, is_transient, reply_text, wait_retry_after
 from loop.agents.schema import parse_model
 from loop.agents.usage import ModelPrice, SpendCap, Usage, request_usage

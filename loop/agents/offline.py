@@ -18,8 +18,8 @@ from typing import Any
 
 import optuna
 
-from loop.journal.history import RunRecord
 from loop.agents.schema import STRATEGY_DIMENSIONS, Decision, Review
+from loop.journal.history import RunRecord
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 log = logging.getLogger(__name__)

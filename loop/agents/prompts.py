@@ -29,7 +29,8 @@ DECISION_CONTRACT = {
     "action": "train | run_command | wait | research | finish",
     "rationale": "why, in one or two sentences, citing evidence",
     "run_label": "short specific label, e.g. aug-strong-resnet10t",
-    "train_overlay": "for train: trainer config overlay, e.g. {\"optim\": {\"lr\": 0.02}, \"model\": {\"name\": \"resnet14t\"}}",
+    "train_overlay": "for train: trainer config overlay, e.g. "
+                     "{\"optim\": {\"lr\": 0.02}, \"model\": {\"name\": \"resnet14t\"}}",
     "command": "for run_command: `cd <repo> && ...`",
     "monitor_seconds": "optional int",
     "strategy_dimension": " | ".join(STRATEGY_DIMENSIONS),

@@ -1,5 +1,5 @@
 """The promotion pipeline's store: `probes.py` and `gates.py` measure a model against GEN_HEAD,
 `freeze.py` writes immutable, hashed archive entries (and verifies them), `lineage.py` is the
 ledger, `lifecycle.py`/`store.py`/`checkpoints.py` track each candidate's 11 states,
-`promotion.py` and `grafting.py` take a proposal through shadow, graft, cutover, burn-in and
-rollback; `paths.py` says where all of it lives."""
+`proposal.py` is the pending PROMOTION_PROPOSAL.json, `promotion.py` and `grafting.py` take it
+through shadow, graft, cutover, burn-in and rollback; `paths.py` says where all of it lives."""

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from loop.errors import ArchiveTampered
 from loop.archive.lineage import LineageRow, read_lineage, upsert_lineage
+from loop.archive.paths import ModelPaths
+from loop.errors import ArchiveTampered
 from loop.util.faults import fault_point
 from loop.util.fsutil import atomic_write_text, read_regular_bytes
-from loop.archive.paths import ModelPaths
 
 LOG = "train.log"
 COPIED_FROM_RUN = ("model.safetensors", "config.json", "train_args.json", LOG)

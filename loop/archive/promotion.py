@@ -14,8 +14,6 @@ from pathlib import Path
 
 import torch
 
-from loop.config import DaemonConfig
-from loop.errors import ArchiveTampered, LoopError
 from loop.archive import freeze as archive
 from loop.archive.grafting import graft, select_strategy
 from loop.archive.lifecycle import Lifecycle, TransitionContext
@@ -23,6 +21,8 @@ from loop.archive.lineage import log_event, mark_promoted, read_events, read_lin
 from loop.archive.paths import ModelPaths
 from loop.archive.probes import LoadedModel
 from loop.archive.store import load_store, move, save_store
+from loop.config import DaemonConfig
+from loop.errors import ArchiveTampered, LoopError
 from loop.util.faults import fault_point
 
 TRAFFIC_SPLITS = ("recall", "delta", "drift")
@@ -30,7 +30,6 @@ TRAFFIC_SPLITS = ("recall", "delta", "drift")
 
 # The proposal record and its writer/reader live in proposal.py (torch-free); re-exported here.
 from loop.archive.proposal import PromotionError, Proposal, ProposalHashes, propose, read_proposal  # noqa: E402,F401
-
 
 # -------------------------------------------------------------- cutover ----
 
@@ -80,7 +79,8 @@ def approve(cfg: DaemonConfig, workspace: Path, trace_id: str = "", say=print) -
     store = load_store(paths, trace_id)
     evo = cfg.evolution
     if not move(store, name, Lifecycle.GRAFTING, paths, trace_id, TransitionContext(trained_ok=True)):
-        raise PromotionError(f"{name} cannot enter GRAFTING from {store.get(name).name if name in store.index else 'untracked'}")
+        raise PromotionError(f"{name} cannot enter GRAFTING from "
+                             f"{store.get(name).name if name in store.index else 'untracked'}")
     log_event(paths.log, "APPROVED", cycle_trace_id=trace_id, candidate=name)
 
     # ---- phase 1: shadow + graft ----

@@ -10,8 +10,8 @@ from loop.archive.paths import ModelPaths
 def load_store(paths: ModelPaths, trace_id: str = "") -> LifecycleStore:
     result = CheckpointManager(paths.lifecycle).restore()
     for skipped in result.skipped:
-        log_event(paths.log, "LIFECYCLE_CHECKPOINT_CORRUPT", cycle_trace_id=trace_id, restored_from=result.checkpoint_id,
-                  **skipped)
+        log_event(paths.log, "LIFECYCLE_CHECKPOINT_CORRUPT", cycle_trace_id=trace_id,
+                  restored_from=result.checkpoint_id, **skipped)
     return result.store
 
 

@@ -35,7 +35,8 @@ def eval_md(name: str, probes: ProbeMetrics | None, head: ProbeMetrics | None, g
     else:
         h = head
         lines += ["| probe | candidate | GEN_HEAD | gate | passed |", "|---|---|---|---|---|",
-                  f"| recall | {probes.recall:.4f} | {h.recall if h else '-'} | >= HEAD - {eps} | {gates.gates['recall']} |",
+                  f"| recall | {probes.recall:.4f} | {h.recall if h else '-'} | >= HEAD - {eps} | "
+                  f"{gates.gates['recall']} |",
                   f"| generalize | {probes.generalize:.4f} | {h.generalize if h else '-'} | >= HEAD + {delta} | "
                   f"{gates.gates['generalize']} |",
                   f"| drift | {probes.drift:.4f} | - | <= {theta} | {gates.gates['drift']} |",

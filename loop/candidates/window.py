@@ -15,21 +15,20 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from loop.config import DaemonConfig, deep_merge, read_yaml, validate
-from loop.domains import resolve_domain
 from loop.archive import freeze as archive
 from loop.archive.lifecycle import Lifecycle, LifecycleStore
 from loop.archive.lineage import LineageRow, log_event, read_lineage
 from loop.archive.paths import ModelPaths
 from loop.archive.promotion import Proposal
-from loop.run.sandbox import load_sandbox
+from loop.archive.store import load_store, move, save_store
 from loop.candidates.path import CandidateOutcome, Training, take_candidates
 from loop.candidates.scheduler import CandidateSpec, spawn_candidates
-from loop.archive.store import load_store, move, save_store
-from loop.util.progress import ProgressLog
+from loop.config import DaemonConfig, deep_merge, read_yaml, validate
+from loop.domains import resolve_domain
+from loop.run.sandbox import load_sandbox
 from loop.run.supervise import Job, run_parallel
 from loop.trainer.config import TrainerConfig
-
+from loop.util.progress import ProgressLog
 
 
 class WindowResult(BaseModel):

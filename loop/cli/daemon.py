@@ -112,8 +112,8 @@ def split_command_options(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- handlers ----
 
 def cmd_start(args, cfg, ws) -> int:
-    from loop.daemon import process as daemon
     from loop.cycle import finishup
+    from loop.daemon import process as daemon
     if daemon.running_pid(ws) is not None:
         raise daemon.AlreadyRunning(f"the daemon is already running on {ws.root} (pid {daemon.running_pid(ws)})")
     if args.run_hours:
@@ -162,8 +162,8 @@ def cmd_watch(args, cfg, ws) -> int:
 
 
 def cmd_finishup(args, cfg, ws) -> int:
-    from loop.daemon import process as daemon
     from loop.cycle import finishup
+    from loop.daemon import process as daemon
     now = finishup.now_utc()
     if args.show:
         print(finishup.describe(finishup.load(ws.finish_up), now))

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                 print(proposal.model_dump_json(indent=2) if proposal else "no pending proposal")
             elif args.approve:
                 record = promotion.approve(cfg, workspace, trace)
-                print(f"{record['action']}: {record.get('from')} -> {record.get('to')}" if record["action"] == "PROMOTED"
+                print(f"{record['action']}: {record.get('from')} -> {record.get('to')}"
+                      if record["action"] == "PROMOTED"
                       else f"{record['action']}: GEN_HEAD stays {record.get('head')}: {record.get('reason')}")
                 return 0 if record["action"] == "PROMOTED" else 10
             else:

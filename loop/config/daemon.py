@@ -10,8 +10,17 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from loop.config.load import StrictModel, load_model_file
 from loop.config.pins import CloneSpec, PackagePin, _check_pin_map, check_package_pin
-from loop.config.sections import (SANDBOX_ENV_ALLOWLIST, AdaptiveTimerConfig, BudgetCaps, CommandPolicyConfig,
-                                  EvolutionConfig, LLMBudget, LLMRole, ModelPrice, PhaseConfig)
+from loop.config.sections import (
+    SANDBOX_ENV_ALLOWLIST,
+    AdaptiveTimerConfig,
+    BudgetCaps,
+    CommandPolicyConfig,
+    EvolutionConfig,
+    LLMBudget,
+    LLMRole,
+    ModelPrice,
+    PhaseConfig,
+)
 
 log = logging.getLogger("loop.config")
 
@@ -100,7 +109,7 @@ class DaemonConfig(StrictModel):
     sandbox: Literal["required", "optional"] = "required"   # optional: policy filter alone if bwrap is missing
     sandbox_user: str = "nobody"              # runs drop to this user when the daemon is root
     sandbox_network: bool = False
-    sandbox_writable_paths: list[str] = Field(default_factory=list)   # besides the run folder; relative to the workspace
+    sandbox_writable_paths: list[str] = Field(default_factory=list)   # besides the run folder; workspace-relative
     sandbox_readonly_paths: list[str] = Field(default_factory=list)   # extra folders runs read (image data)
     sandbox_hide_paths: list[str] = Field(default_factory=list)       # more credential files/folders to hide
     sandbox_env_allowlist: list[str] = Field(default_factory=lambda: list(SANDBOX_ENV_ALLOWLIST))

@@ -8,7 +8,6 @@ from pydantic import Field
 
 from loop.config.load import StrictModel
 
-
 # ---------------------------------------------------------- daemon config ----
 # Keys keep the names of the seed README (daemon_poll_seconds, mentor_every_n_cycles,
 # auto_repair_*, ...) so its readers find them. Sections group what the seed left implicit.

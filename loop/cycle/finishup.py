@@ -50,7 +50,8 @@ class FinishUpRequest(BaseModel):
         return parse_utc(self.deadline_utc)
 
     def is_active(self, now: dt.datetime) -> bool:
-        return self.status in ("scheduled", "active", "reporting") and (self.force_report_now or now >= self.activate_at())
+        return (self.status in ("scheduled", "active", "reporting")
+                and (self.force_report_now or now >= self.activate_at()))
 
     def minutes_to_deadline(self, now: dt.datetime) -> float:
         return (self.deadline() - now).total_seconds() / 60.0
@@ -169,7 +170,8 @@ def final_round_overlay(best_config: dict) -> dict:
     """The best configuration, trained half again as long."""
     epochs = int(best_config.get("run", {}).get("epochs", 10))
     overlay = {k: v for k, v in best_config.items() if k not in ("run", "budget")}
-    overlay["run"] = {"epochs": max(epochs + 1, int(round(epochs * 1.5))), "seed": best_config.get("run", {}).get("seed", 42)}
+    overlay["run"] = {"epochs": max(epochs + 1, int(round(epochs * 1.5))),
+                      "seed": best_config.get("run", {}).get("seed", 42)}
     return overlay
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from loop.agents.usage import Usage
-from loop.util.fsutil import atomic_write_text
 from loop.run.judge import RunOutcome
 from loop.run.supervise import ActiveRun
+from loop.util.fsutil import atomic_write_text
 
 
 class LoopState(BaseModel):

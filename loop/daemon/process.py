@@ -15,14 +15,14 @@ from filelock import FileLock, Timeout
 
 from loop.config import DaemonConfig, LLMRole
 from loop.cycle.cycle import Loop, run_cycle
+from loop.cycle.state import LoopState
+from loop.daemon.recovery import Degraded, recover
 from loop.errors import LoopError
 from loop.journal.events import EventLog
-from loop.daemon.recovery import Degraded, recover
-from loop.run.reaper import reap_leftovers
 from loop.run.kill import kill_tree
-from loop.run.supervise import is_alive
+from loop.run.reaper import reap_leftovers
 from loop.run.sandbox import load_sandbox
-from loop.cycle.state import LoopState
+from loop.run.supervise import is_alive
 from loop.util.workspace import Workspace, workspace_of  # noqa: F401  (workspace_of: callers use it from here)
 
 # Where this package is imported from: child processes get it on PYTHONPATH so `python -m
@@ -98,8 +98,9 @@ def builder_role(cfg: DaemonConfig) -> LLMRole:
 
 def mentor_role(cfg: DaemonConfig) -> LLMRole:
     """The mentor's endpoint, with the seed's `mentor_model` / `mentor_reasoning_effort` on top."""
+    overrides = {"model": cfg.mentor_model, "reasoning_effort": cfg.mentor_reasoning_effort}
     return effective_role(cfg.mentor, cfg.credentials_file).model_copy(
-        update={k: v for k, v in {"model": cfg.mentor_model, "reasoning_effort": cfg.mentor_reasoning_effort}.items() if v})
+        update={k: v for k, v in overrides.items() if v})
 
 
 def reap_before_launch(loop: Loop, state: LoopState) -> dict:
@@ -242,8 +243,8 @@ def timer_decision(loop: Loop, state: LoopState):
     the Builder's open LLM circuit and the time to the next PHASE window (loop/daemon/timer.py)."""
     import datetime as dt
 
-    from loop.phase.window import seconds_until_window
     from loop.daemon.timer import TimerInputs, next_pause, sample_resources
+    from loop.phase.window import seconds_until_window
 
     cfg, window = loop.cfg, loop.cfg.adaptive_timer.window
     history = loop.run_history()[-window:]

@@ -28,12 +28,12 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loop.journal.events import EventLog, repair_torn_tail
 from loop.archive.freeze import complete_interrupted_freezes, make_writable
 from loop.archive.lineage import read_lineage
 from loop.archive.paths import ModelPaths
-from loop.util.fsutil import TEMP_SUFFIX
 from loop.cycle.state import LoopState
+from loop.journal.events import EventLog, repair_torn_tail
+from loop.util.fsutil import TEMP_SUFFIX
 from loop.util.workspace import Workspace
 
 STATE_FOLDERS = ("", "logs", "notes", "reports", "autofix_configs", "models", "models/lifecycle", "runs")

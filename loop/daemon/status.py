@@ -10,12 +10,12 @@ import os
 import time
 from pathlib import Path
 
-from loop.cycle import finishup
-from loop.config import DaemonConfig
-from loop.journal.events import EventLog
 from loop.archive.paths import ModelPaths
-from loop.journal.notes import todo_summary
+from loop.config import DaemonConfig
+from loop.cycle import finishup
 from loop.cycle.state import LoopState
+from loop.journal.events import EventLog
+from loop.journal.notes import todo_summary
 from loop.util.workspace import Workspace
 
 LOG_FRESH_SECONDS = 120
@@ -161,7 +161,8 @@ def render(info: dict) -> str:
         acc = o.get("val_accuracy")
         lines.append(f"last outcome: {o.get('label')} {o.get('status')}" + (f" val_acc {acc:.4f}" if acc else ""))
     board = info["leaderboard_top3"]
-    lines.append("leaderboard: " + ("; ".join(f"{r['label']} {r['val_accuracy']:.4f}" for r in board) if board else "no runs yet"))
+    lines.append("leaderboard: " + ("; ".join(f"{r['label']} {r['val_accuracy']:.4f}" for r in board)
+                                    if board else "no runs yet"))
     lines.append(f"GEN_HEAD: {info['gen_head'] or 'none'}; proposal pending: {info['proposal_pending'] or 'no'}")
     lines.append(info["finish_up"]["text"] if info["finish_up"] else "finish-up: not requested")
     lines.append(f"open TODOs: {info['open_todos']}")
@@ -203,6 +204,7 @@ def watch(cfg: DaemonConfig, ws: Workspace, interval_seconds: float, once: bool)
         try:
             while True:
                 time.sleep(interval_seconds)
-                live.update(Text(render(status_info(cfg, ws)) + f"\n\n(refresh every {interval_seconds:g}s; Ctrl-C to quit)"))
+                live.update(Text(render(status_info(cfg, ws))
+                                 + f"\n\n(refresh every {interval_seconds:g}s; Ctrl-C to quit)"))
         except KeyboardInterrupt:
             return 0

@@ -65,7 +65,8 @@ def next_pause(inputs: TimerInputs, min_seconds: float, max_seconds: float,
     if inputs.cpu_percent is not None:
         if max(busy) >= BUSY_CPU or (inputs.memory_percent or 0) >= BUSY_MEMORY:
             pause *= 1.5
-            reasons.append(f"machine busy (cpu {inputs.cpu_percent:.0f}%, memory {inputs.memory_percent or 0:.0f}%) -> x1.5")
+            reasons.append(f"machine busy (cpu {inputs.cpu_percent:.0f}%, "
+                           f"memory {inputs.memory_percent or 0:.0f}%) -> x1.5")
         elif max(busy) < IDLE_CPU:
             pause *= 0.5
             reasons.append(f"machine idle (cpu {inputs.cpu_percent:.0f}%) -> x0.5")

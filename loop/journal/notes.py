@@ -42,7 +42,8 @@ def append_workpad(path: Path, section: str, text: str, cycle: int) -> None:
     text = " ".join(text.split())
     if not text:
         return
-    content = path.read_text(encoding="utf-8") if path.exists() else "# Workpad\n\n" + "\n\n".join(WORKPAD_SECTIONS) + "\n"
+    content = (path.read_text(encoding="utf-8") if path.exists()
+               else "# Workpad\n\n" + "\n\n".join(WORKPAD_SECTIONS) + "\n")
     if section not in content:
         content = content.rstrip() + f"\n\n{section}\n"
     start = content.index(section) + len(section)

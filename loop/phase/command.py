@@ -8,10 +8,10 @@ import argparse
 import sys
 
 from loop.config import add_daemon_config_arguments, load_daemon_config
-from loop.util.workspace import workspace_of
 from loop.errors import LoopError
 from loop.phase.results import default_run_id, read_results
 from loop.phase.run import run_phase
+from loop.util.workspace import workspace_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@ seed's order:
 
   model:  fallback map (preferred over any install) -> model package map -> model clone map
   module: package map -> alias map -> clone map; never a pip install of the module name itself
-          (the old `auto_repair_allow_direct_module_install` key is ignored: loop/config.py)
+          (the old `auto_repair_allow_direct_module_install` key is ignored: loop/config/daemon.py)
 
 Also the records every step module shares: `RepairStep` (what to do), `RepairAction` (what it did)
 and `StepContext` (what the steps run with).

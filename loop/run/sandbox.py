@@ -80,7 +80,7 @@ class Sandbox:
             folder.mkdir(parents=True, exist_ok=True)
         if self.user and self.active:
             uid, gid = self.user
-            for root, dirs, files in os.walk(run_dir):
+            for root, _dirs, files in os.walk(run_dir):
                 os.chown(root, uid, gid)
                 for name in files:
                     os.lchown(os.path.join(root, name), uid, gid)
@@ -235,7 +235,8 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
     if problem and cfg.sandbox == "required":
         raise SandboxUnavailable(f"sandbox: required, but {problem}; {INSTALL_HINT}, or set `sandbox: optional` "
                                  "to run with the command policy alone")
-    readonly = {repo_root, ws_root, *interpreter_paths(), *(workspace_path(ws_root, p) for p in cfg.sandbox_readonly_paths)}
+    readonly = {repo_root, ws_root, *interpreter_paths(),
+                *(workspace_path(ws_root, p) for p in cfg.sandbox_readonly_paths)}
     # Never writable: history, notes, the daemon's own state, the models. (Also bound read-only last,
     # as a second line.)
     protected = {repo_root / ".git", *(ws_root / name for name in PROTECTED_IN_WORKSPACE)}

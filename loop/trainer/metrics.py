@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from loop.config import BudgetCaps
-from loop.util.fsutil import atomic_write_text, read_regular_text
 from loop.trainer.budget import BudgetBreach, BudgetUsed
+from loop.util.fsutil import atomic_write_text, read_regular_text
 
 METRICS_FILE = "metrics.json"
 

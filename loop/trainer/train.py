@@ -26,8 +26,6 @@ from sklearn.model_selection import train_test_split
 
 from loop.domains import SampleSet, SpicaDomain, require_spica, resolve_domain
 from loop.errors import BudgetExceeded, ConfigError
-from loop.util.fsutil import atomic_write_text
-from loop.util.progress import ProgressLog, format_seconds
 from loop.trainer.budget import BudgetBreach, BudgetMeter
 from loop.trainer.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from loop.trainer.config import TrainerConfig
@@ -37,6 +35,8 @@ from loop.trainer.metrics import METRICS_FILE, EpochRecord, RunMetrics, predict_
 from loop.trainer.models import ModelFileConfig, create_model, load_model_folder, save_model_folder
 from loop.trainer.sampling import LossTracker, epoch_order, sample_weights
 from loop.trainer.schedule import StepSchedule
+from loop.util.fsutil import atomic_write_text
+from loop.util.progress import ProgressLog, format_seconds
 
 TRAIN_ARGS_FILE = "train_args.json"
 LOG_FILE = "train.log"
