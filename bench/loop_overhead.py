@@ -15,7 +15,6 @@ Run from the repo root: .venv/bin/python bench/loop_overhead.py
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
@@ -29,14 +28,14 @@ from _results import machine_facts, write_section  # noqa: E402
 
 from loop.agents import prompts  # noqa: E402
 from loop.agents.context import build_context  # noqa: E402
-from loop.agents.usage import estimate_tokens  # noqa: E402
 from loop.agents.schema import Decision  # noqa: E402
+from loop.agents.usage import estimate_tokens  # noqa: E402
 from loop.config import DaemonConfig, read_yaml  # noqa: E402
 from loop.cycle.cycle import Loop, run_cycle  # noqa: E402
-from loop.journal.history import append_history, read_history  # noqa: E402
-from loop.journal.events import EventLog  # noqa: E402
-from loop.journal.notes import add_todos, append_storyline, append_workpad, resolve_todos  # noqa: E402
 from loop.cycle.state import LoopState  # noqa: E402
+from loop.journal.events import EventLog  # noqa: E402
+from loop.journal.history import append_history, read_history  # noqa: E402
+from loop.journal.notes import add_todos, append_storyline, append_workpad, resolve_todos  # noqa: E402
 from loop.util.workspace import Workspace  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,10 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import optuna  # noqa: E402
 import torch  # noqa: E402
-
 from _results import machine_facts, spread, write_section  # noqa: E402
 
-from loop.agents.offline import SPACE, PolicyInput, RunRecord, builder_decision, overlay_of, params_of  # noqa: E402
+from loop.agents.offline import SPACE, PolicyInput, RunRecord, builder_decision, overlay_of  # noqa: E402
 from loop.config import deep_merge, read_yaml, validate  # noqa: E402
 from loop.domains import resolve_domain  # noqa: E402
 from loop.trainer.config import TrainerConfig  # noqa: E402
