@@ -10,6 +10,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The scripted LLM server's `llm_server` fixture, for every test module without an import.
+pytest_plugins = ["tests.llm_server"]
+
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m loop.cli.main ARGS` as a real subprocess."""
@@ -71,6 +74,40 @@ def tiny_cfg():
         return validate(TrainerConfig, tiny_config_dict(**sections), "<test>")
 
     return make
+
+
+# ---------------------------------------------------------- a real daemon run ----
+REAL_DAEMON_CYCLES = 4          # Mentor reviews at 2 and 4, the evolution window at 3; a 5th would be the
+                                # offline policy's 14-epoch exploit run, the slowest of all
+
+
+@pytest.fixture(scope="session")
+def real_daemon_workspace(tmp_path_factory) -> Path:
+    """The workspace of a real daemon run: REAL_DAEMON_CYCLES offline cycles (no LLM endpoint: the
+    offline policy decides and reviews), the tiny trainer config on a 5% slice of digits, a Mentor
+    review every 2nd cycle and one evolution window. Every cycle trains for real, so the events,
+    the runs index, the metrics and the archive are what the daemon writes, field for field.
+    Tests read it; one that changes it works on a copy."""
+    import yaml
+
+    from loop.config import DaemonConfig, validate
+    from loop.daemon.process import run_daemon, workspace_of
+
+    root = tmp_path_factory.mktemp("real_daemon")
+    trainer = root / "tiny.yaml"
+    trainer.write_text(yaml.safe_dump(tiny_config_dict(data={"train_fraction": 0.05})))
+    candidates = {"data": {"image_size": 16, "train_fraction": 0.05}, "run": {"epochs": 1}}
+    cfg = validate(DaemonConfig, {
+        "workspace": str(root / "artifacts"), "default_trainer_config": str(trainer), "sandbox": "optional",
+        "daemon_poll_seconds": 0, "adaptive_timer": {"min_seconds": 0, "max_seconds": 0.01},
+        "phase": {"schedule": "off"}, "mentor_every_n_cycles": 2, "evo_period_cycles": 3,
+        "max_concurrent_experiments": 1,
+        "evolution": {"candidate_overrides": candidates, "rules": {"per_class_accuracy_floor": None}},
+    }, "<real_daemon_workspace>")
+    ws = workspace_of(cfg)
+    state = run_daemon(cfg, ws, max_cycles=REAL_DAEMON_CYCLES, say=lambda *_: None)
+    assert state.cycle == REAL_DAEMON_CYCLES, state
+    return ws.root
 
 
 # ---------------------------------------------------------------- fault tiers ----

@@ -1,353 +1,191 @@
-"""The final reports (loop/report/) on a hand-made workspace that looks like a real night:
-a baseline, an augmentation win, a failed run repaired by a model fallback and retried, a Mentor
-challenge, a command, a wait, a run followed across cycles, tokens growing, a promoted GEN_HEAD.
-Real files only; the script runs as a real subprocess."""
+"""The final reports (loop/report/), on the workspace of a real daemon run (conftest's
+`real_daemon_workspace`), checked against its events.jsonl and runs/index.jsonl read raw here; the
+reports read them through `CycleRecord` and `RunRecord`, so a renamed field fails these tests.
+A hand-written night (its cycles built as CycleRecords) covers only what a short offline run cannot
+produce: a crash repaired and retried, a Mentor challenge, a command, a followed run, LLM tokens,
+GEN_HEAD, a torn line, foreign lines; and an empty workspace. The script runs as a real subprocess."""
 from __future__ import annotations
 
 import json
 import os
-import statistics
+import re
 import subprocess
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from loop.agents.usage import Usage
 from loop.archive.lineage import LineageRow, write_lineage
+from loop.cycle.record import CycleRecord, DecisionEntry, GateEntry, MentorEntry, PolicyEntry, RepairEntry, RunStart
+from loop.journal.history import RunRecord
 from loop.report import generate_reports
+from loop.run.judge import RunOutcome
 from loop.trainer.metrics import EvalMetrics, RunMetrics
-from tests.conftest import REPO
+from tests.conftest import REAL_DAEMON_CYCLES, REPO
 
 SECTIONS = ["## Abstract", "## Setup", "## Method", "## Experiments", "## Results", "## What the Mentor changed",
             "## Failures and repairs", "## Limitations", "## Reproduce"]
-CLASSES = [str(i) for i in range(10)]
-HEAD = "llmloop-G001-c2-20260101-000200"
 PLOT_FILES = ["plot_best_over_cycles.png", "plot_runs_over_cycles.png", "plot_per_class_best.png",
               "plot_tokens_over_cycles.png"]
-
-
-# ================================================================ fixture ====
-
-def trainer_config(label: str, model: str = "resnet10t", lr: float = 0.05, epochs: int = 10,
-                   augment: bool = False, smoothing: float = 0.0) -> dict:
-    return {"data": {"domain": "digits", "image_size": 32, "batch_size": 64,
-                     "sampling": {"strategy": "uniform"},
-                     "augment": [{"name": "Affine", "args": {"rotate": [-8, 8]}}] if augment else []},
-            "model": {"name": model}, "optim": {"name": "sgd", "lr": lr},
-            "loss": {"label_smoothing": smoothing},
-            "budget": {"max_walltime_minutes": 30.0},
-            "run": {"label": label, "seed": 7, "epochs": epochs}}
-
-
-class Night:
-    """Writes the workspace one cycle at a time, the way the daemon does."""
-
-    def __init__(self, ws: Path):
-        self.ws = ws
-        self.events: list[dict] = []
-        self.index: list[dict] = []
-        self.story: list[str] = []
-        self.tokens = {"builder": 0, "mentor": 0}
-        for sub in ("runs", "notes", "logs", "models/archive"):
-            (ws / sub).mkdir(parents=True, exist_ok=True)
-
-    def trace(self, cycle: int) -> str:
-        return f"c{cycle:05d}-{cycle:06x}"
-
-    def run_folder(self, label: str, cycle: int, suffix: str = "") -> Path:
-        return self.ws / "runs" / f"{label}-{self.trace(cycle)}{suffix}"
-
-    def train_run(self, label: str, cycle: int, cfg: dict, score: float | None, suffix: str = "") -> dict:
-        """A run folder as the daemon and trainer leave it; no metrics.json for a crash."""
-        folder = self.run_folder(label, cycle, suffix)
-        out = folder / "out"
-        out.mkdir(parents=True)
-        (folder / "run.yaml").write_text(json.dumps(cfg, indent=2))
-        (folder / "run.log").write_text("training...\n")
-        if score is not None:
-            (out / "train_args.json").write_text(json.dumps(cfg, indent=2))
-            per_class = {c: round(min(1.0, score + (0.02 if i % 2 else -0.02)), 6) for i, c in enumerate(CLASSES)}
-            RunMetrics(status="ok", run_label=label, model_name=cfg["model"]["name"], domain="digits", seed=7,
-                       device="cpu", steps=120, epochs_completed=cfg["run"]["epochs"],
-                       epochs_planned=cfg["run"]["epochs"], walltime_minutes=1.5,
-                       eval=EvalMetrics(accuracy=score, loss=0.2, count=180, per_class_accuracy=per_class),
-                       ).write(out)
-        return {"label": label, "kind": "train", "exit_code": 0 if score is not None else 3,
-                "log_path": str(folder / "run.log"), "run_dir": str(folder), "seconds": 90.0,
-                "status": "ok" if score is not None else "failed", "val_accuracy": score,
-                "error": None if score is not None else "Unsupported model.name: resnet99"}
-
-    def index_row(self, outcome: dict, cycle: int, cfg: dict, dimension: str | None) -> None:
-        self.index.append({"label": outcome["label"], "cycle": cycle, "trace": self.trace(cycle), "config": cfg,
-                           "ok": outcome["status"] == "ok", "score": outcome.get("val_accuracy") or 0.0,
-                           "dimension": dimension, "run_dir": str(Path(outcome["run_dir"]) / "out")})
-
-    def promotion(self, cycle: int, score: float) -> dict:
-        name = f"llmloop-G001-c{cycle}-20260101-000{cycle}00"
-        (self.ws / "models" / "archive" / name).mkdir()
-        return {"name": name, "status": "PASS", "score": score, "gates": {"recall": True}, "failed_gates": [],
-                "archive_path": str(self.ws / "models" / "archive" / name), "proposed": True, "improvement": 0.01}
-
-    def cycle(self, cycle: int, line: str, source: str = "llm", mentor_tokens: int = 0, **fields) -> None:
-        self.tokens["builder"] += 1000
-        self.tokens["mentor"] += mentor_tokens
-        tokens = {role: {"prompt_tokens": n - n // 4, "completion_tokens": n // 4, "total_tokens": n,
-                         "calls": cycle if role == "builder" else int(n > 0)} for role, n in self.tokens.items()}
-        fields.setdefault("quality_gate", {"ok": True, "reasons": []})
-        if "decision" in fields:
-            fields["decision"] = {"source": source, **fields["decision"]}
-        self.events.append({"ts": f"2026-01-01T0{cycle}:00:00Z", "kind": "cycle",
-                            "cycle_trace_id": self.trace(cycle), "cycle": cycle, "trace": self.trace(cycle),
-                            **fields, "tokens_total": tokens, "seconds": 12.5})
-        self.story.append(f"- c{cycle:05d} [{self.trace(cycle)}] AI-Builder: {line}")
-
-    def write(self) -> None:
-        lines = [json.dumps(e) for e in self.events]
-        # A crash mid-append tears the last line: the report must read past it.
-        (self.ws / "events.jsonl").write_text("\n".join(lines) + '\n{"ts": "2026-01-01T09:00:00Z", "kind": "cy')
-        (self.ws / "runs" / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.index))
-        (self.ws / "notes" / "storyline.md").write_text("# Storyline\n\n" + "\n".join(self.story) + "\n")
-        (self.ws / "notes" / "shared_todo.md").write_text(
-            "# Shared TODO\n\n- [ ] T0001 (AI-Mentor c4) Check seed variance of the best config\n")
-        (self.ws / "state.json").write_text(json.dumps({"cycle": 8, "active_run": None}))
-
-
-def decision(action: str, label: str, dimension: str | None = None, **extra) -> dict:
-    return {"action": action, "rationale": f"Because {label} is the next useful step.", "run_label": label,
-            "strategy_dimension": dimension, "train_overlay": {}, **extra}
-
-
-def build_night(ws: Path) -> Path:
-    n = Night(ws)
-    n.events.append({"ts": "2026-01-01T00:00:00Z", "kind": "daemon_start", "cycle_trace_id": "start-00001",
-                     "builder": "LLM", "mentor": "LLM"})
-    # c1: the baseline
-    cfg = trainer_config("baseline-c1")
-    out = n.train_run("baseline-c1", 1, cfg, 0.95)
-    n.index_row(out, 1, cfg, "evaluation")
-    n.cycle(1, "train `baseline-c1` (evaluation) -> ok val_acc 0.9500",
-            decision=decision("train", "baseline-c1", "evaluation"),
-            run={"label": "baseline-c1", "kind": "train"}, run_outcome=out, promotion=n.promotion(1, 0.95))
-    # c2: augmentation wins; its candidate becomes GEN_HEAD
-    cfg = trainer_config("aug-c2", augment=True)
-    out = n.train_run("aug-c2", 2, cfg, 0.97)
-    n.index_row(out, 2, cfg, "augmentation")
-    promo = n.promotion(2, 0.97)
-    assert promo["name"] == HEAD
-    n.cycle(2, "train `aug-c2` (augmentation) -> ok val_acc 0.9700",
-            decision=decision("train", "aug-c2", "augmentation"),
-            run={"label": "aug-c2", "kind": "train"}, run_outcome=out, promotion=promo)
-    # c3: an unsupported model fails with exit 3; the fallback repairs it and the retry succeeds
-    bad_cfg = trainer_config("bigmodel-c3", model="resnet99")
-    failed = n.train_run("bigmodel-c3", 3, bad_cfg, None)
-    retry_cfg = trainer_config("bigmodel-c3", model="resnet10t")
-    retry = n.train_run("bigmodel-c3", 3, retry_cfg, 0.96, suffix="-retry") | {"label": "bigmodel-c3-retry"}
-    n.index_row(retry, 3, retry_cfg, "model_arch")
-    n.cycle(3, "train `bigmodel-c3` (model_arch) -> ok val_acc 0.9600",
-            decision=decision("train", "bigmodel-c3", "model_arch"), run={"label": "bigmodel-c3", "kind": "train"},
-            run_outcome=failed,
-            auto_repair={"applied": True, "reason": None, "actions": [
-                {"kind": "fallback", "target": "resnet99", "ok": True, "detail": "patched model.name",
-                 "source": "auto_repair_model_fallback_map", "fallback": "resnet10t"}]},
-            run_outcome_retry=retry, promotion=n.promotion(3, 0.96))
-    # c4: the Mentor calls it off track and its challenge runs instead
-    challenge = decision("train", "mentor-lr-c4", "optimization", train_overlay={"optim": {"lr": 0.02}})
-    cfg = trainer_config("mentor-lr-c4", lr=0.02)
-    out = n.train_run("mentor-lr-c4", 4, cfg, 0.955)
-    n.index_row(out, 4, cfg, "optimization")
-    n.cycle(4, "train `mentor-lr-c4` (optimization) -> ok val_acc 0.9550", source="mentor", mentor_tokens=500,
-            decision=challenge, run={"label": "mentor-lr-c4", "kind": "train"}, run_outcome=out,
-            mentor={"why": "stuck: 2 failed runs in a row", "verdict": "off_track", "source": "llm",
-                    "critical_question": "Is lr 0.05 too high for the new head?", "challenge": challenge,
-                    "challenge_applied": True},
-            promotion=n.promotion(4, 0.955))
-    # c5: a command; c6: a wait
-    n.cycle(5, "run_command `inspect-data` -> ok", decision=decision("run_command", "inspect-data", "evaluation",
-                                                                     command="cd /repo && ls"),
-            policy={"allowed": True, "reasons": []},
-            run_outcome={"label": "inspect-data", "kind": "command", "exit_code": 0, "status": "ok", "error": None})
-    n.cycle(6, "wait `wait`", decision=decision("wait", "wait"))
-    # c7 starts a long run that c8 follows to its end (the index row carries no dimension then)
-    cfg = trainer_config("smoothing-c7", model="resnet14t", smoothing=0.1)
-    out = n.train_run("smoothing-c7", 7, cfg, 0.94)
-    n.cycle(7, "train `smoothing-c7` (loss)", decision=decision("train", "smoothing-c7", "loss"),
-            run={"label": "smoothing-c7", "kind": "train", "monitor": "running"})
-    n.index_row(out, 8, cfg, None)
-    n.cycle(8, "monitor `smoothing-c7` -> ok val_acc 0.9400", decision={}, run_outcome=out, followed_run=out,
-            run={"label": "smoothing-c7", "kind": "train", "monitor": "finished"}, promotion=n.promotion(8, 0.94))
-    n.write()
-    names = {c: f"llmloop-G001-c{c}-20260101-000{c}00" for c in (1, 2)}
-    rows = [LineageRow(name=names[c], gen_id=1, branch_id=f"c{c}", seed=7, strategy="uniform", status="PASS",
-                       score=s, promoted=(c == 2), archive_path=str(ws / "models" / "archive" / names[c]),
-                       hashes_sha256="0" * 64, cycle_trace_id=n.trace(c)) for c, s in ((1, 0.95), (2, 0.97))]
-    write_lineage(ws / "models" / "lineage.csv", rows)
-    (ws / "models" / "GEN_HEAD").symlink_to(Path("archive") / HEAD)
-    return ws
-
-
-@pytest.fixture
-def night(tmp_path) -> Path:
-    return build_night(tmp_path / "artifacts")
+TEXT_KEYS = ("story", "paper", "leaderboard_json", "leaderboard_md", "log")
 
 
 def sections(text: str) -> dict[str, str]:
     """`## Heading` -> its body."""
-    out, current = {}, None
-    for line in text.splitlines():
-        if line.startswith("## "):
-            current = line
-            out[current] = ""
-        elif current:
-            out[current] += line + "\n"
-    return out
+    parts = re.split(r"^(## .*)$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
 
 
 def table_rows(body: str) -> list[list[str]]:
-    """The data rows of the first markdown table in `body`."""
-    rows, started = [], False
-    for line in body.splitlines():
-        if line.startswith("|"):
-            started = True
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if not all(set(c) <= {"-"} for c in cells):
-                rows.append(cells)
-        elif started:
-            break
-    return rows[1:]
+    """The data rows of the first markdown table in `body` (its header and |---| line left out)."""
+    table = re.search(r"^\|.*(?:\n\|.*)*", body, flags=re.M)
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in table.group(0).splitlines()[2:]] if table else []
 
 
-# =========================================================== paper report ====
+# ============================================================ the real run ====
 
-def test_paper_report_has_every_section_in_order(night):
-    paths = generate_reports(night, top_k=2, note="overnight test run", progress=False)
-    text = paths["paper"].read_text()
-    assert text.startswith("# ")
-    positions = [text.index(f"\n{h}\n") for h in SECTIONS]
-    assert positions == sorted(positions)
-    assert text.index("overnight test run") < positions[0]       # the note sits near the top
+@dataclass
+class Real:
+    ws: Path
+    text: dict[str, str]          # the reports as the module fixture wrote them (top 3)
+    cycles: list[dict]            # the cycle events, raw
+    runs: list[dict]              # the runs index, raw
 
+    @property
+    def best(self) -> dict:
+        return min((r for r in self.runs if r["ok"]), key=lambda r: (-r["score"], r["cycle"]))
 
-def test_experiments_table_lists_every_run(night):
-    body = sections(generate_reports(night, top_k=2, progress=False)["paper"].read_text())["## Experiments"]
-    rows = {r[1].strip("`"): r for r in table_rows(body)}
-    assert set(rows) == {"baseline-c1", "aug-c2", "bigmodel-c3", "bigmodel-c3-retry", "mentor-lr-c4", "smoothing-c7"}
-    assert rows["aug-c2"][-1] == "0.9700" and rows["aug-c2"][2] == "augmentation"
-    assert rows["bigmodel-c3"][-2] == "failed" and rows["bigmodel-c3"][3] == "resnet99"
-    assert rows["bigmodel-c3-retry"][-1] == "0.9600" and rows["bigmodel-c3-retry"][3] == "resnet10t"
-    assert rows["mentor-lr-c4"][5] == "sgd/0.02"
-    assert rows["smoothing-c7"][2] == "loss"            # recovered from the cycle that launched it
+    def paper(self, heading: str) -> str:
+        return sections(self.text["paper"])[heading]
 
 
-def test_results_best_spread_per_class_and_plots(night):
-    paths = generate_reports(night, top_k=2, progress=False)
-    body = sections(paths["paper"].read_text())["## Results"]
-    assert "**0.9700**" in body and "`aug-c2`" in body
-    resnet10t = [0.95, 0.97, 0.96, 0.955]
-    spread = f"{statistics.mean(resnet10t):.4f} ± {statistics.stdev(resnet10t):.4f}"
-    row = next(line for line in body.splitlines() if line.startswith("| resnet10t |"))
-    assert spread in row and "0.9500" in row and "0.9700" in row
-    assert "| 9 |" in body                               # the per-class table of the best model
-    for file in PLOT_FILES:
-        assert f"]({file})" in body and (paths["paper"].parent / file).exists()
+@pytest.fixture(scope="module")
+def real(real_daemon_workspace) -> Real:
+    ws = real_daemon_workspace
+    paths = generate_reports(ws, top_k=3, note="a real daemon run", progress=False)
+    return Real(ws, {k: paths[k].read_text() for k in TEXT_KEYS},
+                cycles=[json.loads(ln) for ln in (ws / "events.jsonl").open() if '"kind": "cycle"' in ln],
+                runs=[json.loads(ln) for ln in (ws / "runs" / "index.jsonl").open()])
 
 
-def test_mentor_section_names_the_applied_challenge(night):
-    body = sections(generate_reports(night, progress=False)["paper"].read_text())["## What the Mentor changed"]
-    rows = table_rows(body)
-    assert len(rows) == 1
-    row = rows[0]
-    assert row[0] == "4" and row[2] == "off_track" and row[4] == "yes"
-    assert "lr 0.05 too high" in row[3]
-    assert "`mentor-lr-c4`" in row[5] and "optimization" in row[5] and '"lr": 0.02' in row[5]
-    assert "ok 0.9550" in row[6]
+def test_the_real_run_is_what_the_reports_are_tested_on(real):
+    every = range(1, REAL_DAEMON_CYCLES + 1)
+    assert [c["cycle"] for c in real.cycles] == list(every) and {c["decision"]["source"] for c in real.cycles} == \
+        {"offline"}
+    assert [c["cycle"] for c in real.cycles if c.get("mentor", {}).get("verdict")] == [c for c in every if c % 2 == 0]
+    assert [c["cycle"] for c in real.cycles if "gen_id" in c.get("evolution", {})] == [c for c in every if c % 3 == 0]
+    assert len(real.runs) >= 3 and all(r["ok"] for r in real.runs)
 
 
-def test_failures_section_names_the_exit_code_and_the_fallback(night):
-    body = sections(generate_reports(night, progress=False)["paper"].read_text())["## Failures and repairs"]
-    row = next(r for r in table_rows(body) if r[2] == "`bigmodel-c3`")
-    assert row[4] == "failed" and row[5] == "3" and "Unsupported model.name: resnet99" in row[6]
-    assert "model fallback resnet99 -> resnet10t: ok" in body
-    assert "Retry: `bigmodel-c3-retry` ok val_acc 0.9600" in body
+def test_paper_sections_and_the_cycle_and_run_counts(real):
+    title = "# Autonomous CNN experiments on digits classification: a Builder/Mentor research loop"
+    assert real.text["paper"].startswith(f"{title}\n\n> Note: a real daemon run\n")     # the note near the top
+    assert list(sections(real.text["paper"])) == SECTIONS
+    n, runs = len(real.cycles), len(real.runs)
+    assert f"({n} cycles) an autonomous Builder/Mentor loop ran {runs} training runs on the digits task" \
+        in real.paper("## Abstract")
+    assert f": {n} cycles, {runs} training runs ({runs} ok, 0 failed), {n // 2} Mentor reviews, 0 auto-repairs." \
+        in real.text["story"]
+    assert f"progress 1/8 read {n} cycles, {runs} runs eta" in real.text["log"]
+    assert "progress 8/8" in real.text["log"] and "reports written" in real.text["log"]
 
 
-def test_limitations_and_reproduce_come_from_the_data(night):
-    found = sections(generate_reports(night, progress=False)["paper"].read_text())
-    limits = found["## Limitations"]
+def test_the_best_run_and_its_accuracy(real):
+    best, score = real.best, f"{real.best['score']:.4f}"
+    ref = f"`{best['label']}` (cycle {best['cycle']}, `{best['trace']}`)"
+    results = real.paper("## Results")
+    assert f"Best validation accuracy: **{score}**, {ref}, dimension {best['dimension']}." in results
+    assert f"Per-class accuracy of `{best['label']}` (weakest class: " in results
+    assert f"- Best model: {ref}, val acc {score}, run folder `{best['run_dir']}`." in real.text["story"]
+    assert f"The best run, `{best['label']}` ({best['dimension']}, cycle {best['cycle']}), reached validation " \
+           f"accuracy {score}" in real.paper("## Abstract")
+    args = Path(best["run_dir"]) / "train_args.json"
+    assert args.exists() and f"llmloop train --config {args} " in real.paper("## Reproduce")
+
+
+def test_experiments_table_lists_every_run(real):
+    rows = table_rows(real.paper("## Experiments"))
+    assert [(int(r[0]), r[1].strip("`")) for r in rows] == [(r["cycle"], r["label"]) for r in real.runs]
+    for row, run in zip(rows, real.runs):
+        assert row[2] == run["dimension"] and row[3] == run["config"]["model"]["name"]
+        assert row[4] == str(run["config"]["data"]["image_size"]) and row[6] == str(run["config"]["run"]["epochs"])
+        assert row[7] == "ok" and row[8] == f"{run['score']:.4f}"
+
+
+def test_policy_and_tokens_lines(real):
+    n = len(real.cycles)
+    policy = f"the embedded offline policy, no LLM endpoint ({n} offline decisions)"
+    setup = real.paper("## Setup")
+    assert f"- Policy: {policy}; daemon started as Builder = offline policy (no endpoint configured; no network), " \
+           "Mentor = offline policy." in setup
+    assert f"Decisions came from {policy}." in real.text["story"]
+    assert "Decisions came from the offline policy, not an LLM" in real.paper("## Limitations")
+    tokens = real.cycles[-1]["tokens_total"]
+    assert set(tokens) == {"builder", "mentor"} and all(t["calls"] == 0 for t in tokens.values())
+    assert "- LLM tokens:" not in setup and "- LLM cost:" not in setup      # no call was made: no spend lines
+
+
+def test_method_counts_the_gates_promotions_and_the_evolution_window(real):
+    method = real.paper("## Method")
+    actions = sum(1 for c in real.cycles if c["decision"]["action"] == "train")
+    promos = [c["promotion"] for c in real.cycles if "promotion" in c]
+    proposals = sum(bool(p.get("proposed")) for p in promos)
+    lineage = (real.ws / "models" / "lineage.csv").read_text().strip().splitlines()[1:]
+    assert f"- Actions: train {actions}." in method
+    assert "- Gates: 0 decisions refused by the quality gate, 0 commands refused by the command policy." in method
+    assert f"- Promotion pipeline: {len(promos)} hand-offs (PASS {len(promos)}), {proposals} proposal" in method
+    assert f", 1 evolution window, {len(lineage)} archived candidates." in method
+
+
+def test_mentor_reviews_come_from_the_events(real):
+    rows = table_rows(real.paper("## What the Mentor changed"))
+    reviewed = [c for c in real.cycles if c.get("mentor", {}).get("verdict")]
+    assert [(int(r[0]), r[1], r[2], r[4]) for r in rows] == \
+        [(c["cycle"], f"`{c['trace']}`", c["mentor"]["verdict"], "no") for c in reviewed]
+    assert f"`{reviewed[0]['run']['label']}` ok" in rows[0][6]
+    assert f"{len(reviewed)} reviews, 0 off track, 0 changed the decision." in real.text["story"]
+
+
+def test_leaderboard_json_and_md(real):
+    board = json.loads(real.text["leaderboard_json"])
+    ranked = sorted((r for r in real.runs if r["ok"]), key=lambda r: (-r["score"], r["cycle"]))[:3]
+    assert board["top_k"] == 3 and board["count"] == len(ranked) and board["message"] is None
+    assert [(e["label"], e["score"], e["cycle_trace_id"]) for e in board["entries"]] == \
+        [(r["label"], r["score"], r["trace"]) for r in ranked]
+    for entry, run in zip(board["entries"], ranked):
+        assert entry["config"] == run["config"] and entry["key_config"]["model"] == "resnet10t"
+        assert entry["metrics"]["val_accuracy"] == run["score"] and entry["metrics"]["status"] == "ok"
+        assert entry["promotion_status"] == "PASS" and Path(entry["archive_path"]).is_dir()
+    md_rows = table_rows(real.text["leaderboard_md"])
+    assert [(r[1], r[2]) for r in md_rows] == [(f"`{r['label']}`", f"{r['score']:.4f}") for r in ranked]
+
+
+def test_limitations_and_gen_head_come_from_the_data(real):
+    limits = real.paper("## Limitations")
+    metrics = json.loads((Path(real.best["run_dir"]) / "metrics.json").read_text())
     assert "One seed per configuration (seeds used: 7)" in limits
-    assert "180 validation images" in limits and "CPU only" in limits
-    assert "1 item still open" in limits
-    best_args = night / "runs" / "aug-c2-c00002-000002" / "out" / "train_args.json"
-    assert f"llmloop train --config {best_args}" in found["## Reproduce"]
-    assert f"GEN_HEAD: `{HEAD}`" in found["## Reproduce"]
-    setup = found["## Setup"]
-    assert "digits, 10 classes" in setup and "resnet10t (4 runs)" in setup and "llm" in setup
+    assert f"with {metrics['eval']['count']} validation images" in limits
+    assert ("CPU only" in limits) == (metrics["device"] == "cpu")
+    assert "did not read as a cycle record" not in limits and "metrics.json missing" not in limits
+    proposal = json.loads((real.ws / "models" / "PROMOTION_PROPOSAL.json").read_text())
+    assert f"Pending proposal: `{proposal['proposed_head']}`" in real.text["story"]
 
 
-# ========================================================== the other files ====
-
-def test_condensed_story_tells_the_arc_the_repair_and_the_end(night):
-    text = generate_reports(night, progress=False)["story"].read_text()
-    assert "8 cycles, 6 training runs (5 ok, 1 failed)" in text      # the torn last event line is skipped
-    assert "Baseline: `baseline-c1`" in text
-    assert "`aug-c2` (augmentation) raised the best to 0.9700 (+0.0200)" in text and "c00002-000002" in text
-    assert "model fallback resnet99 -> resnet10t" in text and "`bigmodel-c3-retry` ok" in text
-    assert "Is lr 0.05 too high" in text and "`mentor-lr-c4`" in text
-    assert "Best model: `aug-c2`" in text and f"GEN_HEAD: `{HEAD}`" in text
-    assert len(text.splitlines()) < 80                                # about a page
-
-
-def test_leaderboard_order_and_k(night):
-    paths = generate_reports(night, top_k=2, progress=False)
-    assert paths["leaderboard_json"].name == "final_leaderboard_top2.json"
-    board = json.loads(paths["leaderboard_json"].read_text())
-    entries = board["entries"]
-    assert [e["label"] for e in entries] == ["aug-c2", "bigmodel-c3-retry"] and board["count"] == 2
-    top = entries[0]
-    assert top["score"] == 0.97 and top["cycle"] == 2 and top["cycle_trace_id"] == "c00002-000002"
-    assert top["dimension"] == "augmentation" and top["key_config"]["augment"] == ["Affine"]
-    assert top["config"]["model"]["name"] == "resnet10t"
-    assert top["metrics"]["per_class_accuracy"]["9"] == pytest.approx(0.99)
-    assert top["archive_path"] == str(night / "models" / "archive" / "llmloop-G001-c2-20260101-000200")
-    md_rows = table_rows(paths["leaderboard_md"].read_text())
-    assert [r[1] for r in md_rows] == ["`aug-c2`", "`bigmodel-c3-retry`"]
-    everything = json.loads(generate_reports(night, top_k=10, progress=False)["leaderboard_json"].read_text())
-    assert [e["score"] for e in everything["entries"]] == [0.97, 0.96, 0.955, 0.95, 0.94]
-
-
-def test_plots_are_800_by_450_pngs(night):
-    paths = generate_reports(night, progress=False)
-    for name in ("plot_best_over_cycles", "plot_runs_over_cycles", "plot_per_class_best", "plot_tokens_over_cycles"):
-        with Image.open(paths[name]) as img:
-            assert img.format == "PNG" and img.size == (800, 450)
-
-
-def test_progress_goes_to_the_report_log(night):
-    paths = generate_reports(night, progress=False)
-    log = paths["log"].read_text()
-    assert "progress 8/8" in log and "reports written" in log
-
-
-def test_a_cleaned_run_folder_makes_a_thinner_report_not_a_crash(night):
-    (night / "runs" / "aug-c2-c00002-000002" / "out" / "metrics.json").unlink()
-    text = generate_reports(night, progress=False)["paper"].read_text()
-    assert "Per-class accuracy of `aug-c2`: unavailable" in text
-    assert "metrics.json missing for 2 runs" in text        # the crashed original never had one
-
-
-def test_an_empty_workspace_still_gets_every_file(tmp_path):
-    ws = tmp_path / "artifacts"
-    ws.mkdir()
-    paths = generate_reports(ws, top_k=10, progress=False)
-    for key in ("story", "paper", "leaderboard_json", "leaderboard_md"):
-        assert "No runs yet" in paths[key].read_text()
-    assert "progress 8/8" in paths["log"].read_text()
-    paper = paths["paper"].read_text()
-    assert all(f"\n{h}\n" in paper for h in SECTIONS)
-    assert json.loads(paths["leaderboard_json"].read_text())["entries"] == []
-    for file in PLOT_FILES:
-        with Image.open(ws / "reports" / file) as img:
-            assert img.format == "PNG" and img.size == (800, 450)
+def test_plots_are_non_blank_800_by_450_pngs(real):
+    for name in PLOT_FILES:
+        with Image.open(real.ws / "reports" / name) as img:
+            assert img.format == "PNG" and img.size == (800, 450), name
+            colours = img.convert("RGB").getcolors(maxcolors=800 * 450)
+        coloured = sum(n for n, (r, g, b) in colours if max(r, g, b) - min(r, g, b) > 60)
+        assert len(colours) > 20 and coloured > 50, name        # axes, text and data drawn in colour
+    with Image.open(real.ws / "reports" / "plot_per_class_best.png") as img:
+        green = dict((c, n) for n, c in img.convert("RGB").getcolors(maxcolors=800 * 450)).get((44, 160, 44), 0)
+    assert green > 100                                          # the best run's per-class bars
+    for name in ("plot_best_over_cycles", "plot_runs_over_cycles", "plot_per_class_best"):
+        assert f"]({name}.png)" in real.paper("## Results")
 
 
 # ================================================================ the script ====
@@ -358,27 +196,201 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_the_script_writes_the_reports(tmp_path):
-    ws = build_night(tmp_path / "elsewhere" / "ws")
-    root = tmp_path / "repo"
-    root.mkdir()
-    done = run_script("--workspace-root", str(root), "--top-k", "3", "--workspace", str(ws))
+def test_the_script_writes_the_reports_and_refuses_a_missing_workspace(real, tmp_path):
+    done = run_script("--workspace-root", str(tmp_path), "--top-k", "2", "--workspace", str(real.ws))
     assert done.returncode == 0, done.stderr
-    reports = ws / "reports"
-    for name in ("final_condensed_story.md", "final_paper_report.md", "final_leaderboard_top3.json",
-                 "final_leaderboard_top3.md", *PLOT_FILES):
+    reports = real.ws / "reports"
+    for name in ("final_condensed_story.md", "final_paper_report.md", "final_leaderboard_top2.json",
+                 "final_leaderboard_top2.md", *PLOT_FILES):
         assert (reports / name).exists() and str(reports / name) in done.stdout
-    assert len(json.loads((reports / "final_leaderboard_top3.json").read_text())["entries"]) == 3
-
-
-def test_the_script_defaults_to_artifacts_under_the_root(tmp_path):
-    build_night(tmp_path / "artifacts")
-    done = run_script("--workspace-root", str(tmp_path), "--top-k", "1")
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "artifacts" / "reports" / "final_leaderboard_top1.md").exists()
-
-
-def test_a_missing_workspace_exits_2(tmp_path):
+    assert len(json.loads((reports / "final_leaderboard_top2.json").read_text())["entries"]) == 2
+    (tmp_path / "artifacts").symlink_to(real.ws)                      # the default workspace: <root>/artifacts
+    assert run_script("--workspace-root", str(tmp_path), "--top-k", "1").returncode == 0
+    assert (reports / "final_leaderboard_top1.md").exists()
     done = run_script("--workspace-root", str(tmp_path), "--top-k", "3", "--workspace", str(tmp_path / "nope"))
-    assert done.returncode == 2 and "does not exist" in done.stderr
-    assert not (tmp_path / "nope").exists()
+    assert done.returncode == 2 and "does not exist" in done.stderr and not (tmp_path / "nope").exists()
+
+
+# ===================================================== what a short run lacks ====
+
+HEAD, TRACE = "llmloop-G001-c1-20260101-000100", "c{0:05d}-{0:06x}"      # GEN_HEAD, a cycle's trace
+
+
+def decision(action: str, label: str, dimension: str | None = None, source: str = "llm", **extra) -> DecisionEntry:
+    return DecisionEntry(action=action, rationale=f"Because {label} is the next useful step.", run_label=label,
+                         strategy_dimension=dimension, source=source, **extra)
+
+
+class Night:
+    """Writes a workspace cycle by cycle, each cycle a CycleRecord, the way the daemon does."""
+
+    def __init__(self, ws: Path):
+        self.ws, self.index = ws, []
+        self.events = [{"ts": "2026-01-01T00:00:00Z", "kind": "daemon_start", "cycle_trace_id": "start-00001",
+                        "builder": "LLM", "mentor": "LLM"}]
+        self.tokens = {"builder": Usage(), "mentor": Usage()}
+        (ws / "models" / "archive").mkdir(parents=True)
+
+    def train(self, label: str, cycle: int, score: float | None, dimension: str | None, model: str = "resnet10t",
+              lr: float = 0.05, indexed_in: int | None = None) -> RunOutcome:
+        """A run folder as the trainer leaves it (no metrics.json for a crash), indexed unless it failed."""
+        folder = self.ws / "runs" / f"{label}-{TRACE.format(cycle)}"
+        (folder / "out").mkdir(parents=True)
+        cfg = {"data": {"domain": "digits", "image_size": 32}, "model": {"name": model},
+               "optim": {"name": "sgd", "lr": lr}, "budget": {"max_walltime_minutes": 30.0},
+               "run": {"label": label, "seed": 7, "epochs": 10}}
+        (folder / "run.yaml").write_text(json.dumps(cfg))
+        if score is not None:
+            (folder / "out" / "train_args.json").write_text(json.dumps(cfg))
+            per_class = {str(c): score + (0.02 if c % 2 else -0.02) for c in range(10)}
+            RunMetrics(status="ok", run_label=label, model_name=model, domain="digits", seed=7, device="cpu",
+                       epochs_completed=10, epochs_planned=10, walltime_minutes=1.5,
+                       eval=EvalMetrics(accuracy=score, loss=0.2, count=180, per_class_accuracy=per_class),
+                       ).write(folder / "out")
+            cycle_of = indexed_in or cycle
+            self.index.append(RunRecord(label=label, cycle=cycle_of, config=cfg, ok=True, score=score,
+                                        dimension=None if indexed_in else dimension, trace=TRACE.format(cycle_of),
+                                        run_dir=str(folder / "out")))
+        return RunOutcome(label=label, status="failed" if score is None else "ok", exit_code=3 if score is None else 0,
+                          log_path=str(folder / "run.log"), run_dir=str(folder), seconds=90.0, val_accuracy=score,
+                          error="Unsupported model.name: resnet99" if score is None else None)
+
+    def promotion(self, cycle: int, score: float) -> dict:
+        name = f"llmloop-G001-c{cycle}-20260101-000{cycle}00"
+        path = self.ws / "models" / "archive" / name
+        path.mkdir()
+        return {"name": name, "status": "PASS", "score": score, "archive_path": str(path), "proposed": True}
+
+    def cycle(self, cycle: int, mentor_tokens: int = 0, **fields) -> None:
+        self.tokens["builder"].add(Usage(prompt_tokens=750, completion_tokens=250, total_tokens=1000, calls=1))
+        self.tokens["mentor"].add(Usage(total_tokens=mentor_tokens, calls=int(mentor_tokens > 0)))
+        rec = CycleRecord(cycle=cycle, trace=TRACE.format(cycle), seconds=12.5, quality_gate=GateEntry(ok=True),
+                          **fields, tokens_total={k: v.model_copy() for k, v in self.tokens.items()})
+        self.events.append({"ts": f"2026-01-01T0{cycle}:00:00Z", "kind": "cycle", "cycle_trace_id": rec.trace,
+                            **rec.event_fields()})
+
+    def started(self, o: RunOutcome, monitor: str = "finished") -> RunStart:
+        return RunStart(label=o.label, pid=42, kind=o.kind, log_path=o.log_path, monitor=monitor, sandbox="bubblewrap")
+
+    def write(self, foreign_cycle: dict, foreign_run: dict) -> None:
+        # A crash mid-append tears the last line: the report must read past it.
+        (self.ws / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [*self.events, foreign_cycle])
+                                              + '{"ts": "2026-01-01T09:00:00Z", "kind": "cy')
+        rows = [asdict(r) for r in self.index] + [foreign_run]
+        (self.ws / "runs" / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def build_night(ws: Path) -> Path:
+    n = Night(ws)
+    out = n.train("baseline-c1", 1, 0.95, "evaluation")             # c1: the baseline, promoted to GEN_HEAD
+    n.cycle(1, decision=decision("train", "baseline-c1", "evaluation"), run=n.started(out), run_outcome=out,
+            promotion=n.promotion(1, 0.95))
+    # c2: an unsupported model fails with exit 3; the fallback repairs it and the retry succeeds
+    failed = n.train("bigmodel-c2", 2, None, "model_arch", model="resnet99")
+    retry = n.train("bigmodel-c2-retry", 2, 0.96, "model_arch")
+    fallback = {"kind": "fallback", "target": "resnet99", "ok": True, "detail": "patched model.name",
+                "fallback": "resnet10t"}
+    n.cycle(2, decision=decision("train", "bigmodel-c2", "model_arch"), run=n.started(failed), run_outcome=failed,
+            auto_repair=RepairEntry(applied=True, actions=[fallback]), run_outcome_retry=retry,
+            promotion=n.promotion(2, 0.96))
+    # c3: the Mentor calls it off track and its challenge runs instead
+    challenge = decision("train", "mentor-lr-c3", "optimization", source="mentor",
+                         train_overlay={"optim": {"lr": 0.02}})
+    out = n.train("mentor-lr-c3", 3, 0.955, "optimization", lr=0.02)
+    n.cycle(3, mentor_tokens=500, decision=challenge, run=n.started(out), run_outcome=out,
+            promotion=n.promotion(3, 0.955),
+            mentor=MentorEntry(why="stuck: 2 failed runs in a row", name="AI-Mentor", web_search="off",
+                               verdict="off_track", critical_question="Is lr 0.05 too high for the new head?",
+                               challenge=challenge.model_dump(exclude={"source"}), challenge_applied=True))
+    command = RunOutcome(label="inspect-data", kind="command", status="ok", exit_code=0)     # c4: a command
+    n.cycle(4, policy=PolicyEntry(allowed=True), run=n.started(command),
+            decision=decision("run_command", "inspect-data", "evaluation", command="ls"), run_outcome=command)
+    # c5 starts a long run that c6 follows to its end (the index row carries no dimension then)
+    out = n.train("smoothing-c5", 5, 0.94, "loss", model="resnet14t", indexed_in=6)
+    n.cycle(5, decision=decision("train", "smoothing-c5", "loss"), run=n.started(out, monitor="running"))
+    n.cycle(6, run=n.started(out), run_outcome=out, followed_run=out, promotion=n.promotion(6, 0.94))
+    # lines from an older loop or a hand edit: a cycle the record model refuses, a run with no usable cycle
+    n.write({"ts": "2026-01-01T07:00:00Z", "kind": "cycle", "cycle_trace_id": "c7", "cycle": 7, "trace": "c7",
+             "decision": {"action": "wait", "source": "llm"}, "gate": {"ok": True}},
+            {"label": "hand-edited", "cycle": "three", "ok": True, "score": None})
+    write_lineage(ws / "models" / "lineage.csv", [
+        LineageRow(name=HEAD, gen_id=1, branch_id="c1", seed=7, strategy="uniform", status="PASS", score=0.95,
+                   promoted=True, archive_path=str(ws / "models" / "archive" / HEAD), hashes_sha256="0" * 64)])
+    (ws / "models" / "GEN_HEAD").symlink_to(Path("archive") / HEAD)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory) -> dict[str, str]:
+    paths = generate_reports(build_night(tmp_path_factory.mktemp("night") / "artifacts"), top_k=10, progress=False)
+    return {k: paths[k].read_text() for k in TEXT_KEYS}
+
+
+def test_a_crashed_run_is_reported_with_its_repair_and_retry(night):
+    found = sections(night["paper"])
+    rows = {r[1].strip("`"): r for r in table_rows(found["## Experiments"])}
+    assert rows["bigmodel-c2"][-2:] == ["failed", "-"] and rows["bigmodel-c2"][3] == "resnet99"
+    assert rows["bigmodel-c2-retry"][-1] == "0.9600" and rows["bigmodel-c2-retry"][3] == "resnet10t"
+    failures = found["## Failures and repairs"]
+    row = next(r for r in table_rows(failures) if r[2] == "`bigmodel-c2`")
+    assert row[:2] == ["2", "`c00002-000002`"] and row[3:6] == ["train", "failed", "3"]
+    assert "Unsupported model.name: resnet99" in row[6]
+    assert "- Cycle 2 `c00002-000002`: auto-repair applied." in failures
+    assert "model fallback resnet99 -> resnet10t: ok (patched model.name)" in failures
+    assert "Retry: `bigmodel-c2-retry` ok val_acc 0.9600" in failures
+    assert "metrics.json missing for 1 run (bigmodel-c2)." in found["## Limitations"]
+    story = night["story"]
+    assert "6 cycles, 5 training runs (4 ok, 1 failed), 1 Mentor review, 1 auto-repair" in story
+    assert "- Cycle 2 `c00002-000002`: `bigmodel-c2` failed (Unsupported model.name: resnet99), exit code 3." in story
+    assert "- Cycle 2 auto-repair: model fallback resnet99 -> resnet10t: ok (patched model.name); " \
+           "retry -> `bigmodel-c2-retry` ok val_acc 0.9600." in story
+
+
+def test_a_mentor_challenge_that_replaced_the_decision(night):
+    [row] = table_rows(sections(night["paper"])["## What the Mentor changed"])
+    assert row[0] == "3" and row[2] == "off_track" and row[4] == "yes" and "lr 0.05 too high" in row[3]
+    assert "`mentor-lr-c3`" in row[5] and "optimization" in row[5] and '"lr": 0.02' in row[5]
+    assert row[6] == "`mentor-lr-c3` ok 0.9550"
+    assert "- Cycle 3 `c00003-000003`: Is lr 0.05 too high for the new head? -> train `mentor-lr-c3` (optimization)" \
+           ' overlay {"optim": {"lr": 0.02}} -> ok val acc 0.9550' in night["story"]
+
+
+def test_a_command_a_followed_run_llm_tokens_and_gen_head(night):
+    found = sections(night["paper"])
+    assert "- Actions: train 4, run_command 1." in found["## Method"]
+    rows = {r[1].strip("`"): r for r in table_rows(found["## Experiments"])}
+    assert "inspect-data" not in rows and rows["smoothing-c5"][:3] == ["6", "`smoothing-c5`", "loss"]
+    setup = found["## Setup"]
+    assert "- Policy: an LLM Builder and Mentor (4 llm, 1 mentor decisions); daemon started as Builder = LLM" in setup
+    assert "- LLM tokens: builder 6000 tokens (6 calls); mentor 500 tokens (1 calls)." in setup
+    assert f"GEN_HEAD: `{HEAD}`" in found["## Reproduce"] and f"GEN_HEAD: `{HEAD}`" in night["story"]
+    assert [e["score"] for e in json.loads(night["leaderboard_json"])["entries"]] == [0.96, 0.955, 0.95, 0.94]
+
+
+def test_a_torn_line_and_foreign_records_are_skipped_and_counted(night):
+    limits = sections(night["paper"])["## Limitations"]
+    assert "- 1 cycle event in events.jsonl did not read as a cycle record (an old or foreign file) and was " \
+           "skipped: this report leaves it out." in limits
+    assert "From 2026-01-01 00:00 UTC to 2026-01-01 07:00 UTC (7h00m00s): 6 cycles," in night["story"]
+    assert "read 6 cycles, 5 runs, 1 unreadable cycle events skipped" in night["log"]
+    assert "hand-edited" not in night["leaderboard_json"]         # the index line whose cycle is not a number
+
+
+def test_a_cleaned_run_folder_makes_a_thinner_report_not_a_crash(tmp_path):
+    night = build_night(tmp_path / "artifacts")
+    (night / "runs" / "bigmodel-c2-retry-c00002-000002" / "out" / "metrics.json").unlink()
+    text = generate_reports(night, progress=False)["paper"].read_text()
+    assert "Per-class accuracy of `bigmodel-c2-retry`: unavailable" in text
+    assert "metrics.json missing for 2 runs" in text        # the crashed original never had one
+
+
+def test_an_empty_workspace_still_gets_every_file(tmp_path):
+    paths = generate_reports(tmp_path, top_k=10, progress=False)
+    text = {k: paths[k].read_text() for k in TEXT_KEYS}
+    assert all("No runs yet" in text[k] for k in ("story", "paper", "leaderboard_json", "leaderboard_md"))
+    assert "progress 8/8" in text["log"] and list(sections(text["paper"])) == SECTIONS
+    assert json.loads(text["leaderboard_json"])["entries"] == []
+    for file in PLOT_FILES:
+        with Image.open(tmp_path / "reports" / file) as img:
+            assert img.format == "PNG" and img.size == (800, 450)
+

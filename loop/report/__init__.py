@@ -15,7 +15,8 @@ make a thinner report, never a crash: an empty workspace still gets every file.
 
 The sub-modules, one job each:
 
-  data.py         the workspace read into typed records: events, runs index (Run), metrics,
+  data.py         the workspace read into typed records: events (cycles as CycleRecord), runs
+                  (Run: a RunRecord plus outcome, metrics.json and promotion),
                   lineage, GEN_HEAD, state, finish-up request, storyline (ReportData, load_data)
   helpers.py      the report file names, the "no runs" sentence, and the small text and fact
                   helpers every writer shares (tables, span, improvements, failures, GEN_HEAD, ...)
@@ -34,8 +35,14 @@ from loop.report.generate import generate_reports
 from loop.report.helpers import NO_RUNS, PAPER_FILE, PLOTS, STORY_FILE
 from loop.report.leaderboard import leaderboard_entries, leaderboard_json, leaderboard_md
 from loop.report.paper import paper_report
-from loop.report.plots import (DPI, FIGSIZE, plot_best_over_cycles, plot_per_class_best, plot_runs_over_cycles,
-                               plot_tokens_over_cycles)
+from loop.report.plots import (
+                               DPI,
+                               FIGSIZE,
+                               plot_best_over_cycles,
+                               plot_per_class_best,
+                               plot_runs_over_cycles,
+                               plot_tokens_over_cycles,
+)
 from loop.report.story import condensed_story
 
 __all__ = ["DPI", "FIGSIZE", "NO_RUNS", "PAPER_FILE", "PLOTS", "STORY_FILE", "ReportData", "Run",

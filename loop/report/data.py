@@ -1,39 +1,44 @@
 """The workspace read into typed records for the reports: the events (every record, and the cycles
-among them), the training runs (runs/index.jsonl joined with the cycle events and each run's
-metrics.json and config), the lineage rows, GEN_HEAD and its pending proposal, the state, the
-finish-up request, the storyline and the open todos. A missing or torn file gives an empty value,
-never an error."""
+among them as `CycleRecord`s, the model the cycle writes), the training runs (`Run`: a runs-index
+`RunRecord` joined with its cycle's outcome and promotion and the run's metrics.json), the lineage
+rows, GEN_HEAD and its pending proposal, the state, the finish-up request, the storyline and the
+open todos. A missing or torn file gives an empty value, never an error; a cycle event that does not
+validate (an old or foreign events.jsonl) is skipped and counted in `skipped_cycles`."""
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from loop.journal.events import EventLog
+from pydantic import ValidationError
+
 from loop.archive.paths import ModelPaths
+from loop.cycle.record import CycleRecord
+from loop.journal.events import EventLog
+from loop.journal.history import RunRecord, read_history
+from loop.run.judge import RunOutcome
 from loop.util.workspace import Workspace
+
+__all__ = ["CycleRecord", "ReportData", "Run", "load_data"]
 
 
 @dataclass
-class Run:
-    """One training run: a runs/index.jsonl row, or a failed run that only the events know
-    (a run whose retry replaced it in the index)."""
+class Run(RunRecord):
+    """One finished training run: its `RunRecord` (a runs/index.jsonl line, or one built from the
+    cycle events for a failed run that its retry replaced in the index), plus what the reports add:
+    the outcome's status, error and exit code, the run's metrics.json and its promotion."""
 
-    label: str
-    cycle: int
-    trace: str
-    ok: bool
-    score: float
-    status: str
-    dimension: str | None = None
-    config: dict = field(default_factory=dict)
-    run_dir: str = ""
+    status: str = "ok"
     metrics: dict | None = None
     error: str | None = None
     exit_code: int | None = None
     promotion: dict | None = None
+
+    @classmethod
+    def of(cls, record: RunRecord, **extra: Any) -> "Run":
+        return cls(**{f.name: getattr(record, f.name) for f in fields(RunRecord)}, **extra)
 
     @property
     def archive_path(self) -> str | None:
@@ -55,8 +60,8 @@ class Run:
 @dataclass
 class ReportData:
     ws: Workspace
-    cycles: list[dict]
-    events: list[dict]                    # every record, cycle or not
+    cycles: list[CycleRecord]             # by cycle
+    events: list[dict]                    # every record, cycle or not, as written
     runs: list[Run]                       # by cycle
     state: dict
     lineage: list[dict]
@@ -67,6 +72,7 @@ class ReportData:
     open_todos: list[str]
     note: str
     top_k: int
+    skipped_cycles: int = 0               # cycle events that did not validate as a CycleRecord
 
     @property
     def ok_runs(self) -> list[Run]:
@@ -121,11 +127,23 @@ def read_config(run_dir: Path) -> dict:
     return {}
 
 
+def read_cycles(events: list[dict]) -> tuple[list[CycleRecord], int]:
+    """The `cycle` events read back as CycleRecords, by cycle, and how many did not validate."""
+    cycles, skipped = [], 0
+    for event in events:
+        if event.get("kind") != "cycle":
+            continue
+        try:
+            cycles.append(CycleRecord.from_event(event))
+        except ValidationError:
+            skipped += 1
+    return sorted(cycles, key=lambda c: c.cycle), skipped
+
+
 def load_data(ws_root: Path, top_k: int, note: str) -> ReportData:
     ws = Workspace(ws_root)
     events = read_jsonl(ws.events)
-    cycles = sorted((e for e in events if e.get("kind") == "cycle" and isinstance(e.get("cycle"), int)),
-                    key=lambda e: e["cycle"])
+    cycles, skipped = read_cycles(events)
     finish_up = read_json(ws.finish_up)
     finish_up = finish_up if isinstance(finish_up, dict) else None
     paths = ModelPaths(ws.root)
@@ -136,7 +154,7 @@ def load_data(ws_root: Path, top_k: int, note: str) -> ReportData:
         proposal=proposal if isinstance(proposal, dict) else None, finish_up=finish_up,
         storyline=[ln for ln in read_text(ws.storyline).splitlines() if ln.startswith("- ")],
         open_todos=[ln for ln in read_text(ws.todo).splitlines() if ln.startswith("- [ ]")],
-        note=note or (finish_up or {}).get("note", "") or "", top_k=top_k)
+        note=note or (finish_up or {}).get("note", "") or "", top_k=top_k, skipped_cycles=skipped)
 
 
 def read_text(path: Path) -> str:
@@ -157,65 +175,65 @@ def read_lineage_rows(path: Path) -> list[dict]:
 
 # ------------------------------------------------------------------ runs ----
 
-def outcomes_of(event: dict) -> list[dict]:
-    """The finished run outcomes a cycle event holds (a follow cycle repeats run_outcome as followed_run)."""
-    found = [event.get(k) for k in ("run_outcome", "run_outcome_retry", "followed_run")]
+def outcomes_of(cycle: CycleRecord | None) -> list[RunOutcome]:
+    """The finished run outcomes a cycle holds (a follow cycle repeats run_outcome as followed_run)."""
+    if cycle is None:
+        return []
     seen, out = set(), []
-    for o in found:
-        if isinstance(o, dict) and o.get("label") and o.get("status") not in (None, "running"):
-            key = (o["label"], o.get("status"))
-            if key not in seen:
-                seen.add(key)
-                out.append(o)
+    for o in (cycle.run_outcome, cycle.run_outcome_retry, cycle.followed_run):
+        if o is not None and o.label and o.status != "running" and (o.label, o.status) not in seen:
+            seen.add((o.label, o.status))
+            out.append(o)
     return out
 
 
-def launch_dimensions(cycles: list[dict]) -> dict[str, str]:
+def launch_dimensions(cycles: list[CycleRecord]) -> dict[str, str]:
     """run label -> the strategy dimension of the decision that launched it. A run followed in a
     later cycle is indexed without one (that cycle made no decision)."""
     dims = {}
-    for e in cycles:
-        label, dim = dig(e, "run.label"), dig(e, "decision.strategy_dimension")
-        if label and dim:
-            dims[label] = dim
+    for c in cycles:
+        if c.run and c.decision and c.decision.strategy_dimension:
+            dims[c.run.label] = c.decision.strategy_dimension
     return dims
 
 
-def load_runs(ws: Workspace, cycles: list[dict]) -> list[Run]:
-    by_trace = {e.get("cycle_trace_id"): e for e in cycles}
+def load_runs(ws: Workspace, cycles: list[CycleRecord]) -> list[Run]:
+    by_trace = {c.trace: c for c in cycles}
     dims = launch_dimensions(cycles)
-    runs = [index_run(row, by_trace, dims) for row in read_jsonl(ws.runs_index) if row.get("label")]
+    runs = [index_run(rec, by_trace, dims) for rec in read_history(ws) if usable(rec)]
     indexed = {(r.trace, r.label) for r in runs}
-    for e in cycles:                # failed train runs that a retry replaced in the index
-        for o in outcomes_of(e):
-            if o.get("kind") == "train" and (e.get("cycle_trace_id"), o["label"]) not in indexed:
-                runs.append(event_run(o, e, dims))
+    for c in cycles:                # failed train runs that a retry replaced in the index
+        for o in outcomes_of(c):
+            if o.kind == "train" and (c.trace, o.label) not in indexed:
+                runs.append(event_run(o, c, dims))
     for r in runs:
         r.metrics = read_json(Path(r.run_dir) / "metrics.json") if r.run_dir else None
     return sorted(runs, key=lambda r: (r.cycle, r.label.endswith("-retry")))   # a failure before its retry
 
 
-def index_run(row: dict, by_trace: dict[str, dict], dims: dict[str, str]) -> Run:
-    event = by_trace.get(row.get("trace"), {})
-    outcome = next((o for o in outcomes_of(event) if o["label"] == row["label"]), {})
-    run_dir = str(row.get("run_dir") or "")
-    promotion = event.get("promotion") if isinstance(event.get("promotion"), dict) else None
-    return Run(label=row["label"], cycle=int(row.get("cycle") or 0), trace=str(row.get("trace") or ""),
-               ok=bool(row.get("ok")), score=float(row.get("score") or 0.0),
-               status=outcome.get("status") or ("ok" if row.get("ok") else "failed"),
-               dimension=row.get("dimension") or dims.get(base_label(row["label"])),
-               config=row.get("config") or (read_config(Path(run_dir)) if run_dir else {}),
-               run_dir=run_dir, error=outcome.get("error"), exit_code=outcome.get("exit_code"),
-               promotion=promotion if row.get("ok") else None)
+def usable(rec: RunRecord) -> bool:
+    """A runs-index line the reports can rank (a foreign or hand-edited line may not be)."""
+    return (isinstance(rec.label, str) and bool(rec.label) and isinstance(rec.cycle, int)
+            and isinstance(rec.score, (int, float)) and isinstance(rec.config, dict))
 
 
-def event_run(outcome: dict, event: dict, dims: dict[str, str]) -> Run:
-    run_dir = str(Path(outcome["run_dir"]) / "out") if outcome.get("run_dir") else ""
-    return Run(label=outcome["label"], cycle=int(event["cycle"]), trace=event.get("cycle_trace_id", ""),
-               ok=False, score=0.0, status=outcome.get("status") or "failed",
-               dimension=dims.get(base_label(outcome["label"])),
-               config=read_config(Path(run_dir)) if run_dir else {}, run_dir=run_dir,
-               error=outcome.get("error"), exit_code=outcome.get("exit_code"))
+def index_run(rec: RunRecord, by_trace: dict[str, CycleRecord], dims: dict[str, str]) -> Run:
+    cycle = by_trace.get(rec.trace)
+    outcome = next((o for o in outcomes_of(cycle) if o.label == rec.label), None)
+    rec = replace(rec, ok=bool(rec.ok), run_dir=str(rec.run_dir or ""),
+                  dimension=rec.dimension or dims.get(base_label(rec.label)),
+                  config=rec.config or (read_config(Path(rec.run_dir)) if rec.run_dir else {}))
+    return Run.of(rec, status=outcome.status if outcome else ("ok" if rec.ok else "failed"),
+                  error=outcome.error if outcome else None, exit_code=outcome.exit_code if outcome else None,
+                  promotion=cycle.promotion if cycle and rec.ok else None)
+
+
+def event_run(outcome: RunOutcome, cycle: CycleRecord, dims: dict[str, str]) -> Run:
+    run_dir = str(Path(outcome.run_dir) / "out") if outcome.run_dir else ""
+    rec = RunRecord(label=outcome.label, cycle=cycle.cycle, trace=cycle.trace, ok=False, score=0.0,
+                    config=read_config(Path(run_dir)) if run_dir else {}, run_dir=run_dir,
+                    dimension=dims.get(base_label(outcome.label)), minutes=round(outcome.seconds / 60.0, 3))
+    return Run.of(rec, status=outcome.status, error=outcome.error, exit_code=outcome.exit_code)
 
 
 def base_label(label: str) -> str:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from loop.util.fsutil import atomic_write_text
-from loop.util.progress import ProgressLog
 from loop.report.data import load_data
 from loop.report.helpers import PAPER_FILE, PLOTS, STORY_FILE
 from loop.report.leaderboard import leaderboard_json, leaderboard_md
 from loop.report.paper import paper_report
-from loop.report.plots import (plot_best_over_cycles, plot_per_class_best, plot_runs_over_cycles,
-                               plot_tokens_over_cycles)
+from loop.report.plots import plot_best_over_cycles, plot_per_class_best, plot_runs_over_cycles, plot_tokens_over_cycles
 from loop.report.story import condensed_story
+from loop.util.fsutil import atomic_write_text
+from loop.util.progress import ProgressLog
 from loop.util.workspace import Workspace
 
 
@@ -34,7 +33,8 @@ def generate_reports(workspace: Path, top_k: int = 10, note: str = "", progress:
         log.line(f"final report for {workspace} (top {top_k})")
         data = load_data(Path(workspace), top_k, note)
         step = 1
-        log.update(step, f"read {len(data.cycles)} cycles, {len(data.runs)} runs")
+        skipped = f", {data.skipped_cycles} unreadable cycle events skipped" if data.skipped_cycles else ""
+        log.update(step, f"read {len(data.cycles)} cycles, {len(data.runs)} runs{skipped}")
         for name, plot in plotters.items():       # plots first: the paper links them
             plot(data, paths[name])
             step += 1

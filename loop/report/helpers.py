@@ -9,8 +9,10 @@ import statistics
 from collections import Counter
 from typing import Any
 
+from loop.agents.usage import Usage
+from loop.report.data import CycleRecord, ReportData, Run, base_label, dig, outcomes_of
+from loop.run.judge import RunOutcome
 from loop.util.progress import format_seconds
-from loop.report.data import ReportData, Run, base_label, dig, outcomes_of
 
 STORY_FILE = "final_condensed_story.md"
 PAPER_FILE = "final_paper_report.md"
@@ -65,7 +67,7 @@ def run_ref(r: Run) -> str:
 
 
 def sources(data: ReportData) -> Counter:
-    return Counter(dig(e, "decision.source") for e in data.cycles if dig(e, "decision.source"))
+    return Counter(c.decision.source for c in data.cycles if c.decision and c.decision.source)
 
 
 def policy_text(data: ReportData) -> str:
@@ -78,9 +80,9 @@ def policy_text(data: ReportData) -> str:
     return f"an LLM Builder and Mentor ({parts})"
 
 
-def tokens_final(data: ReportData) -> dict[str, dict]:
-    last = next((e["tokens_total"] for e in reversed(data.cycles) if isinstance(e.get("tokens_total"), dict)), {})
-    return {role: v for role, v in last.items() if isinstance(v, dict)}
+def tokens_final(data: ReportData) -> dict[str, Usage]:
+    """Tokens per role over the workspace's life, as the last cycle that counted them recorded."""
+    return next((c.tokens_total for c in reversed(data.cycles) if c.tokens_total), {})
 
 
 def improvements(data: ReportData) -> list[tuple[Run, float | None]]:
@@ -93,16 +95,16 @@ def improvements(data: ReportData) -> list[tuple[Run, float | None]]:
     return arc
 
 
-def mentor_reviews(data: ReportData) -> list[dict]:
-    return [e for e in data.cycles if isinstance(e.get("mentor"), dict) and e["mentor"].get("verdict")]
+def mentor_reviews(data: ReportData) -> list[CycleRecord]:
+    return [c for c in data.cycles if c.mentor and c.mentor.verdict]
 
 
-def run_launched_in(data: ReportData, event: dict) -> Run | None:
+def run_launched_in(data: ReportData, cycle: CycleRecord) -> Run | None:
     """The run a cycle started (it may have finished in a later cycle, or as a retry)."""
-    label = dig(event, "run.label")
+    label = cycle.run.label if cycle.run else None
     if not label:
         return None
-    matches = [r for r in data.runs if base_label(r.label) == label and r.cycle >= event["cycle"]]
+    matches = [r for r in data.runs if base_label(r.label) == label and r.cycle >= cycle.cycle]
     return sorted(matches, key=lambda r: (not r.ok, r.cycle))[0] if matches else None
 
 
@@ -119,33 +121,35 @@ def decision_text(d: dict | None) -> str:
     return text
 
 
-def failures(data: ReportData) -> list[tuple[dict, dict]]:
-    """Every finished non-ok outcome, with the cycle event it is recorded in."""
+def failures(data: ReportData) -> list[tuple[RunOutcome, CycleRecord]]:
+    """Every finished non-ok outcome, with the cycle it is recorded in."""
     out = []
-    for e in data.cycles:
-        out += [(o, e) for o in outcomes_of(e) if o.get("status") not in FINAL_STATUSES_OK]
+    for c in data.cycles:
+        out += [(o, c) for o in outcomes_of(c) if o.status not in FINAL_STATUSES_OK]
     return out
 
 
-def repairs(data: ReportData) -> list[dict]:
-    return [e for e in data.cycles if isinstance(e.get("auto_repair"), dict)]
+def repairs(data: ReportData) -> list[CycleRecord]:
+    return [c for c in data.cycles if c.auto_repair]
 
 
 def action_text(a: dict) -> str:
+    if not isinstance(a, dict):
+        return cell(a)
     what = {"fallback": f"model fallback {a.get('target')} -> {a.get('fallback')}",
             "pip": f"pip install {a.get('package')} (for {a.get('target')})",
             "clone": f"clone for {a.get('target')}"}.get(a.get("kind"), f"{a.get('kind')} {a.get('target')}")
     return f"{what}: {'ok' if a.get('ok') else 'FAILED'}" + (f" ({cell(a['detail'])})" if a.get("detail") else "")
 
 
-def outcome_text(o: dict | None) -> str:
-    if not isinstance(o, dict):
+def outcome_text(o: RunOutcome | None) -> str:
+    if o is None:
         return "unknown"
-    text = f"`{o.get('label')}` {o.get('status')}"
-    if o.get("val_accuracy") is not None:
-        text += f" val_acc {acc(o['val_accuracy'])}"
-    if o.get("status") not in ("ok", "running") and o.get("error"):
-        text += f" ({cell(o['error'])})"
+    text = f"`{o.label}` {o.status}"
+    if o.val_accuracy is not None:
+        text += f" val_acc {acc(o.val_accuracy)}"
+    if o.status not in ("ok", "running") and o.error:
+        text += f" ({cell(o.error)})"
     return text
 
 

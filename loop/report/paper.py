@@ -7,10 +7,31 @@ from collections import Counter
 from pathlib import Path
 
 from loop.report.data import ReportData, Run, dig
-from loop.report.helpers import (NO_RUNS, PLOTS, acc, action_text, active_run_label, decision_text, devices,
-                                 domains, failures, head_text, mentor_reviews, outcome_text, per_class, plural,
-                                 policy_text, repairs, run_launched_in, run_ref, sources, span, spread_rows, table,
-                                 tokens_final)
+from loop.report.helpers import (
+    NO_RUNS,
+    PLOTS,
+    acc,
+    action_text,
+    active_run_label,
+    decision_text,
+    devices,
+    domains,
+    failures,
+    head_text,
+    mentor_reviews,
+    outcome_text,
+    per_class,
+    plural,
+    policy_text,
+    repairs,
+    run_launched_in,
+    run_ref,
+    sources,
+    span,
+    spread_rows,
+    table,
+    tokens_final,
+)
 from loop.report.leaderboard import leaderboard_table
 
 
@@ -49,7 +70,7 @@ def abstract(data: ReportData) -> list[str]:
         text += NO_RUNS + " "
     reviews = mentor_reviews(data)
     text += (f"The Mentor reviewed {plural(len(reviews), 'decision')} and replaced "
-             f"{sum(bool(e['mentor'].get('challenge_applied')) for e in reviews)}; "
+             f"{sum(bool(c.mentor.challenge_applied) for c in reviews)}; "
              f"{plural(len(failures(data)), 'run')} failed and {plural(len(repairs(data)), 'auto-repair')} "
              f"{'was' if len(repairs(data)) == 1 else 'were'} attempted.")
     return lines + [text]
@@ -77,9 +98,7 @@ def setup(data: ReportData) -> list[str]:
 def llm_spend_lines(data: ReportData) -> list[str]:
     """Tokens and cost per role (every request, failed ones included), the cost per cycle, and
     the cycles the offline policy decided because the LLM could not."""
-    from loop.agents.usage import Usage
-
-    tokens = {role: Usage.model_validate(t) for role, t in tokens_final(data).items()}
+    tokens = tokens_final(data)
     if not any(u.calls for u in tokens.values()):
         return []
     lines = [f"- LLM tokens: {'; '.join(f'{role} {u.describe()}' for role, u in tokens.items())}."]
@@ -122,15 +141,15 @@ def method(data: ReportData) -> list[str]:
              "config, a command against the command policy. A failed run gets one auto-repair pass and one retry. "
              "Every finished training run is handed to the promotion pipeline: archived as a candidate, scored "
              "against the gates, and proposed as GEN_HEAD when it beats the current head.", ""]
-    gate_refused = sum(1 for e in data.cycles if dig(e, "quality_gate.ok") is False)
-    policy_refused = sum(1 for e in data.cycles if dig(e, "policy.allowed") is False)
-    actions = Counter(dig(e, "decision.action") for e in data.cycles if dig(e, "decision.action"))
+    gate_refused = sum(1 for c in data.cycles if c.quality_gate and not c.quality_gate.ok)
+    policy_refused = sum(1 for c in data.cycles if c.policy and not c.policy.allowed)
+    actions = Counter(c.decision.action for c in data.cycles if c.decision)
     lines.append("- Actions: " + (", ".join(f"{a} {n}" for a, n in actions.most_common()) or "none") + ".")
     lines.append(f"- Gates: {gate_refused} decisions refused by the quality gate, "
                  f"{policy_refused} commands refused by the command policy.")
-    promos = [e["promotion"] for e in data.cycles if isinstance(e.get("promotion"), dict)]
+    promos = [c.promotion for c in data.cycles if c.promotion is not None]
     statuses = Counter(str(p.get("status", "error")).split(" ")[0] for p in promos)
-    windows = [e for e in data.cycles if isinstance(e.get("evolution"), dict) and "gen_id" in e["evolution"]]
+    windows = [c for c in data.cycles if c.evolution is not None and "gen_id" in c.evolution]
     lines.append(f"- Promotion pipeline: {plural(len(promos), 'hand-off')} ("
                  + (", ".join(f"{s} {n}" for s, n in statuses.most_common()) or "none")
                  + f"), {plural(sum(bool(p.get('proposed')) for p in promos), 'proposal')}, "
@@ -191,13 +210,13 @@ def mentor_section(data: ReportData) -> list[str]:
     if not reviews:
         return lines + ["No Mentor reviews were recorded."]
     rows = []
-    for e in reviews:
-        m = e["mentor"]
-        run = run_launched_in(data, e)
+    for c in reviews:
+        m = c.mentor
+        run = run_launched_in(data, c)
         outcome = f"`{run.label}` {run.status} {acc(run.score) if run.ok else ''}" if run else "no run"
-        rows.append([e["cycle"], f"`{e['cycle_trace_id']}`", m.get("verdict"), m.get("critical_question"),
-                     "yes" if m.get("challenge_applied") else "no",
-                     decision_text(m.get("challenge")) if m.get("challenge") else "-", outcome])
+        rows.append([c.cycle, f"`{c.trace}`", m.verdict, m.critical_question,
+                     "yes" if m.challenge_applied else "no",
+                     decision_text(m.challenge) if m.challenge else "-", outcome])
     return lines + table(["cycle", "trace", "verdict", "question", "challenge applied", "challenge",
                           "outcome of the cycle's run"], rows)
 
@@ -208,26 +227,25 @@ def failures_section(data: ReportData) -> list[str]:
     if not fails:
         lines.append("No run failed.")
     else:
-        rows = [[e["cycle"], f"`{e['cycle_trace_id']}`", f"`{o.get('label')}`", o.get("kind"), o.get("status"),
-                 o.get("exit_code"), o.get("error")] for o, e in fails]
+        rows = [[c.cycle, f"`{c.trace}`", f"`{o.label}`", o.kind, o.status, o.exit_code, o.error]
+                for o, c in fails]
         lines += table(["cycle", "trace", "label", "kind", "status", "exit code", "error"], rows)
     lines.append("")
     if not fixes:
         return lines + ["No auto-repair was attempted."]
-    for e in fixes:
-        fix = e["auto_repair"]
-        lines.append(f"- Cycle {e['cycle']} `{e['cycle_trace_id']}`: auto-repair "
-                     f"{'applied' if fix.get('applied') else 'not applied'}"
-                     + (f" ({fix['reason']})" if fix.get("reason") else "") + ".")
-        lines += [f"  - {action_text(a)}" for a in fix.get("actions") or []]
-        lines.append(f"  - Retry: {outcome_text(e.get('run_outcome_retry'))}")
+    for c in fixes:
+        fix = c.auto_repair
+        lines.append(f"- Cycle {c.cycle} `{c.trace}`: auto-repair {'applied' if fix.applied else 'not applied'}"
+                     + (f" ({fix.reason})" if fix.reason else "") + ".")
+        lines += [f"  - {action_text(a)}" for a in fix.actions]
+        lines.append(f"  - Retry: {outcome_text(c.run_outcome_retry)}")
     return lines
 
 
 def limitations(data: ReportData) -> list[str]:
     lines = ["## Limitations", ""]
     items = [limit_seeds(data), limit_val_set(data), limit_policy(data), limit_machine(data),
-             limit_groups(data), limit_missing(data), limit_open(data)]
+             limit_groups(data), limit_missing(data), limit_skipped(data), limit_open(data)]
     items = [i for i in items if i]
     return lines + ([f"- {i}" for i in items] or ["- Nothing was run, so nothing can be concluded yet."])
 
@@ -278,6 +296,14 @@ def limit_missing(data: ReportData) -> str:
     if active_run_label(data):
         text += f" `{active_run_label(data)}` was still running and is not in these results."
     return text.strip()
+
+
+def limit_skipped(data: ReportData) -> str:
+    n = data.skipped_cycles
+    if not n:
+        return ""
+    return (f"{plural(n, 'cycle event')} in events.jsonl did not read as a cycle record (an old or foreign "
+            f"file) and {'was' if n == 1 else 'were'} skipped: this report leaves {'it' if n == 1 else 'them'} out.")
 
 
 def limit_open(data: ReportData) -> str:

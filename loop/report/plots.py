@@ -6,9 +6,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from loop.util.fsutil import atomic_write_bytes
-from loop.report.data import ReportData, dig
+from loop.report.data import ReportData
 from loop.report.helpers import improvements, per_class
+from loop.util.fsutil import atomic_write_bytes
 
 FIGSIZE, DPI = (8.0, 4.5), 100          # 800x450 pixels: the PNG size is known to readers and tests
 
@@ -43,7 +43,7 @@ def integer_cycles(ax) -> None:
 def plot_best_over_cycles(data: ReportData, path: Path) -> Path:
     fig, ax = new_figure()
     ax.set(title="Best validation accuracy so far", xlabel="cycle", ylabel="val accuracy")
-    last_cycle = max((e["cycle"] for e in data.cycles), default=0)
+    last_cycle = max((c.cycle for c in data.cycles), default=0)
     if data.ok_runs:
         xs, ys, best = [], [], 0.0
         for r in data.ok_runs:
@@ -101,16 +101,16 @@ def plot_per_class_best(data: ReportData, path: Path) -> Path:
 def plot_tokens_over_cycles(data: ReportData, path: Path) -> Path:
     fig, ax = new_figure()
     ax.set(title="Cumulative LLM tokens per role", xlabel="cycle", ylabel="total tokens")
-    points = [(e["cycle"], e["tokens_total"]) for e in data.cycles if isinstance(e.get("tokens_total"), dict)]
+    points = [(c.cycle, c.tokens_total) for c in data.cycles if c.tokens_total]
     roles = sorted({role for _, t in points for role in t})
     for role in roles:
-        ax.plot([c for c, _ in points], [dig(t, f"{role}.total_tokens") or 0 for _, t in points],
+        ax.plot([c for c, _ in points], [t[role].total_tokens if role in t else 0 for _, t in points],
                 marker=".", label=role)
     if roles:
         ax.legend(loc="upper left")
     if not points:
         empty_note(ax, "no cycles yet")
-    elif not any(dig(t, f"{role}.total_tokens") for _, t in points for role in roles):
+    elif not any(u.total_tokens for _, t in points for u in t.values()):
         ax.set_ylim(-1, 10)
         empty_note(ax, "no LLM tokens used (offline policy)", y=0.6)
     integer_cycles(ax)

@@ -3,9 +3,24 @@ improvements, Mentor, failures and repairs, where it ended, a storyline excerpt.
 from __future__ import annotations
 
 from loop.report.data import ReportData
-from loop.report.helpers import (NO_RUNS, acc, action_text, active_run_label, decision_text, failures,
-                                 head_text, improvements, mentor_reviews, outcome_text, plural, policy_text,
-                                 repairs, run_launched_in, run_ref, span)
+from loop.report.helpers import (
+    NO_RUNS,
+    acc,
+    action_text,
+    active_run_label,
+    decision_text,
+    failures,
+    head_text,
+    improvements,
+    mentor_reviews,
+    outcome_text,
+    plural,
+    policy_text,
+    repairs,
+    run_launched_in,
+    run_ref,
+    span,
+)
 
 
 def condensed_story(data: ReportData) -> str:
@@ -47,14 +62,13 @@ def story_mentor(data: ReportData) -> list[str]:
     lines = ["## The Mentor", ""]
     if not reviews:
         return lines + ["No Mentor reviews were recorded.", ""]
-    challenged = [e for e in reviews if e["mentor"].get("challenge_applied")]
-    off = sum(e["mentor"]["verdict"] == "off_track" for e in reviews)
+    challenged = [c for c in reviews if c.mentor.challenge_applied]
+    off = sum(c.mentor.verdict == "off_track" for c in reviews)
     lines.append(f"{plural(len(reviews), 'review')}, {off} off track, {len(challenged)} changed the decision.")
-    for e in challenged:
-        run = run_launched_in(data, e)
-        question = e["mentor"].get("critical_question") or "off track"
-        lines.append(f"- Cycle {e['cycle']} `{e['cycle_trace_id']}`: {question}"
-                     f" -> {decision_text(e['mentor'].get('challenge'))}"
+    for c in challenged:
+        run = run_launched_in(data, c)
+        question = c.mentor.critical_question or "off track"
+        lines.append(f"- Cycle {c.cycle} `{c.trace}`: {question} -> {decision_text(c.mentor.challenge)}"
                      + (f" -> {run.status} val acc {acc(run.score)}" if run else ""))
     return lines + [""]
 
@@ -64,13 +78,13 @@ def story_failures(data: ReportData) -> list[str]:
     fails, fixes = failures(data), repairs(data)
     if not fails and not fixes:
         return lines + ["No run failed.", ""]
-    for o, e in fails:
-        lines.append(f"- Cycle {e['cycle']} `{e['cycle_trace_id']}`: {outcome_text(o)}"
-                     + (f", exit code {o['exit_code']}" if o.get("exit_code") is not None else "") + ".")
-    for e in fixes:
-        fix = e["auto_repair"]
-        acts = "; ".join(action_text(a) for a in fix.get("actions") or []) or fix.get("reason") or "nothing to do"
-        lines.append(f"- Cycle {e['cycle']} auto-repair: {acts}; retry -> {outcome_text(e.get('run_outcome_retry'))}.")
+    for o, c in fails:
+        lines.append(f"- Cycle {c.cycle} `{c.trace}`: {outcome_text(o)}"
+                     + (f", exit code {o.exit_code}" if o.exit_code is not None else "") + ".")
+    for c in fixes:
+        fix = c.auto_repair
+        acts = "; ".join(action_text(a) for a in fix.actions) or fix.reason or "nothing to do"
+        lines.append(f"- Cycle {c.cycle} auto-repair: {acts}; retry -> {outcome_text(c.run_outcome_retry)}.")
     return lines + [""]
 
 
