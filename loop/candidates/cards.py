@@ -57,6 +57,7 @@ def model_card(name: str, spec: CandidateSpec, train: RunMetrics | None, probes:
              f"- generation {spec.gen_id}, branch {spec.branch_id}; parent {spec.parent or 'none (from scratch)'}",
              f"- model: timm `{trainer_cfg.get('model', {}).get('name')}` on domain "
              f"`{trainer_cfg.get('data', {}).get('domain')}`",
+             f"- Initial weights: {initial_weights(trainer_cfg.get('model', {}))}",
              f"- seed {spec.seed}, sampling strategy `{spec.strategy}`",
              f"- distillation: teacher {kd.get('teacher') or 'none'}, stabilizer {kd.get('stabilizer') or 'none'}",
              f"- status: {status}"]
@@ -70,6 +71,16 @@ def model_card(name: str, spec: CandidateSpec, train: RunMetrics | None, probes:
               "gated proposal, shadow, graft, cutover and burn-in steps. Limits: judged on the domain's",
               "fixed probe sets only.", ""]
     return "\n".join(lines)
+
+
+def initial_weights(model_cfg: dict) -> str:
+    """The card's "Initial weights" line, from the trainer config's `model.pretrained`."""
+    pretrained = model_cfg.get("pretrained", False)
+    if pretrained is True:
+        return f"timm's pretrained `{model_cfg.get('name')}` weights (Hugging Face cache)"
+    if isinstance(pretrained, str) and pretrained:
+        return f"local file `{pretrained}` (its absolute path and sha256 in the run's config.json)"
+    return "random (timm's initialisation, no pretrained weights)"
 
 
 def manifest(spec: CandidateSpec, name: str, run_cfg: dict, paths: ModelPaths, head: str | None,

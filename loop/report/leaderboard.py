@@ -13,9 +13,16 @@ from loop.report.helpers import NO_RUNS, acc, head_text, table
 def leaderboard_entries(data: ReportData) -> list[dict]:
     return [{"rank": i, "label": r.label, "score": r.score, "cycle": r.cycle, "cycle_trace_id": r.trace,
              "dimension": r.dimension, "key_config": r.key(), "config": r.config,
+             "pretrained": pretrained_of(r.config),
              "metrics": metrics_summary(r.metrics), "run_dir": r.run_dir, "archive_path": r.archive_path,
              "promotion_status": (r.promotion or {}).get("status"), "promotion_score": (r.promotion or {}).get("score")}
             for i, r in enumerate(data.ranked[:data.top_k], start=1)]
+
+
+def pretrained_of(config: dict) -> bool | str:
+    """The run's initial weights: false, "timm" (timm's pretrained weights) or the weights file."""
+    p = (config.get("model") or {}).get("pretrained", False)
+    return p if isinstance(p, str) else ("timm" if p is True else False)
 
 
 def metrics_summary(m: dict | None) -> dict | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from loop.config import BudgetCaps, StrictModel, load_model_file
 
@@ -40,10 +40,24 @@ class DataConfig(StrictModel):
     replay_ids: list[str] = Field(default_factory=list)  # train-split ids drawn again (replay buffer)
 
 
+PRETRAINED_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
 class ModelConfig(StrictModel):
     name: str = "resnet10t"
+    # false: timm's init; true: timm's pretrained weights, from the Hugging Face cache only (offline);
+    # a path (relative to the current directory): a local .safetensors/.pth/.pt state dict
+    pretrained: bool | str = False
     drop_rate: float = Field(0.0, ge=0, lt=1)
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("pretrained")
+    @classmethod
+    def _weights_file(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and Path(value.strip()).suffix.lower() not in PRETRAINED_SUFFIXES:
+            raise ValueError(f"expected true, false or the path of a {'/'.join(PRETRAINED_SUFFIXES)} "
+                             "weights file")
+        return value
 
 
 class OptimConfig(StrictModel):

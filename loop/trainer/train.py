@@ -32,7 +32,7 @@ from loop.trainer.config import TrainerConfig
 from loop.trainer.data import ImageDataset, Normalizer, build_augment, train_loader
 from loop.trainer.losses import training_loss
 from loop.trainer.metrics import METRICS_FILE, EpochRecord, RunMetrics, predict_logits, score_logits
-from loop.trainer.models import ModelFileConfig, create_model, load_model_folder, save_model_folder
+from loop.trainer.models import ModelFileConfig, create_initial_model, load_model_folder, save_model_folder
 from loop.trainer.sampling import LossTracker, epoch_order, sample_weights
 from loop.trainer.schedule import StepSchedule
 from loop.util.fsutil import atomic_write_text
@@ -155,14 +155,17 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
     splits = domain.splits
     mean, std = domain.norm_stats
     seed_everything(cfg.run.seed)
-    model = create_model(cfg.model.name, domain.num_classes, domain.in_chans, cfg.model.drop_rate,
-                         **cfg.model.kwargs).to(device)
+    model, initial_weights = create_initial_model(cfg.model.name, domain.num_classes, domain.in_chans,
+                                                  cfg.model.drop_rate, cfg.model.pretrained, log.line,
+                                                  **cfg.model.kwargs)
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model_cfg = ModelFileConfig(model_name=cfg.model.name, num_classes=domain.num_classes,
                                 in_chans=domain.in_chans, image_size=cfg.data.image_size, mean=mean, std=std,
                                 class_names=domain.class_names, domain=cfg.data.domain,
-                                domain_args=domain.describe(), model_kwargs=cfg.model.kwargs)
+                                domain_args=domain.describe(), model_kwargs=cfg.model.kwargs,
+                                pretrained=initial_weights)
     teacher = load_frozen(cfg.kd.teacher, "kd.teacher", domain, device, channels_last)
     stabilizer = load_frozen(cfg.kd.stabilizer, "kd.stabilizer", domain, device, channels_last)
     kd = cfg.kd if teacher is not None else None
