@@ -86,3 +86,14 @@ def test_downgrade_is_a_wait_that_keeps_housekeeping():
     assert (wait.todo_new, wait.notes_update, wait.data_exploration_update, wait.resolve_shared_todo_ids) == \
         (["check lr"], "n", "d", ["7"])
 
+
+
+def test_a_rationale_that_copies_the_contract_text_is_refused():
+    # What Gemma 3 270M (base) answered under a schema grammar: the contract's own placeholder.
+    from loop.agents.prompts import DECISION_CONTRACT
+
+    copied = Decision(action="train", rationale=DECISION_CONTRACT["rationale"], run_label="x-y")
+    result = quality_gate(copied)
+    assert not result.ok and "copies the prompt's contract text" in result.reasons[0]
+    assert quality_gate(Decision(action="train", rationale="Why not: the last two runs citing evidence of overfit.",
+                                 run_label="x-y")).ok

@@ -128,4 +128,40 @@ def parse_model(model: type[BaseModel], text: str) -> BaseModel:
 
 
 def json_schema(model: type[BaseModel]) -> dict:
-    return model.model_json_schema()
+    """The schema sent to the endpoint (and into the prompt): pydantic's, with `train_overlay` narrowed
+    to the trainer sections and keys a decision may set, and without titles. Constrained decoding
+    (llama.cpp turns this into a grammar) then cannot write anything outside it: seen with a 270M
+    model, a free-form `train_overlay` object came back as a copy of its own schema fragment
+    ({"additionalProperties": true, "title": ...}). The model still validates the full contract."""
+    schema = _without_titles(model.model_json_schema())
+    for definition in [schema, *schema.get("$defs", {}).values()]:
+        if "train_overlay" in definition.get("properties", {}):
+            definition["properties"]["train_overlay"] = TRAIN_OVERLAY_SCHEMA
+    return schema
+
+
+def _without_titles(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_titles(v) for k, v in node.items() if k != "title"}
+    if isinstance(node, list):
+        return [_without_titles(v) for v in node]
+    return node
+
+
+def _section(**keys: dict) -> dict:
+    return {"type": "object", "additionalProperties": False, "properties": keys}
+
+
+_NUMBER, _INTEGER, _STRING = {"type": "number"}, {"type": "integer"}, {"type": "string"}
+# What a decision's overlay may set (a subset of loop.trainer.config; the full overlay is still
+# validated against the trainer config before anything runs).
+TRAIN_OVERLAY_SCHEMA = _section(
+    model=_section(name=_STRING, drop_rate=_NUMBER),
+    optim=_section(name={"enum": ["sgd", "adamw"]}, lr=_NUMBER, momentum=_NUMBER, weight_decay=_NUMBER),
+    schedule=_section(name={"enum": ["cosine", "onecycle", "constant"]}, warmup_epochs=_NUMBER),
+    data=_section(image_size=_INTEGER, batch_size=_INTEGER, train_fraction=_NUMBER,
+                  sampling=_section(strategy={"enum": ["uniform", "class_balanced", "hard_example_weighted",
+                                                       "recent_weighted"]})),
+    loss=_section(label_smoothing=_NUMBER),
+    run=_section(epochs=_INTEGER, seed=_INTEGER),
+)

@@ -9,6 +9,7 @@ import re
 
 from pydantic import BaseModel, Field
 
+from loop.agents.prompts import DECISION_CONTRACT
 from loop.agents.schema import Decision, wait_decision
 
 MIN_RATIONALE_CHARS = 20
@@ -45,6 +46,8 @@ def quality_gate(decision: Decision) -> QualityResult:
 def rationale_reasons(rationale: str) -> list[str]:
     text = " ".join(rationale.split())
     words = text.split()
+    if text.lower().rstrip(".") == DECISION_CONTRACT["rationale"].lower():   # seen from a 270M base model
+        return [f"rationale copies the prompt's contract text instead of giving a reason: {text!r}"]
     if re.sub(r"[^\w/ ]+", "", text.lower()).strip() in FILLER_RATIONALES:   # "Continue." is "continue"
         return [f"rationale is generic filler: {text!r}"]
     if len(text) < MIN_RATIONALE_CHARS or len(words) < MIN_RATIONALE_WORDS:
