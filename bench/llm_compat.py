@@ -22,10 +22,13 @@ as a daemon that stays up while its endpoint goes away and comes back):
    bench/RESULTS.md.
 
 Training runs use tests/conftest.py's tiny trainer config (resnet10t, 16 px, a slice of digits,
-1 epoch), so a run takes seconds; the server gets 1 thread (see llama_server.serve). The gate-refusal
-hand-over (`llm_gate_refusal_limit`) is raised to 1000 so every cycle asks the LLM: with the default
-3, three weak rationales in a row would hand the next 5 cycles to the offline policy and the bench
-would measure the offline policy instead of the endpoint.
+1 epoch), so a run takes seconds; the server gets 1 thread (see llama_server.serve). Two guards
+that exist to stop asking a failing LLM are raised to 1000 so that every cycle asks the endpoint:
+the gate-refusal hand-over (`llm_gate_refusal_limit`, default 3: three weak rationales in a row hand
+the next 5 cycles to the offline policy) and the circuit breaker (`circuit_breaker_failures`,
+default 5: an invalid reply counts as a failed call, and an open circuit sends no request, so the
+outage phase would never reach the stopped server). With the defaults the bench would measure those
+guards instead of the endpoint; a Builder call the circuit refused is still reported in its own row.
 Stdlib and the project only; the llama venv is a separate interpreter, reached by subprocess/HTTP.
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +63,7 @@ from tests.conftest import tiny_config_dict  # noqa: E402
 MODEL_ALIAS = "gemma-3-270m"
 RAW_CHARS = 4000            # of each raw reply kept in the JSON
 SERVER_DOWN = "(server down)"
+NO_REQUEST = "(circuit open, no request)"
 
 
 # ------------------------------------------------------------------ setup ----
@@ -69,7 +74,7 @@ def daemon_config(tmp: Path, base_url: str, args) -> dict:
     role = {"base_url": base_url, "model": MODEL_ALIAS, "structured_output": "auto",
             "max_attempts": args.max_attempts, "timeout_seconds": args.timeout,
             "temperature": args.temperature, "max_output_tokens": args.max_tokens,
-            "circuit_breaker_failures": 5, "circuit_breaker_cooldown_seconds": 300}
+            "circuit_breaker_failures": 1000, "circuit_breaker_cooldown_seconds": 300}
     return {
         "workspace": str(tmp / "ws"), "default_trainer_config": str(trainer),
         "credentials_file": str(tmp / "no-credentials.json"),
@@ -209,7 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="the server's threads")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace")
     parser.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
+    parser.add_argument("--from-json", metavar="JSON", help="only summarize a JSON this script wrote and print "
+                        "the table (nothing is run; RESULTS.md is not touched)")
     args = parser.parse_args(argv)
+    if args.from_json:
+        raw = json.loads(Path(args.from_json).read_text())
+        print(render({**raw, **summarize(raw)}))
+        return 0
 
     started, t_start = time.strftime("%Y-%m-%d %H:%M:%S"), time.monotonic()
     load_at_start = machine_facts()
@@ -274,17 +285,23 @@ def main(argv: list[str] | None = None) -> int:
         down_check["answers_after_stop"] = _models_answer(base_url)
     timings["total_s"] = round(time.monotonic() - t_start, 1)
 
-    events = list(EventLog(ws.events))
-    report = summarize(events, phase["cycles"], requests, calls, ws)
-    report.update(started=started, versions=versions, timings=timings, probe=probe, server_checks=down_check,
-                  settings={k: v for k, v in vars(args).items()}, daemon_config=data, workspace=str(ws.root),
-                  requests=requests, calls=calls, cycle_lines=lines,
-                  server_log_tails={p.name: p.read_text(errors="replace")[-3000:] for p in server_logs if p.exists()})
-    table = render(report)
-    print("\n" + table, flush=True)
+    try:
+        modes_file = json.loads(ws.llm_modes.read_text())
+    except (OSError, ValueError):
+        modes_file = None
+    raw = {"started": started, "versions": versions, "timings": timings, "probe": probe,
+           "server_checks": down_check, "settings": dict(vars(args)), "daemon_config": data,
+           "workspace": str(ws.root), "phase_of": phase["cycles"], "llm_modes_json": modes_file,
+           "events": [e for e in EventLog(ws.events) if e.get("kind", "").startswith(("cycle", "llm"))],
+           "requests": requests, "calls": calls, "cycle_lines": lines,
+           "server_log_tails": {p.name: p.read_text(errors="replace")[-3000:] for p in server_logs if p.exists()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(raw, indent=2, default=str) + "\n")     # the measurements first, whatever follows
+    report = {**raw, **summarize(raw)}
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    table = render(report)
+    print("\n" + table, flush=True)
     print(f"wrote {out}")
     if not args.no_results:
         write_section("llm_compat", table, load_at_start)
@@ -316,11 +333,14 @@ def _row(calls: list[dict]) -> dict:
     return {"builder_calls": len(calls), "schema_valid": len(valid),
             "repaired": sum(1 for c in valid if c.get("repaired")),
             "gate_passed": sum(1 for c in valid if c.get("gate_ok")),
-            "runs_launched": sum(1 for c in calls if c.get("run_launched")),
+            "runs_launched": sum(1 for c in valid if c.get("run_launched")),   # by the LLM's decision
             "tokens": tokens, "seconds": _stats([c["seconds"] for c in calls])}
 
 
-def summarize(events: list[dict], phase_of: dict, requests: list[dict], calls: list[dict], ws) -> dict:
+def summarize(raw: dict) -> dict:
+    """The figures, from what main() measured (also from a JSON it wrote: see --from-json)."""
+    events, requests, calls = raw["events"], raw["requests"], raw["calls"]
+    phase_of = {int(k): v for k, v in raw["phase_of"].items()}
     cycles = [e for e in events if e.get("kind") == "cycle"]
     by_trace = {e["cycle_trace_id"]: e for e in cycles}
     per_cycle = []
@@ -345,7 +365,9 @@ def summarize(events: list[dict], phase_of: dict, requests: list[dict], calls: l
     for c in (c for c in calls if c["role"] == "builder"):
         e = by_trace.get(c["trace"], {})
         reqs = [requests[i] for i in c["requests"]]
-        if c["phase"] == "outage" and not c["ok"] and all(r.get("status") is None for r in reqs):
+        if not reqs:
+            mode = NO_REQUEST
+        elif c["phase"] == "outage" and not c["ok"] and all(r.get("status") is None for r in reqs):
             mode = SERVER_DOWN
         else:
             mode = c.get("mode") or (reqs[-1]["mode"] if reqs else "?")
@@ -353,9 +375,9 @@ def summarize(events: list[dict], phase_of: dict, requests: list[dict], calls: l
                         "gate_ok": (e.get("quality_gate") or {}).get("ok"), "run_launched": "run" in e,
                         "mentor_applied": bool((e.get("mentor") or {}).get("challenge_applied")),
                         "tokens": e.get("tokens_builder"), "llm_error": e.get("llm_error")})
-    modes = sorted({c["mode"] for c in builder}, key=lambda m: (m == SERVER_DOWN, m))
+    modes = sorted({c["mode"] for c in builder}, key=lambda m: (m in (SERVER_DOWN, NO_REQUEST), m))
     rows = {m: _row([c for c in builder if c["mode"] == m]) for m in modes}
-    up = [c for c in builder if c["mode"] != SERVER_DOWN]
+    up = [c for c in builder if c["mode"] not in (SERVER_DOWN, NO_REQUEST)]   # calls that reached the server
     rows["total, server up"] = _row(up)
     rows["total"] = _row(builder)
 
@@ -376,7 +398,8 @@ def summarize(events: list[dict], phase_of: dict, requests: list[dict], calls: l
             slot["finish_reason"][r["finish_reason"]] = slot["finish_reason"].get(r["finish_reason"], 0) + 1
 
     def phase_rows(name: str) -> list[dict]:
-        return [{k: p[k] for k in ("cycle", "source", "action", "run", "run_outcome", "followed_run", "llm_error")}
+        return [{k: p[k] for k in ("cycle", "source", "action", "run", "run_outcome", "followed_run", "llm_error",
+                                   "gate_ok")}
                 for p in per_cycle if p["phase"] == name]
 
     outage, back = phase_rows("outage"), phase_rows("back")
@@ -385,6 +408,10 @@ def summarize(events: list[dict], phase_of: dict, requests: list[dict], calls: l
     outage_ok = (bool(outage_decided) and all(p["source"] == "offline-fallback" for p in outage_decided)
                  and any(p["run"] for p in outage_decided))
     back_ok = bool(back_decided) and all(p["source"] == "llm" for p in back_decided)
+    back_answered = sum(1 for q in requests if q["phase"] == "back" and q["role"] == "builder" and q["status"] == 200)
+    down_refused = sum(1 for q in requests if q["phase"] == "outage" and q["role"] == "builder" and q["status"] is None)
+    invalid_raw = [requests[c["requests"][-1]].get("content", "") for c in builder
+                   if not c["ok"] and c["mode"] not in (SERVER_DOWN, NO_REQUEST)]
 
     last_totals = cycles[-1].get("tokens_total", {}) if cycles else {}
     summed = {role: sum((e.get(f"tokens_{role}") or {}).get("total_tokens", 0) for e in cycles)
@@ -393,24 +420,24 @@ def summarize(events: list[dict], phase_of: dict, requests: list[dict], calls: l
     for e in events:
         if e.get("kind", "").startswith("llm_"):
             kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
-    try:
-        modes_file = json.loads(ws.llm_modes.read_text())
-    except (OSError, ValueError):
-        modes_file = None
     valid_up = rows["total, server up"]["schema_valid"]
     return {"rows": rows, "mentor": mentor_row, "request_table": req_table, "per_cycle": per_cycle,
             "builder_calls": builder,
             "schema_valid_share_server_up": round(valid_up / len(up), 3) if up else None,
             "meets_90_percent": bool(up) and valid_up / len(up) >= 0.9,
             "outage": {"down": outage, "back": back, "down_ok": outage_ok, "back_ok": back_ok,
-                       "ok": outage_ok and back_ok},
+                       "ok": outage_ok and back_ok, "back_builder_http_200": back_answered,
+                       "down_requests_refused": down_refused},
+            "invalid_raw_replies": invalid_raw,
             "tokens_check": {"tokens_total_last_cycle": {k: v.get("total_tokens") for k, v in last_totals.items()},
                              "sum_of_cycles": summed,
                              "consistent": all(last_totals.get(r, {}).get("total_tokens", 0) == summed[r]
                                                for r in summed)},
-            "llm_event_kinds": kinds, "llm_modes_json": modes_file,
+            "llm_event_kinds": kinds,
             "gate_reasons": [p["gate_reasons"] for p in per_cycle if p["source"] == "llm" and not p["gate_ok"]],
-            "invalid_errors": [c["llm_error"] for c in builder if not c["ok"] and c["mode"] != SERVER_DOWN]}
+            "invalid_errors": [c["llm_error"] for c in builder
+                               if not c["ok"] and c["mode"] not in (SERVER_DOWN, NO_REQUEST)],
+            "circuit_refusals": sum(1 for c in builder if c["mode"] == NO_REQUEST)}
 
 
 def render(r: dict) -> str:
@@ -422,7 +449,9 @@ def render(r: dict) -> str:
            f"Both roles: `structured_output: auto`, max_output_tokens {s['max_tokens']}, temperature "
            f"{s['temperature']}, max_attempts {s['max_attempts']}, timeout {s['timeout']:.0f} s; Mentor every 4 "
            f"cycles; trainer: tests/conftest.py tiny config (resnet10t, 16 px, digits, 1 epoch); "
-           f"llm_gate_refusal_limit 1000 (every cycle asks the LLM).",
+           f"llm_gate_refusal_limit {r['daemon_config']['llm_gate_refusal_limit']} and circuit_breaker_failures "
+           f"{r['daemon_config']['builder']['circuit_breaker_failures']} (so every cycle asks the endpoint; see "
+           f"the script's docstring).",
            "",
            f"Phases: {s['cycles']} cycles with the server up, then the server stopped for "
            f"{s['outage_cycles']} deciding cycles, then restarted on the same port for {s['outage_cycles']} more. "
@@ -440,7 +469,7 @@ def render(r: dict) -> str:
            "|---|---|---|---|---|---|---|---|---|"]
     for mode, row in r["rows"].items():
         tok, sec = row["tokens"], row["seconds"]
-        name = f"**{mode}**" if mode.startswith("total") else f"`{mode}`" if mode != SERVER_DOWN else mode
+        name = f"**{mode}**" if mode.startswith("total") else mode if mode.startswith("(") else f"`{mode}`"
         out.append(f"| {name} | {row['builder_calls']} | {row['schema_valid']} | {row['repaired']} | "
                    f"{row['gate_passed']} | {row['runs_launched']} | {tok['total_tokens']} ({tok['calls']}, "
                    f"{tok['estimated_calls']} est.) | {sec.get('mean', '-')} | {sec.get('max', '-')} |")
@@ -465,13 +494,15 @@ def render(r: dict) -> str:
                or "none"),
             f"- tokens: the last cycle's tokens_total {r['tokens_check']['tokens_total_last_cycle']} vs the sum of "
             f"the cycles' tokens_* {r['tokens_check']['sum_of_cycles']}: "
-            f"{'consistent' if r['tokens_check']['consistent'] else 'INCONSISTENT'}"]
+            f"{'consistent' if r['tokens_check']['consistent'] else 'INCONSISTENT'}",
+            f"- Builder calls the open circuit refused without a request: {r['circuit_refusals']}"]
     o = r["outage"]
 
     def one(p: dict) -> str:
         if not p["source"]:
             return f"c{p['cycle']} followed a run ({p['followed_run']})"
-        run = f" -> run {p['run_outcome'] or p['run']}" if p["run"] else " (no run)"
+        run = (f" -> run {p['run_outcome'] or p['run']}" if p["run"]
+               else " (quality gate refused: no run)" if p.get("gate_ok") is False else " (no run)")
         return f"c{p['cycle']} {p['source']} {p['action']}{run}"
 
     def phase_line(rows: list[dict]) -> str:
@@ -482,7 +513,10 @@ def render(r: dict) -> str:
             f"**{'ok' if o['down_ok'] else 'FAILED'}** (offline-fallback, training goes on); "
             f"server back on the same port: {phase_line(o['back'])} -> **{'ok' if o['back_ok'] else 'FAILED'}** "
             f"(source llm). /v1/models answered while down: {r['server_checks'].get('answers_while_down')}; "
-            f"after the end: {r['server_checks'].get('answers_after_stop')}."]
+            f"after the end: {r['server_checks'].get('answers_after_stop')}. Builder requests refused while "
+            f"down: {o['down_requests_refused']}; Builder requests answered HTTP 200 after the restart: "
+            f"{o['back_builder_http_200']} (the endpoint was reached again; a source other than llm there "
+            "means the replies did not validate)."]
     if o["down"]:
         errs = [p["llm_error"] for p in o["down"] if p.get("llm_error")]
         if errs:
@@ -490,10 +524,13 @@ def render(r: dict) -> str:
     problems = r["invalid_errors"]
     if problems:
         out += ["", "Builder calls that did not validate (llm_error):"]
-        out += [f"- `{e[:300]}`" for e in problems]
+        out += [f"- {n} x `{e[:300]}`" for e, n in Counter(problems).most_common()]
+        if r["invalid_raw_replies"]:
+            out += ["", "The last raw reply of the first such call:", "", "```json",
+                    r["invalid_raw_replies"][0][:1500].strip(), "```"]
     if r["gate_reasons"]:
         out += ["", "Quality-gate refusals of LLM decisions:"]
-        out += [f"- {'; '.join(g)[:300]}" for g in r["gate_reasons"]]
+        out += [f"- {n} x {g[:300]}" for g, n in Counter("; ".join(g) for g in r["gate_reasons"]).most_common()]
     return "\n".join(out)
 
 
