@@ -1,6 +1,10 @@
 """One exception family for llmloop. Messages name the file, key, limit or rule involved."""
 from __future__ import annotations
 
+import functools
+import sys
+from typing import Callable
+
 
 class LoopError(Exception):
     """Base of every error llmloop raises on purpose."""
@@ -56,3 +60,16 @@ class SandboxUnavailable(LoopError):
     """`sandbox: required` and bubblewrap is missing or cannot start a sandbox here."""
 
     exit_code = 13
+
+
+def exits_with_code(command: Callable[..., int]) -> Callable[..., int]:
+    """The one CLI error wrapper: a LoopError from `command` becomes `error: <message>` on stderr and
+    the error's exit code (2 config, 3 unsupported model, 4 budget, 5 domain, ...)."""
+    @functools.wraps(command)
+    def run(*args, **kwargs) -> int:
+        try:
+            return command(*args, **kwargs)
+        except LoopError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+    return run

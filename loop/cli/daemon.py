@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from loop.config import DEFAULT_DAEMON_CONFIG, add_daemon_config_arguments, load_daemon_config
-from loop.errors import LoopError
+from loop.errors import exits_with_code
 
 COMMANDS = ("start", "stop", "status", "watch", "finishup", "report", "reset", "policy", "sandbox", "login", "llm")
 
@@ -73,16 +73,13 @@ def add_arguments(sub) -> None:
     p.add_argument("--key-stdin", action="store_true", help="read the key from standard input")
 
 
+@exits_with_code
 def run(args: argparse.Namespace) -> int:
     from loop.daemon import process as daemon
-    try:
-        split_command_options(args)
-        cfg = load_daemon_config(args.daemon_config, root=args.root)
-        ws = daemon.workspace_of(cfg, args.workspace)
-        return HANDLERS[args.command](args, cfg, ws)
-    except LoopError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    split_command_options(args)
+    cfg = load_daemon_config(args.daemon_config, root=args.root)
+    ws = daemon.workspace_of(cfg, args.workspace)
+    return HANDLERS[args.command](args, cfg, ws)
 
 
 def split_command_options(args: argparse.Namespace) -> None:

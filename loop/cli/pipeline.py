@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import uuid
 
 from loop.config import add_daemon_config_arguments, load_daemon_config
-from loop.errors import ArchiveTampered, LoopError
+from loop.errors import ArchiveTampered, exits_with_code
 
 
 def add_arguments(sub) -> None:
@@ -38,6 +37,7 @@ def workspace_of(args) -> tuple:
     return cfg, resolve_workspace(cfg, args.workspace).root
 
 
+@exits_with_code
 def run(args: argparse.Namespace) -> int:
     # `archive verify | list` only hash files and read CSV: they must not pay for torch (seconds),
     # which the promotion pipeline (and the evolution window) import; those come in per command.
@@ -45,53 +45,49 @@ def run(args: argparse.Namespace) -> int:
     from loop.archive.lineage import read_lineage
     from loop.archive.paths import ModelPaths
 
-    try:
-        cfg, workspace = workspace_of(args)
-        trace = f"manual-{uuid.uuid4().hex[:8]}"
-        if args.command == "evolve":
-            from loop.candidates.window import run_window
+    cfg, workspace = workspace_of(args)
+    trace = f"manual-{uuid.uuid4().hex[:8]}"
+    if args.command == "evolve":
+        from loop.candidates.window import run_window
 
-            result = run_window(cfg, workspace, args.cycle, args.candidates, trace)
-            print(f"proposal: {result.proposal.proposed_head} (+{result.proposal.improvement:.4f}); "
-                  "review it, then `llmloop promote --approve` or `--reject`" if result.proposal else
-                  "no proposal: GEN_HEAD unchanged")
-        elif args.command == "promote":
-            from loop.archive import promotion
+        result = run_window(cfg, workspace, args.cycle, args.candidates, trace)
+        print(f"proposal: {result.proposal.proposed_head} (+{result.proposal.improvement:.4f}); "
+              "review it, then `llmloop promote --approve` or `--reject`" if result.proposal else
+              "no proposal: GEN_HEAD unchanged")
+    elif args.command == "promote":
+        from loop.archive import promotion
 
-            if args.show:
-                proposal = promotion.read_proposal(ModelPaths(workspace))
-                print(proposal.model_dump_json(indent=2) if proposal else "no pending proposal")
-            elif args.approve:
-                record = promotion.approve(cfg, workspace, trace)
-                print(f"{record['action']}: {record.get('from')} -> {record.get('to')}"
-                      if record["action"] == "PROMOTED"
-                      else f"{record['action']}: GEN_HEAD stays {record.get('head')}: {record.get('reason')}")
-                return 0 if record["action"] == "PROMOTED" else 10
-            else:
-                record = promotion.reject(workspace, args.note, trace)
-                print(f"rejected {record['candidate']}")
-        elif args.command == "rollback":
-            from loop.archive import promotion
+        if args.show:
+            proposal = promotion.read_proposal(ModelPaths(workspace))
+            print(proposal.model_dump_json(indent=2) if proposal else "no pending proposal")
+        elif args.approve:
+            record = promotion.approve(cfg, workspace, trace)
+            print(f"{record['action']}: {record.get('from')} -> {record.get('to')}"
+                  if record["action"] == "PROMOTED"
+                  else f"{record['action']}: GEN_HEAD stays {record.get('head')}: {record.get('reason')}")
+            return 0 if record["action"] == "PROMOTED" else 10
+        else:
+            record = promotion.reject(workspace, args.note, trace)
+            print(f"rejected {record['candidate']}")
+    elif args.command == "rollback":
+        from loop.archive import promotion
 
-            record = promotion.rollback(workspace, args.to, args.reason, trace)
-            print(f"GEN_HEAD rolled back: {record['from']} -> {record['to']}")
-        elif args.command == "archive":
-            paths = ModelPaths(workspace)
-            if args.action == "list":
-                head = paths.head_name()
-                for row in read_lineage(paths.lineage):
-                    mark = "HEAD " if row.name == head else ("prom " if row.promoted else "     ")
-                    print(f"{mark}{row.name}  {row.score:.4f}  {row.status}")
-                return 0
-            report = verify_archive(paths)
-            bad = {name: probs for name, probs in report.items() if probs}
-            for name in report:
-                print(f"{'FAIL' if name in bad else 'ok  '} {name}")
-                for problem in bad.get(name, []):
-                    print(f"     {problem}")
-            print(f"{len(report) - len(bad)} of {len(report)} archive entries intact")
-            return ArchiveTampered.exit_code if bad else 0
-        return 0
-    except LoopError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        record = promotion.rollback(workspace, args.to, args.reason, trace)
+        print(f"GEN_HEAD rolled back: {record['from']} -> {record['to']}")
+    elif args.command == "archive":
+        paths = ModelPaths(workspace)
+        if args.action == "list":
+            head = paths.head_name()
+            for row in read_lineage(paths.lineage):
+                mark = "HEAD " if row.name == head else ("prom " if row.promoted else "     ")
+                print(f"{mark}{row.name}  {row.score:.4f}  {row.status}")
+            return 0
+        report = verify_archive(paths)
+        bad = {name: probs for name, probs in report.items() if probs}
+        for name in report:
+            print(f"{'FAIL' if name in bad else 'ok  '} {name}")
+            for problem in bad.get(name, []):
+                print(f"     {problem}")
+        print(f"{len(report) - len(bad)} of {len(report)} archive entries intact")
+        return ArchiveTampered.exit_code if bad else 0
+    return 0

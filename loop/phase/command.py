@@ -5,10 +5,9 @@ Usage: python -m loop.phase run --daemon-config FILE [--workspace WS] [--run-id 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from loop.config import add_daemon_config_arguments, load_daemon_config
-from loop.errors import LoopError
+from loop.errors import exits_with_code
 from loop.phase.results import default_run_id, read_results
 from loop.phase.run import run_phase
 from loop.util.workspace import workspace_of
@@ -23,23 +22,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress on the terminal (the log file still gets it)")
 
 
+@exits_with_code
 def run_command(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_daemon_config(args.daemon_config, root=args.root)
-        workspace = workspace_of(cfg, args.workspace).root
-        path = run_phase(cfg, workspace, args.run_id or default_run_id(), progress=not args.quiet)
-        results = read_results(path)
-        for label in results.domains_tested:
-            print(f"{label}: fitness {results.metrics[label].fitness:.4f}")
-        print(f"promoted: {', '.join(results.promoted_variants) or '-'}; "
-              f"flagged: {', '.join(results.flagged_variants) or '-'}")
-        for line in results.insights:
-            print(line)
-        print(f"results: {path}")
-        return 0
-    except LoopError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    cfg = load_daemon_config(args.daemon_config, root=args.root)
+    workspace = workspace_of(cfg, args.workspace).root
+    path = run_phase(cfg, workspace, args.run_id or default_run_id(), progress=not args.quiet)
+    results = read_results(path)
+    for label in results.domains_tested:
+        print(f"{label}: fitness {results.metrics[label].fitness:.4f}")
+    print(f"promoted: {', '.join(results.promoted_variants) or '-'}; "
+          f"flagged: {', '.join(results.flagged_variants) or '-'}")
+    for line in results.insights:
+        print(line)
+    print(f"results: {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

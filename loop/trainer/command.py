@@ -6,11 +6,10 @@ Exit codes: 0 done, 2 bad config, 3 unsupported model name, 4 budget exceeded (h
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from loop.errors import ConfigError, LoopError
+from loop.errors import ConfigError, exits_with_code
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,25 +20,22 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
 
 
+@exits_with_code
 def run_train(args: argparse.Namespace) -> int:
     from loop.trainer.config import load_trainer_config
     from loop.trainer.train import TRAIN_ARGS_FILE, train
 
-    try:
-        if args.resume and not args.out:
-            raise ConfigError("--resume needs --out: the run folder to continue")
-        config_path = args.config
-        if config_path is None:
-            if not args.resume:
-                raise ConfigError("--config is required (a trainer YAML, e.g. config/trainer/digits.yaml)")
-            config_path = str(Path(args.out) / TRAIN_ARGS_FILE)
-        cfg = load_trainer_config(config_path, args.overrides)
-        out = args.out or default_out_dir(cfg.run.label or Path(config_path).stem)
-        train(cfg, out, resume=args.resume)
-        return 0
-    except LoopError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out: the run folder to continue")
+    config_path = args.config
+    if config_path is None:
+        if not args.resume:
+            raise ConfigError("--config is required (a trainer YAML, e.g. config/trainer/digits.yaml)")
+        config_path = str(Path(args.out) / TRAIN_ARGS_FILE)
+    cfg = load_trainer_config(config_path, args.overrides)
+    out = args.out or default_out_dir(cfg.run.label or Path(config_path).stem)
+    train(cfg, out, resume=args.resume)
+    return 0
 
 
 def default_out_dir(label: str) -> str:
