@@ -110,8 +110,11 @@ def review_decision(loop: Loop, context_text: str, decision: Decision, history: 
 def ask_mentor(loop: Loop, context_text: str, decision: Decision, history: list[RunRecord], why: str,
                rec: CycleRecord) -> Review | None:
     cfg, entry = loop.cfg, rec.mentor
-    offline_review = lambda: offline.mentor_review(PolicyInput(rec.cycle, history, [], loop.phase_hint),  # noqa: E731
-                                                   decision, cfg.offline_seed)
+
+    def offline_review() -> Review:
+        return offline.mentor_review(PolicyInput(rec.cycle, history, [], loop.phase_hint), decision,
+                                     cfg.offline_seed)
+
     if loop.mentor is None:
         entry.source = "offline"
         return offline_review()
