@@ -14,6 +14,20 @@ REPO = Path(__file__).resolve().parents[1]
 pytest_plugins = ["tests.llm_server"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pixel_cache(tmp_path_factory):
+    """One decoded-pixel cache for the whole session (never the user's ~/.cache): tests exercise
+    the cache for real, and image-folder tasks built by several tests decode once per content."""
+    path = tmp_path_factory.mktemp("pixel-cache")
+    old = os.environ.get("LLMLOOP_PIXEL_CACHE")
+    os.environ["LLMLOOP_PIXEL_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("LLMLOOP_PIXEL_CACHE", None)
+    else:
+        os.environ["LLMLOOP_PIXEL_CACHE"] = old
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m loop.cli.main ARGS` as a real subprocess."""
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -17,6 +17,7 @@ from loop.config import DaemonConfig, LLMRole
 from loop.cycle.cycle import Loop, run_cycle
 from loop.cycle.state import LoopState
 from loop.daemon.recovery import Degraded, recover
+from loop.domains.pixels import CACHE_ENV, workspace_cache
 from loop.errors import LoopError
 from loop.journal.events import EventLog
 from loop.run.kill import kill_tree
@@ -70,6 +71,8 @@ def build_loop(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> Loop:
 
     events = EventLog(ws.events)
     current = {"trace": "-"}
+    # The daemon's own probe and PHASE passes read the same decoded-pixel cache as its runs.
+    os.environ.setdefault(CACHE_ENV, str(workspace_cache(ws.root)))
 
     def on_llm_event(event: dict) -> None:   # retries, format fallbacks, repairs: traced to the cycle
         events.append(event.get("kind", "llm"), current["trace"], **{k: v for k, v in event.items() if k != "kind"})

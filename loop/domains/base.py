@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from loop.domains.pixels import PixelFacts, PixelSource, PixelView
 from loop.errors import DomainError
 
 SPLIT_NAMES = ("train", "val", "recall", "delta", "drift")
@@ -31,7 +32,10 @@ SPLIT_NAMES = ("train", "val", "recall", "delta", "drift")
 class SampleSet:
     """Images with labels, stable ids and an age (larger = newer).
 
-    Backed either by an in-memory array (N, H, W, C) uint8 or by image file paths.
+    A domain hands its images in as `array` (N, H, W, C) uint8 or as image file `paths`; both become
+    one `PixelSource`, and every subset (a split, a training fraction) is rows of that same source,
+    so the decoded cache is built once per domain and image size. Read images with `image(i)`
+    (native size) or `view(size)` (resized, batch by batch).
     """
 
     labels: np.ndarray
@@ -40,32 +44,49 @@ class SampleSet:
     channels: int
     array: np.ndarray | None = None
     paths: tuple[str, ...] | None = None
+    source: PixelSource | None = None
+    rows: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            object.__setattr__(self, "source", PixelSource(self.channels, array=self.array, paths=self.paths))
+        if self.rows is None:
+            object.__setattr__(self, "rows", np.arange(len(self.labels), dtype=np.int64))
+        if not (len(self.labels) == len(self.ids) == len(self.ages) == len(self.rows)):
+            raise DomainError(f"sample set: {len(self.labels)} labels, {len(self.ids)} ids, {len(self.ages)} ages "
+                              f"and {len(self.rows)} images do not match")
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def image(self, i: int) -> np.ndarray:
-        """Image i as an (H, W, C) uint8 array."""
-        if self.array is not None:
-            return self.array[i]
-        return load_image_file(self.paths[i], self.channels)
+        """Image i as an (H, W, C) uint8 array at its native size."""
+        return self.source.raw(int(self.rows[i]))
+
+    def view(self, size: int) -> PixelView:
+        """Every image at `size` x `size`, read lazily from the domain's decoded cache."""
+        return PixelView(self.source.decoded(size), self.rows)
+
+    def facts(self, size: int) -> PixelFacts:
+        """Per image: digest of its decoded pixels, native height and width."""
+        f = self.source.facts(size)
+        return PixelFacts(digests=f.digests[self.rows], heights=f.heights[self.rows], widths=f.widths[self.rows])
+
+    def path(self, i: int) -> str | None:
+        return self.source.paths[int(self.rows[i])] if self.source.paths is not None else None
 
     def subset(self, idx: np.ndarray) -> "SampleSet":
         idx = np.asarray(idx, dtype=np.int64)
-        return SampleSet(
-            labels=self.labels[idx], ids=self.ids[idx], ages=self.ages[idx], channels=self.channels,
-            array=None if self.array is None else self.array[idx],
-            paths=None if self.paths is None else tuple(self.paths[i] for i in idx),
-        )
+        return SampleSet(labels=self.labels[idx], ids=self.ids[idx], ages=self.ages[idx], channels=self.channels,
+                         source=self.source, rows=self.rows[idx])
 
     def concat(self, other: "SampleSet") -> "SampleSet":
-        if (self.array is None) != (other.array is None) or self.channels != other.channels:
-            raise ValueError("cannot join sample sets of different kinds")
+        if other.source is not self.source:
+            raise ValueError("cannot join sample sets of different domains")
         return SampleSet(
             labels=np.concatenate([self.labels, other.labels]), ids=np.concatenate([self.ids, other.ids]),
-            ages=np.concatenate([self.ages, other.ages]), channels=self.channels,
-            array=None if self.array is None else np.concatenate([self.array, other.array]),
-            paths=None if self.paths is None else self.paths + other.paths,
+            ages=np.concatenate([self.ages, other.ages]), channels=self.channels, source=self.source,
+            rows=np.concatenate([self.rows, other.rows]),
         )
 
     def select_ids(self, ids: list[str]) -> "SampleSet":
@@ -82,17 +103,6 @@ class SampleSet:
         for sid, lab in zip(self.ids.tolist(), self.labels.tolist()):
             h.update(f"{sid}:{lab}\n".encode())
         return h.hexdigest()
-
-
-def load_image_file(path: str, channels: int) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except OSError as exc:
-        raise DomainError(f"{path}: cannot read image: {exc}") from exc
-    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 @dataclass(frozen=True)

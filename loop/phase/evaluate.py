@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from loop.archive.probes import LoadedModel, accuracy
 from loop.config import PhaseConfig
 from loop.domains import SampleSet, SpicaDomain
+from loop.domains.pixels import PixelView
 from loop.phase.results import ModelResult
 from loop.phase.stats import mean_ci, r6
 from loop.trainer.metrics import predict_logits
@@ -45,12 +46,30 @@ def slice_index(replica: int, slice_: int, size: int) -> np.ndarray:
     return np.random.default_rng([replica, slice_]).integers(0, size, size=size)
 
 
-def jitter(images: torch.Tensor, seed: int, max_shift_px: float = JITTER_PX) -> torch.Tensor:
-    """Translate each uint8 NCHW image by a seeded sub-pixel offset in [-max_shift_px, max_shift_px]
-    per axis (bilinear, edges replicated): light enough to keep the task, enough that repeats differ."""
+def jitter_shifts(n: int, seed: int, max_shift_px: float = JITTER_PX) -> torch.Tensor:
+    """(n, 2) seeded sub-pixel offsets in [-max_shift_px, max_shift_px] per axis."""
     g = torch.Generator().manual_seed(seed)
+    return (torch.rand((n, 2), generator=g) * 2 - 1) * max_shift_px
+
+
+def jitter(images: torch.Tensor, seed: int, max_shift_px: float = JITTER_PX) -> torch.Tensor:
+    """Translate each uint8 NCHW image by a seeded sub-pixel offset (bilinear, edges replicated):
+    light enough to keep the task, enough that repeats differ."""
+    return shift_images(images, jitter_shifts(len(images), seed, max_shift_px))
+
+
+def jittered_logits(model: LoadedModel, images, idx: torch.Tensor, seed: int) -> torch.Tensor:
+    """Logits of the jittered images at `idx`, a batch at a time (the same shifts as one `jitter`
+    call over all of them), so an evaluation pool is never one float tensor."""
+    shifts = jitter_shifts(len(idx), seed)
+    return torch.cat([predict_logits(model.model, shift_images(images[idx[i:i + EVAL_BATCH]],
+                                                               shifts[i:i + EVAL_BATCH]),
+                                     model.normalize, EVAL_BATCH)
+                      for i in range(0, len(idx), EVAL_BATCH)]) if len(idx) else torch.empty(0)
+
+
+def shift_images(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     n, _, h, w = images.shape
-    shift = (torch.rand((n, 2), generator=g) * 2 - 1) * max_shift_px
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0
     theta[:, 0, 2] = shift[:, 0] * 2 / w      # affine_grid works in [-1, 1] units
@@ -60,7 +79,7 @@ def jitter(images: torch.Tensor, seed: int, max_shift_px: float = JITTER_PX) -> 
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def qtime_accuracies(model: LoadedModel, images: torch.Tensor, labels: torch.Tensor, qt: PhaseConfig,
+def qtime_accuracies(model: LoadedModel, images: PixelView, labels: torch.Tensor, qt: PhaseConfig,
                      tick) -> list[float]:
     """replicas x slices x epochs accuracies of `model`; `tick()` after each one."""
     plain = torch.cat([model.logits(s) for s in EVAL_SPLITS]).argmax(1) == labels   # pass 0, reused
@@ -72,15 +91,14 @@ def qtime_accuracies(model: LoadedModel, images: torch.Tensor, labels: torch.Ten
                 if e == 0:
                     correct = plain[idx]
                 else:
-                    logits = predict_logits(model.model, jitter(images[idx], seed_of(r, s, e)),
-                                            model.normalize, EVAL_BATCH)
+                    logits = jittered_logits(model, images, idx, seed_of(r, s, e))
                     correct = logits.argmax(1) == labels[idx]
                 out.append(float(correct.float().mean()))
                 tick()
     return out
 
 
-def evaluate(model: LoadedModel, images: torch.Tensor, labels: torch.Tensor, qt: PhaseConfig, is_head: bool,
+def evaluate(model: LoadedModel, images: PixelView, labels: torch.Tensor, qt: PhaseConfig, is_head: bool,
              tick) -> ModelResult:
     """QTIME statistics of one model plus its plain per-split accuracies."""
     mean, std, low, high = mean_ci(qtime_accuracies(model, images, labels, qt, tick), qt.confidence)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loop.config import DaemonConfig
+from loop.domains.pixels import CACHE_ENV, workspace_cache
 from loop.errors import ConfigError, SandboxUnavailable
 from loop.util.secrets import looks_secret
 
@@ -230,7 +231,9 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
     user = resolve_user(cfg.sandbox_user) if os.geteuid() == 0 else None
     if user and not uid_mapped(user[0]):
         user = None     # root only inside a user namespace that has no such uid: run as ourselves
-    base_env = {**allowed_env(cfg.sandbox_env_allowlist, repo_root), "LLMLOOP_OWNER": owner_tag(ws_root)}
+    pixel_cache = workspace_cache(ws_root)     # decoded images, shared by every run of the workspace
+    base_env = {**allowed_env(cfg.sandbox_env_allowlist, repo_root), "LLMLOOP_OWNER": owner_tag(ws_root),
+                CACHE_ENV: str(pixel_cache)}
     bwrap, problem = find_bwrap(user is not None)
     if problem and cfg.sandbox == "required":
         raise SandboxUnavailable(f"sandbox: required, but {problem}; {INSTALL_HINT}, or set `sandbox: optional` "
@@ -240,7 +243,7 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
     # Never writable: history, notes, the daemon's own state, the models. (Also bound read-only last,
     # as a second line.)
     protected = {repo_root / ".git", *(ws_root / name for name in PROTECTED_IN_WORKSPACE)}
-    writable = tuple(sorted(workspace_path(ws_root, p) for p in cfg.sandbox_writable_paths))
+    writable = tuple(sorted({pixel_cache, *(workspace_path(ws_root, p) for p in cfg.sandbox_writable_paths)}))
     check_writable(writable, protected | {repo_root, ws_root})
     hidden = credential_paths(cfg) - readonly
     note = ("sandbox: bubblewrap" + (f", runs as {cfg.sandbox_user}" if user else "")

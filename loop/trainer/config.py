@@ -33,7 +33,7 @@ class DataConfig(StrictModel):
     image_size: int = Field(32, ge=8, le=1024)
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | None = Field(None, ge=0)   # None: chosen per run (`trainer.data.auto_workers`)
     train_fraction: float = Field(1.0, gt=0, le=1)  # use a stratified share of the train split
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     augment: list[TransformSpec] = Field(default_factory=list)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import warnings
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from loop.domains import SampleSet
+from loop.domains.pixels import PixelView, resize
 from loop.errors import ConfigError
 from loop.trainer.config import TransformSpec
 
@@ -44,33 +44,22 @@ def build_augment(specs: list[TransformSpec], seed: int):
     return A.Compose(transforms, seed=seed)
 
 
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    out = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if image.shape[0] > size
-                     else cv2.INTER_LINEAR)
-    return out[:, :, None] if out.ndim == 2 else out
-
-
 class ImageDataset(Dataset):
-    """(uint8 CHW tensor, label, index) per sample; in-memory sets are resized once up front."""
+    """(uint8 CHW tensor, label, index) per sample, read from the domain's decoded pixels at
+    `image_size` (in memory for array tasks, a memory-mapped cache for image files)."""
 
     def __init__(self, samples: SampleSet, image_size: int, augment=None):
         self.samples = samples
         self.size = image_size
         self.augment = augment
         self.labels = torch.as_tensor(samples.labels, dtype=torch.long)
-        self.cache = None
-        if samples.array is not None:
-            self.cache = np.stack([resize(samples.array[i], image_size) for i in range(len(samples))])
+        self.pixels: PixelView = samples.view(image_size)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def image(self, i: int) -> np.ndarray:
-        if self.cache is not None:
-            return self.cache[i]
-        return resize(self.samples.image(i), self.size)
+        return self.pixels.numpy(i)
 
     def __getitem__(self, i: int):
         img = self.image(i)
@@ -84,21 +73,17 @@ class ImageDataset(Dataset):
 
     def __getitems__(self, indices: list[int]):
         """A whole batch at once (torch's DataLoader calls this when it exists): one gather from the
-        in-memory cache instead of per-sample tensors and a collate."""
-        if self.cache is not None and self.augment is None:
-            idx = np.asarray(indices, dtype=np.int64)
-            images = torch.from_numpy(np.ascontiguousarray(self.cache[idx].transpose(0, 3, 1, 2)))
+        decoded pixels instead of per-sample tensors and a collate."""
+        if self.augment is None:
+            images = self.pixels[np.asarray(indices, dtype=np.int64)]
         else:
             images = torch.stack([self[i][0] for i in indices])
         index = torch.as_tensor(indices, dtype=torch.long)
         return images, self.labels[index], index
 
-    def all_images(self) -> torch.Tensor:
-        """Every (unaugmented) image as one uint8 NCHW tensor, for fast evaluation."""
-        if self.cache is not None:
-            return torch.from_numpy(np.ascontiguousarray(self.cache.transpose(0, 3, 1, 2)))
-        return torch.stack([torch.from_numpy(np.ascontiguousarray(self.image(i).transpose(2, 0, 1)))
-                            for i in range(len(self))])
+    def all_images(self) -> PixelView:
+        """Every (unaugmented) image, sliced into uint8 NCHW tensors on demand (never one tensor)."""
+        return self.pixels
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -110,6 +95,15 @@ def _seed_worker(worker_id: int) -> None:
 
 def _batch_is_ready(batch):
     return batch    # ImageDataset.__getitems__ already returns a collated batch
+
+
+def auto_workers(images: int, augmented: bool, threads: int) -> int:
+    """Loader processes when the config leaves it open. Unaugmented batches are one gather from the
+    decoded pixels, cheaper than a worker's hand-off; augmentation is per-image Python work that
+    workers take off the training thread, worth a process start once an epoch is long."""
+    if not augmented or images < 4096:
+        return 0
+    return max(1, min(4, threads // 2))
 
 
 def train_loader(dataset: ImageDataset, order: list[int], batch_size: int, num_workers: int,

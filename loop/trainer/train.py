@@ -29,7 +29,7 @@ from loop.errors import BudgetExceeded, ConfigError
 from loop.trainer.budget import BudgetBreach, BudgetMeter
 from loop.trainer.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from loop.trainer.config import TrainerConfig
-from loop.trainer.data import ImageDataset, Normalizer, build_augment, train_loader
+from loop.trainer.data import ImageDataset, Normalizer, auto_workers, build_augment, train_loader
 from loop.trainer.losses import training_loss
 from loop.trainer.metrics import METRICS_FILE, EpochRecord, RunMetrics, predict_logits, score_logits
 from loop.trainer.models import ModelFileConfig, create_initial_model, load_model_folder, save_model_folder
@@ -183,6 +183,8 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
     val_images, val_labels = val_ds.all_images(), val_ds.labels
     normalize = Normalizer(mean, std, device, channels_last)
     batch_size = min(cfg.data.batch_size, len(train_ds))
+    workers = cfg.data.num_workers if cfg.data.num_workers is not None else \
+        auto_workers(len(train_ds), augment is not None, torch.get_num_threads())
     steps_per_epoch = max(1, len(train_ds) // batch_size)
     total_steps = steps_per_epoch * cfg.run.epochs
 
@@ -229,7 +231,7 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
     log.total = total_steps
     log.line(f"train {cfg.model.name} on {domain.name}: {len(train_ds)} train / {len(val_ds)} val images, "
              f"{domain.num_classes} classes, {cfg.data.image_size}px, device {device}, amp {use_amp}, "
-             f"sampling {cfg.data.sampling.strategy}, kd {'on' if kd else 'off'}, "
+             f"{workers} loader worker(s), sampling {cfg.data.sampling.strategy}, kd {'on' if kd else 'off'}, "
              f"{cfg.run.epochs} epochs x {steps_per_epoch} steps")
 
     def finish(status: str) -> RunMetrics:
@@ -258,7 +260,7 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
             order = epoch_order(weights, len(train_ds), cfg.run.seed, epoch)
             if augment is not None:
                 augment.set_random_seed(cfg.run.seed * 1000 + epoch)
-            loader = train_loader(train_ds, order, batch_size, cfg.data.num_workers, pin_memory=on_cuda)
+            loader = train_loader(train_ds, order, batch_size, workers, pin_memory=on_cuda)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0

@@ -1,0 +1,264 @@
+"""Where a task's pixels come from, decoded and resized once per image size.
+
+A `PixelSource` is one domain's whole image list: an in-memory uint8 array (the embedded digits, a
+user's array task) or image files. `decoded(size)` gives every image at `size` x `size` as one
+(N, size, size, C) uint8 array:
+  - in-memory sources resize once and keep the result;
+  - file sources decode each file once into an on-disk cache (`LLMLOOP_PIXEL_CACHE`, else
+    ~/.cache/llmloop/pixels), memory-mapped, keyed by a fingerprint of the file list, sizes, mtimes,
+    channels and the image size. Changed data means a new key (a rebuild); two processes building the
+    same key wait on one lock and the loser reuses the winner's file, which appears by rename only
+    once it is complete.
+Beside each cache file a small `.facts.npz` keeps, per image, a digest of its decoded pixels at
+native size and its native height and width: the data report's duplicate and size figures.
+
+`PixelView` is what the trainer, the probes, PHASE and prediction read: rows of a decoded array,
+sliced into uint8 NCHW tensors batch by batch, so no split is ever one in-memory tensor.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from loop.errors import DomainError
+
+CACHE_ENV = "LLMLOOP_PIXEL_CACHE"
+CACHE_FORMAT = 1            # bump when the cache's layout or decoding changes
+_DECODE_CHUNK = 256
+
+
+def cache_root() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmloop" / "pixels"
+
+
+def workspace_cache(ws_root: Path) -> Path:
+    """The pixel cache a daemon and its runs share: `LLMLOOP_PIXEL_CACHE` when set, else the
+    workspace's cache/pixels (writable inside the run sandbox)."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path(ws_root) / "cache" / "pixels"
+
+
+def load_image_file(path: str, channels: int) -> np.ndarray:
+    """An image file as an (H, W, C) uint8 array, converted to 1 or 3 channels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as exc:   # PIL raises all three for broken files
+        raise DomainError(f"{path}: cannot read image: {exc}") from exc
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Square `size` x `size`: area filter when shrinking, bilinear when growing."""
+    import cv2
+
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    out = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if image.shape[0] > size
+                     else cv2.INTER_LINEAR)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def pixel_digest(image: np.ndarray) -> str:
+    """A digest of decoded pixels and their shape: equal digests mean identical images."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(image.shape).encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class PixelFacts:
+    """Per image, at native size: pixel digest, height, width."""
+
+    digests: np.ndarray          # str (32 hex chars)
+    heights: np.ndarray
+    widths: np.ndarray
+
+
+@dataclass(eq=False)
+class PixelSource:
+    """One domain's images: `array` (N, H, W, C) uint8 in memory, or `paths` to image files."""
+
+    channels: int
+    array: np.ndarray | None = None
+    paths: tuple[str, ...] | None = None
+    rows_named: tuple[str, ...] | None = None     # how an error names image i (e.g. "CSV row 17")
+    _decoded: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _facts: PixelFacts | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.array is None) == (self.paths is None):
+            raise ValueError("a PixelSource holds either an array or paths")
+
+    def __len__(self) -> int:
+        return len(self.array) if self.array is not None else len(self.paths)
+
+    def raw(self, i: int) -> np.ndarray:
+        """Image i at native size."""
+        if self.array is not None:
+            return self.array[i]
+        return load_image_file(self.paths[i], self.channels)
+
+    def decoded(self, size: int) -> np.ndarray:
+        """Every image at `size` x `size`, (N, size, size, C) uint8 (memory-mapped for files)."""
+        if size not in self._decoded:
+            if self.array is not None:
+                self._decoded[size] = np.stack([resize(a, size) for a in self.array]) if len(self.array) \
+                    else np.zeros((0, size, size, self.channels), np.uint8)
+            else:
+                self._decoded[size] = file_cache(self, size)
+        return self._decoded[size]
+
+    def facts(self, size: int) -> PixelFacts:
+        """Digests and native sizes of every image; for files, read beside the cache at `size`
+        (built if missing, so a report at the training size costs no extra decoding)."""
+        if self._facts is None:
+            if self.array is not None:
+                self._facts = _facts_of([pixel_digest(a) for a in self.array],
+                                        [a.shape[:2] for a in self.array])
+            else:
+                self.decoded(size)
+                self._facts = read_facts(cache_path(self, size))
+        return self._facts
+
+    def fingerprint(self, size: int) -> str:
+        """What the cache of this source at `size` is keyed by: every file's path, size and mtime."""
+        h = hashlib.sha256(f"v{CACHE_FORMAT}|c{self.channels}|s{size}\n".encode())
+        for i, p in enumerate(self.paths or ()):
+            try:
+                st = os.stat(p)
+            except OSError as exc:
+                raise DomainError(f"{self.name_of(i)}: {p}: {exc.strerror}") from exc
+            h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:24]
+
+    def name_of(self, i: int) -> str:
+        return self.rows_named[i] if self.rows_named else f"image {i}"
+
+
+def _facts_of(digests: list[str], shapes: list[tuple[int, int]]) -> PixelFacts:
+    hw = np.array(shapes, dtype=np.int32).reshape(-1, 2)
+    return PixelFacts(digests=np.array(digests, dtype="U32"), heights=hw[:, 0], widths=hw[:, 1])
+
+
+# ------------------------------------------------------------------ the cache ----
+
+def cache_path(source: PixelSource, size: int) -> Path:
+    return cache_root() / f"{source.fingerprint(size)}-{size}px.npy"
+
+
+def facts_path(cache_file: Path) -> Path:
+    return cache_file.with_suffix(".facts.npz")
+
+
+def read_facts(cache_file: Path) -> PixelFacts:
+    with np.load(facts_path(cache_file)) as z:
+        return PixelFacts(digests=z["digests"], heights=z["heights"], widths=z["widths"])
+
+
+def file_cache(source: PixelSource, size: int) -> np.ndarray:
+    """The memory-mapped decoded cache of a file source at `size`, built first if missing."""
+    from filelock import FileLock
+
+    path = cache_path(source, size)
+    if not (path.exists() and facts_path(path).exists()):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(path) + ".lock", mode=0o666):
+                if not (path.exists() and facts_path(path).exists()):    # another process may have built it
+                    build_cache(source, size, path)
+        except PermissionError as exc:
+            raise DomainError(f"pixel cache {path.parent} is not writable ({exc.strerror}); set {CACHE_ENV} "
+                              "to a folder this process may write") from exc
+    return np.load(path, mmap_mode="r")
+
+
+def build_cache(source: PixelSource, size: int, path: Path) -> None:
+    """Decode every file once into temporary files beside `path`, then rename them into place (the
+    array last: its presence says the pair is complete). A file that cannot be decoded fails the
+    build, named by its row, with the other bad files listed too."""
+    fd, tmp_name = tempfile.mkstemp(prefix=".building-", suffix=".npy", dir=path.parent)
+    os.close(fd)
+    tmp, tmp_facts = Path(tmp_name), Path(tmp_name).with_suffix(".facts.npz")
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(len(source), size, size, source.channels))
+        facts, bad = decode_into(source, size, out)
+        out.flush()
+        del out
+        if bad:
+            raise DomainError(f"{len(bad)} image(s) cannot be decoded: " + "; ".join(sorted(bad)[:10])
+                              + (" ..." if len(bad) > 10 else ""))
+        np.savez(tmp_facts, digests=facts.digests, heights=facts.heights, widths=facts.widths)
+        for f in (tmp, tmp_facts):
+            os.chmod(f, 0o644)       # readable by a sandboxed run when the daemon built it
+        os.replace(tmp_facts, facts_path(path))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_facts.unlink(missing_ok=True)
+
+
+def decode_into(source: PixelSource, size: int, out: np.ndarray) -> tuple[PixelFacts, list[str]]:
+    """Decode and resize every image of `source` into `out` on threads (PIL and OpenCV release the
+    GIL); returns the facts and, for each image that failed, its name and the reason."""
+    n = len(source)
+    digests, shapes, bad = [""] * n, [(0, 0)] * n, []
+
+    def one(i: int) -> None:
+        try:
+            img = source.raw(i)
+        except DomainError as exc:
+            bad.append(f"{source.name_of(i)}: {exc}")
+            return
+        digests[i], shapes[i] = pixel_digest(img), img.shape[:2]
+        out[i] = resize(img, size)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, n, _DECODE_CHUNK):
+            list(pool.map(one, range(start, min(n, start + _DECODE_CHUNK))))
+    return _facts_of(digests, shapes), bad
+
+
+# ------------------------------------------------------------------- reading ----
+
+@dataclass(frozen=True)
+class PixelView:
+    """Rows of a decoded (N, S, S, C) array, read as uint8 NCHW tensors a slice at a time."""
+
+    pixels: np.ndarray
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def numpy(self, index) -> np.ndarray:
+        """NHWC uint8 for a slice, an index array or a list of positions."""
+        if hasattr(index, "numpy"):          # a torch index tensor
+            index = index.numpy()
+        rows = self.rows[index]
+        if isinstance(index, slice) and len(rows) and rows[-1] - rows[0] == len(rows) - 1 \
+                and np.all(np.diff(rows) == 1):
+            return np.asarray(self.pixels[rows[0]:rows[-1] + 1])     # contiguous: one read
+        return self.pixels[np.asarray(rows, dtype=np.int64)]
+
+    def __getitem__(self, index):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(self.numpy(index).transpose(0, 3, 1, 2)))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), self.pixels.shape[3], self.pixels.shape[1], self.pixels.shape[2])
