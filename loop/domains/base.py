@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from loop.domains.listing import BadImage
 from loop.domains.pixels import PixelFacts, PixelSource, PixelView
 from loop.errors import DomainError
 
@@ -174,6 +175,12 @@ class SpicaDomain(ABC):
     @property
     def in_chans(self) -> int:
         return self._loaded[0].channels
+
+    @property
+    def bad_images(self) -> list[BadImage]:
+        """Entries left out of the task (`skip_bad_images`), each naming its row or file and why."""
+        self._loaded     # noqa: B018 (loading is what finds them)
+        return list(getattr(self, "_bad_images", []))
 
     @cached_property
     def splits(self) -> DomainSplits:

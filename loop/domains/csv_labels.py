@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from loop.domains.base import SampleSet, SpicaDomain
-from loop.domains.listing import BadImage, checked, read_csv_listing
+from loop.domains.listing import checked, read_csv_listing
 from loop.domains.pixels import PixelSource
 from loop.errors import DomainError
 
@@ -28,7 +28,6 @@ class CsvLabelsDomain(SpicaDomain):
         self.id_column, self.path_column, self.label_column, self.age_column = \
             id_column, path_column, label_column, age_column
         self.skip_bad_images = skip_bad_images
-        self.bad_images: list[BadImage] = []
         super().__init__(**split_args)
 
     def describe(self) -> dict:
@@ -42,7 +41,7 @@ class CsvLabelsDomain(SpicaDomain):
                                    self.age_column, labels_required=True)
         channels = 1 if self.mode == "L" else 3
         listing = checked(listing, channels, self.skip_bad_images, f"csv_labels {self.csv}")
-        self.bad_images = listing.bad
+        self._bad_images = listing.bad
         classes = class_order(listing.labels)
         if len(classes) < 2:
             raise DomainError(f"csv_labels {self.csv}: column {self.label_column!r} names {len(classes)} class(es); "

@@ -21,7 +21,6 @@ class ImageFolderDomain(SpicaDomain):
         self.root = root
         self.mode = mode
         self.skip_bad_images = skip_bad_images
-        self.bad_images = []
         super().__init__(**split_args)
 
     def describe(self) -> dict:
@@ -46,7 +45,7 @@ class ImageFolderDomain(SpicaDomain):
                 listing.where.append(str(f))
         channels = 1 if self.mode == "L" else 3
         listing = checked(listing, channels, self.skip_bad_images, f"image_folder {root}")
-        self.bad_images = listing.bad
+        self._bad_images = listing.bad
         labels = np.array([classes.index(c) for c in listing.labels], dtype=np.int64)
         return (SampleSet(labels=labels, ids=np.array(listing.ids), ages=np.array(listing.ages), channels=channels,
                           source=PixelSource(channels, paths=tuple(listing.paths), rows_named=tuple(listing.where))),

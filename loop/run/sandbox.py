@@ -238,7 +238,7 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
     if problem and cfg.sandbox == "required":
         raise SandboxUnavailable(f"sandbox: required, but {problem}; {INSTALL_HINT}, or set `sandbox: optional` "
                                  "to run with the command policy alone")
-    readonly = {repo_root, ws_root, *interpreter_paths(),
+    readonly = {repo_root, ws_root, *interpreter_paths(), *task_data_paths(cfg),
                 *(workspace_path(ws_root, p) for p in cfg.sandbox_readonly_paths)}
     # Never writable: history, notes, the daemon's own state, the models. (Also bound read-only last,
     # as a second line.)
@@ -256,6 +256,27 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
                       setpriv=shutil.which("setpriv") or "/usr/bin/setpriv")
     grant_writable(sandbox)
     return sandbox
+
+
+def task_data_paths(cfg: DaemonConfig) -> set[Path]:
+    """The task's own files, read by every run: each `data.domain_args` value of the trainer config
+    that names an existing folder (an image root) or file (a CSV: its folder). Bound read-only, and
+    reachable by the sandbox user even below a folder it could not traverse."""
+    from loop.config import read_yaml
+
+    try:
+        args = (read_yaml(cfg.resolve(cfg.default_trainer_config)).get("data") or {}).get("domain_args") or {}
+    except (ConfigError, OSError):
+        return set()          # the daemon's own start-up check names a broken trainer config
+    found = set()
+    for value in args.values() if isinstance(args, dict) else ():
+        if isinstance(value, str) and value:
+            path = cfg.resolve(value)
+            if path.is_dir():
+                found.add(path.resolve())
+            elif path.is_file():
+                found.add(path.resolve().parent)
+    return found
 
 
 def check_writable(writable: tuple[Path, ...], never: set[Path]) -> None:
