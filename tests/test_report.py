@@ -26,8 +26,8 @@ from loop.run.judge import RunOutcome
 from loop.trainer.metrics import EvalMetrics, RunMetrics
 from tests.conftest import REAL_DAEMON_CYCLES, REPO
 
-SECTIONS = ["## Abstract", "## Setup", "## Method", "## Experiments", "## Results", "## What the Mentor changed",
-            "## Failures and repairs", "## Limitations", "## Reproduce"]
+SECTIONS = ["## Abstract", "## Setup", "## Data", "## Method", "## Experiments", "## Results",
+            "## What the Mentor changed", "## Failures and repairs", "## Limitations", "## Reproduce"]
 PLOT_FILES = ["plot_best_over_cycles.png", "plot_runs_over_cycles.png", "plot_per_class_best.png",
               "plot_tokens_over_cycles.png"]
 TEXT_KEYS = ("story", "paper", "leaderboard_json", "leaderboard_md", "log")

@@ -9,6 +9,11 @@ Builder, one branch per situation (the AIDE shape: draft, improve, explore):
             first, the new value suggested by TPE from every past run
 Mentor: `on_track` while the best keeps improving; on stagnation `off_track` with one question and
 a concrete challenge: a different model architecture.
+
+Task-aware: given a `TaskProfile` (from the data report), the image sizes tried sit around the
+data's native size, RGB tasks get a flip/colour augmentation preset, and when the base config names
+pretrained weights that exist, the pretrained backbone is one of the architectures. Without one
+the space is the embedded digits task's.
 """
 from __future__ import annotations
 
@@ -35,6 +40,13 @@ AUGMENT_PRESETS: dict[str, list[dict]] = {
                {"name": "CoarseDropout", "args": {"num_holes_range": [1, 2], "hole_height_range": [0.1, 0.2],
                                                   "hole_width_range": [0.1, 0.2], "p": 0.3}}],
 }
+# RGB tasks only: flips and colour jitter make no sense for grayscale digits
+RGB_AUGMENT_PRESETS: dict[str, list[dict]] = {
+    "flip_color": [{"name": "HorizontalFlip", "args": {"p": 0.5}},
+                   {"name": "ColorJitter", "args": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2,
+                                                    "hue": 0.02, "p": 0.5}}],
+}
+ALL_AUGMENT_PRESETS = {**AUGMENT_PRESETS, **RGB_AUGMENT_PRESETS}
 OPTIMIZERS: dict[str, dict] = {
     "sgd_0.02": {"name": "sgd", "lr": 0.02}, "sgd_0.05": {"name": "sgd", "lr": 0.05},
     "sgd_0.1": {"name": "sgd", "lr": 0.1}, "adamw_0.001": {"name": "adamw", "lr": 0.001, "weight_decay": 0.05},
@@ -50,6 +62,40 @@ SPACE: dict[str, tuple[str, list]] = {      # dimension -> (parameter, choices)
     "evaluation": ("epochs", [6, 10, 14]),
 }
 assert set(SPACE) == set(STRATEGY_DIMENSIONS)
+PRETRAINED_TAG = "+pretrained"      # model choice "<backbone>+pretrained": the configured weights
+IMAGE_SIZE_LIMITS = (8, 1024)       # the trainer's data.image_size bounds
+LARGEST_NATIVE = 384                # larger images are tried downscaled: a compromise for a run's cost
+
+
+@dataclass(frozen=True)
+class TaskProfile:
+    """What the offline policy knows of the task (from the data report), so its choices fit it."""
+
+    native_size: int                  # median shorter side of the images, px
+    channels: int
+    num_classes: int
+    train_images: int
+    images: int = 0                   # every split
+    domain: str = ""
+    backbone: str | None = None       # the base config's model.name, which the pretrained weights fit
+    pretrained: bool | str = False    # the base config's model.pretrained when usable; False: none
+    leaks: str = ""                   # the data report's leak sentence ('' when none)
+
+    @property
+    def has_weights(self) -> bool:
+        return self.pretrained is not False and bool(self.backbone)
+
+    def describe(self) -> str:
+        """The baseline's Data Exploration line."""
+        text = (f"Task {self.domain or 'configured'}: {self.num_classes} classes, {self.images} images "
+                f"({self.train_images} for training), native size about {self.native_size} px, "
+                f"{self.channels} channel(s); training sizes tried {image_sizes_around(self.native_size)}; "
+                "fixed val/recall/delta/drift sets.")
+        if self.has_weights:
+            text += f" Pretrained weights available for {self.backbone} ({self.pretrained})."
+        if self.leaks:
+            text += f" LEAK: {self.leaks}."
+        return text
 
 
 @dataclass
@@ -59,32 +105,86 @@ class PolicyInput:
     open_todos: list[str] = field(default_factory=list)
     search_space_hint: dict[str, list] = field(default_factory=dict)   # from PHASE, later
     stagnation_runs: int = 4
+    profile: TaskProfile | None = None      # None: the embedded digits task's space
+
+
+def image_sizes_around(native: int) -> list[int]:
+    """Three training sizes around the native one, multiples of 8, at least 16. Tiny images are
+    upsampled (a CNN's strides need room: the digits' 8 px train at 24-40), mid-sized ones tried a
+    quarter smaller and larger, large ones only downscaled, from at most LARGEST_NATIVE px."""
+    def r8(x: float) -> int:
+        return max(16, int(x / 8 + 0.5) * 8)
+
+    if native <= 32:
+        return [24, 32, 40]
+    if native <= 128:
+        return sorted({r8(native * 0.75), r8(native), r8(native * 1.25)})
+    top = min(native, LARGEST_NATIVE)
+    return sorted({r8(top * 5 / 7), r8(top * 6 / 7), r8(top)})
+
+
+def space_for(profile: TaskProfile | None) -> dict[str, tuple[str, list]]:
+    """The search space for a task: the embedded one, adapted to the profile when there is one."""
+    if profile is None:
+        return SPACE
+    space = dict(SPACE)
+    space["preprocessing"] = ("image_size", image_sizes_around(profile.native_size))
+    if profile.channels == 3:
+        space["augmentation"] = ("augment", list(ALL_AUGMENT_PRESETS))
+    if profile.has_weights:
+        space["model_arch"] = ("model", [profile.backbone + PRETRAINED_TAG, *SPACE["model_arch"][1]])
+    return space
 
 
 # ---------------------------------------------------- config <-> params ----
 
 def params_of(config: dict) -> dict[str, Any]:
-    """The search-space parameters a resolved trainer config sits at (unknown values left out)."""
-    data, optim = config.get("data", {}), config.get("optim", {})
+    """The search-space parameters a resolved trainer config sits at (unknown values left out). Any
+    valid image size and any pretrained backbone are recognised, whatever space a task uses, so a
+    run from another space still counts as the best to mutate."""
+    data, optim, model = config.get("data", {}), config.get("optim", {}), config.get("model", {})
+    pretrained = model.get("pretrained") not in (None, False)
     found = {
-        "augment": next((k for k, v in AUGMENT_PRESETS.items() if v == data.get("augment", [])), None),
+        "augment": next((k for k, v in ALL_AUGMENT_PRESETS.items() if v == data.get("augment", [])), None),
         "image_size": data.get("image_size"),
         "sampling": data.get("sampling", {}).get("strategy"),
         "label_smoothing": config.get("loss", {}).get("label_smoothing"),
-        "model": config.get("model", {}).get("name"),
+        "model": f"{model.get('name')}{PRETRAINED_TAG}" if pretrained and model.get("name") else model.get("name"),
         "optim": next((k for k, v in OPTIMIZERS.items()
                        if v["name"] == optim.get("name") and abs(v["lr"] - optim.get("lr", -1)) < 1e-12), None),
         "epochs": config.get("run", {}).get("epochs"),
     }
-    choices = dict(SPACE.values())
-    return {k: v for k, v in found.items() if v in choices[k]}
+    return {k: v for k, v in found.items() if recognised(k, v)}
 
 
-def overlay_of(params: dict[str, Any]) -> dict:
+def recognised(param: str, value: Any) -> bool:
+    """Whether `value` is a known value of a search-space parameter, in any task's space."""
+    if param == "image_size":
+        lo, hi = IMAGE_SIZE_LIMITS
+        return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+    if param == "model":
+        return isinstance(value, str) and (value in SPACE["model_arch"][1] or value.endswith(PRETRAINED_TAG))
+    if param == "augment":
+        return value in ALL_AUGMENT_PRESETS
+    return value in dict(SPACE.values())[param]
+
+
+def model_overlay(choice: str, profile: TaskProfile | None) -> dict:
+    """`model` overlay for a model_arch choice. With a profile, a from-scratch choice says
+    `pretrained: false`, so weights configured for the backbone never load into another model."""
+    if choice.endswith(PRETRAINED_TAG):
+        name = choice[:-len(PRETRAINED_TAG)]
+        if profile and profile.has_weights and profile.backbone == name:
+            return {"name": name, "pretrained": profile.pretrained}
+        return {"name": name}        # weights the profile does not know: the base config's stand
+    return {"name": choice} if profile is None else {"name": choice, "pretrained": False}
+
+
+def overlay_of(params: dict[str, Any], profile: TaskProfile | None = None) -> dict:
     """A trainer config overlay that puts a run at `params`."""
     overlay: dict[str, Any] = {}
     if "augment" in params:
-        overlay.setdefault("data", {})["augment"] = AUGMENT_PRESETS[params["augment"]]
+        overlay.setdefault("data", {})["augment"] = ALL_AUGMENT_PRESETS[params["augment"]]
     if "image_size" in params:
         overlay.setdefault("data", {})["image_size"] = params["image_size"]
     if "sampling" in params:
@@ -92,7 +192,7 @@ def overlay_of(params: dict[str, Any]) -> dict:
     if "label_smoothing" in params:
         overlay["loss"] = {"label_smoothing": params["label_smoothing"]}
     if "model" in params:
-        overlay["model"] = {"name": params["model"]}
+        overlay["model"] = model_overlay(params["model"], profile)
     if "optim" in params:
         overlay["optim"] = dict(OPTIMIZERS[params["optim"]])
     if "epochs" in params:
@@ -129,10 +229,12 @@ def stagnating(history: list[RunRecord], window: int) -> bool:
     return bool(before) and (not recent or max(recent) <= max(before))
 
 
-def restricted_space(hint: dict[str, list]) -> dict[str, tuple[str, list]]:
-    """The space narrowed by PHASE recommendations (a parameter -> preferred choices)."""
+def restricted_space(hint: dict[str, list], full: dict[str, tuple[str, list]] | None = None
+                     ) -> dict[str, tuple[str, list]]:
+    """The space (`full`, else the embedded one) narrowed by PHASE recommendations (a parameter ->
+    preferred choices)."""
     space = {}
-    for dim, (param, choices) in SPACE.items():
+    for dim, (param, choices) in (full or SPACE).items():
         keep = [c for c in choices if c in hint.get(param, choices)]
         space[dim] = (param, keep or choices)
     return space
@@ -140,7 +242,7 @@ def restricted_space(hint: dict[str, list]) -> dict[str, tuple[str, list]]:
 
 def builder_decision(inp: PolicyInput, seed: int = 0) -> Decision:
     history = inp.history
-    space = restricted_space(inp.search_space_hint)
+    space = restricted_space(inp.search_space_hint, space_for(inp.profile))
     best = best_run(history)
     n = len(history)
     if best is None:
@@ -179,11 +281,16 @@ def builder_decision(inp: PolicyInput, seed: int = 0) -> Decision:
     todos = [f"Compare {dim} variants once three runs of that dimension exist"] if mode == "explore" else []
     resolve = [t.split(":")[0] for t in inp.open_todos if dim.replace("_", " ") in t.lower()
                or dim in t.lower()][:1]
-    return Decision(action="train", rationale=rationale, run_label=label, train_overlay=overlay_of(params),
-                    strategy_dimension=dim, todo_new=todos, notes_update=notes,
-                    data_exploration_update="" if history else
-                    "Embedded task: 10 digit classes, 8x8 grayscale upsampled; fixed val/recall/delta/drift sets.",
+    return Decision(action="train", rationale=rationale, run_label=label,
+                    train_overlay=overlay_of(params, inp.profile), strategy_dimension=dim, todo_new=todos,
+                    notes_update=notes, data_exploration_update="" if history else task_text(inp.profile),
                     resolve_shared_todo_ids=resolve)
+
+
+def task_text(profile: TaskProfile | None) -> str:
+    if profile is None:
+        return "Embedded task: 10 digit classes, 8x8 grayscale upsampled; fixed val/recall/delta/drift sets."
+    return profile.describe()
 
 
 # -------------------------------------------------------------- Mentor ----
@@ -195,13 +302,13 @@ def mentor_review(inp: PolicyInput, decision: Decision, seed: int = 0) -> Review
         return Review(verdict="on_track", notes=f"Progress is steady; best {best.score:.4f}." if best else
                       "Baseline pending; nothing to challenge yet.")
     current = params_of(best.config).get("model")
-    options = [m for m in SPACE["model_arch"][1] if m != current]
+    options = [m for m in space_for(inp.profile)["model_arch"][1] if m != current]
     alternative = options[(seed + len(history)) % len(options)]
     params = {**params_of(best.config), "model": alternative}
     challenge = Decision(action="train", run_label=f"mentor-arch-{alternative}-c{inp.cycle}",
                          rationale=f"Runs have stalled at {best.score:.4f} with {current}; try the {alternative} "
                                    "architecture on the best recipe before more hyper-parameter tweaks.",
-                         train_overlay=overlay_of(params), strategy_dimension="model_arch")
+                         train_overlay=overlay_of(params, inp.profile), strategy_dimension="model_arch")
     return Review(verdict="off_track", critical_question=f"What evidence says {current} is not the bottleneck?",
                   challenge=challenge, todo_new=[f"Evaluate {alternative} against {current} on the best recipe"],
                   notes="Stagnation: challenge with a concrete architecture change.")

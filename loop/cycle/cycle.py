@@ -1,6 +1,7 @@
 """One cycle of the research loop, readable top to bottom:
 
     follow the active run, if one is still going
+    know the data (the data report, built at the first cycle on a task and when the data changes)
     decide  (Builder: LLM or offline policy)  ->  review (Mentor, on cadence or when stuck)
     gate    (quality gate; trainer overlay validated; command policy for run_command)
     run     (structured trainer run or policy-checked command, in its own process group)
@@ -19,6 +20,7 @@ from loop.agents.context import build_context
 from loop.agents.schema import Decision, wait_decision
 from loop.agents.usage import Usage
 from loop.cycle import finishup
+from loop.cycle.dataprofile import refresh_data_report
 from loop.cycle.decide import count_gate_refusals, decide, mentor_due, review_decision, stuck_wait_recovery
 from loop.cycle.loop import Loop, new_trace_id, scrub
 from loop.cycle.record import CycleRecord, DecisionEntry, FinishUpEntry, GateEntry, HousekeepingEntry, PolicyEntry
@@ -53,6 +55,9 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
         evolution_window(loop, state, rec)
         return finish_cycle(loop, state, rec, t0, line=f"monitor `{followed.label}` -> {followed.status}"
                             + (f" val_acc {followed.val_accuracy:.4f}" if followed.val_accuracy else ""))
+
+    # ---- know the data: the first cycle on a task, and again when its data changes ----
+    refresh_data_report(loop, rec)
 
     # ---- decide ----
     history = loop.run_history()

@@ -54,7 +54,8 @@ def decide(loop: Loop, state: LoopState, context_text: str, history: list[RunRec
 
 def offline_decision(loop: Loop, context_text: str, history: list[RunRecord], cycle: int) -> Decision:
     todos = [line for line in context_text.splitlines() if line.startswith("T0")]
-    return offline.builder_decision(PolicyInput(cycle, history, todos, loop.phase_hint), seed=loop.cfg.offline_seed)
+    return offline.builder_decision(PolicyInput(cycle, history, todos, loop.phase_hint, profile=loop.task_profile),
+                                    seed=loop.cfg.offline_seed)
 
 
 def count_gate_refusals(loop: Loop, state: LoopState, source: str, rec: CycleRecord) -> None:
@@ -112,8 +113,8 @@ def ask_mentor(loop: Loop, context_text: str, decision: Decision, history: list[
     cfg, entry = loop.cfg, rec.mentor
 
     def offline_review() -> Review:
-        return offline.mentor_review(PolicyInput(rec.cycle, history, [], loop.phase_hint), decision,
-                                     cfg.offline_seed)
+        return offline.mentor_review(PolicyInput(rec.cycle, history, [], loop.phase_hint,
+                                                 profile=loop.task_profile), decision, cfg.offline_seed)
 
     if loop.mentor is None:
         entry.source = "offline"
@@ -143,5 +144,6 @@ def stuck_wait_recovery(loop: Loop, state: LoopState, decision: Decision, histor
     if (cfg.enable_stuck_wait_recovery and decision.action == "wait"
             and state.idle_streak >= cfg.stuck_wait_recovery_cycles):
         rec.stuck_wait_recovery = f"{state.idle_streak} idle cycles: relaunching from the offline policy"
-        return offline.builder_decision(PolicyInput(rec.cycle, history, [], loop.phase_hint), seed=cfg.offline_seed)
+        return offline.builder_decision(PolicyInput(rec.cycle, history, [], loop.phase_hint,
+                                                    profile=loop.task_profile), seed=cfg.offline_seed)
     return decision

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from loop.agents.offline import TaskProfile
 from loop.config import DaemonConfig
+from loop.domains.report import DataReport
 from loop.journal.events import EventLog
 from loop.journal.history import HistoryReader, RunRecord
 from loop.util.secrets import redact
@@ -31,6 +33,10 @@ class Loop:
     history: HistoryReader | None = None
     sandbox: object | None = None                    # loop.run.sandbox.Sandbox; None: no OS boundary (tests)
     spend_cap: object | None = None                  # loop.agents.usage.SpendCap shared by both roles
+    # ---- know the data (loop/cycle/dataprofile.py) ----
+    data_report: DataReport | None = None            # the task's data report, once built or read back
+    task_profile: TaskProfile | None = None          # what the offline policy knows of the task
+    data_error: str = ""                             # the last reason the report failed ("" when fine)
 
     def run_history(self) -> list[RunRecord]:
         if self.history is None:

@@ -101,6 +101,7 @@ class CycleRecord(BaseModel):
     seconds: float | None = None
     finish_up: FinishUpEntry | None = None
     followed_run: RunOutcome | None = None          # a run from an earlier cycle, followed
+    data_report: str | None = None                  # built|reused <fingerprint>, or failed: <reason>
     # ---- decide ----
     decision: DecisionEntry | None = None
     prompt_tokens_estimate: int | None = None

@@ -178,15 +178,20 @@ def decode_facts(split: str, samples: SampleSet, i: int) -> ImageFacts:
 # -------------------------------------------------------------------- build ----
 
 def domain_fingerprint(domain: SpicaDomain) -> str:
-    """The domain's arguments and every split's ids, labels and ages (file mtimes for folder tasks,
-    so an image rewritten in place changes it too)."""
+    """The domain's arguments, every split's ids, labels and ages, and for file tasks every file's
+    path, size and mtime (the pixel cache's key), so an image rewritten in place changes it too."""
     h = hashlib.sha256()
     head = {"version": REPORT_VERSION, "domain": domain.name, "args": domain.describe(),
             "classes": domain.class_names}
     h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    sources = []
     for name, samples in domain.splits.as_dict().items():
         h.update(f"|{name}:{samples.fingerprint()}:".encode())
         h.update(np.asarray(samples.ages, dtype=np.float64).tobytes())
+        if samples.source.paths is not None and all(s is not samples.source for s in sources):
+            sources.append(samples.source)      # every split is rows of the domain's one source
+    for source in sources:               # one stat per file (no decoding)
+        h.update(f"|files:{source.fingerprint(0)}".encode())
     return h.hexdigest()[:32]
 
 
@@ -227,18 +232,13 @@ def _read_all(split: str, samples: SampleSet, read: ImageReader) -> Iterator[tup
         except (DomainError, OSError, ValueError, SyntaxError) as exc:   # PIL raises all of these
             return str(exc) or type(exc).__name__
 
-    if not _file_backed(samples) or len(samples) < 64:
+    if samples.source.paths is None or len(samples) < 64:
         yield from ((i, one(i)) for i in range(len(samples)))
         return
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         for start in range(0, len(samples), 1024):      # bounded: never 50,000 futures at once
             chunk = range(start, min(start + 1024, len(samples)))
             yield from zip(chunk, pool.map(one, chunk))
-
-
-def _file_backed(samples: SampleSet) -> bool:
-    source = getattr(samples, "source", None)      # a split is rows of the domain's one pixel source
-    return (source.paths if source is not None else samples.paths) is not None
 
 
 class _Scan:

@@ -2,7 +2,7 @@
 `<workspace>/reports/`:
 
   final_condensed_story.md      the run in about a page: span, arc of improvements, Mentor, repairs, end
-  final_paper_report.md         paper-style: Abstract, Setup, Method, Experiments, Results, Mentor,
+  final_paper_report.md         paper-style: Abstract, Setup, Data, Method, Experiments, Results, Mentor,
                                 Failures and repairs, Limitations, Reproduce
   final_leaderboard_top{k}.json the top-k successful runs with their full configs and metrics
   final_leaderboard_top{k}.md   the same as a table
@@ -22,6 +22,7 @@ The sub-modules, one job each:
                   helpers every writer shares (tables, span, improvements, failures, GEN_HEAD, ...)
   story.py        final_condensed_story.md (condensed_story)
   paper.py        final_paper_report.md (paper_report and its sections)
+  datasection.py  its Data section and the data-leak warning (from logs/data_report.json)
   leaderboard.py  final_leaderboard_top{k}.json and .md (leaderboard_json, leaderboard_md)
   plots.py        the plot_*.png files (plot_best_over_cycles, ..., matplotlib Agg, no pyplot)
   generate.py     the orchestration: generate_reports, with its progress in report.log

@@ -1,9 +1,10 @@
 """The workspace read into typed records for the reports: the events (every record, and the cycles
 among them as `CycleRecord`s, the model the cycle writes), the training runs (`Run`: a runs-index
 `RunRecord` joined with its cycle's outcome and promotion and the run's metrics.json), the lineage
-rows, GEN_HEAD and its pending proposal, the state, the finish-up request, the storyline and the
-open todos. A missing or torn file gives an empty value, never an error; a cycle event that does not
-validate (an old or foreign events.jsonl) is skipped and counted in `skipped_cycles`."""
+rows, GEN_HEAD and its pending proposal, the state, the finish-up request, the storyline, the
+open todos and the data report. A missing or torn file gives an empty value, never an error; a cycle
+event that does not validate (an old or foreign events.jsonl) is skipped and counted in
+`skipped_cycles`."""
 from __future__ import annotations
 
 import csv
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 
 from loop.archive.paths import ModelPaths
 from loop.cycle.record import CycleRecord
+from loop.domains.report import DataReport, load_data_report
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord, read_history
 from loop.run.judge import RunOutcome
@@ -73,6 +75,7 @@ class ReportData:
     note: str
     top_k: int
     skipped_cycles: int = 0               # cycle events that did not validate as a CycleRecord
+    data_report: DataReport | None = None  # logs/data_report.json, the task's data as the loop saw it
 
     @property
     def ok_runs(self) -> list[Run]:
@@ -154,7 +157,8 @@ def load_data(ws_root: Path, top_k: int, note: str) -> ReportData:
         proposal=proposal if isinstance(proposal, dict) else None, finish_up=finish_up,
         storyline=[ln for ln in read_text(ws.storyline).splitlines() if ln.startswith("- ")],
         open_todos=[ln for ln in read_text(ws.todo).splitlines() if ln.startswith("- [ ]")],
-        note=note or (finish_up or {}).get("note", "") or "", top_k=top_k, skipped_cycles=skipped)
+        note=note or (finish_up or {}).get("note", "") or "", top_k=top_k, skipped_cycles=skipped,
+        data_report=load_data_report(ws.data_report))
 
 
 def read_text(path: Path) -> str:

@@ -1,5 +1,5 @@
-"""The paper-style report (final_paper_report.md): Abstract, Setup, Method, Experiments, Results,
-Mentor, Failures and repairs, Limitations, Reproduce."""
+"""The paper-style report (final_paper_report.md): Abstract, Setup, Data, Method, Experiments,
+Results, Mentor, Failures and repairs, Limitations, Reproduce; a data leak is warned of at the top."""
 from __future__ import annotations
 
 import datetime as dt
@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from loop.report.data import ReportData, Run, dig
+from loop.report.datasection import data_section, leak_warning
 from loop.report.helpers import (
     NO_RUNS,
     PLOTS,
@@ -41,7 +42,8 @@ def paper_report(data: ReportData) -> str:
         lines += [f"> Note: {data.note}", ""]
     lines += [f"_Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from `{data.ws.root}`._",
               ""]
-    for section in (abstract, setup, method, experiments, results, mentor_section, failures_section,
+    lines += leak_warning(data)
+    for section in (abstract, setup, data_section, method, experiments, results, mentor_section, failures_section,
                     limitations, reproduce):
         lines += section(data) + [""]
     return "\n".join(lines).rstrip() + "\n"
@@ -244,10 +246,15 @@ def failures_section(data: ReportData) -> list[str]:
 
 def limitations(data: ReportData) -> list[str]:
     lines = ["## Limitations", ""]
-    items = [limit_seeds(data), limit_val_set(data), limit_policy(data), limit_machine(data),
+    items = [limit_leak(data), limit_seeds(data), limit_val_set(data), limit_policy(data), limit_machine(data),
              limit_groups(data), limit_missing(data), limit_skipped(data), limit_open(data)]
     items = [i for i in items if i]
     return lines + ([f"- {i}" for i in items] or ["- Nothing was run, so nothing can be concluded yet."])
+
+
+def limit_leak(data: ReportData) -> str:
+    r = data.data_report
+    return (f"Data leak: {r.leak_text()}; the scores on those sets are optimistic." if r and r.leaks else "")
 
 
 def limit_seeds(data: ReportData) -> str:

@@ -37,6 +37,8 @@ class Workspace:
     def events(self) -> Path: return self.root / "events.jsonl"
     @property
     def llm_modes(self) -> Path: return self.root / "logs" / "llm_modes.json"
+    @property
+    def data_report(self) -> Path: return self.root / "logs" / "data_report.json"
     # ---- notes ----
     @property
     def notes(self) -> Path: return self.root / "notes"
