@@ -246,3 +246,17 @@ def test_the_daemon_trains_a_folder_task_and_its_csv_copy(tmp_path, kind):
     assert runs[-1].score > 1 / len(CLASSES)
     # the run read the workspace's shared cache (inside the sandbox when there is one)
     assert list(Path(os.environ[CACHE_ENV]).glob("*-16px.npy"))
+
+
+def test_the_data_report_reads_the_cache_facts_and_agrees_with_decoding(task, own_cache):
+    from loop.domains.report import build_data_report, cached_facts
+
+    tree, _, _ = task
+    for i in range(6):      # copies across classes: some land in train and in a held-out split
+        shutil.copy(tree / "cat" / f"cat00{i}.png", tree / "owl" / f"copy{i}.png")
+    d = resolve_domain("image_folder", {"root": str(tree)})
+    from_cache = build_data_report(d, cached_facts(16))
+    assert list(own_cache.glob("*-16px.npy"))           # it built (and read) the training-size cache
+    decoded = build_data_report(d)
+    assert from_cache.overlaps == decoded.overlaps and from_cache.sizes == decoded.sizes
+    assert from_cache.label_conflicts == decoded.label_conflicts == 6

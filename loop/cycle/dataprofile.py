@@ -21,7 +21,7 @@ from loop.config import DaemonConfig, read_yaml
 from loop.cycle.loop import Loop
 from loop.cycle.record import CycleRecord
 from loop.domains import resolve_domain
-from loop.domains.report import DataReport, ensure_data_report, save_data_report
+from loop.domains.report import DataReport, cached_facts, ensure_data_report, save_data_report
 from loop.journal.notes import WORKPAD_SECTIONS, append_workpad
 from loop.trainer.config import ModelConfig
 from loop.util.secrets import redact
@@ -33,7 +33,7 @@ def refresh_data_report(loop: Loop, rec: CycleRecord) -> None:
         base = read_yaml(loop.cfg.resolve(loop.cfg.default_trainer_config))
         data = base.get("data") or {}
         domain = resolve_domain(data.get("domain", "digits"), data.get("domain_args"))
-        report, built = ensure_data_report(domain, loop.ws.data_report, save=False)
+        report, built = ensure_data_report(domain, loop.ws.data_report, cached_facts(image_size(data)), save=False)
         loop.task_profile = task_profile(report, base.get("model") or {}, loop.cfg)
         if built:                    # saved once announced: a failed announcement is retried next cycle
             announce(loop, report, rec)
@@ -43,6 +43,14 @@ def refresh_data_report(loop: Loop, rec: CycleRecord) -> None:
         return
     loop.data_report, loop.data_error = report, ""
     rec.data_report = f"{'built' if built else 'reused'} {report.fingerprint[:12]}"
+
+
+def image_size(data: dict) -> int:
+    """The base config's training size (the pixel cache the report reads is the first run's)."""
+    from loop.trainer.config import DataConfig
+
+    size = data.get("image_size")
+    return size if isinstance(size, int) and size > 0 else DataConfig().image_size
 
 
 def failed(loop: Loop, rec: CycleRecord, reason: str) -> None:
