@@ -17,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     from loop.cli.daemon import add_arguments as add_daemon_arguments
 
     add_daemon_arguments(sub)
+    from loop.cli.deploy import add_arguments as add_deploy_arguments
+
+    add_deploy_arguments(sub)
     phase = sub.add_parser("phase", help="PHASE deep evaluation: `llmloop phase run [--workspace WS]`")
     phase.add_argument("phase_args", nargs=argparse.REMAINDER)
     return parser
@@ -36,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         from loop.phase.command import main as phase_main
 
         return phase_main(args.phase_args)
+    if args.command in ("predict", "export"):
+        from loop.cli.deploy import run as run_deploy
+
+        return run_deploy(args)
     from loop.cli.daemon import COMMANDS
 
     if args.command in COMMANDS:

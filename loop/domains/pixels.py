@@ -257,7 +257,10 @@ class PixelView:
     def __getitem__(self, index):
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(self.numpy(index).transpose(0, 3, 1, 2)))
+        batch = np.ascontiguousarray(self.numpy(index).transpose(0, 3, 1, 2))
+        if not batch.flags.writeable:       # a read-only cache page: torch wants memory it may own
+            batch = batch.copy()
+        return torch.from_numpy(batch)
 
     @property
     def shape(self) -> tuple[int, ...]:
