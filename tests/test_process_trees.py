@@ -19,8 +19,9 @@ from conftest import REPO, wait_for
 from loop.config import DaemonConfig
 from loop.cycle.state import LoopState
 from loop.journal.events import EventLog
+from loop.run.executor import Executor, monitor
 from loop.run.sandbox import find_bwrap, load_sandbox
-from loop.run.supervise import ActiveRun, is_alive, kill_run, launch, monitor
+from loop.run.supervise import ActiveRun, is_alive, kill_run, launch
 
 HAS_BWRAP = shutil.which("bwrap") is not None and find_bwrap(os.geteuid() == 0)[1] is None
 TREE = "setsid sleep 300 & setsid sh -c 'sleep 301 & sleep 302' & sleep 303"
@@ -54,7 +55,7 @@ def tree_started(run: ActiveRun, count: int) -> bool:
 def test_walltime_kills_the_whole_tree_setsid_grandchildren_included(tmp_path, sandboxed):
     run = start(tmp_path, f"timeout-{sandboxed}", TREE, sandboxed, walltime_limit_seconds=3)
     wait_for(lambda: tree_started(run, 4), 20, "the run's processes")
-    assert monitor(run, 30, lambda: False) == "timed_out"
+    assert monitor(Executor(REPO), run, 30, lambda: False) == "timed_out"
     wait_for(lambda: not tagged("LLMLOOP_RUN_TAG", run.run_tag), 10, "every process of the run to be gone")
     assert not is_alive(run)
 
@@ -64,7 +65,7 @@ def test_walltime_kills_the_whole_tree_setsid_grandchildren_included(tmp_path, s
 def test_stop_kills_the_whole_tree(tmp_path, sandboxed):
     run = start(tmp_path, f"stop-{sandboxed}", TREE, sandboxed)
     wait_for(lambda: tree_started(run, 4), 20, "the run's processes")
-    assert monitor(run, 0.5, lambda: True) == "stopping"
+    assert monitor(Executor(REPO), run, 0.5, lambda: True) == "stopping"
     kill_run(run)
     wait_for(lambda: not tagged("LLMLOOP_RUN_TAG", run.run_tag), 10, "every process of the run to be gone")
 
@@ -74,7 +75,7 @@ def test_a_run_that_stops_making_progress_is_killed_as_stalled(tmp_path):
 
     run = start(tmp_path, "stall", "echo started; sleep 300", HAS_BWRAP, stall_seconds=1.5)
     t0 = time.monotonic()
-    assert monitor(run, 60, lambda: False, poll_seconds=0.1) == "stalled"
+    assert monitor(Executor(REPO), run, 60, lambda: False, poll_seconds=0.1) == "stalled"
     assert time.monotonic() - t0 < 15
     assert not tagged("LLMLOOP_RUN_TAG", run.run_tag)
     assert judge(run, "stalled").status == "stalled"
@@ -82,7 +83,7 @@ def test_a_run_that_stops_making_progress_is_killed_as_stalled(tmp_path):
 
 def test_a_run_that_keeps_writing_is_not_stalled(tmp_path):
     run = start(tmp_path, "busy", "for i in $(seq 1 12); do echo tick $i; sleep 0.25; done", False, stall_seconds=1.5)
-    assert monitor(run, 30, lambda: False, poll_seconds=0.1) == "finished"
+    assert monitor(Executor(REPO), run, 30, lambda: False, poll_seconds=0.1) == "finished"
 
 
 def write_config(tmp_path: Path) -> Path:

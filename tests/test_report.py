@@ -27,7 +27,8 @@ from loop.trainer.metrics import EvalMetrics, RunMetrics
 from tests.conftest import REAL_DAEMON_CYCLES, REPO
 
 SECTIONS = ["## Abstract", "## Setup", "## Data", "## Method", "## Experiments", "## Results",
-            "## What the Mentor changed", "## Failures and repairs", "## Limitations", "## Reproduce"]
+            "## What the Mentor changed", "## Failures and repairs", "## Limitations", "## Reproduce",
+            "## Use the model"]
 PLOT_FILES = ["plot_best_over_cycles.png", "plot_runs_over_cycles.png", "plot_per_class_best.png",
               "plot_tokens_over_cycles.png"]
 TEXT_KEYS = ("story", "paper", "leaderboard_json", "leaderboard_md", "log")
@@ -91,6 +92,31 @@ def test_paper_sections_and_the_cycle_and_run_counts(real):
         in real.text["story"]
     assert f"progress 1/8 read {n} cycles, {runs} runs eta" in real.text["log"]
     assert "progress 8/8" in real.text["log"] and "reports written" in real.text["log"]
+
+
+def test_the_report_names_a_predict_command_that_runs(real, tmp_path):
+    """The morning's commands, copied from the report as a user would, predict for real."""
+    import shlex
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from tests.conftest import run_cli
+
+    body = real.paper("## Use the model")
+    predicts = [ln for ln in body.splitlines() if ln.startswith("llmloop predict ")]
+    assert predicts and all("<TEST_IMAGES>" in ln for ln in predicts)
+    assert any(ln.startswith("llmloop export ") for ln in body.splitlines())
+    digits = load_digits()
+    for i in range(30):
+        folder = tmp_path / "test" / str(digits.target[-i - 1])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits.images[-i - 1] * 255 / 16).astype("uint8")).save(folder / f"t{i}.png")
+    argv = shlex.split(predicts[0].replace("<TEST_IMAGES>", str(tmp_path / "test")))[1:]
+    done = run_cli(*argv, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = (tmp_path / "submission.csv").read_text().splitlines()
+    assert rows[0] == "id,label" and len(rows) == 31 and "accuracy" in done.stdout + done.stderr
 
 
 def test_the_best_run_and_its_accuracy(real):

@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
+import time
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -25,8 +25,10 @@ from loop.candidates.path import CandidateOutcome, Training, take_candidates
 from loop.candidates.scheduler import CandidateSpec, spawn_candidates
 from loop.config import DaemonConfig, deep_merge, read_yaml, validate
 from loop.domains import resolve_domain
+from loop.run.executor import Executor, executor_for, run_all
+from loop.run.plan import RunPlan
 from loop.run.sandbox import load_sandbox
-from loop.run.supervise import Job, run_parallel
+from loop.run.supervise import ActiveRun, exit_code
 from loop.trainer.config import TrainerConfig
 from loop.util.progress import ProgressLog
 
@@ -42,7 +44,9 @@ class WindowResult(BaseModel):
 # ----------------------------------------------------------- the window ----
 
 def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None = None,
-               trace_id: str = "", say=print) -> WindowResult:
+               trace_id: str = "", say=print, executor: Executor | None = None) -> WindowResult:
+    """One generation: SPAWN candidates, DISTILL them through the executor (on device slots shared
+    with the daemon's runs and PHASE), then EVAL, RANK, FREEZE and PROPOSE."""
     paths = ModelPaths(Path(workspace))
     for folder in (paths.archive, paths.candidates, paths.lifecycle):
         folder.mkdir(parents=True, exist_ok=True)
@@ -61,12 +65,13 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
     replay = replay_buffer(paths, lineage, head, evo.replay_samples_per_generation)
     say(f"evolution window at cycle {cycle}: generation {gen_id}, {len(specs)} candidate(s), "
         f"HEAD {head or 'none (training from scratch)'}, replay {len(replay)} samples")
-    trainings, jobs = spawn(cfg, paths, store, specs, base, head, replay, cycle, trace_id)
+    trainings, plans = spawn(cfg, paths, store, specs, base, head, replay, cycle, trace_id)
 
-    # ---- DISTILL (parallel, supervised) ----
-    distill(cfg, paths, store, jobs, gen_id, cycle, trace_id)
-    for training, job in zip(trainings, jobs):
-        training.returncode = job.returncode or 0
+    # ---- DISTILL (parallel, supervised, on free device slots) ----
+    executor = executor or executor_for(cfg, cfg.root, paths.workspace, load_sandbox(cfg, cfg.root, paths.workspace))
+    codes = distill(cfg, paths, store, plans, gen_id, cycle, trace_id, executor)
+    for training in trainings:
+        training.returncode = codes.get(training.name, 0)
 
     # ---- EVAL + RANK + FREEZE (every candidate, pass or fail) + PROPOSE ----
     def generation(ranking: list[CandidateOutcome], proposal: Proposal | None) -> None:
@@ -81,60 +86,60 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
 
 
 def spawn(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStore, specs: list[CandidateSpec], base: dict,
-          head: str | None, replay: list[str], cycle: int, trace_id: str) -> tuple[list[Training], list[Job]]:
-    """SPAWN: each candidate's work folder, trainer config and supervised job (GERMINATED)."""
-    sandbox = load_sandbox(cfg, cfg.root, paths.workspace)
-    trainings, jobs = [], []
-    threads = max(1, (os.cpu_count() or 1) // len(specs))
+          head: str | None, replay: list[str], cycle: int, trace_id: str) -> tuple[list[Training], list[RunPlan]]:
+    """SPAWN: each candidate's work folder, trainer config and run plan (GERMINATED)."""
+    trainings, plans = [], []
     for spec in specs:
         name = archive.entry_name(cfg.evolution.archive_prefix, spec.gen_id, spec.branch_id, spec.timestamp)
         work = paths.candidates / name
-        run_cfg = candidate_config(base, spec, name, paths, head, spec.grandparent, replay, cfg, threads)
+        run_cfg = candidate_config(base, spec, name, paths, head, spec.grandparent, replay, cfg)
         validate(TrainerConfig, run_cfg, f"candidate {name}")
         work.mkdir(parents=True, exist_ok=True)
         (work / "run.yaml").write_text(json.dumps(run_cfg, indent=2))
         store.add(name)
         move(store, name, Lifecycle.GERMINATED, paths, trace_id)
         argv = [sys.executable, "-m", "loop.trainer", "--config", str(work / "run.yaml"), "--out", str(work / "run")]
-        sandbox.prepare(work)              # candidates train in the same sandbox as the daemon's runs
-        jobs.append(Job(name=name, argv=sandbox.command(argv, work, cfg.root),
-                        log_path=work / "stdout.log", cwd=cfg.root, env=sandbox.env(work, f"{trace_id}:{name}"),
-                        timeout_seconds=(cfg.budget.max_walltime_minutes or 60) * 60 + 120))
+        # candidates train in the same sandbox as the daemon's runs; their log is <work>/run.log
+        plans.append(RunPlan(name, trace_id, "train", argv, work,
+                             (cfg.budget.max_walltime_minutes or 60) * 60 + 120, None, str(work / "run.yaml")))
         trainings.append(Training(name=name, spec=spec, run_dir=work / "run", run_cfg=run_cfg,
-                                  log=work / "stdout.log", replay=replay, work=work))
+                                  log=work / "run.log", replay=replay, work=work))
         log_event(paths.log, "SPAWN", cycle_trace_id=trace_id, cycle=cycle, candidate=name,
                   seed=spec.seed, strategy=spec.strategy, parent=spec.parent)
-    return trainings, jobs
+    return trainings, plans
 
 
-def distill(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStore, jobs: list[Job], gen_id: int, cycle: int,
-            trace_id: str) -> None:
-    """DISTILL: every candidate TRAINING, the jobs run in parallel under the supervisor."""
-    for job in jobs:
-        move(store, job.name, Lifecycle.TRAINING, paths, trace_id)
+def distill(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStore, plans: list[RunPlan], gen_id: int,
+            cycle: int, trace_id: str, executor: Executor) -> dict[str, int]:
+    """DISTILL: every candidate TRAINING, at most max_concurrent_experiments at once and each on a
+    free device slot; returns each candidate's exit code."""
+    for plan in plans:
+        move(store, plan.label, Lifecycle.TRAINING, paths, trace_id)
     save_store(paths, store)
-    progress = ProgressLog(paths.root / "evolution.log", f"generation {gen_id}", total=len(jobs), every_seconds=30)
-    progress.line(f"window at cycle {cycle}: training {len(jobs)} candidate(s) of generation {gen_id}")
-    finished = []
+    progress = ProgressLog(paths.root / "evolution.log", f"generation {gen_id}", total=len(plans), every_seconds=30)
+    progress.line(f"window at cycle {cycle}: training {len(plans)} candidate(s) of generation {gen_id}")
+    codes: dict[str, int] = {}
 
-    def on_finish(job: Job) -> None:
-        finished.append(job)
-        progress.line(f"{job.name}: training exit {job.returncode} in {job.seconds:.0f}s")
-        progress.update(len(finished), f"{len(finished)}/{len(jobs)} trained")
+    def on_finish(run: ActiveRun, status: str) -> None:
+        codes[run.label] = exit_code(run) if exit_code(run) is not None else -9
+        progress.line(f"{run.label}: training exit {codes[run.label]} ({status}) on {run.device or run.executor} "
+                      f"in {time.time() - run.started_at:.0f}s")
+        progress.update(len(codes), f"{len(codes)}/{len(plans)} trained")
 
     try:
-        run_parallel(jobs, cfg.max_concurrent_experiments, on_finish=on_finish)
+        run_all(executor, plans, cfg.max_concurrent_experiments, cycle, on_finish=on_finish)
     finally:
         progress.close()
+    return codes
 
 
 # -------------------------------------------------------------- helpers ----
 
 def candidate_config(base: dict, spec: CandidateSpec, name: str, paths: ModelPaths, head: str | None,
-                     grandparent: str, replay: list[str], cfg: DaemonConfig, threads: int) -> dict:
+                     grandparent: str, replay: list[str], cfg: DaemonConfig) -> dict:
     kd = {"teacher": str(paths.entry(head)) if head else None,
           "stabilizer": str(paths.entry(grandparent)) if head and grandparent else None}
-    overlay = {"run": {"seed": spec.seed, "label": name, "threads": threads},
+    overlay = {"run": {"seed": spec.seed, "label": name},      # threads: the device slot's share
                "data": {"sampling": {"strategy": spec.strategy}, "replay_ids": replay},
                "kd": kd, "budget": cfg.budget.model_dump()}
     return deep_merge(base, overlay)

@@ -31,6 +31,7 @@ from loop.config.sections import (  # noqa: F401
                                 BudgetCaps,
                                 CommandPolicyConfig,
                                 EvolutionConfig,
+                                ExecutorConfig,
                                 GraftConfig,
                                 LLMBudget,
                                 LLMRole,

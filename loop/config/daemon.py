@@ -16,6 +16,7 @@ from loop.config.sections import (
     BudgetCaps,
     CommandPolicyConfig,
     EvolutionConfig,
+    ExecutorConfig,
     LLMBudget,
     LLMRole,
     ModelPrice,
@@ -89,6 +90,10 @@ class DaemonConfig(StrictModel):
     stale_orphan_idle_cycles: int = Field(6, gt=0)
     stuck_wait_recovery_cycles: int = Field(8, gt=0)
     max_concurrent_experiments: int = Field(3, ge=1, le=8)
+    # ---- where runs execute (loop/run/executor.py) and on which device slots (loop/run/slots.py) ----
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    devices: Literal["auto"] | list[int] = "auto"        # GPUs runs may use: one slot each
+    cpu_slots: int | None = Field(None, ge=1)             # no GPU: trainings at once (None: one per 4 cores)
     budget: BudgetCaps = Field(default_factory=lambda: BudgetCaps(max_walltime_minutes=30))
     # ---- auto-repair ----
     auto_repair_enabled: bool = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from loop.config.load import StrictModel
 
@@ -138,3 +138,24 @@ SANDBOX_ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "PY
                          "CUBLAS_WORKSPACE_CONFIG", "VIRTUAL_ENV", "LLMLOOP_FAULT")
 
 
+
+
+class ExecutorConfig(StrictModel):
+    """Where runs execute (loop/run/executor.py): this machine, or a Ray cluster."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str = "auto"                       # ray: auto | ray://host:port | host:port
+    namespace: str = "llmloop"                  # ray: where the run actors are named
+    num_cpus_per_run: float = Field(1.0, gt=0)
+    num_gpus_per_run: float = Field(0.0, ge=0)
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
+    shared_storage: bool = True                 # ray: workers see the workspace at the same path
+
+    @model_validator(mode="after")
+    def _ray_installed(self) -> "ExecutorConfig":
+        import importlib.util
+
+        if self.kind == "ray" and importlib.util.find_spec("ray") is None:
+            raise ValueError("kind: ray needs Ray, which is not installed here: pip install -e '.[cluster]' "
+                             "(or pip install 'ray==2.60.0')")
+        return self

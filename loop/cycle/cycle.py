@@ -30,7 +30,6 @@ from loop.errors import ConfigError
 from loop.journal.notes import WORKPAD_SECTIONS, add_todos, append_storyline, append_workpad, resolve_todos
 from loop.run.judge import judge
 from loop.run.plan import RunPlan, command_plan, run_label, train_plan
-from loop.run.supervise import kill_run
 from loop.util.secrets import redact
 
 __all__ = ["Loop", "run_cycle"]
@@ -94,7 +93,7 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     outcome = None
     if plan is not None:
         state.active_run = start(loop, plan, rec.cycle)
-        outcome = watch_and_judge(loop, state, decision, rec)
+        outcome = watch_and_judge(loop, state, decision, rec) if state.active_run is not None else None
     elif decision.action == "finish":
         state.stop_reason = "the Builder chose finish"
 
@@ -151,7 +150,7 @@ def finish_up(loop: Loop, state: LoopState, rec: CycleRecord) -> Decision | str 
     if step != "report":
         return None
     if state.active_run is not None:                      # out of time: the run cannot finish
-        kill_run(state.active_run)
+        loop.runner().kill(state.active_run)
         rec.run_outcome = judge(state.active_run, "stopping").model_copy(update={"error": "finish-up deadline reached"})
         state.active_run = None
     from loop.report import generate_reports

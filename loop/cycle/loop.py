@@ -32,11 +32,20 @@ class Loop:
     current: dict = field(default_factory=dict)      # {"trace": id of the cycle running now}
     history: HistoryReader | None = None
     sandbox: object | None = None                    # loop.run.sandbox.Sandbox; None: no OS boundary (tests)
+    executor: object | None = None                   # loop.run.executor.Executor; made on first use
     spend_cap: object | None = None                  # loop.agents.usage.SpendCap shared by both roles
     # ---- know the data (loop/cycle/dataprofile.py) ----
     data_report: DataReport | None = None            # the task's data report, once built or read back
     task_profile: TaskProfile | None = None          # what the offline policy knows of the task
     data_error: str = ""                             # the last reason the report failed ("" when fine)
+
+    def runner(self):
+        """The executor runs go through (local, with the workspace's device slots, unless configured)."""
+        if self.executor is None:
+            from loop.run.executor import executor_for
+
+            self.executor = executor_for(self.cfg, self.repo_root, self.ws.root, self.sandbox)
+        return self.executor
 
     def run_history(self) -> list[RunRecord]:
         if self.history is None:

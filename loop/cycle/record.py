@@ -77,6 +77,8 @@ class RunStart(_Entry):
     log_path: str
     monitor: str           # what the monitor window ended with: running | exited | timed_out | ...
     sandbox: str
+    device: str = ""       # the device slot it trains on (cuda:N, cpu)
+    executor: str = "local"
 
 
 class RepairEntry(_Entry):

@@ -14,21 +14,23 @@ from loop.cycle.record import CycleRecord, RepairEntry, RunStart
 from loop.cycle.state import LoopState
 from loop.errors import LoopError
 from loop.journal.history import RunRecord, append_history
+from loop.run.executor import monitor
 from loop.run.judge import RunOutcome, judge
-from loop.run.plan import RunPlan, child_env
-from loop.run.supervise import ActiveRun, kill_run, launch, monitor
+from loop.run.plan import RunPlan
+from loop.run.supervise import ActiveRun
 from loop.util.fsutil import read_regular_text
 from loop.util.secrets import redact
 
 RETRY_MIN_MONITOR_SECONDS = 60.0
 
 
-def start(loop: Loop, plan: RunPlan, cycle: int, retry_of: str | None = None) -> ActiveRun:
-    """Launch a planned run in its own process group, inside the sandbox."""
-    return launch(plan.label, plan.trace_id, plan.kind, plan.argv, plan.run_dir, cycle, loop.repo_root,
-                  child_env(loop.repo_root), config_path=plan.config_path, retry_of=retry_of,
-                  walltime_limit_seconds=plan.walltime_limit_seconds, sandbox=loop.sandbox,
-                  stall_seconds=plan.stall_seconds)
+def start(loop: Loop, plan: RunPlan, cycle: int, retry_of: str | None = None) -> ActiveRun | None:
+    """Launch a planned run through the executor, inside the sandbox, on a device slot (waiting for
+    one while every slot is busy); None when a stop came while it waited."""
+    def waiting() -> None:
+        loop.say(f"{time.strftime('%H:%M:%S')} `{plan.label}` waits for a free device slot")
+
+    return loop.runner().submit(plan, cycle, retry_of=retry_of, should_stop=loop.should_stop, on_wait=waiting)
 
 
 def monitor_seconds(cfg: DaemonConfig, decision: Decision | None) -> float:
@@ -39,13 +41,13 @@ def monitor_seconds(cfg: DaemonConfig, decision: Decision | None) -> float:
 def watch_and_judge(loop: Loop, state: LoopState, decision: Decision | None, rec: CycleRecord) -> RunOutcome | None:
     """Watch the active run for one monitor window; judge it if it ended (None while it runs)."""
     run = state.active_run
-    status = monitor(run, monitor_seconds(loop.cfg, decision), loop.should_stop)
+    status = monitor(loop.runner(), run, monitor_seconds(loop.cfg, decision), loop.should_stop)
     rec.run = RunStart(label=run.label, pid=run.pid, kind=run.kind, log_path=run.log_path, monitor=status,
-                       sandbox=run.sandbox)
+                       sandbox=run.sandbox, device=run.device, executor=run.executor)
     if status == "running":
         return None
     if status == "stopping":
-        kill_run(run)
+        loop.runner().kill(run)
     outcome = judge(run, status)
     state.active_run = None
     rec.run_outcome = outcome
@@ -78,13 +80,17 @@ def repair_and_retry(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunO
         argv[argv.index("--out") + 1] = str(retry_dir / "out")
     plan = RunPlan(f"{run.label}-retry", rec.trace, run.kind, argv, retry_dir, run.walltime_limit_seconds,
                    run.stall_seconds)
-    state.active_run = retry_run = start(loop, plan, rec.cycle, retry_of=run.label)
-    status = monitor(retry_run, max(monitor_seconds(loop.cfg, None), RETRY_MIN_MONITOR_SECONDS), loop.should_stop)
+    retry_run = start(loop, plan, rec.cycle, retry_of=run.label)
+    if retry_run is None:                       # stopping while it waited for a slot
+        return None
+    state.active_run = retry_run
+    status = monitor(loop.runner(), retry_run, max(monitor_seconds(loop.cfg, None), RETRY_MIN_MONITOR_SECONDS),
+                     loop.should_stop)
     if status == "running":                     # keep following it next cycle
         rec.run_outcome_retry = RunOutcome(label=retry_run.label, status="running")
         return rec.run_outcome_retry
     if status == "stopping":
-        kill_run(retry_run)
+        loop.runner().kill(retry_run)
     retry = judge(retry_run, status)
     state.active_run = None
     rec.run_outcome_retry = retry
@@ -97,7 +103,7 @@ def follow_run(loop: Loop, state: LoopState, rec: CycleRecord) -> RunOutcome:
     run.monitor_cycles += 1
     outcome = watch_and_judge(loop, state, None, rec)
     if outcome is None and run.monitor_cycles >= loop.cfg.stale_orphan_idle_cycles and not log_growing(run):
-        kill_run(run)
+        loop.runner().kill(run)
         outcome = judge(run, "timed_out").model_copy(update={
             "status": "stale_orphan", "error": f"no log progress for {run.monitor_cycles} cycles"})
         state.active_run = None
@@ -156,7 +162,7 @@ def evolution_window(loop: Loop, state: LoopState, rec: CycleRecord) -> None:
 
     state.window_pending = False
     try:
-        result = run_window(loop.cfg, loop.ws.root, rec.cycle, None, rec.trace, say=loop.say)
+        result = run_window(loop.cfg, loop.ws.root, rec.cycle, None, rec.trace, say=loop.say, executor=loop.runner())
         rec.evolution = {"gen_id": result.gen_id, "head": result.head,
                          "ranking": [{"name": o.name, "status": o.status, "score": o.gates.score}
                                      for o in result.ranking],

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 from filelock import FileLock, Timeout
 
 from loop.config import DaemonConfig, LLMRole
@@ -23,7 +24,6 @@ from loop.journal.events import EventLog
 from loop.run.kill import kill_tree
 from loop.run.reaper import reap_leftovers
 from loop.run.sandbox import load_sandbox
-from loop.run.supervise import is_alive
 from loop.util.workspace import Workspace, workspace_of  # noqa: F401  (workspace_of: callers use it from here)
 
 # Where this package is imported from: child processes get it on PYTHONPATH so `python -m
@@ -110,12 +110,18 @@ def reap_before_launch(loop: Loop, state: LoopState) -> dict:
     """After a crash: keep following the run state.json names (same pid and create_time), kill
     every other process an earlier daemon of this workspace left behind."""
     run = state.active_run
+    local = run is not None and run.executor == "local"
+    # a cluster run on this very host is spared like a local one (same pid, create time and tag)
     reaped = reap_leftovers(loop.sandbox.owner, run.pid if run else None, run.create_time if run else None,
                             run.run_tag if run else None)
-    if run is not None and run.pid not in reaped["adopted"]:
-        reaped["adopted_run"] = None        # it is gone: the next cycle judges it from its files
+    if run is not None and not local:       # a cluster run: re-adopted by its name, or judged from its files
+        alive = loop.runner().adopt(run)
+        reaped["adopted_run"] = run.label if alive else None
     elif run is not None:
-        reaped["adopted_run"] = run.label
+        reaped["adopted_run"] = run.label if run.pid in reaped["adopted"] else None
+    # the executor's own leftovers (tasks on a cluster) that no state names are cancelled
+    keep = {run.run_tag} if run is not None and reaped["adopted_run"] else set()
+    reaped["cancelled"] = loop.runner().cancel_strays(keep)
     return reaped
 
 
@@ -179,7 +185,7 @@ def start_up(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> tuple[Loop, 
                         prompt_rules=rules, repaired_torn_event=torn, recovery=recovered, task_domain=task,
                         sandbox=loop.sandbox.note, reaped=reaped,
                         active_run=state.active_run.label if state.active_run else None,
-                        active_run_alive=is_alive(state.active_run) if state.active_run else None)
+                        active_run_alive=loop.runner().alive(state.active_run) if state.active_run else None)
     say(f"llmloop daemon pid {os.getpid()}: Builder and Mentor use the {mode}; "
         f"resuming at cycle {state.cycle + 1}; {loop.sandbox.note}")
     if reaped["killed"]:
@@ -286,9 +292,21 @@ def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
     config_copy.write_text(cfg.model_dump_json(indent=2))
     events.append("phase_pause", trace, window=key, run_id=run_id, cycle=state.cycle)
     loop.say(f"PHASE window {key}: pausing after cycle {state.cycle}, deep evaluation {run_id} running")
-    proc = phase_window.start_phase(str(config_copy), ws.root, run_id, cfg.root, sandbox=loop.sandbox)
-    signal_path = ws.root / "phase" / f"phase_complete_{run_id}.json"
-    outcome = phase_window.wait_for_signal(signal_path, proc, loop.should_stop, cfg.phase.sleep_chunk_seconds)
+    pool, holder = getattr(loop.runner(), "pool", None), f"phase:{run_id}"
+    slot = pool.acquire(holder, loop.should_stop) if pool is not None else None
+    if pool is not None and slot is None:
+        events.append("phase_interrupted", trace, run_id=run_id, reason="stop requested while waiting for a slot")
+        return state
+    try:
+        proc = phase_window.start_phase(str(config_copy), ws.root, run_id, cfg.root, sandbox=loop.sandbox,
+                                        extra_env=slot.env() if slot else None)
+        if slot is not None:
+            pool.bind(slot, holder, proc.pid, psutil.Process(proc.pid).create_time())
+        signal_path = ws.root / "phase" / f"phase_complete_{run_id}.json"
+        outcome = phase_window.wait_for_signal(signal_path, proc, loop.should_stop, cfg.phase.sleep_chunk_seconds)
+    finally:
+        if pool is not None:
+            pool.release(holder)
     state.phase_done = (state.phase_done + [key])[-50:]
     if outcome == "stopped":
         kill_tree(proc.pid, popen=proc, tag=f"phase:{run_id}")

@@ -62,7 +62,7 @@ def window_due(cfg: PhaseConfig, cycle: int, now: dt.datetime, done_keys: list[s
 
 
 def start_phase(daemon_config: str | None, workspace: Path, run_id: str, repo_root: Path,
-                sandbox=None) -> subprocess.Popen:
+                sandbox=None, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """PHASE as its own process (its own session), so a daemon crash does not take it down; inside
     the run sandbox (a loop.run.sandbox.Sandbox) when one is given, able to write only <workspace>/phase."""
     phase_dir = workspace / "phase"
@@ -78,6 +78,7 @@ def start_phase(daemon_config: str | None, workspace: Path, run_id: str, repo_ro
         argv = sandbox.command(argv, phase_dir, repo_root, die_with_parent=False)
         # No LLMLOOP_OWNER: PHASE outlives a daemon crash on purpose, and a restart must not reap it.
         env = {k: v for k, v in sandbox.env(phase_dir, f"phase:{run_id}").items() if k != "LLMLOOP_OWNER"}
+    env.update(extra_env or {})         # its device slot: one GPU or a share of the CPU threads
     with open(log_dir / "stdout.log", "ab") as log:
         return subprocess.Popen(argv, cwd=repo_root, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

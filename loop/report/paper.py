@@ -34,6 +34,7 @@ from loop.report.helpers import (
     tokens_final,
 )
 from loop.report.leaderboard import leaderboard_table
+from loop.report.usage import use_section
 
 
 def paper_report(data: ReportData) -> str:
@@ -44,7 +45,7 @@ def paper_report(data: ReportData) -> str:
               ""]
     lines += leak_warning(data)
     for section in (abstract, setup, data_section, method, experiments, results, mentor_section, failures_section,
-                    limitations, reproduce):
+                    limitations, reproduce, use_section):
         lines += section(data) + [""]
     return "\n".join(lines).rstrip() + "\n"
 

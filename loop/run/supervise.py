@@ -8,72 +8,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 from pydantic import BaseModel
 
 from loop.run.kill import RUN_TAG, kill_tree, same_process
-
-
-@dataclass
-class Job:
-    name: str
-    argv: list[str]
-    log_path: Path
-    cwd: Path | None = None
-    env: dict[str, str] | None = None
-    timeout_seconds: float | None = None
-    # ---- filled in while running ----
-    pid: int | None = None
-    returncode: int | None = None
-    timed_out: bool = False
-    started: float = field(default=0.0)
-    seconds: float = 0.0
-
-
-def start(job: Job) -> subprocess.Popen:
-    job.log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(job.log_path, "ab")
-    proc = subprocess.Popen(job.argv, cwd=job.cwd, env=job.env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    log.close()
-    job.pid, job.started = proc.pid, time.monotonic()
-    return proc
-
-
-def _stop_job(job: Job, proc: subprocess.Popen) -> None:
-    """End a job's whole tree: its process group, then every process carrying its run tag."""
-    kill_tree(proc.pid, popen=proc, tag=(job.env or {}).get(RUN_TAG))
-
-
-def run_parallel(jobs: list[Job], max_parallel: int, poll_seconds: float = 0.2,
-                 on_finish=None) -> list[Job]:
-    """Run `jobs`, at most `max_parallel` at a time; returns them with returncodes filled in."""
-    pending, running = list(jobs), []
-    try:
-        while pending or running:
-            while pending and len(running) < max_parallel:
-                job = pending.pop(0)
-                running.append((job, start(job)))
-            time.sleep(poll_seconds)
-            for job, proc in list(running):
-                code = proc.poll()
-                elapsed = time.monotonic() - job.started
-                if code is None and job.timeout_seconds and elapsed > job.timeout_seconds:
-                    _stop_job(job, proc)
-                    job.timed_out, code = True, proc.returncode
-                if code is not None:
-                    job.returncode, job.seconds = code, round(elapsed, 3)
-                    running.remove((job, proc))
-                    if on_finish:
-                        on_finish(job)
-    finally:
-        for job, proc in running:         # interrupted: leave no orphans behind
-            _stop_job(job, proc)
-    return jobs
-
 
 # ------------------------------------------------ the daemon's active run ----
 
@@ -98,25 +39,50 @@ class ActiveRun(BaseModel):
     stall_seconds: float | None = None      # no new output for this long: killed as stalled
     run_tag: str = ""                       # LLMLOOP_RUN_TAG of every process of the run
     sandbox: str = "none"                   # bubblewrap | none
+    executor: str = "local"                 # local | ray (loop/run/executor.py)
+    device: str = ""                        # cuda:N | cpu: the device slot it trains on
+    slot: int | None = None
+    task: str = ""                          # the executor's own name for it (a Ray actor's name)
 
 
-def launch(label: str, trace_id: str, kind: str, argv: list[str], run_dir: Path, cycle: int, cwd: Path,
-           env: dict[str, str], config_path: str | None = None, retry_of: str | None = None,
-           walltime_limit_seconds: float | None = None, sandbox=None,
-           stall_seconds: float | None = None) -> ActiveRun:
-    """Start `argv` in its own session (process group), inside `sandbox` (a loop.run.sandbox.Sandbox)
-    when one is given, wrapped so its exit code lands in a file."""
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run made ready to start, on this machine or a cluster worker: the whole command (the exit
+    file wrapper around the sandboxed argv) and its environment."""
+
+    run_tag: str
+    command: list[str]
+    env: dict[str, str]
+    log_path: Path
+    exit_file: Path
+
+
+def prepare_run(label: str, trace_id: str, argv: list[str], run_dir: Path, cwd: Path, env: dict[str, str],
+                sandbox=None, extra_env: dict[str, str] | None = None) -> PreparedRun:
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path, exit_file = run_dir / "run.log", run_dir / "exit_code"
     exit_file.unlink(missing_ok=True)
     run_tag = f"{trace_id}:{label}"
     if sandbox is not None:
         sandbox.prepare(run_dir)
-        env, command = sandbox.env(run_dir, run_tag), sandbox.command(argv, run_dir, cwd)
+        env, command = {**sandbox.env(run_dir, run_tag), **(extra_env or {})}, sandbox.command(argv, run_dir, cwd)
     else:
-        env, command = {**env, RUN_TAG: run_tag}, list(argv)
+        env, command = {**env, **(extra_env or {}), RUN_TAG: run_tag}, list(argv)
     # runwrap stays outside the sandbox (it must write the exit file whatever the run does).
     wrapped = [sys.executable, "-m", "loop.run.runwrap", str(exit_file), "--", *command]
+    return PreparedRun(run_tag, wrapped, env, log_path, exit_file)
+
+
+def launch(label: str, trace_id: str, kind: str, argv: list[str], run_dir: Path, cycle: int, cwd: Path,
+           env: dict[str, str], config_path: str | None = None, retry_of: str | None = None,
+           walltime_limit_seconds: float | None = None, sandbox=None,
+           stall_seconds: float | None = None, extra_env: dict[str, str] | None = None) -> ActiveRun:
+    """Start `argv` in its own session (process group), inside `sandbox` (a loop.run.sandbox.Sandbox)
+    when one is given, wrapped so its exit code lands in a file. `extra_env` (a device slot's
+    CUDA_VISIBLE_DEVICES and thread share) reaches the run inside the sandbox too."""
+    prepared = prepare_run(label, trace_id, argv, run_dir, cwd, env, sandbox, extra_env)
+    log_path, exit_file, run_tag, wrapped, env = (prepared.log_path, prepared.exit_file, prepared.run_tag,
+                                                  prepared.command, prepared.env)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -167,28 +133,8 @@ def last_progress(run: ActiveRun) -> float:
     return newest
 
 
-def monitor(run: ActiveRun, seconds: float, should_stop, poll_seconds: float = 0.25) -> str:
-    """Watch the run for up to `seconds`: 'finished', 'running' (window over), 'stopping' (stop was
-    requested), 'timed_out' (past its walltime limit) or 'stalled' (no output for stall_seconds);
-    the last two kill the whole tree."""
-    deadline = time.monotonic() + seconds
-    next_progress_check = 0.0
-    while True:
-        if not is_alive(run):
-            child = _CHILDREN.pop(run.pid, None)
-            if child is not None:
-                child.wait(timeout=5)
-            return "finished"
-        if run.walltime_limit_seconds and time.time() - run.started_at > run.walltime_limit_seconds:
-            kill_run(run)
-            return "timed_out"
-        if run.stall_seconds and time.monotonic() >= next_progress_check:
-            next_progress_check = time.monotonic() + min(5.0, run.stall_seconds / 4)
-            if time.time() - last_progress(run) > run.stall_seconds:
-                kill_run(run)
-                return "stalled"
-        if should_stop():
-            return "stopping"
-        if time.monotonic() >= deadline:
-            return "running"
-        time.sleep(poll_seconds)
+def reap_child(run: ActiveRun) -> None:
+    """Collect the exit status of a run this process started (no zombie left behind)."""
+    child = _CHILDREN.pop(run.pid, None)
+    if child is not None:
+        child.wait(timeout=5)

@@ -1,0 +1,190 @@
+"""The Ray executor against a real Ray cluster on this machine: a head and a second worker node
+(`ray.cluster_utils.Cluster`, real GCS and raylet processes on 127.0.0.1), runs placed as detached
+named actors, the walltime kill, the run folder sent back by hash when storage is not shared, an
+evolution window and daemon cycles through Ray, and a kill -9 of the daemon mid-run with re-adoption
+on restart. Every Ray process the tests start is stopped at the end."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray", reason="the cluster extra is not installed (pip install -e '.[cluster]')")
+
+from loop.config import DaemonConfig, ExecutorConfig, validate  # noqa: E402
+from loop.run.executor import monitor  # noqa: E402
+from loop.run.plan import RunPlan  # noqa: E402
+from loop.run.ray_executor import RayExecutor, unpack  # noqa: E402
+from loop.run.supervise import exit_code  # noqa: E402
+from tests.conftest import REPO, tiny_config_dict, wait_for  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    c.add_node(num_cpus=2)          # a second node: runs may land on either
+    c.wait_for_nodes()
+    yield c
+    if ray.is_initialized():
+        ray.shutdown()
+    c.shutdown()
+
+
+def executor(cluster, tmp_path, shared=True) -> RayExecutor:
+    cfg = ExecutorConfig(kind="ray", address=cluster.address, namespace="llmloop-test", shared_storage=shared)
+    return RayExecutor(cfg, REPO, tmp_path / "ws", sandbox=None)
+
+
+def plan(tmp_path: Path, name: str, code: str, walltime: float | None = None) -> RunPlan:
+    return RunPlan(name, "t1", "command", [sys.executable, "-c", code], tmp_path / "ws" / "runs" / name,
+                   walltime, None)
+
+
+def test_a_run_is_a_named_actor_and_finishes_with_its_folder(cluster, tmp_path):
+    ex = executor(cluster, tmp_path)
+    code = "import os; from pathlib import Path; print('hello from', os.getpid()); Path('out').mkdir(); " \
+           "Path('out/result.txt').write_text(os.environ['OMP_NUM_THREADS'])"
+    p = plan(tmp_path, "hello", code.replace("'out", f"'{tmp_path}/ws/runs/hello/out"))
+    run = ex.submit(p, cycle=1)
+    assert run.executor == "ray" and run.task.startswith("llmloop-") and run.device.startswith("cpu@")
+    assert ray.get_actor(run.task, namespace="llmloop-test") is not None
+    assert monitor(ex, run, 60, lambda: False, poll_seconds=0.1) == "finished"
+    assert exit_code(run) == 0 and "hello from" in Path(run.log_path).read_text()
+    assert (Path(run.run_dir) / "out" / "result.txt").read_text() == "1"
+    with pytest.raises(ValueError):            # collected: the actor is gone from the cluster
+        ray.get_actor(run.task, namespace="llmloop-test")
+
+
+def test_past_its_walltime_a_run_is_killed_on_the_cluster(cluster, tmp_path):
+    ex = executor(cluster, tmp_path)
+    run = ex.submit(plan(tmp_path, "slow", "import time; time.sleep(120)", walltime=2), cycle=1)
+    assert ex.alive(run)
+    assert monitor(ex, run, 60, lambda: False, poll_seconds=0.1) == "timed_out"
+    assert not psutil.pid_exists(run.pid) or psutil.Process(run.pid).status() == psutil.STATUS_ZOMBIE
+    assert not ex.alive(run)
+
+
+def test_without_shared_storage_the_folder_comes_back_checked_by_hash(cluster, tmp_path):
+    ex = executor(cluster, tmp_path, shared=False)
+    run_dir = tmp_path / "ws" / "runs" / "far"
+    code = (f"from pathlib import Path; Path('{run_dir}/out').mkdir(); "
+            f"Path('{run_dir}/out/w.bin').write_bytes(b'x' * 999)")
+    run = ex.submit(plan(tmp_path, "far", code), cycle=1)
+    assert monitor(ex, run, 60, lambda: False, poll_seconds=0.1) == "finished"
+    assert (run_dir / "out" / "w.bin").read_bytes() == b"x" * 999 and exit_code(run) == 0
+    assert "stall" not in json.dumps(run.model_dump()) or run.stall_seconds is None
+    import hashlib
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(run_dir / "out", arcname="out")
+    data = buf.getvalue()
+    with pytest.raises(Exception, match="does not match its sha256"):
+        unpack(data, hashlib.sha256(b"other").hexdigest(), tmp_path / "elsewhere")
+    unpack(data, hashlib.sha256(data).hexdigest(), tmp_path / "elsewhere")
+    assert (tmp_path / "elsewhere" / "out" / "w.bin").exists()
+
+
+def test_strays_of_this_workspace_are_cancelled_and_others_kept(cluster, tmp_path):
+    ex = executor(cluster, tmp_path)
+    keep = ex.submit(plan(tmp_path, "keep", "import time; time.sleep(60)"), cycle=1)
+    stray = ex.submit(plan(tmp_path, "stray", "import time; time.sleep(60)"), cycle=1)
+    cancelled = ex.cancel_strays({keep.run_tag})
+    assert cancelled == [stray.task] and not ex.alive(stray) and ex.alive(keep)
+    ex.kill(keep)
+    assert not ex.alive(keep)
+
+
+def test_kind_ray_without_ray_is_a_config_error_naming_the_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(Exception, match=r"pip install -e '\.\[cluster\]'"):
+        validate(DaemonConfig, {"executor": {"kind": "ray"}}, "<test>")
+
+
+def daemon_config(tmp_path: Path, cluster, **extra) -> dict:
+    trainer = tmp_path / "tiny.yaml"
+    trainer.write_text(yaml.safe_dump(tiny_config_dict(data={"train_fraction": 0.1})))
+    return {"workspace": str(tmp_path / "ws"), "default_trainer_config": str(trainer), "sandbox": "optional",
+            "daemon_poll_seconds": 0, "adaptive_timer": {"min_seconds": 0, "max_seconds": 0.01},
+            "phase": {"schedule": "off"}, "evo_period_cycles": 2, "max_concurrent_experiments": 2,
+            "evolution": {"rules": {"per_class_accuracy_floor": None}},
+            "executor": {"kind": "ray", "address": cluster.address, "namespace": "llmloop-test"}, **extra}
+
+
+def test_daemon_cycles_and_an_evolution_window_run_on_ray(cluster, tmp_path):
+    from loop.daemon.process import run_daemon, workspace_of
+    from loop.journal.history import read_history
+
+    cfg = validate(DaemonConfig, daemon_config(tmp_path, cluster), "<test>")
+    ws = workspace_of(cfg)
+    state = run_daemon(cfg, ws, max_cycles=2, say=lambda *_: None)
+    assert state.cycle == 2
+    runs = read_history(ws)
+    assert runs and all(r.ok for r in runs)
+    cycles = [json.loads(ln) for ln in ws.events.open() if '"kind": "cycle"' in ln]
+    started = [c["run"] for c in cycles if c.get("run")]
+    assert started and all(r["executor"] == "ray" and r["device"].startswith("cpu@") for r in started)
+    window = next(c["evolution"] for c in cycles if c.get("evolution"))
+    assert len(window["ranking"]) == 2 and all(o["status"] for o in window["ranking"])
+    archive = ws.root / "models" / "archive"
+    entries = [p.name for p in archive.iterdir() if (p / "model.safetensors").exists()]
+    generation = window["gen_id"]
+    assert len([n for n in entries if f"-G{generation:03d}-" in n]) == 2     # both candidates archived
+    assert len(entries) == 2 + len(runs)            # and each daemon run, handed to the candidate path
+    assert [n for n in ray.util.list_named_actors() if str(n).startswith("llmloop-")] == []   # nothing left
+
+
+def test_kill_9_of_the_daemon_mid_run_then_a_restart_readopts_the_ray_run(cluster, tmp_path):
+    cfg = daemon_config(tmp_path, cluster, default_monitor_seconds=60, evo_period_cycles=99)
+    trainer = tmp_path / "tiny.yaml"
+    trainer.write_text(yaml.safe_dump(tiny_config_dict(data={"train_fraction": 0.3}, run={"epochs": 30})))
+    config = tmp_path / "daemon.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    argv = [sys.executable, "-m", "loop.cli.main", "start", "--daemon-config", str(config), "--foreground",
+            "--max-cycles", "3"]
+    daemon_log = open(tmp_path / "daemon.log", "wb")
+    daemon = subprocess.Popen(argv, cwd=REPO, env=env, stdout=daemon_log, stderr=subprocess.STDOUT)
+    state_path = tmp_path / "ws" / "state.json"
+
+    def active():
+        try:
+            return json.loads(state_path.read_text()).get("active_run")
+        except (OSError, ValueError):
+            return None
+
+    try:
+        wait_for(lambda: active() is not None or daemon.poll() is not None, 120, "a run to be active")
+        assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+        run = active()
+        assert run["executor"] == "ray"
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+        ray.init(address=cluster.address, namespace="llmloop-test", ignore_reinit_error=True)
+        assert ray.get_actor(run["task"], namespace="llmloop-test") is not None   # the run outlived its daemon
+        again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        starts = [json.loads(ln) for ln in (tmp_path / "ws" / "events.jsonl").open() if '"daemon_start"' in ln]
+        assert starts[-1]["reaped"]["adopted_run"] == run["label"]
+        cycles = [json.loads(ln) for ln in (tmp_path / "ws" / "events.jsonl").open() if '"kind": "cycle"' in ln]
+        followed = [c["followed_run"] for c in cycles if c.get("followed_run")]
+        assert any(f["label"] == run["label"] and f["status"] == "ok" for f in followed), followed
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
