@@ -150,3 +150,19 @@ def test_an_evolution_window_and_a_daemon_run_share_one_slot(tmp_path):
         started = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp() - int(m.group(2))
         assert started >= wall_t0 + (freed - t0) - 2.0, log
     assert pool.leases() == []
+
+
+def test_the_sandbox_shows_a_run_only_its_own_gpu_node():
+    from loop.run.sandbox import gpu_device_nodes
+
+    nodes = ["/dev/nvidia0", "/dev/nvidia1", "/dev/nvidia2", "/dev/nvidiactl", "/dev/nvidia-uvm"]
+    import loop.run.sandbox as sandbox
+
+    real = sandbox.glob.glob
+    sandbox.glob.glob = lambda pattern: nodes if pattern == "/dev/nvidia*" else real(pattern)
+    try:
+        assert gpu_device_nodes([1]) == ["/dev/nvidia-uvm", "/dev/nvidia1", "/dev/nvidiactl", "/dev/dri"]
+        assert gpu_device_nodes([]) == ["/dev/nvidia-uvm", "/dev/nvidiactl", "/dev/dri"]    # a CPU slot
+        assert len(gpu_device_nodes(None)) == 6
+    finally:
+        sandbox.glob.glob = real

@@ -110,7 +110,8 @@ def status_info(cfg: DaemonConfig, ws: Workspace) -> dict:
         log_age = now - Path(run.log_path).stat().st_mtime if Path(run.log_path).exists() else None
         active = {"label": run.label, "pid": run.pid, "elapsed_seconds": round(now - run.started_at),
                   "log": run.log_path, "log_age_seconds": None if log_age is None else round(log_age, 1),
-                  "last_progress": last_progress_line(Path(run.log_path))}
+                  "last_progress": last_progress_line(Path(run.log_path)),
+                  "device": run.device or "-", "executor": run.executor}
     # A long monitor window leaves the heartbeat old while training is fine: trust a growing log.
     alive = pid is not None and (heartbeat_age is None or heartbeat_age < cfg.max_monitor_seconds + 60
                                  or (active is not None and active["log_age_seconds"] is not None
@@ -147,7 +148,8 @@ def render(info: dict) -> str:
              f"Builder: {info['builder']}; Mentor: {info['mentor']}"]
     run = info["active_run"]
     if run:
-        lines.append(f"active run: {run['label']} (pid {run['pid']}, {run['elapsed_seconds']}s) log {run['log']}")
+        lines.append(f"active run: {run['label']} (pid {run['pid']}, {run['elapsed_seconds']}s, "
+                     f"{run.get('device', '-')} via {run.get('executor', 'local')}) log {run['log']}")
         if run["last_progress"]:
             lines.append(f"  {run['last_progress']}")
     else:

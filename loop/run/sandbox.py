@@ -24,6 +24,7 @@ import glob
 import hashlib
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
@@ -86,13 +87,14 @@ class Sandbox:
                 for name in files:
                     os.lchown(os.path.join(root, name), uid, gid)
 
-    def command(self, argv: list[str], run_dir: Path, cwd: Path, die_with_parent: bool = True) -> list[str]:
+    def command(self, argv: list[str], run_dir: Path, cwd: Path, die_with_parent: bool = True,
+                gpus: list[int] | None = None) -> list[str]:
         """`argv` as it runs in the sandbox (unchanged when there is no OS boundary). The sandbox
         dies with the process that starts it unless `die_with_parent` is False (PHASE, which must
         outlive a daemon crash, is started directly, not through runwrap)."""
         if not self.active:
             return list(argv)
-        args = self.bwrap_args(Path(run_dir).resolve(), Path(cwd).resolve())
+        args = self.bwrap_args(Path(run_dir).resolve(), Path(cwd).resolve(), gpus)
         return [self.bwrap, *(["--die-with-parent"] if die_with_parent else []), *args, "--",
                 *self.privilege_drop(), *argv]
 
@@ -102,7 +104,7 @@ class Sandbox:
         uid, gid = self.user
         return [self.setpriv, f"--reuid={uid}", f"--regid={gid}", *DROP_PRIVILEGES, "--"]
 
-    def bwrap_args(self, run_dir: Path, cwd: Path) -> list[str]:
+    def bwrap_args(self, run_dir: Path, cwd: Path, gpus: list[int] | None = None) -> list[str]:
         args = ["--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
         if not self.network:
             args.append("--unshare-net")
@@ -111,7 +113,7 @@ class Sandbox:
         elif os.geteuid() != 0:
             args.append("--unshare-user")
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm"]
-        for device in sorted(glob.glob("/dev/nvidia*")) + ["/dev/dri"]:     # GPUs stay usable
+        for device in gpu_device_nodes(gpus):
             args += ["--dev-bind-try", device, device]
         writable = (run_dir, *self.writable)
         needed = sorted({*self.readonly, Path(cwd), *writable}, key=lambda p: len(p.parts))
@@ -153,6 +155,17 @@ class Sandbox:
             args += ["--bind" if writable_here else "--ro-bind-try", str(path), str(path)]
             bound.append(path)
         return args
+
+
+def gpu_device_nodes(gpus: list[int] | None) -> list[str]:
+    """The GPU device nodes a run sees: with its device slot's GPUs named, only theirs (plus the
+    driver's control nodes); else all of them. NVIDIA's nodes are numbered in PCI bus order, which
+    is the order CUDA uses under CUDA_DEVICE_ORDER=PCI_BUS_ID (set with the slot)."""
+    nodes = sorted(glob.glob("/dev/nvidia*")) + ["/dev/dri"]
+    if gpus is None:
+        return nodes
+    own = {f"/dev/nvidia{g}" for g in gpus}
+    return [n for n in nodes if not re.fullmatch(r"/dev/nvidia\d+", n) or n in own]
 
 
 def hide_args(path: Path) -> list[str]:

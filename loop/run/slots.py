@@ -44,7 +44,8 @@ class DeviceSlot:
     def env(self) -> dict[str, str]:
         """What a run on this slot sees: its one GPU (or none) and its thread share."""
         threads = str(self.threads)
-        return {"CUDA_VISIBLE_DEVICES": "" if self.gpu is None else str(self.gpu), "OMP_NUM_THREADS": threads,
+        return {"CUDA_VISIBLE_DEVICES": "" if self.gpu is None else str(self.gpu), "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                "OMP_NUM_THREADS": threads,
                 "MKL_NUM_THREADS": threads, "LLMLOOP_DEVICE": self.device, "LLMLOOP_SLOT": str(self.index)}
 
 

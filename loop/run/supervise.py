@@ -65,7 +65,10 @@ def prepare_run(label: str, trace_id: str, argv: list[str], run_dir: Path, cwd: 
     run_tag = f"{trace_id}:{label}"
     if sandbox is not None:
         sandbox.prepare(run_dir)
-        env, command = {**sandbox.env(run_dir, run_tag), **(extra_env or {})}, sandbox.command(argv, run_dir, cwd)
+        gpus = (extra_env or {}).get("CUDA_VISIBLE_DEVICES")
+        env = {**sandbox.env(run_dir, run_tag), **(extra_env or {})}
+        command = sandbox.command(argv, run_dir, cwd, gpus=None if gpus is None else
+                                  [int(g) for g in gpus.split(",") if g.strip().isdigit()])
     else:
         env, command = {**env, **(extra_env or {}), RUN_TAG: run_tag}, list(argv)
     # runwrap stays outside the sandbox (it must write the exit file whatever the run does).
