@@ -58,14 +58,14 @@ def test_leases_are_shared_across_pools_and_freed_when_their_process_dies(tmp_pa
             p.wait()
 
 
-def test_a_reservation_without_a_process_expires(tmp_path, monkeypatch):
+def test_a_reservation_dies_with_the_process_that_made_it(tmp_path):
+    """A daemon killed between reserving a slot and starting its run must not block the slot."""
     pool = SlotPool(tmp_path, [DeviceSlot(0, None, 1)])
-    assert pool.try_acquire("run:a") is not None
-    assert pool.try_acquire("run:b") is None
-    import loop.run.slots as slots
-
-    monkeypatch.setattr(slots, "RESERVE_SECONDS", 0.0)
-    assert pool.try_acquire("run:b") is not None
+    code = ("from loop.run.slots import SlotPool, DeviceSlot; "
+            f"assert SlotPool({str(tmp_path)!r}, [DeviceSlot(0, None, 1)]).try_acquire('daemon:x') is not None")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    assert pool.try_acquire("run:a") is not None           # the reserving process is gone: free
+    assert pool.try_acquire("run:b") is None                # reserved by this (live) process: held
 
 
 def test_acquire_waits_for_a_slot_and_gives_up_on_stop(tmp_path):

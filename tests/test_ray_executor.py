@@ -151,7 +151,8 @@ def test_daemon_cycles_and_an_evolution_window_run_on_ray(cluster, tmp_path):
 
 
 def test_kill_9_of_the_daemon_mid_run_then_a_restart_readopts_the_ray_run(cluster, tmp_path):
-    cfg = daemon_config(tmp_path, cluster, default_monitor_seconds=60, evo_period_cycles=99)
+    # short monitor windows: state.json names the run while it trains, so the kill lands mid-run
+    cfg = daemon_config(tmp_path, cluster, default_monitor_seconds=1, evo_period_cycles=99)
     trainer = tmp_path / "tiny.yaml"
     trainer.write_text(yaml.safe_dump(tiny_config_dict(data={"train_fraction": 0.3}, run={"epochs": 30})))
     config = tmp_path / "daemon.yaml"
@@ -178,7 +179,8 @@ def test_kill_9_of_the_daemon_mid_run_then_a_restart_readopts_the_ray_run(cluste
         daemon.wait()
         ray.init(address=cluster.address, namespace="llmloop-test", ignore_reinit_error=True)
         assert ray.get_actor(run["task"], namespace="llmloop-test") is not None   # the run outlived its daemon
-        again = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        config.write_text(yaml.safe_dump({**cfg, "default_monitor_seconds": 120}))   # follow it to its end
+        again = subprocess.run(argv[:-1] + ["1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert again.returncode == 0, again.stderr[-2000:]
         starts = [json.loads(ln) for ln in (tmp_path / "ws" / "events.jsonl").open() if '"daemon_start"' in ln]
         assert starts[-1]["reaped"]["adopted_run"] == run["label"]

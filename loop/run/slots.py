@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
 from filelock import FileLock
 
 from loop.run.kill import same_process
@@ -83,6 +84,7 @@ class Lease:
     pid: int | None = None           # the process that holds it (None: reserved, not yet started)
     create_time: float | None = None
     since: float = 0.0
+    reserved: bool = False           # taken by the process that will start the holder, not yet bound
 
 
 class SlotPool:
@@ -106,7 +108,7 @@ class SlotPool:
     def _held(self, lease: Lease | None) -> bool:
         if lease is None:
             return False
-        if lease.pid is None:
+        if lease.pid is None or lease.create_time is None:     # an unreadable owner: held for a while only
             return time.time() - lease.since < RESERVE_SECONDS
         return same_process(lease.pid, lease.create_time) is not None
 
@@ -124,8 +126,11 @@ class SlotPool:
                     return slot                  # already ours (a re-adopted run)
             for slot in self.slots:
                 if not self._held(self._read(slot.index)):
-                    atomic_write_text(self._lease_path(slot.index),
-                                      json.dumps(asdict(Lease(slot.index, holder, since=time.time()))))
+                    # reserved by this process until the run's own process binds it: a kill -9 of
+                    # the reserving process in between frees the slot at once
+                    me = psutil.Process()
+                    atomic_write_text(self._lease_path(slot.index), json.dumps(asdict(Lease(
+                        slot.index, holder, me.pid, me.create_time(), time.time(), reserved=True))))
                     return slot
         return None
 
