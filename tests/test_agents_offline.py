@@ -120,3 +120,13 @@ def test_context_rules_and_bounded_size(tmp_path):
         ctx = build_context(ws, n, hist, ["train"] * 20, {"label": "x", "status": "failed", "log_path": str(log)}, None)
         sizes.append(estimate_tokens(ctx.render()))
     assert max(sizes) < 4000 and sizes[2] < sizes[0] * 2
+
+
+def test_with_the_baseline_in_flight_the_next_run_is_a_different_point():
+    from loop.agents.offline import PolicyInput, builder_decision
+
+    first = builder_decision(PolicyInput(cycle=1))
+    second = builder_decision(PolicyInput(cycle=2, in_flight=1))
+    assert first.run_label.startswith("baseline") and first.train_overlay == {}
+    assert second.run_label.startswith("explore") and second.train_overlay != {}
+    assert "still training" in second.rationale

@@ -188,13 +188,13 @@ def test_background_start_status_stop_and_kill_9_resume(tmp_path):
     assert again.returncode == 11 and "already running" in again.stderr
 
     state_path = ws_root / "state.json"
-    wait_for(lambda: state_path.exists() and json.loads(state_path.read_text()).get("active_run"), 120,
+    wait_for(lambda: state_path.exists() and json.loads(state_path.read_text()).get("active_runs"), 120,
              "an active run in state.json")
     status = cli("status", "--daemon-config", str(cfg_path), "--json")
     info = json.loads(status.stdout)
     assert info["running"] and info["builder"] == "offline policy"
     daemon_pid = int((ws_root / "daemon.pid").read_text())
-    run_pid = json.loads(state_path.read_text())["active_run"]["pid"]
+    run_pid = json.loads(state_path.read_text())["active_runs"][0]["pid"]
     os.kill(daemon_pid, signal.SIGKILL)                                   # crash mid-cycle
     wait_for(lambda: running_pid(workspace_of(validate(DaemonConfig, {"workspace": str(ws_root)}, "t"))) is None,
              10, "the lock to be released")

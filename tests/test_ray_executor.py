@@ -166,7 +166,8 @@ def test_kill_9_of_the_daemon_mid_run_then_a_restart_readopts_the_ray_run(cluste
 
     def active():
         try:
-            return json.loads(state_path.read_text()).get("active_run")
+            runs = json.loads(state_path.read_text()).get("active_runs")
+            return runs[0] if runs else None
         except (OSError, ValueError):
             return None
 

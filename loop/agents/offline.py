@@ -106,6 +106,7 @@ class PolicyInput:
     search_space_hint: dict[str, list] = field(default_factory=dict)   # from PHASE, later
     stagnation_runs: int = 4
     profile: TaskProfile | None = None      # None: the embedded digits task's space
+    in_flight: int = 0                      # daemon runs still training (max_concurrent_runs > 1)
 
 
 def image_sizes_around(native: int) -> list[int]:
@@ -245,7 +246,10 @@ def builder_decision(inp: PolicyInput, seed: int = 0) -> Decision:
     space = restricted_space(inp.search_space_hint, space_for(inp.profile))
     best = best_run(history)
     n = len(history)
-    if best is None:
+    if best is None and inp.in_flight:          # the baseline is already training: a different point
+        mode, dim = "explore", "model_arch"
+        params = suggest(history, seed + n + inp.in_flight, space)
+    elif best is None:
         mode, dim, params = "baseline", "evaluation", {}
     elif n % 5 == 4:
         base = params_of(best.config)
@@ -271,8 +275,10 @@ def builder_decision(inp: PolicyInput, seed: int = 0) -> Decision:
         "baseline": "No finished run yet: train the embedded configuration as a baseline to measure against.",
         "exploit": f"Every fifth run re-checks the best configuration ({best.label if best else '-'}, "
                    f"{best.score if best else 0:.4f}) with longer training to see whether it still has headroom.",
-        "explore": f"The last {inp.stagnation_runs} runs did not beat the best ({best.score if best else 0:.4f}); "
-                   "sample a fresh configuration across every dimension instead of small mutations.",
+        "explore": (f"The last {inp.stagnation_runs} runs did not beat the best ({best.score:.4f}); sample a fresh "
+                    "configuration across every dimension instead of small mutations.") if best else
+                   (f"{inp.in_flight} run(s) still training, the baseline among them: sample a different "
+                    "configuration across every dimension beside it rather than repeat it."),
         "mutate": f"Keep the best configuration ({best.label if best else '-'}, {best.score if best else 0:.4f}) "
                   f"and change only the least-explored dimension, {dim}, to measure its effect in isolation.",
     }[mode]

@@ -90,6 +90,7 @@ class DaemonConfig(StrictModel):
     stale_orphan_idle_cycles: int = Field(6, gt=0)
     stuck_wait_recovery_cycles: int = Field(8, gt=0)
     max_concurrent_experiments: int = Field(3, ge=1, le=8)
+    max_concurrent_runs: int = Field(1, ge=1, le=16)      # daemon runs in flight at once (each on a slot)
     # ---- where runs execute (loop/run/executor.py) and on which device slots (loop/run/slots.py) ----
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     devices: Literal["auto"] | list[int] = "auto"        # GPUs runs may use: one slot each

@@ -23,9 +23,17 @@ from loop.cycle import finishup
 from loop.cycle.dataprofile import refresh_data_report
 from loop.cycle.decide import count_gate_refusals, decide, mentor_due, review_decision, stuck_wait_recovery
 from loop.cycle.loop import Loop, new_trace_id, scrub
-from loop.cycle.record import CycleRecord, DecisionEntry, FinishUpEntry, GateEntry, HousekeepingEntry, PolicyEntry
+from loop.cycle.record import (
+    CycleRecord,
+    DecisionEntry,
+    FinishUpEntry,
+    GateEntry,
+    HousekeepingEntry,
+    PolicyEntry,
+    RunStart,
+)
 from loop.cycle.state import LoopState, write_heartbeat
-from loop.cycle.watch import evolution_window, follow_run, start, watch_and_judge
+from loop.cycle.watch import evolution_window, follow_runs, start, watch_and_judge
 from loop.errors import ConfigError
 from loop.journal.notes import WORKPAD_SECTIONS, add_todos, append_storyline, append_workpad, resolve_todos
 from loop.run.judge import judge
@@ -49,11 +57,17 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     if forced == "done":
         return finish_cycle(loop, state, rec, t0, line="finish-up: final reports written; stopping")
 
-    if state.active_run is not None:                        # a run from an earlier cycle
-        rec.followed_run = followed = follow_run(loop, state, rec)
-        evolution_window(loop, state, rec)
-        return finish_cycle(loop, state, rec, t0, line=f"monitor `{followed.label}` -> {followed.status}"
-                            + (f" val_acc {followed.val_accuracy:.4f}" if followed.val_accuracy else ""))
+    if state.active_runs:                                   # runs from earlier cycles
+        followed = follow_runs(loop, state, rec)
+        rec.followed_runs = followed
+        rec.followed_run = followed[0]
+        line = "; ".join(f"monitor `{f.label}` -> {f.status}" + (f" val_acc {f.val_accuracy:.4f}" if f.val_accuracy
+                                                                   else "") for f in followed)
+        # a decision only while a slot for a daemon run is free (with one run at a time: next cycle)
+        if loop.cfg.max_concurrent_runs == 1 or len(state.active_runs) >= loop.cfg.max_concurrent_runs \
+                or loop.should_stop():
+            evolution_window(loop, state, rec)
+            return finish_cycle(loop, state, rec, t0, line=line)
 
     # ---- know the data: the first cycle on a task, and again when its data changes ----
     refresh_data_report(loop, rec)
@@ -61,7 +75,8 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     # ---- decide ----
     history = loop.run_history()
     context = build_context(loop.ws, rec.cycle, history, state.recent_actions,
-                            state.last_outcome.model_dump() if state.last_outcome else None, None,
+                            state.last_outcome.model_dump() if state.last_outcome else None,
+                            ", ".join(r.label for r in state.active_runs) or None,
                             promotion_note=json.dumps(state.last_promotion) if state.last_promotion else "",
                             extra=phase_section(state), finish_up=finishup.context_text(loop.ws.finish_up))
     context_text = redact(context.render(), loop.secrets)
@@ -92,8 +107,14 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     # ---- run, judge ----
     outcome = None
     if plan is not None:
-        state.active_run = start(loop, plan, rec.cycle)
-        outcome = watch_and_judge(loop, state, decision, rec) if state.active_run is not None else None
+        run = start(loop, plan, rec.cycle)
+        if run is not None:
+            state.active_runs.append(run)
+            if loop.cfg.max_concurrent_runs == 1:
+                outcome = watch_and_judge(loop, state, run, decision, rec)
+            else:                 # several in flight: every one is followed together from the next cycle
+                rec.run = RunStart(label=run.label, pid=run.pid, kind=run.kind, log_path=run.log_path,
+                                   monitor="started", sandbox=run.sandbox, device=run.device, executor=run.executor)
     elif decision.action == "finish":
         state.stop_reason = "the Builder chose finish"
 
@@ -136,7 +157,7 @@ def finish_up(loop: Loop, state: LoopState, rec: CycleRecord) -> Decision | str 
         request.status = "active"
         finishup.save(loop.ws.finish_up, request)
     best = best_run(loop.run_history())
-    step = finishup.next_step(request, now, state.active_run is not None, best.minutes if best else None)
+    step = finishup.next_step(request, now, bool(state.active_runs), best.minutes if best else None)
     rec.finish_up = FinishUpEntry(step=step, deadline=request.deadline_utc,
                                   minutes_left=round(request.minutes_to_deadline(now), 1))
     if step == "final_round":
@@ -149,10 +170,10 @@ def finish_up(loop: Loop, state: LoopState, rec: CycleRecord) -> Decision | str 
                                   f"{best.score:.4f}) trained longer before the deadline.")
     if step != "report":
         return None
-    if state.active_run is not None:                      # out of time: the run cannot finish
-        loop.runner().kill(state.active_run)
-        rec.run_outcome = judge(state.active_run, "stopping").model_copy(update={"error": "finish-up deadline reached"})
-        state.active_run = None
+    for run in list(state.active_runs):                   # out of time: the runs cannot finish
+        loop.runner().kill(run)
+        rec.run_outcome = judge(run, "stopping").model_copy(update={"error": "finish-up deadline reached"})
+        state.drop_run(run)
     from loop.report import generate_reports
 
     request.status = "reporting"
@@ -223,5 +244,5 @@ def finish_cycle(loop: Loop, state: LoopState, rec: CycleRecord, t0: float, line
     state.cycle = rec.cycle
     state.save(loop.ws.state)
     write_heartbeat(loop.ws.heartbeat, rec.cycle, rec.trace, os.getpid(),
-                    state.active_run.label if state.active_run else None)
+                    ", ".join(r.label for r in state.active_runs) or None)
     return state

@@ -25,12 +25,12 @@ def decide(loop: Loop, state: LoopState, context_text: str, history: list[RunRec
     decisions), `builder.when_unavailable` says what the cycle does: `offline` asks the offline
     policy (source `offline-fallback`, the reason in `llm_fallback`), `wait` logs a wait."""
     if loop.builder is None:
-        return offline_decision(loop, context_text, history, rec.cycle), "offline"
+        return offline_decision(loop, context_text, history, rec.cycle, len(state.active_runs)), "offline"
     fallback = loop.cfg.builder.when_unavailable == "offline"
     if fallback and state.llm_offline_until_cycle >= rec.cycle:
         rec.llm_fallback = (f"the quality gate refused {loop.cfg.llm_gate_refusal_limit} LLM decisions "
                             f"in a row: the offline policy decides until cycle {state.llm_offline_until_cycle}")
-        return offline_decision(loop, context_text, history, rec.cycle), "offline-fallback"
+        return offline_decision(loop, context_text, history, rec.cycle, len(state.active_runs)), "offline-fallback"
     from loop.agents.llm import LLMCircuitOpen, LLMUnavailable
 
     system, user = prompts.builder_prompt(loop.cfg, loop.repo_root, context_text)
@@ -45,17 +45,18 @@ def decide(loop: Loop, state: LoopState, context_text: str, history: list[RunRec
             rec.llm_circuit_open_s = round(exc.retry_in_seconds, 1)
         if fallback:
             rec.llm_fallback = f"Builder LLM unavailable: {rec.llm_error}"
-            return offline_decision(loop, context_text, history, rec.cycle), "offline-fallback"
+            return offline_decision(loop, context_text, history, rec.cycle, len(state.active_runs)), "offline-fallback"
         return wait_decision(f"Builder LLM unavailable: {rec.llm_error}"), "llm-failed"
     rec.tokens_builder = result.usage
     rec.llm = LLMCall(attempts=result.attempts, repaired=result.repaired, mode=result.mode, seconds=result.seconds)
     return result.parsed, "llm"
 
 
-def offline_decision(loop: Loop, context_text: str, history: list[RunRecord], cycle: int) -> Decision:
+def offline_decision(loop: Loop, context_text: str, history: list[RunRecord], cycle: int,
+                     in_flight: int = 0) -> Decision:
     todos = [line for line in context_text.splitlines() if line.startswith("T0")]
-    return offline.builder_decision(PolicyInput(cycle, history, todos, loop.phase_hint, profile=loop.task_profile),
-                                    seed=loop.cfg.offline_seed)
+    return offline.builder_decision(PolicyInput(cycle, history, todos, loop.phase_hint, profile=loop.task_profile,
+                                                in_flight=in_flight), seed=loop.cfg.offline_seed)
 
 
 def count_gate_refusals(loop: Loop, state: LoopState, source: str, rec: CycleRecord) -> None:

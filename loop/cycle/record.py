@@ -102,7 +102,8 @@ class CycleRecord(BaseModel):
     trace: str
     seconds: float | None = None
     finish_up: FinishUpEntry | None = None
-    followed_run: RunOutcome | None = None          # a run from an earlier cycle, followed
+    followed_run: RunOutcome | None = None          # a run from an earlier cycle, followed (the first)
+    followed_runs: list[RunOutcome] = Field(default_factory=list)   # every run followed this cycle
     data_report: str | None = None                  # built|reused <fingerprint>, or failed: <reason>
     # ---- decide ----
     decision: DecisionEntry | None = None

@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from loop.agents.usage import Usage
 from loop.run.judge import RunOutcome
@@ -16,7 +16,7 @@ from loop.util.fsutil import atomic_write_text
 class LoopState(BaseModel):
     cycle: int = 0                              # the last cycle that completed
     started_at: float = Field(default_factory=time.time)
-    active_run: ActiveRun | None = None
+    active_runs: list[ActiveRun] = Field(default_factory=list)   # in flight, oldest first (max_concurrent_runs)
     last_decision: dict | None = None
     last_outcome: RunOutcome | None = None     # the last run judged
     last_promotion: dict | None = None          # the hand-off result shown to the Builder next cycle
@@ -37,6 +37,24 @@ class LoopState(BaseModel):
     llm_gate_refusals: int = 0
     llm_offline_until_cycle: int = 0
     stop_reason: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_active_run(cls, data):
+        """A state.json from before several runs could be in flight names one `active_run`."""
+        if isinstance(data, dict) and "active_run" in data:
+            data = dict(data)
+            run = data.pop("active_run")
+            data.setdefault("active_runs", [run] if run else [])
+        return data
+
+    @property
+    def active_run(self) -> ActiveRun | None:
+        """The oldest run in flight (the only one with max_concurrent_runs: 1)."""
+        return self.active_runs[0] if self.active_runs else None
+
+    def drop_run(self, run: ActiveRun) -> None:
+        self.active_runs = [r for r in self.active_runs if r.run_tag != run.run_tag]
 
     @classmethod
     def load(cls, path: Path) -> "LoopState":

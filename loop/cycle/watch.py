@@ -14,7 +14,7 @@ from loop.cycle.record import CycleRecord, RepairEntry, RunStart
 from loop.cycle.state import LoopState
 from loop.errors import LoopError
 from loop.journal.history import RunRecord, append_history
-from loop.run.executor import monitor
+from loop.run.executor import monitor, monitor_many
 from loop.run.judge import RunOutcome, judge
 from loop.run.plan import RunPlan
 from loop.run.supervise import ActiveRun
@@ -38,23 +38,31 @@ def monitor_seconds(cfg: DaemonConfig, decision: Decision | None) -> float:
     return float(max(1, min(wanted, cfg.max_monitor_seconds)))
 
 
-def watch_and_judge(loop: Loop, state: LoopState, decision: Decision | None, rec: CycleRecord) -> RunOutcome | None:
-    """Watch the active run for one monitor window; judge it if it ended (None while it runs)."""
-    run = state.active_run
+def watch_and_judge(loop: Loop, state: LoopState, run: ActiveRun, decision: Decision | None,
+                    rec: CycleRecord) -> RunOutcome | None:
+    """Watch a run for one monitor window; judge it if it ended (None while it runs)."""
     status = monitor(loop.runner(), run, monitor_seconds(loop.cfg, decision), loop.should_stop)
     rec.run = RunStart(label=run.label, pid=run.pid, kind=run.kind, log_path=run.log_path, monitor=status,
                        sandbox=run.sandbox, device=run.device, executor=run.executor)
     if status == "running":
         return None
+    first, outcome = settle(loop, state, run, status, rec)
+    return outcome
+
+
+def settle(loop: Loop, state: LoopState, run: ActiveRun, status: str, rec: CycleRecord
+           ) -> tuple[RunOutcome, RunOutcome]:
+    """A run ended (or a stop came): judge it, give a failure its one repair and retry, and hand it
+    on. Returns (its own outcome, the outcome that counts: the retry's when there was one)."""
     if status == "stopping":
         loop.runner().kill(run)
-    outcome = judge(run, status)
-    state.active_run = None
-    rec.run_outcome = outcome
+    first = outcome = judge(run, status)
+    state.drop_run(run)
+    rec.run_outcome = first
     if not outcome.ok and status != "stopping" and run.retry_of is None:
         outcome = repair_and_retry(loop, state, run, outcome, rec) or outcome
     finish_run(loop, state, run, outcome, rec)
-    return outcome
+    return first, outcome
 
 
 def repair_and_retry(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunOutcome,
@@ -83,7 +91,7 @@ def repair_and_retry(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunO
     retry_run = start(loop, plan, rec.cycle, retry_of=run.label)
     if retry_run is None:                       # stopping while it waited for a slot
         return None
-    state.active_run = retry_run
+    state.active_runs.append(retry_run)
     status = monitor(loop.runner(), retry_run, max(monitor_seconds(loop.cfg, None), RETRY_MIN_MONITOR_SECONDS),
                      loop.should_stop)
     if status == "running":                     # keep following it next cycle
@@ -92,23 +100,39 @@ def repair_and_retry(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunO
     if status == "stopping":
         loop.runner().kill(retry_run)
     retry = judge(retry_run, status)
-    state.active_run = None
+    state.drop_run(retry_run)
     rec.run_outcome_retry = retry
     return retry
 
 
-def follow_run(loop: Loop, state: LoopState, rec: CycleRecord) -> RunOutcome:
-    """Monitor a run started in an earlier cycle (or by a daemon that crashed)."""
-    run = state.active_run
-    run.monitor_cycles += 1
-    outcome = watch_and_judge(loop, state, None, rec)
-    if outcome is None and run.monitor_cycles >= loop.cfg.stale_orphan_idle_cycles and not log_growing(run):
-        loop.runner().kill(run)
-        outcome = judge(run, "timed_out").model_copy(update={
-            "status": "stale_orphan", "error": f"no log progress for {run.monitor_cycles} cycles"})
-        state.active_run = None
-        finish_run(loop, state, run, outcome, rec)
-    return outcome or RunOutcome(label=run.label, status="running", monitor_cycles=run.monitor_cycles)
+def follow_runs(loop: Loop, state: LoopState, rec: CycleRecord) -> list[RunOutcome]:
+    """Monitor every run started in an earlier cycle (or by a daemon that crashed) for one window,
+    together; judge those that ended. A run with no log progress for stale_orphan_idle_cycles
+    follows is killed as a stale orphan."""
+    runs = list(state.active_runs)
+    for run in runs:
+        run.monitor_cycles += 1
+    statuses = monitor_many(loop.runner(), runs, monitor_seconds(loop.cfg, None), loop.should_stop)
+    if len(runs) == 1:
+        run = runs[0]
+        rec.run = RunStart(label=run.label, pid=run.pid, kind=run.kind, log_path=run.log_path,
+                           monitor=statuses[run.run_tag], sandbox=run.sandbox, device=run.device,
+                           executor=run.executor)
+    outcomes = []
+    for run in runs:
+        status = statuses[run.run_tag]
+        if status != "running":
+            outcomes.append(settle(loop, state, run, status, rec)[1])
+        elif run.monitor_cycles >= loop.cfg.stale_orphan_idle_cycles and not log_growing(run):
+            loop.runner().kill(run)
+            outcome = judge(run, "timed_out").model_copy(update={
+                "status": "stale_orphan", "error": f"no log progress for {run.monitor_cycles} cycles"})
+            state.drop_run(run)
+            finish_run(loop, state, run, outcome, rec)
+            outcomes.append(outcome)
+        else:
+            outcomes.append(RunOutcome(label=run.label, status="running", monitor_cycles=run.monitor_cycles))
+    return outcomes
 
 
 def log_growing(run: ActiveRun, window_seconds: float = 300) -> bool:
@@ -151,12 +175,13 @@ def read_train_args(out_dir: Path) -> dict:
 
 def evolution_window(loop: Loop, state: LoopState, rec: CycleRecord) -> None:
     """Heartbeat cycles are the evolution clock: a window opens on multiples of evo_period_cycles
-    (and waits for the active run to end, so candidates never compete with it for the machine)."""
+    (and waits for the daemon's runs to end: the window runs in the daemon's own process, and while it
+trains its candidates no run would be followed)."""
     from loop.candidates.scheduler import window_open
 
     if window_open(rec.cycle, loop.cfg.evo_period_cycles):
         state.window_pending = True
-    if not state.window_pending or state.active_run is not None:
+    if not state.window_pending or state.active_runs:
         return
     from loop.candidates.window import run_window
 

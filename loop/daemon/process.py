@@ -107,21 +107,20 @@ def mentor_role(cfg: DaemonConfig) -> LLMRole:
 
 
 def reap_before_launch(loop: Loop, state: LoopState) -> dict:
-    """After a crash: keep following the run state.json names (same pid and create_time), kill
-    every other process an earlier daemon of this workspace left behind."""
-    run = state.active_run
-    local = run is not None and run.executor == "local"
+    """After a crash: keep following the runs state.json names (same pid and create_time; a cluster
+    run by its name), kill every other process an earlier daemon of this workspace left behind, and
+    cancel the executor's own leftovers that no state names."""
+    runs = state.active_runs
     # a cluster run on this very host is spared like a local one (same pid, create time and tag)
-    reaped = reap_leftovers(loop.sandbox.owner, run.pid if run else None, run.create_time if run else None,
-                            run.run_tag if run else None)
-    if run is not None and not local:       # a cluster run: re-adopted by its name, or judged from its files
-        alive = loop.runner().adopt(run)
-        reaped["adopted_run"] = run.label if alive else None
-    elif run is not None:
-        reaped["adopted_run"] = run.label if run.pid in reaped["adopted"] else None
-    # the executor's own leftovers (tasks on a cluster) that no state names are cancelled
-    keep = {run.run_tag} if run is not None and reaped["adopted_run"] else set()
-    reaped["cancelled"] = loop.runner().cancel_strays(keep)
+    reaped = reap_leftovers(loop.sandbox.owner, also_keep=[(r.pid, r.create_time, r.run_tag) for r in runs])
+    adopted = []
+    for run in runs:
+        alive = loop.runner().adopt(run) if run.executor != "local" else run.pid in reaped["adopted"]
+        if alive:
+            adopted.append(run.label)    # the others are gone: the next cycle judges them from their files
+    reaped["adopted_runs"] = adopted
+    reaped["adopted_run"] = adopted[0] if adopted else None
+    reaped["cancelled"] = loop.runner().cancel_strays({r.run_tag for r in runs if r.label in adopted})
     return reaped
 
 
@@ -185,6 +184,7 @@ def start_up(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> tuple[Loop, 
                         prompt_rules=rules, repaired_torn_event=torn, recovery=recovered, task_domain=task,
                         sandbox=loop.sandbox.note, reaped=reaped,
                         active_run=state.active_run.label if state.active_run else None,
+                        active_runs=[r.label for r in state.active_runs],
                         active_run_alive=loop.runner().alive(state.active_run) if state.active_run else None)
     say(f"llmloop daemon pid {os.getpid()}: Builder and Mentor use the {mode}; "
         f"resuming at cycle {state.cycle + 1}; {loop.sandbox.note}")
@@ -282,7 +282,7 @@ def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
     from loop.phase import window as phase_window
     cfg, ws, events = loop.cfg, loop.ws, loop.events
     key = phase_window.window_due(cfg.phase, state.cycle, dt.datetime.now(), state.phase_done)
-    if key is None or state.active_run is not None:
+    if key is None or state.active_runs:
         return state
     run_id = f"{key}-{time.strftime('%H%M%S')}"
     trace = f"phase-{run_id}"

@@ -104,24 +104,25 @@ def status_info(cfg: DaemonConfig, ws: Workspace) -> dict:
         heartbeat_age = round(now - json.loads(ws.heartbeat.read_text())["ts"], 1)
     except (OSError, ValueError, KeyError):
         heartbeat_age = None
-    run = state.active_run
-    active = None
-    if run is not None:
+    runs = []
+    for run in state.active_runs:
         log_age = now - Path(run.log_path).stat().st_mtime if Path(run.log_path).exists() else None
-        active = {"label": run.label, "pid": run.pid, "elapsed_seconds": round(now - run.started_at),
-                  "log": run.log_path, "log_age_seconds": None if log_age is None else round(log_age, 1),
-                  "last_progress": last_progress_line(Path(run.log_path)),
-                  "device": run.device or "-", "executor": run.executor}
+        runs.append({"label": run.label, "pid": run.pid, "elapsed_seconds": round(now - run.started_at),
+                     "log": run.log_path, "log_age_seconds": None if log_age is None else round(log_age, 1),
+                     "last_progress": last_progress_line(Path(run.log_path)),
+                     "device": run.device or "-", "executor": run.executor})
+    active = runs[0] if runs else None
     # A long monitor window leaves the heartbeat old while training is fine: trust a growing log.
     alive = pid is not None and (heartbeat_age is None or heartbeat_age < cfg.max_monitor_seconds + 60
-                                 or (active is not None and active["log_age_seconds"] is not None
-                                     and active["log_age_seconds"] < LOG_FRESH_SECONDS))
+                                 or any(r["log_age_seconds"] is not None and r["log_age_seconds"] < LOG_FRESH_SECONDS
+                                        for r in runs))
     models = ModelPaths(ws.root)
     request = finishup.load(ws.finish_up) if ws.finish_up.exists() else None
     open_todos, _ = todo_summary(ws.todo)
     return {
         "running": pid is not None, "pid": pid, "why": why, "alive": alive,
         "cycle": state.cycle, "heartbeat_age_seconds": heartbeat_age, "active_run": active,
+        "active_runs": runs, "max_concurrent_runs": cfg.max_concurrent_runs,
         "last_decision": state.last_decision,
         "last_outcome": state.last_outcome.model_dump() if state.last_outcome else None,
         "leaderboard_top3": leaderboard(ws), "gen_head": models.head_name(),
@@ -146,14 +147,15 @@ def render(info: dict) -> str:
     lines = [f"llmloop: {state}",
              f"cycle {info['cycle']}; heartbeat {'-' if age is None else f'{age:.0f}s ago'}; "
              f"Builder: {info['builder']}; Mentor: {info['mentor']}"]
-    run = info["active_run"]
-    if run:
-        lines.append(f"active run: {run['label']} (pid {run['pid']}, {run['elapsed_seconds']}s, "
+    runs = info.get("active_runs") or ([info["active_run"]] if info["active_run"] else [])
+    if not runs:
+        lines.append("active run: none")
+    for run in runs:
+        head = "active run" if len(runs) == 1 else f"active run {runs.index(run) + 1}/{len(runs)}"
+        lines.append(f"{head}: {run['label']} (pid {run['pid']}, {run['elapsed_seconds']}s, "
                      f"{run.get('device', '-')} via {run.get('executor', 'local')}) log {run['log']}")
         if run["last_progress"]:
             lines.append(f"  {run['last_progress']}")
-    else:
-        lines.append("active run: none")
     d = info["last_decision"]
     if d:
         lines.append(f"last decision: {d.get('action')} `{d.get('label')}` from {d.get('source')}; "

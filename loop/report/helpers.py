@@ -186,7 +186,9 @@ def per_class(run: Run | None) -> dict[str, float]:
 
 
 def active_run_label(data: ReportData) -> str | None:
-    return dig(data.state, "active_run.label")
+    """The runs still in flight when the report was written, as one text (None when none)."""
+    runs = data.state.get("active_runs") or ([data.state["active_run"]] if data.state.get("active_run") else [])
+    return "`, `".join(r.get("label", "?") for r in runs if isinstance(r, dict)) or None
 
 
 def head_text(data: ReportData) -> str:

@@ -114,6 +114,18 @@ def monitor(executor: Executor, run: ActiveRun, seconds: float, should_stop, pol
         time.sleep(poll_seconds)
 
 
+def monitor_many(executor: Executor, runs: list[ActiveRun], seconds: float, should_stop,
+                 poll_seconds: float = 0.25) -> dict[str, str]:
+    """Watch several runs for up to `seconds`, returning as soon as one of them ends (or a stop is
+    asked for): run tag -> what `monitor` would say of it ('running' for those still going)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        statuses = {run.run_tag: monitor(executor, run, 0, should_stop, poll_seconds=0) for run in runs}
+        if any(s != "running" for s in statuses.values()) or time.monotonic() >= deadline:
+            return statuses
+        time.sleep(poll_seconds)
+
+
 def run_all(executor: Executor, plans: list[RunPlan], max_parallel: int, cycle: int = 0,
             poll_seconds: float = 0.2, on_finish=None) -> dict[str, str]:
     """Run `plans` (at most `max_parallel` at once, and only on free slots); returns each label's
@@ -152,4 +164,4 @@ def executor_for(cfg, repo_root: Path, ws_root: Path, sandbox=None) -> Executor:
     return Executor(repo_root, sandbox, pool_for(cfg, ws_root))
 
 
-__all__ = ["DeviceSlot", "Executor", "executor_for", "monitor", "run_all"]
+__all__ = ["DeviceSlot", "Executor", "executor_for", "monitor", "monitor_many", "run_all"]

@@ -14,16 +14,18 @@ from loop.run.kill import OWNER_TAG, RUN_TAG, kill_tree, same_process, tagged_pr
 
 
 def reap_leftovers(owner: str, keep_pid: int | None = None, keep_create_time: float | None = None,
-                   keep_tag: str | None = None) -> dict:
-    """Kill every process tagged with this workspace's owner except the run to re-adopt: its
-    descendants and, by its run tag, any of its processes that left the tree with setsid.
+                   keep_tag: str | None = None, also_keep: list[tuple[int, float, str]] = ()) -> dict:
+    """Kill every process tagged with this workspace's owner except the runs to re-adopt (the one
+    named, and each (pid, create_time, run tag) in `also_keep`): their descendants and, by run
+    tag, any of their processes that left the tree with setsid.
     Returns {"adopted": [pids], "killed": [{pid, cmdline}]} for the start event."""
     keep: set[int] = set()
-    adopted = same_process(keep_pid, keep_create_time) if keep_pid and keep_create_time else None
-    if adopted is not None:
-        keep = {adopted.pid, *(c.pid for c in _descendants(adopted))}
-        if keep_tag:
-            keep |= {p.pid for p in tagged_processes(RUN_TAG, keep_tag)}
+    for pid, create_time, tag in [(keep_pid, keep_create_time, keep_tag), *also_keep]:
+        adopted = same_process(pid, create_time) if pid and create_time else None
+        if adopted is not None:
+            keep |= {adopted.pid, *(c.pid for c in _descendants(adopted))}
+            if tag:
+                keep |= {p.pid for p in tagged_processes(RUN_TAG, tag)}
     killed = kill_tree(tag=owner, tag_key=OWNER_TAG, spare=keep)
     return {"adopted": sorted(keep), "killed": killed}
 
