@@ -101,6 +101,10 @@ def test_runs_get_their_slot_environment_and_never_exceed_the_pool(tmp_path):
     assert status == {"a": "finished", "b": "finished", "c": "finished"}
     assert all(exit_code(run) == 0 and run.device == "cpu" and run.slot == 0 for run, _ in finished)
     assert (tmp_path / "a-env.txt").read_text() == "3 cpu ''"
+    import json
+
+    placed = json.loads((tmp_path / "a" / "placement.json").read_text())
+    assert placed["device"] == "cpu" and placed["slot"] == 0 and placed["executor"] == "local"
     spans = sorted(tuple(map(float, (tmp_path / f"{n}-t.txt").read_text().split())) for n in "abc")
     assert all(spans[i][1] <= spans[i + 1][0] for i in range(2))   # one slot: never two at once
     assert pool.leases() == []                                      # every slot given back

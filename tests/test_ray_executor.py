@@ -62,6 +62,8 @@ def test_a_run_is_a_named_actor_and_finishes_with_its_folder(cluster, tmp_path):
     assert monitor(ex, run, 60, lambda: False, poll_seconds=0.1) == "finished"
     assert exit_code(run) == 0 and "hello from" in Path(run.log_path).read_text()
     assert (Path(run.run_dir) / "out" / "result.txt").read_text() == "1"
+    placed = json.loads((Path(run.run_dir) / "placement.json").read_text())
+    assert placed["executor"] == "ray" and placed["task"] == run.task and placed["device"] == run.device
     with pytest.raises(ValueError):            # collected: the actor is gone from the cluster
         ray.get_actor(run.task, namespace="llmloop-test")
 

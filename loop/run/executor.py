@@ -53,7 +53,9 @@ class Executor:
         if slot is not None:
             self.pool.bind(slot, holder, run.pid, run.create_time)
             run = run.model_copy(update={"device": slot.device, "slot": slot.index})
-        return run.model_copy(update={"executor": self.kind})
+        run = run.model_copy(update={"executor": self.kind})
+        record_placement(run)
+        return run
 
     def alive(self, run: ActiveRun) -> bool:
         return is_alive(run)
@@ -84,6 +86,18 @@ class Executor:
     def release(self, run: ActiveRun) -> None:
         if self.pool is not None:
             self.pool.release(f"{run.trace_id}:{run.label}")
+
+
+def record_placement(run: ActiveRun) -> None:
+    """Where the run trains, in its own folder (placement.json), beside its log and outputs."""
+    from loop.util.fsutil import atomic_write_json
+
+    try:
+        atomic_write_json(Path(run.run_dir) / "placement.json",
+                          {"executor": run.executor, "device": run.device, "slot": run.slot, "task": run.task,
+                           "run_tag": run.run_tag})
+    except OSError:
+        pass        # the run goes on; its cycle event carries the device too
 
 
 def monitor(executor: Executor, run: ActiveRun, seconds: float, should_stop, poll_seconds: float = 0.25) -> str:

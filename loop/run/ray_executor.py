@@ -155,7 +155,7 @@ class RayExecutor:
         started = ray.get(actor.start.remote(prepared.command, prepared.env, str(self.repo_root), str(plan.run_dir),
                                              str(prepared.log_path), prepared.run_tag, self.cfg.shared_storage))
         device = f"{'cuda' if self.cfg.num_gpus_per_run else 'cpu'}@{started['host']}"
-        return ActiveRun(label=plan.label, trace_id=plan.trace_id, kind=plan.kind, argv=plan.argv,
+        run = ActiveRun(label=plan.label, trace_id=plan.trace_id, kind=plan.kind, argv=plan.argv,
                          run_dir=str(plan.run_dir), log_path=str(prepared.log_path), exit_file=str(prepared.exit_file),
                          pid=started["pid"], create_time=started["create_time"], started_at=time.time(),
                          cycle_started=cycle, config_path=plan.config_path, retry_of=retry_of,
@@ -163,6 +163,10 @@ class RayExecutor:
                          stall_seconds=plan.stall_seconds if self.cfg.shared_storage else None,
                          run_tag=prepared.run_tag, executor=self.kind, device=device, task=name,
                          sandbox="bubblewrap" if self.sandbox is not None and self.sandbox.active else "none")
+        from loop.run.executor import record_placement
+
+        record_placement(run)
+        return run
 
     def alive(self, run: ActiveRun) -> bool:
         actor = self.actor(run)
