@@ -44,13 +44,16 @@ from loop.run.executor import Executor, run_all  # noqa: E402
 from loop.run.plan import RunPlan  # noqa: E402
 from loop.run.sandbox import load_sandbox  # noqa: E402
 from loop.run.slots import SlotPool, plan_slots  # noqa: E402
+from loop.run.supervise import exit_code  # noqa: E402
 
 TASKS = 6
 CYCLES = 10
 
 
 def tiny_config(folder: Path, seed: int) -> Path:
-    path = folder / f"tiny{seed}.yaml"
+    """The task's trainer config, inside its run folder (the one folder a sandboxed run is given)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.yaml"
     path.write_text(yaml.safe_dump({
         "data": {"domain": "digits", "image_size": 16, "batch_size": 32, "train_fraction": 0.2},
         "model": {"name": "resnet10t"}, "optim": {"name": "sgd", "lr": 0.05},
@@ -62,7 +65,7 @@ def plans(folder: Path, mode: str) -> list[RunPlan]:
     out = []
     for i in range(TASKS):
         run_dir = folder / mode / f"task{i}"
-        argv = [sys.executable, "-m", "loop.trainer", "--config", str(tiny_config(folder, i)), "--out",
+        argv = [sys.executable, "-m", "loop.trainer", "--config", str(tiny_config(run_dir, i)), "--out",
                 str(run_dir / "out")]
         out.append(RunPlan(f"task{i}", mode, "train", argv, run_dir, 600, None))
     return out
@@ -76,7 +79,6 @@ def bare(folder: Path) -> dict:
     rows, t0 = [], time.perf_counter()
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
     for p in plans(folder, "bare"):
-        p.run_dir.mkdir(parents=True)
         t = time.perf_counter()
         subprocess.run(p.argv, cwd=ROOT, env=env, check=True, capture_output=True)
         rows.append((time.perf_counter() - t, trainer_seconds(p.run_dir)))
@@ -90,6 +92,8 @@ def through(executor, folder: Path, mode: str, parallel: int) -> dict:
                      on_finish=lambda run, st: finished.__setitem__(run.label, (run, time.time())))
     total = time.perf_counter() - t0
     assert all(s == "finished" for s in status.values()), status
+    bad = {run.label: exit_code(run) for run, _ in finished.values() if exit_code(run) != 0}
+    assert not bad, f"{mode}: runs failed {bad}; see {folder / mode}/*/run.log"
     rows = [(end - run.started_at, trainer_seconds(Path(run.run_dir))) for run, end in finished.values()]
     return {"total": total, "rows": rows}
 
@@ -167,6 +171,7 @@ def main() -> None:
     facts = machine_facts()
     with tempfile.TemporaryDirectory(prefix="scale-out-") as tmp:
         folder = Path(tmp)
+        folder.chmod(0o755)      # the sandbox user reads the task configs kept here
         results = {"bare": bare(folder), "local, 1 slot": local(folder, 1), "local, 2 slots": local(folder, 2),
                    "ray, 2 nodes": ray_cluster(folder)}
     base = statistics.median(w - t for w, t in results["bare"]["rows"])

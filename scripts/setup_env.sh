@@ -7,19 +7,24 @@ venv="$root/.venv"
 stamp="$venv/.llmloop-stamp"
 want="$(cat "$root/pyproject.toml" "$root/scripts/setup_env.sh" | sha256sum | cut -c1-16)"
 
-# bubblewrap is the OS sandbox around every run (config `sandbox: required` by default). Install it
-# where this user can (root or password-less sudo, apt); otherwise say how, and go on.
-if ! command -v bwrap >/dev/null 2>&1; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+# Debian packages the project needs beside Python, installed where this user can (root or
+# password-less sudo, apt); otherwise say how, and go on. apt_install COMMAND PACKAGE WHY IF_MISSING
+apt_install() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
   if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
-    echo "[setup] installing bubblewrap (the run sandbox)" >&2
-    $sudo apt-get install -y -q bubblewrap >/dev/null 2>&1 ||
-      { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q bubblewrap >/dev/null 2>&1; } ||
-      echo "[setup] could not install bubblewrap; runs need it unless the config says sandbox: optional" >&2
+    echo "[setup] installing $2 ($3)" >&2
+    $sudo apt-get install -y -q "$2" >/dev/null 2>&1 ||
+      { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q "$2" >/dev/null 2>&1; } ||
+      echo "[setup] could not install $2; $4" >&2
   else
-    echo "[setup] bubblewrap (bwrap) is missing: install it (apt-get install bubblewrap), or set sandbox: optional" >&2
+    echo "[setup] $2 ($1) is missing: install it (apt-get install $2); $4" >&2
   fi
-fi
+}
+# bubblewrap is the OS sandbox around every run (config `sandbox: required` by default).
+apt_install bwrap bubblewrap "the run sandbox" "runs need it unless the config says sandbox: optional"
+# Debian's chromium renders the dashboard in the tests (tests/test_dashboard.py, headless).
+apt_install chromium chromium "the dashboard's browser tests" "the dashboard's browser tests will skip"
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/llmloop" ]; then
   exit 0

@@ -193,3 +193,29 @@ def test_kill_9_of_the_daemon_mid_run_then_a_restart_readopts_the_ray_run(cluste
     finally:
         if daemon.poll() is None:
             daemon.kill()
+
+
+def test_a_full_cluster_makes_a_run_wait_not_block(cluster, tmp_path):
+    """More runs than the cluster holds: without waiting the extra one is refused at once, with
+    waiting it starts once a run ends; a stop while waiting gives up."""
+    cfg = ExecutorConfig(kind="ray", address=cluster.address, namespace="llmloop-test", num_cpus_per_run=2)
+    ex = RayExecutor(cfg, REPO, tmp_path / "ws", sandbox=None)     # 2 CPUs a run: one run fills a node
+    full = [ex.submit(plan(tmp_path, f"fill{i}", "import time; time.sleep(4)"), cycle=1) for i in range(2)]
+    assert all(r is not None for r in full)
+    assert ex.submit(plan(tmp_path, "extra", "print('x')"), cycle=1, wait=False) is None
+    assert ex.submit(plan(tmp_path, "stopped", "print('x')"), cycle=1, should_stop=lambda: True) is None
+    waited, result = [], {}
+
+    def submit_late():
+        result["late"] = ex.submit(plan(tmp_path, "late", "print('late')"), cycle=1, on_wait=lambda: waited.append(1))
+
+    import threading
+
+    t = threading.Thread(target=submit_late)
+    t.start()
+    wait_for(lambda: waited == [1], 30, "the late run to wait for room")
+    for run in full:         # collecting a finished run ends its actor: its node is free again
+        assert monitor(ex, run, 60, lambda: False, poll_seconds=0.1) == "finished"
+    t.join(60)
+    late = result["late"]
+    assert late is not None and monitor(ex, late, 60, lambda: False, poll_seconds=0.1) == "finished"

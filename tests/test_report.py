@@ -214,6 +214,16 @@ def test_plots_are_non_blank_800_by_450_pngs(real):
         assert f"]({name}.png)" in real.paper("## Results")
 
 
+def test_the_accuracy_axis_zooms_to_the_successful_runs_and_the_band_is_binomial():
+    from loop.report.plots import accuracy_limits, noise_half_width
+
+    lo, hi = accuracy_limits([0.975, 0.984, 0.979])
+    assert 0.96 <= lo < 0.975 and 0.984 < hi <= 1.0 and hi - lo < 0.05     # 0.975 and 0.984 stay apart
+    assert accuracy_limits([]) == (0.0, 1.0) and accuracy_limits([0.999])[1] == 1.0
+    assert abs(noise_half_width(0.98, 270) - 1.96 * (0.98 * 0.02 / 270) ** 0.5) < 1e-12
+    assert noise_half_width(0.98, None) is None
+
+
 # ================================================================ the script ====
 
 def run_script(*args: str) -> subprocess.CompletedProcess:

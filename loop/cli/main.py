@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     from loop.cli.deploy import add_arguments as add_deploy_arguments
 
     add_deploy_arguments(sub)
+    from loop.cli.dashboard import add_arguments as add_dashboard_arguments
+
+    add_dashboard_arguments(sub)
     phase = sub.add_parser("phase", help="PHASE deep evaluation: `llmloop phase run [--workspace WS]`")
     phase.add_argument("phase_args", nargs=argparse.REMAINDER)
     return parser
@@ -43,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         from loop.cli.deploy import run as run_deploy
 
         return run_deploy(args)
+    if args.command == "dashboard":
+        from loop.cli.dashboard import run as run_dashboard
+
+        return run_dashboard(args)
     from loop.cli.daemon import COMMANDS
 
     if args.command in COMMANDS:

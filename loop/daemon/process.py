@@ -124,12 +124,17 @@ def reap_before_launch(loop: Loop, state: LoopState) -> dict:
     return reaped
 
 
+LOCK_PROBE_GRACE_S = 2.0
+
+
 def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, say=print) -> LoopState:
     """Run cycles until stopped (or `max_cycles`). Holds the workspace lock throughout."""
     ws.ensure()
     lock = FileLock(str(ws.lock))
     try:
-        lock.acquire(timeout=0)
+        # a moment's patience: `llmloop status` and the dashboard probe the lock (for microseconds)
+        # to tell a live daemon from a crashed one, and such a probe must not fail a start
+        lock.acquire(timeout=LOCK_PROBE_GRACE_S)
     except Timeout:
         raise AlreadyRunning(f"the daemon is already running on {ws.root} (pid {running_pid(ws)})") from None
     stop = {"requested": False}

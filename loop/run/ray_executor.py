@@ -31,6 +31,7 @@ from loop.errors import ConfigError, LoopError
 from loop.run.plan import RunPlan, child_env
 from loop.run.supervise import ActiveRun, prepare_run
 
+PLACEMENT_POLL_S = 1.0       # how often a run waiting for room on the cluster checks for a stop
 INSTALL_HINT = "pip install -e '.[cluster]' (or pip install 'ray==2.60.0')"
 
 
@@ -152,8 +153,19 @@ class RayExecutor:
         actor = self._actor_cls.options(name=name, namespace=self.cfg.namespace, lifetime="detached",
                                         num_cpus=self.cfg.num_cpus_per_run, num_gpus=self.cfg.num_gpus_per_run,
                                         get_if_exists=False).remote()
-        started = ray.get(actor.start.remote(prepared.command, prepared.env, str(self.repo_root), str(plan.run_dir),
-                                             str(prepared.log_path), prepared.run_tag, self.cfg.shared_storage))
+        ref = actor.start.remote(prepared.command, prepared.env, str(self.repo_root), str(plan.run_dir),
+                                 str(prepared.log_path), prepared.run_tag, self.cfg.shared_storage)
+        # The actor starts once the cluster has room for it: wait for that (or not, or until a stop)
+        # rather than block the daemon on a full cluster.
+        waited = False
+        while not ray.wait([ref], timeout=PLACEMENT_POLL_S)[0]:
+            if not wait or should_stop():
+                ray.kill(actor, no_restart=True)
+                return None
+            if not waited and on_wait is not None:
+                on_wait()
+            waited = True
+        started = ray.get(ref)
         device = f"{'cuda' if self.cfg.num_gpus_per_run else 'cpu'}@{started['host']}"
         run = ActiveRun(label=plan.label, trace_id=plan.trace_id, kind=plan.kind, argv=plan.argv,
                          run_dir=str(plan.run_dir), log_path=str(prepared.log_path), exit_file=str(prepared.exit_file),
