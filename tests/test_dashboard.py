@@ -248,8 +248,9 @@ def test_non_loopback_host_is_refused(tmp_path):
 
 
 def test_chart_zooms_to_the_successful_runs():
-    from loop.dashboard.chart import svg_chart, y_range
+    from loop.dashboard.chart import svg_chart
     from loop.dashboard.data import RunPoint, RunsView
+    from loop.report.helpers import accuracy_limits as y_range
 
     def point(label, cycle, score, ok):
         return RunPoint(label, cycle, score, ok, "ok" if ok else "failed", "loss", f"t{cycle}", 1.0,

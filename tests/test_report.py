@@ -215,7 +215,7 @@ def test_plots_are_non_blank_800_by_450_pngs(real):
 
 
 def test_the_accuracy_axis_zooms_to_the_successful_runs_and_the_band_is_binomial():
-    from loop.report.plots import accuracy_limits, noise_half_width
+    from loop.report.helpers import accuracy_limits, noise_half_width
 
     lo, hi = accuracy_limits([0.975, 0.984, 0.979])
     assert 0.96 <= lo < 0.975 and 0.984 < hi <= 1.0 and hi - lo < 0.05     # 0.975 and 0.984 stay apart

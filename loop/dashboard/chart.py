@@ -10,19 +10,12 @@ from __future__ import annotations
 from html import escape
 
 from loop.dashboard.data import RunPoint, RunsView
+from loop.report.helpers import accuracy_limits
 
 WIDTH, HEIGHT = 960, 340
 LEFT, RIGHT, TOP, BOTTOM = 64, 170, 20, 56      # margins: the legend sits on the right
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 FAILED = "#d62728"
-
-
-def y_range(scores: list[float]) -> tuple[float, float]:
-    """The successful runs' range, padded by 10% (at least 0.005), kept inside 0-1."""
-    lo, hi = min(scores), max(scores)
-    pad = max((hi - lo) * 0.1, 0.005)
-    lo, hi = max(0.0, lo - pad), min(1.0, hi + pad)
-    return (lo, hi) if hi > lo else (max(0.0, lo - 0.01), lo + 0.01)
 
 
 def colours(runs: list[RunPoint]) -> dict[str, str]:
@@ -48,7 +41,7 @@ def svg_chart(view: RunsView) -> str:
     ok = [r for r in view.runs if r.ok]
     half = view.noise_half_width or 0.0
     band = [s + d for _, s in view.best_series for d in (-half, half)]
-    lo, hi = y_range([r.score for r in ok] + band) if ok else (0.0, 1.0)
+    lo, hi = accuracy_limits([r.score for r in ok] + band) if ok else (0.0, 1.0)
     x_max = max(view.cycles, max(r.cycle for r in view.runs), 1)
     w, h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from loop.archive.paths import ModelPaths
 from loop.cycle.record import CycleRecord
 from loop.domains.report import load_data_report
-from loop.report.data import ReportData, Run, dig, load_runs, read_json, read_lineage_rows, read_text
+from loop.report.data import ReportData, Run, load_runs, read_json, read_lineage_rows, read_text
+from loop.report.helpers import noise_half_width, val_count
 from loop.util.secrets import MIN_SECRET_LEN, redact
 from loop.util.workspace import Workspace
 
@@ -242,10 +243,8 @@ def runs_view(data: ReportData) -> RunsView:
     cycles = last_cycle(data)
     if series:
         series.append((max(cycles, series[-1][0]), series[-1][1]))
-    counts = [dig(r.metrics, "eval.count") for r in data.runs if r.metrics]
-    n = max((c for c in counts if isinstance(c, int) and c > 0), default=None)
-    # How far the best could move on a new draw of n validation images (the report's band, too)
-    half = 1.96 * (best.score * (1 - best.score) / n) ** 0.5 if best is not None and n else None
+    n = val_count(data)
+    half = noise_half_width(best.score, n) if best is not None else None     # the report's band, too
     return RunsView(cycles=cycles, runs=points, best_series=series, best_label=best.label if best else None,
                     best_score=best.score if best else None, noise_half_width=half, val_images=n)
 

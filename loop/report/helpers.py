@@ -197,3 +197,30 @@ def head_text(data: ReportData) -> str:
         text += (f" Pending proposal: `{data.proposal['proposed_head']}` (score {data.proposal.get('score')}; "
                  f"`llmloop promote` approves it).")
     return text
+
+
+# ---------------------------------------------- accuracy axis and noise ----
+# One definition each, for the report's plots, the paper and the dashboard's chart.
+
+def val_count(data: ReportData) -> int | None:
+    """The validation set's size, as the runs' metrics.json record it (None when none does)."""
+    counts = [dig(r.metrics, "eval.count") for r in data.runs if r.metrics and dig(r.metrics, "eval.count")]
+    return max(counts) if counts else None
+
+
+def accuracy_limits(scores: list[float]) -> tuple[float, float]:
+    """The accuracy axis zoomed to the successful runs (runs at 0.975 and 0.984 must not sit on one
+    line), with a margin; failures never set the scale (they are marked on the axis instead)."""
+    if not scores:
+        return 0.0, 1.0
+    lo, hi = min(scores), max(scores)
+    pad = max(0.01, 0.1 * (hi - lo))
+    return max(0.0, lo - pad), min(1.0, hi + pad)
+
+
+def noise_half_width(score: float, n: int | None) -> float | None:
+    """Half the 95% binomial interval of an accuracy measured on `n` validation images: how far
+    the best could move on a new draw of the same size (None without a count)."""
+    if not n:
+        return None
+    return 1.96 * (score * (1 - score) / n) ** 0.5

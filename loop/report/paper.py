@@ -32,6 +32,7 @@ from loop.report.helpers import (
     spread_rows,
     table,
     tokens_final,
+    val_count,
 )
 from loop.report.leaderboard import leaderboard_table
 from loop.report.usage import use_section
@@ -113,11 +114,6 @@ def llm_spend_lines(data: ReportData) -> list[str]:
         lines.append(f"- The offline policy decided {plural(fallbacks, 'cycle')} while the Builder LLM "
                      "was unavailable (endpoint down, budget spent, or decisions refused by the gate).")
     return lines
-
-
-def val_count(data: ReportData) -> int | None:
-    counts = [dig(r.metrics, "eval.count") for r in data.runs if r.metrics and dig(r.metrics, "eval.count")]
-    return max(counts) if counts else None
 
 
 def budget_text(data: ReportData) -> str:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from loop.report.data import ReportData, dig
-from loop.report.helpers import improvements, per_class
+from loop.report.data import ReportData
+from loop.report.helpers import accuracy_limits, improvements, noise_half_width, per_class, val_count
 from loop.util.fsutil import atomic_write_bytes
 
 FIGSIZE, DPI = (8.0, 4.5), 100          # 800x450 pixels: the PNG size is known to readers and tests
@@ -40,29 +40,6 @@ def integer_cycles(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))     # cycles are whole numbers
 
 
-def accuracy_limits(scores: list[float]) -> tuple[float, float]:
-    """The accuracy axis zoomed to the successful runs (runs at 0.975 and 0.984 must not sit on one
-    line), with a margin; failures never set the scale (they are marked on the axis instead)."""
-    if not scores:
-        return 0.0, 1.0
-    lo, hi = min(scores), max(scores)
-    pad = max(0.01, 0.1 * (hi - lo))
-    return max(0.0, lo - pad), min(1.0, hi + pad)
-
-
-def noise_half_width(score: float, n: int | None) -> float | None:
-    """Half the 95% binomial interval of an accuracy measured on `n` validation images: how far
-    the best could move on a new draw of the same size (None without a count)."""
-    if not n:
-        return None
-    return 1.96 * (score * (1 - score) / n) ** 0.5
-
-
-def val_images(data: ReportData) -> int | None:
-    counts = [dig(r.metrics, "eval.count") for r in data.runs if r.metrics and dig(r.metrics, "eval.count")]
-    return max(counts) if counts else None
-
-
 def mark_failures(ax, cycles: list[int]) -> None:
     """Failed runs as red marks on the bottom axis (they have no score to plot)."""
     if cycles:
@@ -85,10 +62,10 @@ def plot_best_over_cycles(data: ReportData, path: Path) -> Path:
         ax.step(xs, ys, where="post", color="tab:blue")
         ax.scatter([r.cycle for r, _ in improvements(data)], [r.score for r, _ in improvements(data)],
                    color="tab:blue", zorder=3, label="new best")
-        half = noise_half_width(best, val_images(data))
+        half = noise_half_width(best, val_count(data))
         if half is not None:     # the binomial 95% band of the current best on this validation set
             ax.fill_between(xs, [y - half for y in ys], [y + half for y in ys], step="post", color="tab:blue",
-                            alpha=0.15, label=f"95% interval (n={val_images(data)})")
+                            alpha=0.15, label=f"95% interval (n={val_count(data)})")
         lo, hi = accuracy_limits([r.score for r in data.ok_runs] + [b + (half or 0) for b in ys])
         ax.set_ylim(lo, hi)
         mark_failures(ax, [r.cycle for r in data.runs if not r.ok])
