@@ -3,6 +3,8 @@ for a decision only while a slot is free; state, status and a restart handle the
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -37,9 +39,18 @@ def test_two_runs_in_flight_are_followed_together_and_survive_a_restart(tmp_path
     assert len(saved["active_runs"]) == 2 and "active_run" not in saved
 
     # a new daemon (a restart) re-adopts both and follows them to their end (new runs start as
-    # slots free up; the test stops once the first two are judged)
+    # slots free up; the test stops once the first two are judged). Both runs are paused across
+    # the restart: on a slow machine a short run could otherwise end before the new daemon looks,
+    # and it would then (rightly) be judged from its files rather than adopted.
     first_two = {r["label"] for r in saved["active_runs"]}
+    groups = _pause(state.active_runs)
+    try:
+        state = run_daemon(cfg, ws, max_cycles=1, say=lambda *_: None)
+    finally:
+        _resume(groups)
     for _ in range(150):
+        if first_two <= {r.label for r in read_history(ws)}:
+            break
         state = run_daemon(cfg, ws, max_cycles=1, say=lambda *_: None)
         if first_two <= {r.label for r in read_history(ws)}:
             break
@@ -56,6 +67,26 @@ def test_two_runs_in_flight_are_followed_together_and_survive_a_restart(tmp_path
     assert followed >= {r["label"] for r in saved["active_runs"]}
     two_at_once = [c for c in cycles if len(c.get("followed_runs", [])) == 2]
     assert two_at_once, "no cycle followed both runs together"
+
+
+def _pause(runs) -> list[int]:
+    """SIGSTOP each run's process group; a run that has already ended fails the test with its log."""
+    groups = []
+    for run in runs:
+        try:
+            groups.append(os.getpgid(run.pid))
+        except ProcessLookupError:
+            pytest.fail(f"{run.label} ended before the restart:\n{Path(run.log_path).read_text()[-2000:]}")
+        os.killpg(groups[-1], signal.SIGSTOP)
+    return groups
+
+
+def _resume(groups: list[int]) -> None:
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
 
 
 def test_an_old_state_json_with_one_active_run_still_loads(tmp_path):
