@@ -162,6 +162,63 @@ def test_events_are_read_from_the_offset(server):
     assert tail["offset"] == events.stat().st_size and tail["events"][-1]["kind"] == "dashboard_probe"
 
 
+class CountingOpen:
+    """`open` for loop.dashboard.data that counts the bytes each read returns."""
+
+    def __init__(self):
+        self.bytes_read = 0
+
+    def __call__(self, *args, **kwargs):
+        fh, counter = open(*args, **kwargs), self
+
+        class Counted:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                fh.close()
+
+            def seek(self, *a):
+                return fh.seek(*a)
+
+            def read(self, *a):
+                chunk = fh.read(*a)
+                counter.bytes_read += len(chunk)
+                return chunk
+
+        return Counted()
+
+
+def test_a_refresh_reads_only_what_was_appended(tmp_path, monkeypatch):
+    """The page's records (EventTail) and the events feed (read_events) read the events file from
+    where they stopped: after the first read, a refresh reads the appended bytes and no more, and a
+    refresh with nothing appended reads nothing."""
+    from loop.dashboard import data
+
+    log = EventLog(tmp_path / "events.jsonl")
+    for i in range(300):
+        log.append("timer", f"timer-{i:05d}", seconds=1.0, reasons=["a reason long enough to weigh"] * 4)
+    counting = CountingOpen()
+    monkeypatch.setattr(data, "open", counting, raising=False)
+    tail = data.EventTail(log.path)
+    tail.refresh()
+    size = log.path.stat().st_size
+    assert counting.bytes_read == size and len(tail.events) == 300
+    page = data.read_events(log.path, None)                  # the page's first call: the tail only
+    assert page.offset == size and counting.bytes_read <= size + min(size, data.EVENTS_TAIL_BYTES)
+    for i in range(10):
+        log.append("probe", f"probe-{i}", note="appended after the first read")
+    appended, before = log.path.stat().st_size - size, counting.bytes_read
+    assert tail.refresh() == size + appended and counting.bytes_read - before == appended
+    assert [e["kind"] for e in tail.events[-10:]] == ["probe"] * 10
+    before = counting.bytes_read
+    later = data.read_events(log.path, page.offset)
+    assert len(later.events) == 10 and counting.bytes_read - before == appended
+    before = counting.bytes_read
+    tail.refresh()
+    assert data.read_events(log.path, later.offset).events == [] and counting.bytes_read == before
+
+
 def test_secrets_are_never_served(server):
     s = server.get("api/status")
     assert any("[REDACTED]" in line for line in s["storyline_tail"])

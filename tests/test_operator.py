@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import socket
 import stat
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import yaml
 
 from loop.cycle import finishup
 from loop.errors import ConfigError
-from tests.conftest import REPO, tiny_config_dict
+from tests.conftest import REPO, run_cli, tiny_config_dict
 
 NOW = dt.datetime(2026, 2, 18, 20, 0, tzinfo=dt.timezone.utc)
 
@@ -135,6 +137,53 @@ def test_scripts_happy_paths_and_errors(daemon_cfg, tmp_path):
     assert fresh.returncode == 0 and creds.exists() and (ws / "data").is_symlink()
     assert not (ws / "events.jsonl").exists() and not (ws / "state.json").exists()
     assert script("clean_fresh.sh", *cfg).returncode == 0 and not creds.exists() and not (ws / "data").exists()
+
+
+@pytest.mark.slow
+def test_start_with_the_dashboard(daemon_cfg, tmp_path):
+    """`llmloop start --dashboard`: the daemon and, in its own process, the page of its workspace on
+    127.0.0.1; the URL and the token file (not the token) are printed. `llmloop stop` leaves the page
+    up, a second start finds it serving instead of starting another, `dashboard --stop` ends it."""
+    pytest.importorskip("uvicorn", reason="the dashboard extra is not installed: pip install -e '.[dashboard]'")
+    import psutil
+
+    from loop.dashboard import background
+    from loop.util.workspace import Workspace
+
+    cfg, ws = ["--daemon-config", str(daemon_cfg)], Workspace(tmp_path / "ws")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = ["start", *cfg, "--dashboard", "--dashboard-port", str(port)]   # `stop` ends its run, leaves none
+    try:
+        started = run_cli(*start, timeout=180)
+        assert started.returncode == 0, started.stdout + started.stderr
+        url, token_file = f"http://127.0.0.1:{port}/", ws.root / "logs" / "dashboard.token"
+        assert f"dashboard: {url}" in started.stdout and str(token_file) in started.stdout
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert token_file.read_text().strip() not in started.stdout
+        with urllib.request.urlopen(url, timeout=20) as page:
+            assert page.status == 200 and "<title>llmloop: cycle" in page.read().decode()
+        with urllib.request.urlopen(url + "api/status", timeout=20) as r:
+            assert json.loads(r.read())["workspace"] == str(ws.root)
+        serving = background.running(ws)
+        assert serving is not None and serving.url == url
+
+        assert run_cli("stop", *cfg, "--wait", "120").returncode == 0
+        assert background.running(ws) == serving                          # the page outlives the daemon
+        again = run_cli(*start, timeout=180)
+        assert again.returncode == 0 and "dashboard: already serving" in again.stdout, again.stdout + again.stderr
+        assert background.running(ws) == serving
+        assert run_cli("stop", *cfg, "--wait", "120").returncode == 0
+
+        stopped = run_cli("dashboard", *cfg, "--stop")
+        assert stopped.returncode == 0 and f"dashboard stopped (pid {serving.pid}" in stopped.stdout
+        assert not psutil.pid_exists(serving.pid) and background.running(ws) is None
+        assert not background.pid_path(ws).exists()
+        assert "no dashboard is serving" in run_cli("dashboard", *cfg, "--stop").stdout
+    finally:
+        run_cli("stop", *cfg, "--wait", "60")
+        background.stop(ws)
 
 
 def test_powershell_scripts_mirror_the_bash_ones():

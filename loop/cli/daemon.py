@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from loop.config import DEFAULT_DAEMON_CONFIG, add_daemon_config_arguments, load_daemon_config
+from loop.dashboard.server import DEFAULT_PORT as DASHBOARD_PORT
 from loop.errors import exits_with_code
 
 COMMANDS = ("start", "stop", "status", "watch", "finishup", "report", "reset", "policy", "sandbox", "login", "llm")
@@ -28,6 +29,10 @@ def add_arguments(sub) -> None:
     p.add_argument("--finishup-final-training-rounds", type=int, default=1)
     p.add_argument("--finishup-top-k", type=int, default=10)
     p.add_argument("--finishup-note", default="")
+    p.add_argument("--dashboard", action="store_true",
+                   help="also serve the dashboard on 127.0.0.1 in the background (left running by `llmloop stop`; "
+                        "`llmloop dashboard --stop` stops it)")
+    p.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT, help="the dashboard's port (with --dashboard)")
     p = common(sub.add_parser("stop", help="ask the daemon to finish its cycle and exit"))
     p.add_argument("--wait", type=float, default=0, help="seconds to wait until it has stopped")
     p = common(sub.add_parser("status", help="what the loop is doing"))
@@ -111,6 +116,7 @@ def split_command_options(args: argparse.Namespace) -> None:
 def cmd_start(args, cfg, ws) -> int:
     from loop.cycle import finishup
     from loop.daemon import process as daemon
+    from loop.dashboard.background import start_detached as start_dashboard
     if daemon.running_pid(ws) is not None:
         raise daemon.AlreadyRunning(f"the daemon is already running on {ws.root} (pid {daemon.running_pid(ws)})")
     if args.run_hours:
@@ -120,7 +126,10 @@ def cmd_start(args, cfg, ws) -> int:
                                     top_k=args.finishup_top_k, note=args.finishup_note)
         finishup.save(ws.finish_up, request)
         print(finishup.describe(request, finishup.now_utc()))
+    config_path = args.daemon_config or cfg.root / DEFAULT_DAEMON_CONFIG
     if args.foreground:
+        if args.dashboard:          # first: the cycles hold this process until they stop
+            start_dashboard(ws, config_path, cfg.root, args.dashboard_port, say=print)
         try:
             daemon.run_daemon(cfg, ws, args.max_cycles)
         except OSError as exc:      # the cycles handle their own (degraded); this is start-up or shutdown
@@ -130,9 +139,10 @@ def cmd_start(args, cfg, ws) -> int:
             return 1
         return 0
     extra = ["--max-cycles", str(args.max_cycles)] if args.max_cycles else []
-    config_path = args.daemon_config or cfg.root / DEFAULT_DAEMON_CONFIG
     pid = daemon.start_background(str(config_path), cfg.root, ws, extra)
     print(f"llmloop started (pid {pid}); log: {ws.daemon_log}; `llmloop status` shows it, `llmloop stop` stops it")
+    if args.dashboard:              # its own process: a dashboard that fails to start is said, never fatal
+        start_dashboard(ws, config_path, cfg.root, args.dashboard_port, say=print)
     return 0
 
 

@@ -13,5 +13,7 @@ has stopped or crashed, and it never slows a cycle: it is its own process and re
   actions.py   the token-guarded actions, each through the same function the CLI calls
   app.py       the Starlette app: the page and its JSON endpoints
   server.py    the token (printed once, 0600 file), the loopback check, uvicorn
+  background.py  `llmloop start --dashboard` (a detached server) and `dashboard --stop`: the pid file
+               <workspace>/logs/dashboard.pid that a serving dashboard keeps
   static/      the page's CSS and JS, inlined into the page (no CDN: the machines may be offline)
 """

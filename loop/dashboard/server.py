@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Callable
 
 from loop.config import DaemonConfig
+from loop.dashboard import background
 from loop.errors import LoopError
 from loop.util.workspace import Workspace
 
 TOKEN_FILE = "dashboard.token"      # under <workspace>/logs/ unless --token-file
+DEFAULT_PORT = 8765                 # `llmloop dashboard` and `llmloop start --dashboard`
 
 
 class DashboardError(LoopError):
@@ -24,7 +26,7 @@ class DashboardError(LoopError):
 @dataclass
 class ServeOptions:
     host: str = "127.0.0.1"
-    port: int = 8765
+    port: int = DEFAULT_PORT
     token_file: Path | None = None
     allow_remote: bool = False
     poll_seconds: float = 3.0
@@ -74,6 +76,9 @@ def serve(cfg: DaemonConfig, ws: Workspace, options: ServeOptions, say: Callable
                              f"pip install 'llmloop[dashboard]'") from None
     from loop.dashboard.views import DashboardSettings, collect_secrets
 
+    if (serving := background.running(ws)) is not None:
+        raise DashboardError(f"a dashboard already serves {ws.root} at {serving.url} (pid {serving.pid}; its token "
+                             f"is in {serving.token_file}): open that one, or stop it with `llmloop dashboard --stop`")
     ws.root.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     token_path = Path(options.token_file) if options.token_file else ws.root / "logs" / TOKEN_FILE
@@ -89,7 +94,21 @@ def serve(cfg: DaemonConfig, ws: Workspace, options: ServeOptions, say: Callable
     if not is_loopback(options.host):
         say(f"warning: bound to {options.host}, not a loopback address (--allow-remote): anyone who can reach "
             f"it reads the page; only the token allows actions")
-    server = uvicorn.Server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
-                                           access_log=False))
-    server.run()
+    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", access_log=False)
+    me = background.record(ws, url, token_path)          # so `start --dashboard` and `--stop` find it
+    try:
+        make_server(uvicorn, config, lambda: background.forget(ws, me.pid)).run()
+    finally:
+        background.forget(ws, me.pid)
     return 0
+
+
+def make_server(uvicorn, config, on_shutdown: Callable[[], None]):
+    """uvicorn's Server, calling `on_shutdown` once it has shut down: after a SIGTERM uvicorn
+    re-raises the signal before `run()` returns, so a `finally` around it would not run."""
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            await super().shutdown(sockets)
+            on_shutdown()
+
+    return Server(config)

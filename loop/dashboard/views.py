@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from loop.config import DaemonConfig
@@ -144,7 +144,8 @@ class Dashboard:
 
     def events(self, after: int | None, trace: str | None, limit: int) -> dict:
         page = read_events(self.settings.ws.events, after, trace or None, limit)
-        return self.scrub(asdict(page))
+        # scrub builds new containers already: asdict's deep copy of every record first doubled the work
+        return self.scrub({f.name: getattr(page, f.name) for f in fields(page)})
 
 
 def cycle_summary(c: CycleRecord) -> dict:
