@@ -43,6 +43,6 @@ esac
 if ! "$venv/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
   "${pip[@]}" install "${torch_pair[@]}"
 fi
-"${pip[@]}" install -e "$root[dev,cluster]"
+"${pip[@]}" install -e "$root[dev,cluster,tracking]"
 echo "$want" > "$stamp"
 echo "[setup] ready: $venv" >&2

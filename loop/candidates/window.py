@@ -29,6 +29,7 @@ from loop.run.executor import Executor, executor_for, run_all
 from loop.run.plan import RunPlan
 from loop.run.sandbox import load_sandbox
 from loop.run.supervise import ActiveRun, exit_code
+from loop.tracking.tensorboard_links import keep_candidate_boards, with_tensorboard
 from loop.trainer.config import TrainerConfig
 from loop.util.progress import ProgressLog
 
@@ -61,7 +62,8 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
     # ---- SPAWN ----
     specs = spawn_candidates(gen_id, count or cfg.max_concurrent_experiments, cfg.max_concurrent_experiments,
                              evo.strategies, head or "", grandparent)
-    base = deep_merge(read_yaml(cfg.resolve(cfg.default_trainer_config)), evo.candidate_overrides)
+    base = with_tensorboard(cfg, deep_merge(read_yaml(cfg.resolve(cfg.default_trainer_config)),
+                                            evo.candidate_overrides))
     replay = replay_buffer(paths, lineage, head, evo.replay_samples_per_generation)
     say(f"evolution window at cycle {cycle}: generation {gen_id}, {len(specs)} candidate(s), "
         f"HEAD {head or 'none (training from scratch)'}, replay {len(replay)} samples")
@@ -70,6 +72,8 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
     # ---- DISTILL (parallel, supervised, on free device slots) ----
     executor = executor or executor_for(cfg, cfg.root, paths.workspace, load_sandbox(cfg, cfg.root, paths.workspace))
     codes = distill(cfg, paths, store, plans, gen_id, cycle, trace_id, executor)
+    if cfg.tracking.tensorboard:        # their work folders go once archived: keep the event files
+        keep_candidate_boards(paths.workspace, [(t.name, t.run_dir) for t in trainings])
     for training in trainings:
         training.returncode = codes.get(training.name, 0)
 

@@ -21,6 +21,7 @@ from loop.config.sections import (
     LLMRole,
     ModelPrice,
     PhaseConfig,
+    TrackingConfig,
 )
 
 log = logging.getLogger("loop.config")
@@ -129,6 +130,8 @@ class DaemonConfig(StrictModel):
     evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
     phase: PhaseConfig = Field(default_factory=PhaseConfig)
     adaptive_timer: AdaptiveTimerConfig = Field(default_factory=AdaptiveTimerConfig)
+    # ---- experiment tracking: MLflow, TensorBoard (optional extras; loop/tracking/) ----
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -159,3 +159,37 @@ class ExecutorConfig(StrictModel):
             raise ValueError("kind: ray needs Ray, which is not installed here: pip install -e '.[cluster]' "
                              "(or pip install 'ray==2.60.0')")
         return self
+
+
+# ---------------------------------------------------------- tracking ----
+# Optional and best-effort (loop/tracking/): a tracker that is down never stops a cycle.
+TRACKING_INSTALL_HINT = "pip install -e '.[tracking]'"
+TRACKING_PINS = {"mlflow": "mlflow==3.17.2", "tensorboard": "tensorboard==2.21.0"}
+
+
+class MlflowTracking(StrictModel):
+    """Where the night is logged: one parent run per daemon start, a nested run per training and candidate."""
+
+    tracking_uri: str                         # sqlite:///artifacts/mlflow.db (relative: the project root), http(s)://...
+    experiment: str = Field("llmloop", min_length=1)
+    artifact_location: str | None = None      # None: beside a sqlite file (<its folder>/mlartifacts), else the server's
+
+
+class TrackingConfig(StrictModel):
+    """Experiment trackers the daemon logs into; both off by default."""
+
+    mlflow: MlflowTracking | None = None
+    tensorboard: bool = False                 # per-epoch scalars per run folder, linked from <workspace>/tensorboard
+    retry_seconds: float = Field(60.0, ge=0)  # after a failure: the first wait before trying again, doubling ...
+    max_retry_seconds: float = Field(900.0, ge=0)   # ... up to this
+
+    @model_validator(mode="after")
+    def _installed(self) -> "TrackingConfig":
+        import importlib.util
+
+        for key, module, wanted in (("mlflow", "mlflow", self.mlflow is not None),
+                                    ("tensorboard", "tensorboard", self.tensorboard)):
+            if wanted and importlib.util.find_spec(module) is None:
+                raise ValueError(f"tracking.{key} needs {module}, which is not installed here: {TRACKING_INSTALL_HINT} "
+                                 f"(or pip install '{TRACKING_PINS[module]}')")
+        return self

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 from filelock import FileLock, Timeout
@@ -25,6 +26,9 @@ from loop.run.kill import kill_tree
 from loop.run.reaper import reap_leftovers
 from loop.run.sandbox import load_sandbox
 from loop.util.workspace import Workspace, workspace_of  # noqa: F401  (workspace_of: callers use it from here)
+
+if TYPE_CHECKING:        # imported when the daemon runs: status and stop need neither it nor torch
+    from loop.tracking.tracker import Tracker
 
 # Where this package is imported from: child processes get it on PYTHONPATH so `python -m
 # loop.trainer` finds the same code. Not a project root: that is where the config lives (cfg.root).
@@ -152,8 +156,13 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         def should_stop() -> bool:
             return stop["requested"] or ws.stop_request.exists()
 
+        from loop.tracking.tracker import Tracker
+
         loop, state, degraded = start_up(cfg, ws, should_stop, say)
-        state, done = cycle_until_stopped(loop, state, degraded, should_stop, max_cycles, say)
+        tracker = Tracker(cfg, ws.root, loop.events, loop.secrets, say)     # MLflow / TensorBoard, best-effort
+        tracker.start(state.cycle + 1)
+        state, done = cycle_until_stopped(loop, state, degraded, should_stop, max_cycles, say, tracker)
+        tracker.stop(f"stop-{state.cycle:05d}")
         reason = state.stop_reason or ("stop requested" if should_stop() else f"{done} cycle(s) done")
         append_daemon_event(degraded, state, say, "daemon_stop", f"stop-{state.cycle:05d}", reason=reason,
                             cycle=state.cycle)
@@ -200,7 +209,7 @@ def start_up(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> tuple[Loop, 
 
 
 def cycle_until_stopped(loop: Loop, state: LoopState, degraded: Degraded, should_stop, max_cycles: int | None,
-                        say) -> tuple[LoopState, int]:
+                        say, tracker: Tracker | None = None) -> tuple[LoopState, int]:
     """Cycles, PHASE when due, and the adaptive pause between them; a full disk backs off, never exits."""
     done = 0
     while not should_stop() and state.stop_reason is None and (max_cycles is None or done < max_cycles):
@@ -212,6 +221,8 @@ def cycle_until_stopped(loop: Loop, state: LoopState, degraded: Degraded, should
             backoff = degraded.record(exc, state, say)    # state.json on disk is the last good one
         else:
             backoff = None
+        if tracker is not None:
+            tracker.sync(loop.current.get("trace", "-"))   # the cycle's runs into the trackers; never raises
         done += 1
         if max_cycles is not None and done >= max_cycles:
             break
