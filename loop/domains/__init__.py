@@ -8,9 +8,11 @@ from loop.domains.base import SPLIT_NAMES, DomainSplits, SampleSet, SpicaDomain
 from loop.domains.csv_labels import CsvLabelsDomain
 from loop.domains.digits import DigitsDomain
 from loop.domains.image_folder import ImageFolderDomain
+from loop.domains.shapes import ShapesDomain
 from loop.errors import DomainError
 
-DOMAINS: dict[str, type[SpicaDomain]] = {d.name: d for d in (DigitsDomain, ImageFolderDomain, CsvLabelsDomain)}
+DOMAINS: dict[str, type[SpicaDomain]] = {d.name: d for d in (DigitsDomain, ImageFolderDomain, CsvLabelsDomain,
+                                                                ShapesDomain)}
 
 __all__ = ["DOMAINS", "SPLIT_NAMES", "DomainSplits", "SampleSet", "SpicaDomain", "require_spica",
            "resolve_domain"]
