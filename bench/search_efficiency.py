@@ -1,22 +1,40 @@
-"""Search efficiency: the offline policy vs random search vs Optuna TPE on the digits domain, with
-the same budget of trials, 3 seeds each; best validation accuracy after N trials.
+"""Search efficiency at equal compute: the offline policy vs random search vs Optuna TPE vs Optuna TPE
+with Hyperband pruning, on two tasks, 3 seeds each, every method given the same training CPU-seconds.
 
-All three search the same space (loop/agents/offline.py SPACE: augmentation preset, image size,
-sampling strategy, label smoothing, model, optimizer, epochs). Every trial is a real training run
-through the shared trainer, made cheap so the benchmark fits on 2 CPU cores: the whole training
-split and a third of the configured epochs (at least 2). The offline policy is fed its own history
-exactly as the daemon feeds it; random search draws each parameter uniformly; TPE is Optuna's
-TPESampler with 4 start-up trials. Same seeds (0, 1, 2) for every method.
+- compute: `time.process_time()` of this process around each training call (CPU-seconds of every
+  thread; one torch thread per trial, so a busy machine slows the wall clock, not the measure);
+  each method trains until its budget is spent, and the trial that crosses the line still counts
+  up to the line only (its result is used only when it ended inside the budget point).
+- tasks: the embedded digits task (config/trainer/digits.yaml) and the procedural `shapes` task with
+  the digits recipe unchanged (config/trainer/shapes.yaml; `count` reduced here so the benchmark fits
+  on 2 cores). No default was tuned on shapes.
+- methods, all in the offline policy's search space (loop/agents/offline.py, task-aware):
+    offline policy   the loop's own Builder: a full baseline, successive-halving screens and
+                     continuations from checkpoints, seed replicas, noise-aware keeps, cost model
+    random search    the default config first, then uniform random points (full runs)
+    Optuna TPE       TPESampler, 4 start-up trials (full runs)
+    TPE + Hyperband  the same sampler with HyperbandPruner(min 1 epoch, reduction 3), pruning on
+                     the per-epoch validation accuracy
+- reported: at 4 budget points, the mean over seeds of the best full-fidelity validation accuracy
+  (max over the runs that trained every epoch; the same rule for every method), its spread, and
+  the number of kept improvements inside the noise: each time a method's best rose, was the rise
+  a real gain under loop/journal/noise.py's rule (paired McNemar on the same validation images,
+  and above the seed band measured from the default config's three seeds)?
 
-Run from the repo root: .venv/bin/python bench/search_efficiency.py [TRIALS]
+Run from the repo root: .venv/bin/python bench/search_efficiency.py [--task digits|shapes|both]
+[--budget-scale 1.0]. Two tasks run as two processes at once (one core each).
 """
 from __future__ import annotations
 
+import argparse
+import json
+import multiprocessing as mp
 import random
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,104 +44,290 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 from _results import machine_facts, spread, write_section  # noqa: E402
 
-from loop.agents.offline import SPACE, PolicyInput, RunRecord, builder_decision, overlay_of  # noqa: E402
+from loop.agents.ladder import resolve  # noqa: E402
+from loop.agents.offline import PolicyInput, TaskProfile, builder_decision, overlay_of, space_for  # noqa: E402
 from loop.config import deep_merge, read_yaml, validate  # noqa: E402
+from loop.cycle.watch import measured  # noqa: E402
 from loop.domains import resolve_domain  # noqa: E402
+from loop.journal.history import RunRecord  # noqa: E402
+from loop.journal.keeps import judge_run  # noqa: E402
+from loop.journal.noise import Score, compare, pooled_seed_sd, unpack_correct  # noqa: E402
 from loop.trainer.config import TrainerConfig  # noqa: E402
+from loop.trainer.metrics import RunMetrics  # noqa: E402
 from loop.trainer.train import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = read_yaml(REPO / "config/trainer/digits.yaml")
 SEEDS = (0, 1, 2)
-DOMAIN = resolve_domain("digits")
+TASKS = {   # task -> (trainer config, domain args for the benchmark, budget in CPU-seconds)
+    "digits": ("config/trainer/digits.yaml", {}, 240.0),
+    "shapes": ("config/trainer/shapes.yaml", {"count": 2000}, 320.0),
+}
+POINTS = (0.25, 0.5, 0.75, 1.0)
+METHODS = ("offline policy", "random search", "Optuna TPE", "TPE + Hyperband")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def cheap(config: dict, seed: int) -> dict:
-    epochs = config.get("run", {}).get("epochs", 10)
-    return deep_merge(config, {"data": {"train_fraction": 1.0},
-                               "run": {"epochs": max(2, epochs // 3), "seed": seed, "threads": 2,
-                                       "log_every_steps": 1000},
-                               "budget": {"max_walltime_minutes": 5}})
+@dataclass
+class Trial:
+    cost_end: float              # cumulative CPU-seconds when it ended
+    score: float                 # validation accuracy (0: failed)
+    full: bool                   # trained every epoch
+    correct: list[bool] | None = None
 
 
-def evaluate(config: dict, seed: int, workdir: Path) -> float:
-    cfg = validate(TrainerConfig, cheap(config, seed), "bench")
-    out = Path(tempfile.mkdtemp(dir=workdir))
+@dataclass
+class Search:
+    budget: float
+    spent: float = 0.0
+    trials: list[Trial] = field(default_factory=list)
+
+    def left(self) -> bool:
+        return self.spent < self.budget
+
+
+class Pruned(Exception):
+    pass
+
+
+class Task:
+    def __init__(self, name: str, workdir: Path):
+        path, args, self.budget = TASKS[name]
+        self.name, self.workdir = name, workdir
+        self.base = read_yaml(REPO / path)
+        self.base = deep_merge(self.base, {"data": {"domain_args": args}} if args else {})
+        self.domain = resolve_domain(self.base["data"]["domain"], self.base["data"].get("domain_args"))
+        splits = self.domain.splits
+        self.profile = TaskProfile(native_size=32 if name == "shapes" else 8, channels=self.domain.in_chans,
+                                   num_classes=self.domain.num_classes, train_images=len(splits.train),
+                                   domain=name)
+        self.space = space_for(self.profile if name != "digits" else None)
+
+    def base_for(self, seed: int) -> dict:
+        """The task's config for one benchmark seed (every method's trials train with it)."""
+        return deep_merge(self.base, {"run": {"seed": 42 + seed}})
+
+    def run(self, search: Search, config: dict, on_epoch=None) -> tuple[RunMetrics | None, Path]:
+        """Train one config in-process on one thread; charge its CPU-seconds to the search."""
+        config = deep_merge(config, {"run": {"threads": 1, "log_every_steps": 10 ** 6}})
+        out = Path(tempfile.mkdtemp(dir=self.workdir))
+        t0 = time.process_time()
+        metrics = None
+        try:
+            metrics = train(validate(TrainerConfig, config, "bench"), out / "out", domain=self.domain,
+                            on_epoch=on_epoch)
+        except Pruned:
+            pass
+        except Exception as exc:          # a failed trial scores 0, as in the loop
+            print(f"{self.name}: trial failed: {type(exc).__name__}: {exc}"[:300], flush=True)
+        search.spent += time.process_time() - t0
+        return metrics, out / "out"
+
+
+def record(search: Search, metrics: RunMetrics | None) -> Trial:
+    ok = metrics is not None and metrics.status == "ok" and metrics.eval is not None
+    full = ok and metrics.epochs_completed == metrics.epochs_planned
+    correct = unpack_correct(metrics.eval.correct, metrics.eval.count) if ok else None
+    trial = Trial(search.spent, metrics.eval.accuracy if ok else 0.0, full,
+                  correct.tolist() if correct is not None else None)
+    search.trials.append(trial)
+    return trial
+
+
+# ------------------------------------------------------------------ methods ----
+
+def offline_search(task: Task, seed: int) -> Search:
+    """The loop's policy exactly as the daemon feeds it: decision -> fidelity resolved -> trained ->
+    measured -> judged against the incumbent -> history."""
+    search, history = Search(task.budget), []
+    cap = (task.base.get("budget") or {}).get("max_walltime_minutes")
+    profile = task.profile if task.name != "digits" else None
+    cycle = 0
+    while search.left():
+        cycle += 1
+        base = task.base_for(seed)
+        d = builder_decision(PolicyInput(cycle, list(history), profile=profile, base_config=base,
+                                         walltime_cap_seconds=cap * 60 if cap else None), seed=seed)
+        config = deep_merge(base, resolve(d, base, history))
+        metrics, out = task.run(search, config)
+        trial = record(search, metrics)
+        rec = RunRecord(d.run_label, cycle, read_args(out), trial.score > 0, trial.score, d.strategy_dimension,
+                        minutes=None, run_dir=str(out))
+        rec = measured(rec, out, base)
+        verdict = judge_run(history, rec)
+        rec.verdict, rec.margin, rec.band = verdict.verdict, verdict.margin, verdict.band
+        history.append(rec)
+    search.kept = [i for i, r in enumerate(history) if r.verdict in ("first", "gain")]  # type: ignore[attr-defined]
+    return search
+
+
+def read_args(out: Path) -> dict:
     try:
-        return train(cfg, out, domain=DOMAIN).eval.accuracy
-    except Exception as exc:          # a failed trial scores 0, as in the loop
-        print(f"trial failed: {exc}")
-        return 0.0
+        return json.loads((out / "train_args.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
-def offline_search(n: int, seed: int, workdir: Path) -> list[float]:
-    history, scores = [], []
-    for cycle in range(1, n + 1):
-        d = builder_decision(PolicyInput(cycle, list(history)), seed=seed)
-        config = deep_merge(BASE, d.train_overlay)
-        score = evaluate(config, seed, workdir)
-        history.append(RunRecord(d.run_label, cycle, config, score > 0, score, d.strategy_dimension))
-        scores.append(score)
-    return scores
+def random_search(task: Task, seed: int) -> Search:
+    search, rng = Search(task.budget), random.Random(seed)
+    first = True
+    while search.left():
+        params = {} if first else {p: rng.choice(c) for p, c in task.space.values()}
+        first = False
+        record(search, task.run(search, deep_merge(task.base_for(seed), overlay_of(params)))[0])
+    return search
 
 
-def random_search(n: int, seed: int, workdir: Path) -> list[float]:
-    rng = random.Random(seed)
-    return [evaluate(deep_merge(BASE, overlay_of({p: rng.choice(c) for p, c in SPACE.values()})), seed, workdir)
-            for _ in range(n)]
-
-
-def tpe_search(n: int, seed: int, workdir: Path) -> list[float]:
-    scores = []
-
-    def objective(trial):
-        params = {p: trial.suggest_categorical(p, c) for p, c in SPACE.values()}
-        scores.append(evaluate(deep_merge(BASE, overlay_of(params)), seed, workdir))
-        return scores[-1]
-
-    study = optuna.create_study(direction="maximize",
+def tpe_search(task: Task, seed: int, hyperband: bool = False) -> Search:
+    search = Search(task.budget)
+    pruner = optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3) if hyperband \
+        else optuna.pruners.NopPruner()
+    study = optuna.create_study(direction="maximize", pruner=pruner,
                                 sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4))
-    study.optimize(objective, n_trials=n)
-    return scores
+    while search.left():
+        trial = study.ask()
+        params = {p: trial.suggest_categorical(p, c) for p, c in task.space.values()}
+
+        def on_epoch(rec, trial=trial):
+            trial.report(rec.val_accuracy, rec.epoch)
+            if trial.should_prune():
+                raise Pruned()
+
+        metrics, _ = task.run(search, deep_merge(task.base_for(seed), overlay_of(params)),
+                              on_epoch if hyperband else None)
+        t = record(search, metrics)
+        if metrics is None and hyperband:      # pruned: its last reported value stands
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, t.score)
+    return search
 
 
-def best_after(scores: list[float], k: int) -> float:
-    return max(scores[:k])
+def run_method(task: Task, method: str, seed: int) -> Search:
+    return {"offline policy": lambda: offline_search(task, seed),
+            "random search": lambda: random_search(task, seed),
+            "Optuna TPE": lambda: tpe_search(task, seed),
+            "TPE + Hyperband": lambda: tpe_search(task, seed, hyperband=True)}[method]()
+
+
+# ----------------------------------------------------------------- summary ----
+
+def best_at(search: Search, point: float) -> float:
+    done = [t.score for t in search.trials if t.full and t.cost_end <= point]
+    return max(done, default=0.0)
+
+
+def rises(search: Search) -> list[tuple[Trial, Trial]]:
+    """Each time the best full-fidelity score rose: (the new best, the one it replaced)."""
+    out, best = [], None
+    for t in search.trials:
+        if t.full and t.cost_end <= search.budget:
+            if best is None or t.score > best.score:
+                if best is not None:
+                    out.append((t, best))
+                best = t
+    return out
+
+
+def inside_noise(pairs: list[tuple[Trial, Trial]], sd: float | None) -> int:
+    def score(t: Trial) -> Score:
+        c = torch.tensor(t.correct).numpy() if t.correct is not None else None
+        return Score(t.score, len(t.correct) if t.correct else None, c)
+
+    return sum(compare(score(new), score(old), sd).verdict != "gain" for new, old in pairs)
+
+
+def offline_kept_pairs(search: Search) -> list[tuple[Trial, Trial]]:
+    kept = [search.trials[i] for i in getattr(search, "kept", []) if search.trials[i].cost_end <= search.budget]
+    return list(zip(kept[1:], kept[:-1]))
+
+
+def task_worker(name: str, queue) -> None:
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        task = Task(name, Path(tmp))
+        for seed in SEEDS:
+            for method in METHODS:                 # interleaved: each seed runs every method in turn
+                t0 = time.time()
+                search = run_method(task, method, seed)
+                pairs = offline_kept_pairs(search) if method == "offline policy" else rises(search)
+                queue.put((name, method, seed, [t.__dict__ for t in search.trials], search.budget,
+                           [(a.__dict__, b.__dict__) for a, b in pairs]))
+                print(f"{name} seed {seed} {method}: {len(search.trials)} trials, best "
+                      f"{best_at(search, search.budget):.4f}, {time.time() - t0:.0f} s wall", flush=True)
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 8
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--task", default="both", choices=["digits", "shapes", "both"])
+    ap.add_argument("--budget-scale", type=float, default=1.0)
+    args = ap.parse_args()
+    for name in TASKS:
+        path, dargs, budget = TASKS[name]
+        TASKS[name] = (path, dargs, budget * args.budget_scale)
     facts = machine_facts()
-    torch.set_num_threads(2)
-    methods = {"offline policy": offline_search, "random search": random_search, "Optuna TPE": tpe_search}
-    results: dict[str, list[list[float]]] = {m: [] for m in methods}
+    names = list(TASKS) if args.task == "both" else [args.task]
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in SEEDS:
-            for name, fn in methods.items():      # interleaved: each seed runs all three methods
-                results[name].append(fn(n, seed, Path(tmp)))
-                print(f"seed {seed} {name}: {['%.3f' % s for s in results[name][-1]]}", flush=True)
-    checkpoints = sorted({2, n // 2, n})
-    rows = []
-    for name, runs in results.items():
-        cells = [f"{statistics.mean(best_after(r, k) for r in runs):.4f}" for k in checkpoints]
-        finals = [best_after(r, n) for r in runs]
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {spread(finals)} |")
-    per_seed = "\n".join(f"- seed {s}: " + ", ".join(f"{m} {best_after(results[m][i], n):.4f}" for m in methods)
-                         for i, s in enumerate(SEEDS))
-    body = f"""
-Budget: {n} trials per method per seed, seeds {list(SEEDS)}; each trial a real training run
-(the whole train split, a third of the configured epochs, at least 2). Total {time.time() - t0:.0f} s.
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=task_worker, args=(n, queue)) for n in names]
+    for p in procs:
+        p.start()
+    results: dict[tuple[str, str], list] = {}
+    expected = len(names) * len(METHODS) * len(SEEDS)
+    while len([v for vs in results.values() for v in vs]) < expected:
+        name, method, seed, trials, budget, pairs = queue.get()
+        search = Search(budget, trials=[Trial(**t) for t in trials])
+        results.setdefault((name, method), []).append((seed, search, [(Trial(**a), Trial(**b)) for a, b in pairs]))
+    for p in procs:
+        p.join()
+    write(results, names, facts, time.time() - t0)
 
-Mean over seeds of the best validation accuracy after k trials:
 
-| method | {" | ".join(f"k={k}" for k in checkpoints)} | best after {n}: spread over seeds |
-|---|{"---|" * len(checkpoints)}---|
-{chr(10).join(rows)}
-
-Per seed (best after {n}):
-{per_seed}
-"""
+def write(results: dict, names: list[str], facts: str, seconds: float) -> None:
+    parts = [f"Compute-matched: every method gets the same training CPU-seconds per task and seed (one torch "
+             f"thread per trial); seeds {list(SEEDS)}; budget points at {', '.join(f'{p:.0%}' for p in POINTS)} "
+             f"of the budget. Total {seconds / 60:.0f} min wall, two tasks in parallel."]
+    for name in names:
+        path, dargs, budget = TASKS[name]
+        defaults = [s for (n, m), runs in results.items() if n == name and m == "random search"
+                    for _, s, _ in runs]
+        first_scores = [s.trials[0].score for s in defaults if s.trials and s.trials[0].full]
+        sd = pooled_seed_sd([first_scores])
+        count = next((len(t.correct) for (n, _), runs in results.items() if n == name for _, s, _ in runs
+                      for t in s.trials if t.correct), None)
+        parts.append(f"\n### {name}: budget {budget:.0f} CPU-s per search (`{path}`"
+                     + (f", domain_args {dargs}" if dargs else "") + f"), {count} validation images "
+                     f"(one image = {1 / count:.4f})" + (f"; default config over 3 seeds: "
+                                                          f"{spread(first_scores)}" if first_scores else ""))
+        rows = []
+        for method in METHODS:
+            runs = results.get((name, method), [])
+            cells = []
+            for p in POINTS:
+                vals = [best_at(s, p * budget) for _, s, _ in runs]
+                cells.append(f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.4f}")
+            finals = [best_at(s, budget) for _, s, _ in runs]
+            trials = statistics.mean(len(s.trials) for _, s, _ in runs) if runs else 0
+            kept = sum(len(pairs) for _, _, pairs in runs)
+            noisy = sum(inside_noise(pairs, sd) for _, _, pairs in runs)
+            rows.append(f"| {method} | " + " | ".join(cells) + f" | {trials:.1f} | {noisy} of {kept} | "
+                        f"{spread(finals)} |")
+        parts.append("\nMean ± std over seeds of the best full-fidelity validation accuracy at each budget point:\n")
+        parts.append("| method | " + " | ".join(f"{p:.0%} ({p * budget:.0f} s)" for p in POINTS)
+                     + " | trials | kept rises inside the noise | at 100%: spread |")
+        parts.append("|---|" + "---|" * (len(POINTS) + 3))
+        parts += rows
+        per_seed = []
+        for method in METHODS:
+            per_seed.append(f"- {method}: " + ", ".join(f"seed {seed} {best_at(s, budget):.4f}"
+                                                        for seed, s, _ in sorted(results.get((name, method), []),
+                                                                                 key=lambda x: x[0])))
+        parts.append("\nPer seed at 100%:\n" + "\n".join(per_seed))
+        parts.append(f"\nNoise band used for 'inside the noise': paired McNemar (p < 0.05) on the "
+                     f"{count} validation images, and the seed band 1.96·√2·sd with sd "
+                     f"{sd if sd is not None else float('nan'):.4f} from the default config's 3 seeds. For the "
+                     "offline policy the rises counted are its kept gains; for the others, every rise of the best.")
+    body = "\n".join(parts) + "\n"
     print(body)
     write_section("search_efficiency", body, facts)
 

@@ -21,6 +21,7 @@ from loop.agents.usage import Usage
 from loop.archive.lineage import LineageRow, write_lineage
 from loop.cycle.record import CycleRecord, DecisionEntry, GateEntry, MentorEntry, PolicyEntry, RepairEntry, RunStart
 from loop.journal.history import RunRecord
+from loop.journal.noise import wilson
 from loop.report import generate_reports
 from loop.run.judge import RunOutcome
 from loop.trainer.metrics import EvalMetrics, RunMetrics
@@ -57,7 +58,8 @@ class Real:
 
     @property
     def best(self) -> dict:
-        return min((r for r in self.runs if r["ok"]), key=lambda r: (-r["score"], r["cycle"]))
+        """The kept best: the last run judged first or gain (a tie never replaces it)."""
+        return [r for r in self.runs if r["verdict"] in ("first", "gain")][-1]
 
     def paper(self, heading: str) -> str:
         return sections(self.text["paper"])[heading]
@@ -123,7 +125,10 @@ def test_the_best_run_and_its_accuracy(real):
     best, score = real.best, f"{real.best['score']:.4f}"
     ref = f"`{best['label']}` (cycle {best['cycle']}, `{best['trace']}`)"
     results = real.paper("## Results")
-    assert f"Best validation accuracy: **{score}**, {ref}, dimension {best['dimension']}." in results
+    lo, hi = wilson(best["score"], best["val_count"])
+    assert (f"Best validation accuracy: **{score} [{lo:.4f}, {hi:.4f}]** (95% interval), {ref}, dimension "
+            f"{best['dimension']}, fidelity 1.00.") in results
+    assert "Kept improvements inside the noise band known now: **0** (target 0)" in results
     assert f"Per-class accuracy of `{best['label']}` (weakest class: " in results
     assert f"- Best model: {ref}, val acc {score}, run folder `{best['run_dir']}`." in real.text["story"]
     assert f"The best run, `{best['label']}` ({best['dimension']}, cycle {best['cycle']}), reached validation " \
@@ -220,7 +225,8 @@ def test_the_accuracy_axis_zooms_to_the_successful_runs_and_the_band_is_binomial
     lo, hi = accuracy_limits([0.975, 0.984, 0.979])
     assert 0.96 <= lo < 0.975 and 0.984 < hi <= 1.0 and hi - lo < 0.05     # 0.975 and 0.984 stay apart
     assert accuracy_limits([]) == (0.0, 1.0) and accuracy_limits([0.999])[1] == 1.0
-    assert abs(noise_half_width(0.98, 270) - 1.96 * (0.98 * 0.02 / 270) ** 0.5) < 1e-12
+    lo, hi = wilson(0.98, 270)          # the band is half the Wilson interval: one definition (journal/noise)
+    assert abs(noise_half_width(0.98, 270) - (hi - lo) / 2) < 1e-12 and 0.015 < noise_half_width(0.98, 270) < 0.02
     assert noise_half_width(0.98, None) is None
 
 

@@ -15,7 +15,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loop.agents.offline import RunRecord, best_run, stagnating
+from loop.agents.ladder import ladder_text
+from loop.agents.offline import RunRecord, TaskProfile, best_run, space_text, stagnating
+from loop.journal.keeps import interval_text, noise_text, ranked
 from loop.journal.notes import tail_text, todo_summary
 from loop.util.workspace import Workspace
 
@@ -73,23 +75,28 @@ def compute_signals(history: list[RunRecord], recent_actions: list[str], open_to
 
 
 def leaderboard_text(history: list[RunRecord], rows: int = LEADERBOARD_ROWS) -> str:
-    ok = sorted((r for r in history if r.ok), key=lambda r: r.score, reverse=True)[:rows]
-    if not ok:
+    """Full-fidelity runs ranked with their intervals and verdicts; the best screens apart."""
+    full, low = ranked(history)
+    if not full and not low:
         return "no finished runs yet"
-    lines = []
-    for r in ok:
-        cfg = r.config
-        lines.append(f"- {r.label}: val_acc {r.score:.4f} (model {cfg.get('model', {}).get('name')}, "
-                     f"{cfg.get('data', {}).get('image_size')}px, epochs {cfg.get('run', {}).get('epochs')}, "
-                     f"dimension {r.dimension})")
+    lines = [leader_line(r) for r in full[:rows]]
+    lines += [leader_line(r) + " [screen: low fidelity, not ranked]" for r in low[:max(1, rows // 2)]]
     return "\n".join(lines)
+
+
+def leader_line(r: RunRecord) -> str:
+    cfg = r.config
+    return (f"- {r.label}: val_acc {interval_text(r)} fidelity {r.fidelity:.2f} verdict {r.verdict or '-'} "
+            f"(model {cfg.get('model', {}).get('name')}, {cfg.get('data', {}).get('image_size')}px, "
+            f"epochs {cfg.get('run', {}).get('epochs')}, dimension {r.dimension})")
 
 
 def build_context(ws: Workspace, cycle: int, history: list[RunRecord], recent_actions: list[str],
                   last_outcome: dict | None, active_run: str | None, promotion_note: str = "",
-                  extra: dict[str, str] | None = None, finish_up: str = "") -> Context:
+                  extra: dict[str, str] | None = None, finish_up: str = "", search_text: str = "") -> Context:
     """The Builder's (and Mentor's) context; `finish_up` is the deadline text once finish-up is
-    active (the cycle owns finish-up and passes it in)."""
+    active (the cycle owns finish-up and passes it in); `search_text` the task's search space and the
+    fidelity ladder (`search_context`)."""
     open_count, todo_lines = todo_summary(ws.todo)
     last_failed = bool(last_outcome) and last_outcome.get("status") not in (None, "ok")
     signals = compute_signals(history, recent_actions, open_count, last_failed)
@@ -98,6 +105,8 @@ def build_context(ws: Workspace, cycle: int, history: list[RunRecord], recent_ac
     s["Finish-up"] = finish_up
     s["Priority signals"] = json.dumps(signals.as_dict())
     s["Leaderboard (top 5)"] = leaderboard_text(history)
+    s["Noise band"] = noise_text(history)
+    s["Search space and fidelity ladder"] = search_text
     if last_outcome:
         s["Last outcome"] = json.dumps({k: last_outcome.get(k) for k in
                                         ("label", "status", "val_accuracy", "exit_code", "auto_repair", "error")
@@ -116,3 +125,9 @@ def build_context(ws: Workspace, cycle: int, history: list[RunRecord], recent_ac
     return ctx
 
 
+
+
+def search_context(profile: TaskProfile | None, hint: dict, base_config: dict, history: list[RunRecord]) -> str:
+    """The search space the offline policy uses for this task and the fidelity ladder, so an LLM
+    Builder shares both."""
+    return space_text(profile, hint) + "\n" + ladder_text(base_config, history)

@@ -17,14 +17,22 @@ the space is the embedded digits task's.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 
+from loop.agents.cost import SAFETY, cost_model
+from loop.agents.ladder import planned_epochs, promotable, screen_epochs, screens
 from loop.agents.schema import STRATEGY_DIMENSIONS, Decision, Review
+from loop.config import deep_merge
 from loop.journal.history import RunRecord
+from loop.journal.keeps import incumbent, recipe_key
+from loop.journal.noise import KEEPS
+
+REPLICA_AFTER_RUNS = 3          # runs after a new best before its seed replica
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 log = logging.getLogger(__name__)
@@ -107,6 +115,9 @@ class PolicyInput:
     stagnation_runs: int = 4
     profile: TaskProfile | None = None      # None: the embedded digits task's space
     in_flight: int = 0                      # daemon runs still training (max_concurrent_runs > 1)
+    continuing: tuple[str, ...] = ()        # run folders of screens whose continuation is training
+    base_config: dict = field(default_factory=dict)   # the default trainer config the overlays go on
+    walltime_cap_seconds: float | None = None         # the budget's walltime cap per run
 
 
 def image_sizes_around(native: int) -> list[int]:
@@ -135,6 +146,17 @@ def space_for(profile: TaskProfile | None) -> dict[str, tuple[str, list]]:
     if profile.has_weights:
         space["model_arch"] = ("model", [profile.backbone + PRETRAINED_TAG, *SPACE["model_arch"][1]])
     return space
+
+
+def space_text(profile: TaskProfile | None, hint: dict | None = None) -> str:
+    """The task's search space as the Builder's context shows it (PHASE's narrowing applied)."""
+    space = restricted_space(hint or {}, space_for(profile))
+    lines = [f"- {dim} -> {param}: {', '.join(str(c) for c in choices)}" for dim, (param, choices) in space.items()]
+    head = ("Search space for this task (image sizes around the native size"
+            + (", RGB augmentations" if profile and profile.channels == 3 else "")
+            + (", the pretrained backbone" if profile and profile.has_weights else "") + "):"
+            if profile else "Search space (the embedded digits task):")
+    return "\n".join([head, *lines])
 
 
 # ---------------------------------------------------- config <-> params ----
@@ -207,7 +229,9 @@ def suggest(history: list[RunRecord], seed: int, space: dict[str, tuple[str, lis
     dists = {param: optuna.distributions.CategoricalDistribution(choices) for param, choices in space.values()}
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5))
-    for rec in history:
+    # one rung only: scores of different fidelities are never compared as equals
+    rung = [r for r in history if r.verdict == "screen"] or [r for r in history if r.full]
+    for rec in rung:
         params = params_of(rec.config)
         if set(params) == set(dists) and all(params[p] in dists[p].choices for p in params):
             study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=rec.score))
@@ -217,17 +241,40 @@ def suggest(history: list[RunRecord], seed: int, space: dict[str, tuple[str, lis
 # ------------------------------------------------------------- Builder ----
 
 def best_run(history: list[RunRecord]) -> RunRecord | None:
-    ok = [r for r in history if r.ok]
-    return max(ok, key=lambda r: (r.score, -r.cycle)) if ok else None
+    """The incumbent: the last run kept as a real gain (loop/journal/keeps.py), never a tie."""
+    return incumbent(history)
 
 
 def stagnating(history: list[RunRecord], window: int) -> bool:
-    """True when none of the last `window` runs beat the best from before them."""
-    if len(history) <= window:
+    """True when none of the last `window` full-fidelity runs was kept as a real gain (rows from
+    before verdicts existed: none beat the best from before them)."""
+    fulls = [r for r in history if r.full]
+    if len(fulls) <= window:
         return False
-    before = [r.score for r in history[:-window] if r.ok]
-    recent = [r.score for r in history[-window:] if r.ok]
-    return bool(before) and (not recent or max(recent) <= max(before))
+    recent = fulls[-window:]
+    if any(r.verdict for r in recent):
+        return not any(r.verdict in KEEPS for r in recent)
+    before = [r.score for r in fulls[:-window] if r.ok]
+    scores = [r.score for r in recent if r.ok]
+    return bool(before) and (not scores or max(scores) <= max(before))
+
+
+def needs_replica(history: list[RunRecord], best: RunRecord) -> bool:
+    """A seed replica of the incumbent, once, a few runs after it was kept: the seed spread is half
+    of the noise band and only replicas measure it."""
+    if any(r is not best and r.full and r.config and recipe_key(r.config) == recipe_key(best.config)
+           for r in history):
+        return False
+    return len(history) - 1 - history.index(best) >= REPLICA_AFTER_RUNS
+
+
+def replica_overlay(best: RunRecord, history: list[RunRecord]) -> dict:
+    config = copy.deepcopy(best.config)
+    run = config.setdefault("run", {})
+    for key in ("label", "resume_from", "stop_after_epochs"):
+        run.pop(key, None)
+    run["seed"] = int(run.get("seed", 42)) + 1 + len(history)
+    return config
 
 
 def restricted_space(hint: dict[str, list], full: dict[str, tuple[str, list]] | None = None
@@ -242,23 +289,27 @@ def restricted_space(hint: dict[str, list], full: dict[str, tuple[str, list]] | 
 
 
 def builder_decision(inp: PolicyInput, seed: int = 0) -> Decision:
+    """Successive halving on the fidelity ladder (loop/agents/ladder.py): the embedded config as a
+    full baseline, then cheap screens (mutations of the incumbent, TPE points on stagnation); a
+    screen in the top third is continued to full; the incumbent gets one seed replica. Every
+    proposal is priced with the cost model and fitted under the walltime cap."""
     history = inp.history
     space = restricted_space(inp.search_space_hint, space_for(inp.profile))
     best = best_run(history)
     n = len(history)
-    if best is None and inp.in_flight:          # the baseline is already training: a different point
+    ready = promotable(history, set(inp.continuing))
+    fidelity, cont, overlay = "screen", "", None
+    if best is None and not screens(history) and not inp.in_flight:
+        mode, dim, params, fidelity = "baseline", "evaluation", {}, "full"
+    elif ready:
+        mode, dim, cont, fidelity = "continue", ready[0].dimension or "evaluation", ready[0].label, "full"
+        params = params_of(ready[0].config)
+    elif best is not None and needs_replica(history, best):
+        mode, dim, fidelity = "replica", "evaluation", "full"
+        params, overlay = params_of(best.config), replica_overlay(best, history)
+    elif best is None or stagnating(history, inp.stagnation_runs):
         mode, dim = "explore", "model_arch"
         params = suggest(history, seed + n + inp.in_flight, space)
-    elif best is None:
-        mode, dim, params = "baseline", "evaluation", {}
-    elif n % 5 == 4:
-        base = params_of(best.config)
-        longer = min((e for e in SPACE["evaluation"][1] if e > base.get("epochs", 10)), default=None)
-        mode, dim = "exploit", "evaluation"
-        params = {**base, "epochs": longer or base.get("epochs", 10)}
-    elif stagnating(history, inp.stagnation_runs):
-        mode, dim = "explore", "model_arch"
-        params = suggest(history, seed + n, space)
     else:
         tried = {d: sum(1 for r in history if r.dimension == d) for d in SPACE}
         dim = min(SPACE, key=lambda d: (tried[d], list(SPACE).index(d)))
@@ -270,27 +321,84 @@ def builder_decision(inp: PolicyInput, seed: int = 0) -> Decision:
             proposal[param] = choices[(choices.index(proposal[param]) + 1) % len(choices)] \
                 if proposal[param] in choices else choices[0]
         mode, params = "mutate", {**base, param: proposal[param]}
+    if overlay is None and not cont:
+        params, fidelity, priced = fit_to_cap(params, fidelity, inp, space)
+        overlay = overlay_of(params, inp.profile)
+    else:
+        priced = price_text(inp, overlay or (ready[0].config if cont else {}), fidelity, cont)
     label = f"{mode}-{dim}-c{inp.cycle}"
-    rationale = {
-        "baseline": "No finished run yet: train the embedded configuration as a baseline to measure against.",
-        "exploit": f"Every fifth run re-checks the best configuration ({best.label if best else '-'}, "
-                   f"{best.score if best else 0:.4f}) with longer training to see whether it still has headroom.",
-        "explore": (f"The last {inp.stagnation_runs} runs did not beat the best ({best.score:.4f}); sample a fresh "
-                    "configuration across every dimension instead of small mutations.") if best else
-                   (f"{inp.in_flight} run(s) still training, the baseline among them: sample a different "
-                    "configuration across every dimension beside it rather than repeat it."),
-        "mutate": f"Keep the best configuration ({best.label if best else '-'}, {best.score if best else 0:.4f}) "
-                  f"and change only the least-explored dimension, {dim}, to measure its effect in isolation.",
-    }[mode]
+    rationale = rationale_text(mode, dim, best, inp, ready) + (f" {priced}" if priced else "")
     notes = (f"Best so far: {best.label} at {best.score:.4f} after {n} run(s)." if best
              else "Starting: no runs yet; baseline first.")
     todos = [f"Compare {dim} variants once three runs of that dimension exist"] if mode == "explore" else []
     resolve = [t.split(":")[0] for t in inp.open_todos if dim.replace("_", " ") in t.lower()
                or dim in t.lower()][:1]
-    return Decision(action="train", rationale=rationale, run_label=label,
-                    train_overlay=overlay_of(params, inp.profile), strategy_dimension=dim, todo_new=todos,
+    return Decision(action="train", rationale=rationale, run_label=label, train_overlay=overlay or {},
+                    strategy_dimension=dim, fidelity=fidelity, continue_run=cont, todo_new=todos,
                     notes_update=notes, data_exploration_update="" if history else task_text(inp.profile),
                     resolve_shared_todo_ids=resolve)
+
+
+def rationale_text(mode: str, dim: str, best: RunRecord | None, inp: PolicyInput, ready: list[RunRecord]) -> str:
+    ref = f"{best.label}, {best.score:.4f}" if best else "-"
+    return {
+        "baseline": "No finished run yet: train the embedded configuration in full as a baseline to measure "
+                    "against.",
+        "continue": (f"Screen {ready[0].label} scored {ready[0].score:.4f}, in the top third of the screens: "
+                     "continue it from its checkpoint to full fidelity (successive halving).") if ready else "",
+        "replica": f"The best ({ref}) has no seed replica yet: re-run its recipe with another seed to measure "
+                   "the seed spread, half of the noise band a new best must clear.",
+        "explore": (f"No real gain over the best ({ref}) in the last {inp.stagnation_runs} full runs: screen a "
+                    "fresh configuration across every dimension instead of small mutations.") if best else
+                   ("A run is still training and nothing is measured yet: screen a different configuration "
+                    "across every dimension beside it rather than repeat it."),
+        "mutate": f"Keep the best configuration ({ref}) and change only the least-explored dimension, {dim}, "
+                  "screened cheaply first to measure its effect in isolation.",
+    }[mode]
+
+
+def fit_to_cap(params: dict, fidelity: str, inp: PolicyInput, space: dict) -> tuple[dict, str, str]:
+    """The proposal brought under the walltime cap with the cost model: fewer epochs first, then a
+    screen instead of a full run, then a smaller image size. Returns it with a pricing sentence."""
+    cap = inp.walltime_cap_seconds
+    model = cost_model(inp.history)
+    if not cap or not inp.base_config:
+        return params, fidelity, ""
+
+    def seconds(p: dict, fid: str) -> float | None:
+        config = deep_merge(inp.base_config, overlay_of(p, inp.profile))
+        epochs = planned_epochs(config)
+        return model.run_seconds(config, screen_epochs(epochs) if fid == "screen" else epochs)
+
+    limit = SAFETY * cap
+    tries = [(params, fidelity)]
+    for e in sorted(SPACE["evaluation"][1], reverse=True):
+        if e < params.get("epochs", planned_epochs(inp.base_config)):
+            tries.append(({**params, "epochs": e}, fidelity))
+    tries += [(p, "screen") for p, _ in list(tries) if fidelity == "full"]
+    for size in sorted(space["preprocessing"][1]):
+        if size < params.get("image_size", 10 ** 6):
+            tries.append(({**tries[-1][0], "image_size": size}, "screen"))
+    for p, fid in tries:
+        est = seconds(p, fid)
+        if est is None:
+            return params, fidelity, ""
+        if est <= limit:
+            note = "" if (p, fid) == (params, fidelity) else " (cut down to fit the walltime cap)"
+            return p, fid, f"Predicted {est / 60:.1f} min of the {cap / 60:.0f}-min cap{note}."
+    est = seconds(*tries[-1])
+    return tries[-1][0], tries[-1][1], (f"Predicted {est / 60:.1f} min, over {SAFETY:.0%} of the {cap / 60:.0f}-min "
+                                        "cap even cut down: the cheapest variant is proposed.")
+
+
+def price_text(inp: PolicyInput, config: dict, fidelity: str, cont: str) -> str:
+    cap = inp.walltime_cap_seconds
+    if not cap or not config:
+        return ""
+    epochs = planned_epochs(config)
+    todo = epochs - screen_epochs(epochs) if cont else epochs
+    est = cost_model(inp.history).run_seconds(config, todo)
+    return "" if est is None else f"Predicted {est / 60:.1f} min of the {cap / 60:.0f}-min cap."
 
 
 def task_text(profile: TaskProfile | None) -> str:
@@ -314,7 +422,8 @@ def mentor_review(inp: PolicyInput, decision: Decision, seed: int = 0) -> Review
     challenge = Decision(action="train", run_label=f"mentor-arch-{alternative}-c{inp.cycle}",
                          rationale=f"Runs have stalled at {best.score:.4f} with {current}; try the {alternative} "
                                    "architecture on the best recipe before more hyper-parameter tweaks.",
-                         train_overlay=overlay_of(params, inp.profile), strategy_dimension="model_arch")
+                         train_overlay=overlay_of(params, inp.profile), strategy_dimension="model_arch",
+                         fidelity="screen")
     return Review(verdict="off_track", critical_question=f"What evidence says {current} is not the bottleneck?",
                   challenge=challenge, todo_new=[f"Evaluate {alternative} against {current} on the best recipe"],
                   notes="Stagnation: challenge with a concrete architecture change.")

@@ -19,6 +19,7 @@ WORKER_RULES = [
     "A run_command must start with `cd <repo root> &&` and only use allowed tools; no network, no installs.",
     "Never print, read or echo credentials or environment variables.",
     "Use the priority signals as guidance, not orders.",
+    "A higher score inside the noise band is a tie, not a new best; screens are not full-fidelity scores.",
 ]
 MENTOR_RULES = [
     "Reply with one JSON object matching the Review contract and nothing else.",
@@ -34,6 +35,9 @@ DECISION_CONTRACT = {
     "command": "for run_command: `cd <repo> && ...`",
     "monitor_seconds": "optional int",
     "strategy_dimension": " | ".join(STRATEGY_DIMENSIONS),
+    "fidelity": "for train: screen (about a third of the epochs, cheap, low-fidelity score) | full (default)",
+    "continue_run": "for train: the label of a finished screen to resume from its checkpoint to full "
+                    "(see the fidelity ladder); the overlay is then ignored",
     "todo_new": "0-2 strings", "notes_update": "string", "data_exploration_update": "string",
     "resolve_shared_todo_ids": "ids like T0003",
 }

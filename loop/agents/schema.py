@@ -28,6 +28,9 @@ class Decision(BaseModel):
     command: str = ""                                             # for `run_command`
     monitor_seconds: int | None = Field(None, ge=0)
     strategy_dimension: StrategyDimension | None = None
+    # ---- fidelity (loop/agents/ladder.py): a cheap screen, a full run, or a screen continued ----
+    fidelity: Literal["screen", "full"] = "full"
+    continue_run: str = ""          # the label of a screen to resume from its checkpoint to full
     # ---- housekeeping ----
     todo_new: list[str] = Field(default_factory=list, max_length=2)
     notes_update: str = ""

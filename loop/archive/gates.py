@@ -1,6 +1,7 @@
 """The five gates (evolution_scheduler.md), all of which a candidate must pass:
   1. recall      >= HEAD's recall - epsilon
-  2. generalize  >= HEAD's generalize + delta
+  2. generalize  >= HEAD's generalize + delta (delta > 0: and outside the noise, loop/journal/noise.py:
+                 a delta met inside the noise band is a tie, not a pass)
   3. drift       <= theta
   4. violations  == 0
   5. budget      the run finished within every cap
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from loop.journal.noise import Score, beats_by, unpack_correct
+
 GATE_NAMES = ("recall", "generalize", "drift", "violations", "budget")
 
 
 class ProbeMetrics(BaseModel):
     recall: float
     generalize: float
+    generalize_count: int | None = None      # images of the delta set, and which were right: the
+    generalize_correct: str = ""             # generalize gate compares candidate and HEAD image by image
     drift: float
     violations: int
     violated: list[str] = Field(default_factory=list)
@@ -29,6 +34,10 @@ class GateResult(BaseModel):
     passed: bool
     failed: list[str]
     score: float
+
+
+def generalize_score(m: ProbeMetrics) -> Score:
+    return Score(m.generalize, m.generalize_count, unpack_correct(m.generalize_correct, m.generalize_count))
 
 
 def composite_score(recall: float, generalize: float, drift: float) -> float:
@@ -49,7 +58,7 @@ def check_gates(cand: ProbeMetrics | None, head: ProbeMetrics | None, budget_ok:
         return GateResult(gates=gates, passed=False, failed=[g for g, ok in gates.items() if not ok], score=0.0)
     gates = {
         "recall": head is None or cand.recall >= head.recall - epsilon,
-        "generalize": head is None or cand.generalize >= head.generalize + delta,
+        "generalize": head is None or beats_by(generalize_score(cand), generalize_score(head), delta)[0],
         "drift": cand.drift <= theta,
         "violations": cand.violations == 0,
         "budget": budget_ok,

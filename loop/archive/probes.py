@@ -80,8 +80,10 @@ def run_probes(candidate: LoadedModel, head: LoadedModel | None, rules: Violatio
         violated.append(f"parameters {params} > cap {rules.max_parameters}")
     if latency is not None and latency > rules.max_latency_ms:
         violated.append(f"latency {latency:.2f} ms > cap {rules.max_latency_ms} ms")
+    delta = score_logits(candidate.logits("delta"), candidate.labels("delta"), candidate.domain.class_names)
     return ProbeMetrics(recall=round(accuracy(candidate, "recall"), 6),
-                        generalize=round(accuracy(candidate, "delta"), 6), drift=round(drift, 6),
+                        generalize=round(delta.accuracy, 6), generalize_count=delta.count,
+                        generalize_correct=delta.correct, drift=round(drift, 6),
                         violations=len(violated), violated=violated, val_accuracy=round(val.accuracy, 6),
                         per_class_accuracy=val.per_class_accuracy, parameters=params,
                         latency_ms=None if latency is None else round(latency, 3))

@@ -16,7 +16,8 @@ import json
 import os
 import time
 
-from loop.agents.context import build_context
+from loop.agents import ladder
+from loop.agents.context import build_context, search_context
 from loop.agents.schema import Decision, wait_decision
 from loop.agents.usage import Usage
 from loop.cycle import finishup
@@ -38,6 +39,7 @@ from loop.errors import ConfigError
 from loop.journal.notes import WORKPAD_SECTIONS, add_todos, append_storyline, append_workpad, resolve_todos
 from loop.run.judge import judge
 from loop.run.plan import RunPlan, command_plan, run_label, train_plan
+from loop.tracking.tensorboard_links import with_tensorboard
 from loop.util.secrets import redact
 
 __all__ = ["Loop", "run_cycle"]
@@ -78,7 +80,9 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
                             state.last_outcome.model_dump() if state.last_outcome else None,
                             ", ".join(r.label for r in state.active_runs) or None,
                             promotion_note=json.dumps(state.last_promotion) if state.last_promotion else "",
-                            extra=phase_section(state), finish_up=finishup.context_text(loop.ws.finish_up))
+                            extra=phase_section(state), finish_up=finishup.context_text(loop.ws.finish_up),
+                            search_text=search_context(loop.task_profile, loop.phase_hint, loop.base_config(),
+                                                       history))
     context_text = redact(context.render(), loop.secrets)
     if isinstance(forced, Decision):
         decision, source = forced, "finish-up"
@@ -202,7 +206,8 @@ def gate(loop: Loop, decision: Decision, rec: CycleRecord) -> tuple[Decision, Ru
     run_dir = loop.ws.runs / f"{label}-{rec.trace}"
     if decision.action == "train":
         try:
-            return decision, train_plan(loop.cfg, decision.train_overlay, label, rec.trace, run_dir)
+            overlay = ladder.resolve(decision, loop.base_config(), loop.run_history())
+            return decision, train_plan(loop.cfg, with_tensorboard(loop.cfg, overlay), label, rec.trace, run_dir)
         except ConfigError as exc:
             rec.quality_gate = GateEntry(ok=False, reasons=[f"train_overlay: {exc}"],
                                          housekeeping=quality.housekeeping)
@@ -236,6 +241,8 @@ def finish_cycle(loop: Loop, state: LoopState, rec: CycleRecord, t0: float, line
     rec.seconds = round(time.monotonic() - t0, 3)
     state.cycle_seconds = (state.cycle_seconds + [rec.seconds])[-20:]
     loop.events.append("cycle", rec.trace, **json.loads(redact(json.dumps(rec.event_fields()), loop.secrets)))
+    if rec.keeps:                    # real gains and ties, as such, in the storyline
+        line += " [" + "; ".join(k.text() for k in rec.keeps) + "]"
     gate_note = "" if rec.quality_gate is None or rec.quality_gate.ok else \
         " [gate: " + "; ".join(rec.quality_gate.reasons) + "]"
     story = f"c{rec.cycle:05d} [{rec.trace}] {loop.cfg.worker_display_name}: {redact(line, loop.secrets)}{gate_note}"

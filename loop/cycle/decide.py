@@ -2,6 +2,9 @@
 offline policy standing in for an LLM that cannot decide) and the Mentor's review of it."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from loop.agents import offline, prompts
 from loop.agents.offline import PolicyInput
 from loop.agents.schema import Decision, Review, wait_decision
@@ -25,12 +28,12 @@ def decide(loop: Loop, state: LoopState, context_text: str, history: list[RunRec
     decisions), `builder.when_unavailable` says what the cycle does: `offline` asks the offline
     policy (source `offline-fallback`, the reason in `llm_fallback`), `wait` logs a wait."""
     if loop.builder is None:
-        return offline_decision(loop, context_text, history, rec.cycle, len(state.active_runs)), "offline"
+        return offline_decision(loop, context_text, history, rec.cycle, state), "offline"
     fallback = loop.cfg.builder.when_unavailable == "offline"
     if fallback and state.llm_offline_until_cycle >= rec.cycle:
         rec.llm_fallback = (f"the quality gate refused {loop.cfg.llm_gate_refusal_limit} LLM decisions "
                             f"in a row: the offline policy decides until cycle {state.llm_offline_until_cycle}")
-        return offline_decision(loop, context_text, history, rec.cycle, len(state.active_runs)), "offline-fallback"
+        return offline_decision(loop, context_text, history, rec.cycle, state), "offline-fallback"
     from loop.agents.llm import LLMCircuitOpen, LLMUnavailable
 
     system, user = prompts.builder_prompt(loop.cfg, loop.repo_root, context_text)
@@ -45,7 +48,7 @@ def decide(loop: Loop, state: LoopState, context_text: str, history: list[RunRec
             rec.llm_circuit_open_s = round(exc.retry_in_seconds, 1)
         if fallback:
             rec.llm_fallback = f"Builder LLM unavailable: {rec.llm_error}"
-            return offline_decision(loop, context_text, history, rec.cycle, len(state.active_runs)), "offline-fallback"
+            return offline_decision(loop, context_text, history, rec.cycle, state), "offline-fallback"
         return wait_decision(f"Builder LLM unavailable: {rec.llm_error}"), "llm-failed"
     rec.tokens_builder = result.usage
     rec.llm = LLMCall(attempts=result.attempts, repaired=result.repaired, mode=result.mode, seconds=result.seconds)
@@ -53,10 +56,32 @@ def decide(loop: Loop, state: LoopState, context_text: str, history: list[RunRec
 
 
 def offline_decision(loop: Loop, context_text: str, history: list[RunRecord], cycle: int,
-                     in_flight: int = 0) -> Decision:
+                     state: LoopState | None = None) -> Decision:
     todos = [line for line in context_text.splitlines() if line.startswith("T0")]
-    return offline.builder_decision(PolicyInput(cycle, history, todos, loop.phase_hint, profile=loop.task_profile,
-                                                in_flight=in_flight), seed=loop.cfg.offline_seed)
+    return offline.builder_decision(policy_input(loop, cycle, history, todos, state), seed=loop.cfg.offline_seed)
+
+
+def continuing(runs: list) -> list[str]:
+    """The screens (run folders) that runs in flight continue, from their trainer configs."""
+    out = []
+    for run in runs:
+        try:
+            source = json.loads(Path(run.config_path).read_text()).get("run", {}).get("resume_from")
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+        if source:
+            out.append(str(source))
+    return out
+
+
+def policy_input(loop: Loop, cycle: int, history: list[RunRecord], todos: list[str],
+                 state: LoopState | None = None) -> PolicyInput:
+    """What the offline policy needs: the history, the task, the runs in flight, the base config
+    and the walltime cap (its cost model keeps every proposal under it)."""
+    runs = state.active_runs if state else []
+    return PolicyInput(cycle, history, todos, loop.phase_hint, profile=loop.task_profile, in_flight=len(runs),
+                       continuing=tuple(continuing(runs)),
+                       base_config=loop.base_config(), walltime_cap_seconds=loop.walltime_cap_seconds())
 
 
 def count_gate_refusals(loop: Loop, state: LoopState, source: str, rec: CycleRecord) -> None:
@@ -114,8 +139,7 @@ def ask_mentor(loop: Loop, context_text: str, decision: Decision, history: list[
     cfg, entry = loop.cfg, rec.mentor
 
     def offline_review() -> Review:
-        return offline.mentor_review(PolicyInput(rec.cycle, history, [], loop.phase_hint,
-                                                 profile=loop.task_profile), decision, cfg.offline_seed)
+        return offline.mentor_review(policy_input(loop, rec.cycle, history, []), decision, cfg.offline_seed)
 
     if loop.mentor is None:
         entry.source = "offline"
@@ -145,6 +169,5 @@ def stuck_wait_recovery(loop: Loop, state: LoopState, decision: Decision, histor
     if (cfg.enable_stuck_wait_recovery and decision.action == "wait"
             and state.idle_streak >= cfg.stuck_wait_recovery_cycles):
         rec.stuck_wait_recovery = f"{state.idle_streak} idle cycles: relaunching from the offline policy"
-        return offline.builder_decision(PolicyInput(rec.cycle, history, [], loop.phase_hint,
-                                                    profile=loop.task_profile), seed=cfg.offline_seed)
+        return offline.builder_decision(policy_input(loop, rec.cycle, history, [], state), seed=cfg.offline_seed)
     return decision

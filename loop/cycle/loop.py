@@ -47,6 +47,21 @@ class Loop:
             self.executor = executor_for(self.cfg, self.repo_root, self.ws.root, self.sandbox)
         return self.executor
 
+    def base_config(self) -> dict:
+        """The default trainer config every overlay goes on ({} when unreadable: the gate says why)."""
+        from loop.config import read_yaml
+
+        try:
+            return read_yaml(self.cfg.resolve(self.cfg.default_trainer_config))
+        except Exception:                    # noqa: BLE001 - train_plan reports the same file's error
+            return {}
+
+    def walltime_cap_seconds(self) -> float | None:
+        """The tighter of the trainer config's and the daemon's walltime caps per run."""
+        caps = [c for c in ((self.base_config().get("budget") or {}).get("max_walltime_minutes"),
+                            self.cfg.budget.max_walltime_minutes) if c]
+        return min(caps) * 60 if caps else None
+
     def run_history(self) -> list[RunRecord]:
         if self.history is None:
             self.history = HistoryReader(self.ws.runs_index)

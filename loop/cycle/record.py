@@ -87,6 +87,25 @@ class RepairEntry(_Entry):
     reason: str | None = None
 
 
+class KeepEntry(_Entry):
+    """A finished training run judged against the best (loop/journal/keeps.py)."""
+
+    label: str
+    verdict: str                 # first | gain | tie | below | replica | screen | failed
+    score: float
+    fidelity: float
+    margin: float | None = None
+    band: float | None = None
+    test: str = ""
+
+    def text(self) -> str:
+        what = {"first": "first best", "gain": "NEW BEST", "tie": "tie with the best (inside the noise)",
+                "below": "below the best", "replica": "seed replica of the best",
+                "screen": f"screen at fidelity {self.fidelity:.2f}", "failed": "failed"}[self.verdict]
+        extra = f" {self.margin:+.4f} vs band {self.band:.4f}" if self.margin is not None and self.band else ""
+        return f"`{self.label}` {what}{extra}"
+
+
 class HousekeepingEntry(_Entry):
     todo_added: list[str] = Field(default_factory=list)
     todo_refused: list[str] = Field(default_factory=list)
@@ -127,6 +146,7 @@ class CycleRecord(BaseModel):
     run_outcome: RunOutcome | None = None
     auto_repair: RepairEntry | None = None
     run_outcome_retry: RunOutcome | None = None
+    keeps: list[KeepEntry] = Field(default_factory=list)   # finished training runs judged against the best
     # ---- candidates ----
     promotion: dict | None = None                   # the candidate path's result for this run
     evolution: dict | None = None                   # an evolution window that ran in this cycle

@@ -4,16 +4,18 @@ candidate path (and the evolution window on its clock)."""
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 
 from loop.agents.schema import Decision
 from loop.config import DaemonConfig
 from loop.cycle.loop import Loop
-from loop.cycle.record import CycleRecord, RepairEntry, RunStart
+from loop.cycle.record import CycleRecord, KeepEntry, RepairEntry, RunStart
 from loop.cycle.state import LoopState
 from loop.errors import LoopError
 from loop.journal.history import RunRecord, append_history
+from loop.journal.keeps import judge_run
 from loop.run.executor import monitor, monitor_many
 from loop.run.judge import RunOutcome, judge
 from loop.run.plan import RunPlan
@@ -149,11 +151,16 @@ def finish_run(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunOutcome
     if run.kind != "train" and outcome.kind != "train":
         return
     out_dir = Path(outcome.run_dir or run.run_dir) / "out"
-    append_history(loop.ws, RunRecord(label=outcome.label, cycle=rec.cycle, trace=rec.trace,
-                                      config=read_train_args(out_dir), ok=outcome.ok,
-                                      score=outcome.val_accuracy or 0.0,
-                                      dimension=rec.decision.strategy_dimension if rec.decision else None,
-                                      minutes=round(outcome.seconds / 60.0, 3), run_dir=str(out_dir)))
+    record = RunRecord(label=outcome.label, cycle=rec.cycle, trace=rec.trace, config=read_train_args(out_dir),
+                       ok=outcome.ok, score=outcome.val_accuracy or 0.0,
+                       dimension=rec.decision.strategy_dimension if rec.decision else None,
+                       minutes=round(outcome.seconds / 60.0, 3), run_dir=str(out_dir))
+    record = measured(record, out_dir, loop.base_config())
+    verdict = judge_run(loop.run_history(), record)
+    record.verdict, record.margin, record.band = verdict.verdict, verdict.margin, verdict.band
+    append_history(loop.ws, record)
+    rec.keeps.append(KeepEntry(label=record.label, verdict=verdict.verdict, score=record.score,
+                               fidelity=record.fidelity, margin=verdict.margin, band=verdict.band, test=verdict.test))
     if outcome.ok and (out_dir / "model.safetensors").exists():
         from loop.candidates.intake import submit_run
 
@@ -162,6 +169,24 @@ def finish_run(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunOutcome
         except (LoopError, OSError, ValueError) as exc:
             state.last_promotion = {"error": f"hand-off failed: {exc}"}
         rec.promotion = state.last_promotion
+
+
+def measured(record: RunRecord, out_dir: Path, base_config: dict) -> RunRecord:
+    """The record with what metrics.json says of its fidelity, cost and validation count."""
+    try:
+        metrics = json.loads(read_regular_text(out_dir / "metrics.json"))
+    except (OSError, ValueError):
+        return record
+    planned, done = metrics.get("epochs_planned") or 0, metrics.get("epochs_completed") or 0
+    share = (record.config.get("data", {}).get("train_fraction") or 1.0) / \
+        ((base_config.get("data", {}) or {}).get("train_fraction") or 1.0)
+    record.fidelity = round(min(1.0, done / planned if planned else 1.0) * min(1.0, share), 4)
+    seconds = [e.get("seconds") for e in metrics.get("curve") or [] if e.get("seconds")]
+    own = seconds[int(metrics.get("epochs_at_start") or 0):]
+    record.epoch_seconds = round(statistics.median(own), 3) if own else None
+    record.epochs_trained = len(own)
+    record.val_count = (metrics.get("eval") or {}).get("count")
+    return record
 
 
 def read_train_args(out_dir: Path) -> dict:

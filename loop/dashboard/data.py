@@ -20,7 +20,7 @@ from loop.archive.paths import ModelPaths
 from loop.cycle.record import CycleRecord
 from loop.domains.report import load_data_report
 from loop.report.data import ReportData, Run, load_runs, read_json, read_lineage_rows, read_text
-from loop.report.helpers import noise_half_width, val_count
+from loop.report.helpers import improvements, noise_half_width, val_count
 from loop.util.secrets import MIN_SECRET_LEN, redact
 from loop.util.workspace import Workspace
 
@@ -207,7 +207,9 @@ class RunPoint:
     trace: str
     minutes: float | None
     error: str | None
-    best_so_far: bool                              # a new best when it finished
+    best_so_far: bool                              # kept as the new best when it finished (outside the noise)
+    verdict: str | None = None                     # first | gain | tie | below | replica | screen | failed
+    fidelity: float = 1.0
     diff_from_best: dict = field(default_factory=dict)   # key config fields that differ from the best run
 
 
@@ -230,15 +232,16 @@ def last_cycle(data: ReportData) -> int:
 def runs_view(data: ReportData) -> RunsView:
     best = data.best
     best_key = best.key() if best else {}
-    points, series, running = [], [], None
+    kept = {id(r) for r, _ in improvements(data)}     # the report's rule: ties never move the best
+    points, series = [], []
     for r in data.runs:
-        new_best = r.ok and (running is None or r.score > running)
+        new_best = id(r) in kept
         if new_best:
-            running = r.score
             series.append((r.cycle, r.score))
         points.append(RunPoint(label=r.label, cycle=r.cycle, score=float(r.score), ok=bool(r.ok), status=r.status,
                                dimension=r.dimension or "unknown", trace=r.trace, minutes=r.minutes,
                                error=(r.error or "")[:300] or None, best_so_far=new_best,
+                               verdict=r.verdict, fidelity=r.fidelity,
                                diff_from_best=diff(r, best_key) if best is not None and r is not best else {}))
     cycles = last_cycle(data)
     if series:

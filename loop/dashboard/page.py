@@ -41,9 +41,14 @@ def leaderboard_rows(board: dict) -> str:
     for e in board.get("entries", []):
         k = e.get("key_config") or {}
         rows.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in (
-            e["rank"], e["label"], f"{e['score']:.4f}", e["cycle"], e.get("dimension") or "-",
-            k.get("model") or "-", e.get("cycle_trace_id") or "-")) + "</tr>")
-    return "".join(rows) or '<tr><td colspan="7">no successful runs yet</td></tr>'
+            e["rank"], e["label"], f"{e['score']:.4f}", interval(e), e.get("verdict") or "-", e["cycle"],
+            e.get("dimension") or "-", k.get("model") or "-", e.get("cycle_trace_id") or "-")) + "</tr>")
+    return "".join(rows) or '<tr><td colspan="9">no successful runs yet</td></tr>'
+
+
+def interval(entry: dict) -> str:
+    ci = entry.get("interval95")
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-"
 
 
 def render_page(dash: Dashboard) -> str:
@@ -72,7 +77,9 @@ per-epoch loss and accuracy.</p><div id="curves"></div><pre id="run-detail" clas
 <pre id="proposal" class="log"></pre></section>
 <section id="active"><h2>Active runs</h2><div id="active-runs"></div></section>
 <section><h2>Leaderboard (top {escape(str(board.get("top_k", 10)))})</h2>
-<table id="leaderboard"><thead><tr><th>#</th><th>label</th><th>val acc</th><th>cycle</th><th>dimension</th>
+<table id="leaderboard"><thead><tr><th>#</th><th>label</th><th>val acc</th><th>95% interval</th><th>verdict</th>
+<th>cycle</th>
+<th>dimension</th>
 <th>model</th><th>trace</th></tr></thead><tbody>{leaderboard_rows(board)}</tbody></table></section>
 <section><h2>Tokens and cost</h2><div id="tokens"></div></section>
 <section><h2>Cycles</h2><p class="note">The last 30; open one for its decision, gate verdict, run

@@ -25,11 +25,24 @@ class RunRecord:
     minutes: float | None = None   # how long the run took
     trace: str = ""                # the cycle_trace_id of the cycle that judged it
     run_dir: str = ""              # the trainer's output folder
+    fidelity: float = 1.0          # share of its epochs and of the base config's data it trained (1: full)
+    verdict: str | None = None     # against the best when it was judged (loop/journal/keeps.py); None: old row
+    margin: float | None = None    # its score minus the best's then
+    band: float | None = None      # the noise band it was judged with
+    val_count: int | None = None   # validation images it was scored on
+    epoch_seconds: float | None = None   # median seconds per training epoch (the cost model's input)
+    epochs_trained: int | None = None    # epochs this run trained itself (a continuation: after its screen)
 
     @classmethod
     def from_row(cls, row: dict) -> "RunRecord":
         return cls(row["label"], row["cycle"], row.get("config", {}), row["ok"], row.get("score", 0.0),
-                   row.get("dimension"), row.get("minutes"), row.get("trace", ""), row.get("run_dir", ""))
+                   row.get("dimension"), row.get("minutes"), row.get("trace", ""), row.get("run_dir", ""),
+                   row.get("fidelity", 1.0), row.get("verdict"), row.get("margin"), row.get("band"),
+                   row.get("val_count"), row.get("epoch_seconds"), row.get("epochs_trained"))
+
+    @property
+    def full(self) -> bool:
+        return self.fidelity >= 0.999
 
 
 class HistoryReader:

@@ -20,6 +20,7 @@ from loop.cycle.record import CycleRecord
 from loop.domains.report import DataReport, load_data_report
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord, read_history
+from loop.journal.keeps import incumbent
 from loop.run.judge import RunOutcome
 from loop.util.workspace import Workspace
 
@@ -83,11 +84,17 @@ class ReportData:
 
     @property
     def ranked(self) -> list[Run]:
-        return sorted(self.ok_runs, key=lambda r: (-r.score, r.cycle))
+        """Full-fidelity successes by score; lower-fidelity ones are never ranked with them."""
+        return sorted((r for r in self.ok_runs if r.full), key=lambda r: (-r.score, r.cycle))
+
+    @property
+    def low_fidelity(self) -> list[Run]:
+        return sorted((r for r in self.ok_runs if not r.full), key=lambda r: (-r.score, r.cycle))
 
     @property
     def best(self) -> Run | None:
-        return self.ranked[0] if self.ok_runs else None
+        """The kept best (a tie never replaces it; loop/journal/keeps.py)."""
+        return incumbent(self.runs)
 
     @property
     def baseline(self) -> Run | None:

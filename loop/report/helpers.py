@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 from loop.agents.usage import Usage
+from loop.journal.noise import KEEPS, wilson
 from loop.report.data import CycleRecord, ReportData, Run, base_label, dig, outcomes_of
 from loop.run.judge import RunOutcome
 from loop.util.progress import format_seconds
@@ -86,13 +87,22 @@ def tokens_final(data: ReportData) -> dict[str, Usage]:
 
 
 def improvements(data: ReportData) -> list[tuple[Run, float | None]]:
-    """The runs that raised the best validation accuracy so far, with the best before them."""
+    """The runs kept as the best (first, then each real gain; a tie never counts), with the best
+    before them. Rows from before verdicts existed: every full-fidelity rise of the best."""
+    if any(r.verdict for r in data.runs):
+        kept = [r for r in data.ok_runs if r.verdict in KEEPS]
+        return list(zip(kept, [None] + [k.score for k in kept[:-1]]))
     arc, best = [], None
     for r in data.ok_runs:
-        if best is None or r.score > best:
+        if r.full and (best is None or r.score > best):
             arc.append((r, best))
             best = r.score
     return arc
+
+
+def best_steps(data: ReportData) -> list[tuple[int, float]]:
+    """(cycle, the kept best's score from then on) at each improvement."""
+    return [(r.cycle, r.score) for r, _ in improvements(data)]
 
 
 def mentor_reviews(data: ReportData) -> list[CycleRecord]:
@@ -221,6 +231,5 @@ def accuracy_limits(scores: list[float]) -> tuple[float, float]:
 def noise_half_width(score: float, n: int | None) -> float | None:
     """Half the 95% binomial interval of an accuracy measured on `n` validation images: how far
     the best could move on a new draw of the same size (None without a count)."""
-    if not n:
-        return None
-    return 1.96 * (score * (1 - score) / n) ** 0.5
+    ci = wilson(score, n)
+    return None if ci is None else (ci[1] - ci[0]) / 2

@@ -6,12 +6,14 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from loop.journal.noise import wilson
 from loop.report.data import ReportData
 from loop.report.helpers import NO_RUNS, acc, head_text, table
 
 
 def leaderboard_entries(data: ReportData) -> list[dict]:
-    return [{"rank": i, "label": r.label, "score": r.score, "cycle": r.cycle, "cycle_trace_id": r.trace,
+    return [{"rank": i, "label": r.label, "score": r.score, "interval95": wilson(r.score, r.val_count),
+             "fidelity": r.fidelity, "verdict": r.verdict, "cycle": r.cycle, "cycle_trace_id": r.trace,
              "dimension": r.dimension, "key_config": r.key(), "config": r.config,
              "pretrained": pretrained_of(r.config),
              "metrics": metrics_summary(r.metrics), "run_dir": r.run_dir, "archive_path": r.archive_path,
@@ -49,12 +51,15 @@ def leaderboard_table(data: ReportData) -> list[str]:
     rows = []
     for e in leaderboard_entries(data):
         k = e["key_config"]
-        rows.append([e["rank"], f"`{e['label']}`", acc(e["score"]), e["cycle"], f"`{e['cycle_trace_id']}`",
+        ci = e["interval95"]
+        rows.append([e["rank"], f"`{e['label']}`", acc(e["score"]), f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-",
+                     e["verdict"] or "-", e["cycle"], f"`{e['cycle_trace_id']}`",
                      e["dimension"], k["model"], k["image_size"], f"{k['optimizer'] or '-'}/{k['lr']}", k["epochs"],
                      Path(e["archive_path"]).name if e["archive_path"] else "-"])
     if not rows:
         return [NO_RUNS]
-    return table(["rank", "label", "val acc", "cycle", "trace", "dimension", "model", "image size",
+    return table(["rank", "label", "val acc", "95% interval", "verdict", "cycle", "trace", "dimension", "model",
+                  "image size",
                   "optimizer/lr", "epochs", "archive"], rows)
 
 
@@ -62,6 +67,18 @@ def leaderboard_md(data: ReportData) -> str:
     lines = [f"# Leaderboard: top {data.top_k}", ""]
     if data.note:
         lines += [f"> Note: {data.note}", ""]
-    lines += [f"Successful training runs ranked by validation accuracy ({len(data.ok_runs)} in all).", ""]
-    lines += leaderboard_table(data) + ["", head_text(data)]
+    lines += [f"Successful full-fidelity training runs ranked by validation accuracy ({len(data.ranked)} in all), "
+              "each with its 95% interval on the validation images and its verdict against the best of its time "
+              "(a tie lies inside the noise band and never replaced the best).", ""]
+    lines += leaderboard_table(data) + [""] + low_fidelity_lines(data) + [head_text(data)]
     return "\n".join(lines) + "\n"
+
+
+def low_fidelity_lines(data: ReportData) -> list[str]:
+    """Screens (lower fidelity), apart: their scores are never ranked with full runs."""
+    low = data.low_fidelity[:data.top_k]
+    if not low:
+        return []
+    rows = [[f"`{r.label}`", acc(r.score), f"{r.fidelity:.2f}", r.cycle, r.dimension] for r in low]
+    return (["Lower-fidelity runs (screens; marked, not ranked):", ""]
+            + table(["label", "val acc", "fidelity", "cycle", "dimension"], rows) + [""])

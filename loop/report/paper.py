@@ -6,6 +6,7 @@ import datetime as dt
 from collections import Counter
 from pathlib import Path
 
+from loop.journal.keeps import inside_noise, interval_text, noise_text
 from loop.report.data import ReportData, Run, dig
 from loop.report.datasection import data_section, leak_warning
 from loop.report.helpers import (
@@ -179,8 +180,9 @@ def results(data: ReportData) -> list[str]:
     if best is None:
         lines += [NO_RUNS, ""]
     else:
-        lines += [f"Best validation accuracy: **{acc(best.score)}**, {run_ref(best)}, dimension "
-                  f"{best.dimension or '-'}.", ""]
+        lines += [f"Best validation accuracy: **{interval_text(best)}** (95% interval), {run_ref(best)}, dimension "
+                  f"{best.dimension or '-'}, fidelity {best.fidelity:.2f}.", ""]
+        lines += noise_lines(data)
         lines += ["Results with spread per strategy dimension (successful runs; one seed each):", ""]
         lines += table(["dimension", "ok runs", "failed", "mean ± std", "min", "max"],
                        spread_rows(data.runs, lambda r: r.dimension)) + [""]
@@ -192,6 +194,17 @@ def results(data: ReportData) -> list[str]:
     lines += ["Plots:", ""]
     lines += [f"![{name.replace('plot_', '').replace('_', ' ')}]({file})" for name, file in PLOTS.items()]
     return lines
+
+
+def noise_lines(data: ReportData) -> list[str]:
+    """The noise band, the verdicts, and the kept improvements inside the noise (the target is 0)."""
+    verdicts = Counter(r.verdict for r in data.runs if r.verdict)
+    noisy = inside_noise(data.runs)
+    text = (f"Noise: {noise_text(data.runs)} Verdicts: "
+            + (", ".join(f"{n} {v}" for v, n in verdicts.most_common()) or "none recorded") + ". "
+            f"Kept improvements inside the noise band known now: **{len(noisy)}** (target 0)"
+            + (f": {', '.join(f'`{r.label}`' for r in noisy)}" if noisy else "") + ".")
+    return [text, ""]
 
 
 def per_class_lines(best: Run) -> list[str]:

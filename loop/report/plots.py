@@ -7,7 +7,14 @@ import io
 from pathlib import Path
 
 from loop.report.data import ReportData
-from loop.report.helpers import accuracy_limits, improvements, noise_half_width, per_class, val_count
+from loop.report.helpers import (
+    accuracy_limits,
+    best_steps,
+    improvements,
+    noise_half_width,
+    per_class,
+    val_count,
+)
 from loop.util.fsutil import atomic_write_bytes
 
 FIGSIZE, DPI = (8.0, 4.5), 100          # 800x450 pixels: the PNG size is known to readers and tests
@@ -52,16 +59,14 @@ def plot_best_over_cycles(data: ReportData, path: Path) -> Path:
     ax.set(title="Best validation accuracy so far", xlabel="cycle", ylabel="val accuracy")
     last_cycle = max((c.cycle for c in data.cycles), default=0)
     if data.ok_runs:
-        xs, ys, best = [], [], 0.0
-        for r in data.ok_runs:
-            best = max(best, r.score)
-            xs.append(r.cycle)
-            ys.append(best)
+        steps = best_steps(data) or [(data.ok_runs[0].cycle, data.ok_runs[0].score)]
+        xs, ys = [c for c, _ in steps], [b for _, b in steps]     # the kept best: ties never move it
+        best = ys[-1]
         xs.append(max(last_cycle, xs[-1]))
         ys.append(best)
         ax.step(xs, ys, where="post", color="tab:blue")
         ax.scatter([r.cycle for r, _ in improvements(data)], [r.score for r, _ in improvements(data)],
-                   color="tab:blue", zorder=3, label="new best")
+                   color="tab:blue", zorder=3, label="new best (outside the noise)")
         half = noise_half_width(best, val_count(data))
         if half is not None:     # the binomial 95% band of the current best on this validation set
             ax.fill_between(xs, [y - half for y in ys], [y + half for y in ys], step="post", color="tab:blue",

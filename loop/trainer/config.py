@@ -107,6 +107,12 @@ class RunConfig(StrictModel):
     channels_last: Literal["auto", "on", "off"] = "auto"
     threads: int | None = Field(None, ge=1)
     keep_checkpoint: bool = False                # drop the resume checkpoint after success
+    tensorboard: bool = False                    # per-epoch scalars into <out>/tensorboard/ (the tracking extra)
+    # multi-fidelity: a screen trains the schedule of `epochs` but stops after `stop_after_epochs`
+    # (its checkpoint kept); a continuation resumes such a run's checkpoint (`resume_from`, its
+    # folder) and trains on to `epochs`, so a promising screen is never retrained from zero
+    stop_after_epochs: int | None = Field(None, ge=1)
+    resume_from: str | None = None
     log_every_steps: int = Field(20, ge=1)
 
 
@@ -119,6 +125,33 @@ class TrainerConfig(StrictModel):
     kd: KDConfig = Field(default_factory=KDConfig)
     budget: BudgetCaps = Field(default_factory=BudgetCaps)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @property
+    def stop_epoch(self) -> int:
+        """The epoch this run ends at: `epochs`, or earlier for a screen."""
+        return min(self.run.epochs, self.run.stop_after_epochs or self.run.epochs)
+
+
+# what a continuation may change from the screen it resumes; everything else shapes the weights
+CONTINUATION_FREE = {"run.label", "run.stop_after_epochs", "run.resume_from", "run.keep_checkpoint",
+                     "run.log_every_steps", "run.threads", "run.device", "run.tensorboard", "budget"}
+
+
+def continuation_mismatch(screen: dict, cont: dict) -> list[str]:
+    """The dotted keys where a continuation's config differs from its screen's (train_args.json)."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if path in CONTINUATION_FREE or path.split(".")[0] in CONTINUATION_FREE:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+        elif a != b:
+            out.append(path)
+
+    walk(screen, cont, "")
+    return out
 
 
 def load_trainer_config(path: str | Path, overrides: list[str] | None = None) -> TrainerConfig:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from loop.config import BudgetCaps
+from loop.journal.noise import pack_correct, unpack_correct  # noqa: F401 (re-exported)
 from loop.trainer.budget import BudgetBreach, BudgetUsed
 from loop.util.fsutil import atomic_write_text, read_regular_text
 
@@ -21,6 +22,9 @@ class EvalMetrics(BaseModel):
     loss: float
     count: int
     per_class_accuracy: dict[str, float] = Field(default_factory=dict)
+    # which images were right (np.packbits, hex; sample order), so two runs can be compared image by
+    # image (a paired test, loop/journal/noise.py); '' when not recorded
+    correct: str = ""
 
 
 class EpochRecord(BaseModel):
@@ -45,6 +49,8 @@ class RunMetrics(BaseModel):
     steps: int = 0
     epochs_completed: int = 0
     epochs_planned: int = 0
+    resumed_from: str | None = None    # a screened run this one continued (run.resume_from)
+    epochs_at_start: int = 0           # epochs already done when this process began (resume, continuation)
     loss_start: float | None = None
     loss_final: float | None = None
     walltime_seconds: float = 0.0
@@ -101,7 +107,7 @@ def score_logits(logits: torch.Tensor, labels: torch.Tensor, class_names: list[s
         if mask.any():
             per_class[name] = round(float(correct[mask].mean()), 6)
     return EvalMetrics(accuracy=float(correct.mean()), loss=float(F.cross_entropy(logits, labels)),
-                       count=int(len(lab)), per_class_accuracy=per_class)
+                       count=int(len(lab)), per_class_accuracy=per_class, correct=pack_correct(correct))
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:

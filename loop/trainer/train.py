@@ -17,6 +17,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import timm
@@ -28,13 +29,14 @@ from loop.domains import SampleSet, SpicaDomain, require_spica, resolve_domain
 from loop.errors import BudgetExceeded, ConfigError
 from loop.trainer.budget import BudgetBreach, BudgetMeter
 from loop.trainer.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from loop.trainer.config import TrainerConfig
+from loop.trainer.config import TrainerConfig, continuation_mismatch
 from loop.trainer.data import ImageDataset, Normalizer, auto_workers, build_augment, train_loader
 from loop.trainer.losses import training_loss
 from loop.trainer.metrics import METRICS_FILE, EpochRecord, RunMetrics, predict_logits, score_logits
 from loop.trainer.models import ModelFileConfig, create_initial_model, load_model_folder, save_model_folder
 from loop.trainer.sampling import LossTracker, epoch_order, sample_weights
 from loop.trainer.schedule import StepSchedule
+from loop.trainer.tensorboard import EpochBoard, open_board
 from loop.util.fsutil import atomic_write_text
 from loop.util.progress import ProgressLog, format_seconds
 
@@ -120,29 +122,59 @@ class Progress:
 # -------------------------------------------------------------------- train ----
 
 def train(cfg: TrainerConfig, out_dir: str | Path, resume: bool = False,
-          domain: SpicaDomain | None = None) -> RunMetrics:
+          domain: SpicaDomain | None = None, on_epoch: Callable[[EpochRecord], None] | None = None
+          ) -> RunMetrics:
     """Train one model as `cfg` says into `out_dir`; returns its metrics (also in metrics.json).
 
     Raises BudgetExceeded after writing metrics.json (status budget_exceeded, the cap named)
     and the weights reached so far; raises ConfigError/UnsupportedModelError/DomainError on bad
-    input before any training starts.
+    input before any training starts. `on_epoch` (in-process callers: a benchmark's pruner) sees
+    each epoch's record; an exception it raises ends the run as failed and propagates.
     """
     out_dir = Path(out_dir)
     ckpt = load_checkpoint(out_dir) if resume else None
+    if ckpt is None and cfg.run.resume_from:
+        ckpt = continuation_checkpoint(cfg)
     if not resume and ((out_dir / METRICS_FILE).exists() or (out_dir / CHECKPOINT_FILE).exists()):
         raise ConfigError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
+    board = open_board(out_dir, cfg.run.tensorboard)     # None unless run.tensorboard
     log = ProgressLog(out_dir / LOG_FILE, cfg.run.label or "train", total=1)
     threads = torch.get_num_threads()
     try:
-        return _train(cfg, out_dir, ckpt, log, domain)
+        return _train(cfg, out_dir, ckpt, log, domain, on_epoch, board)
     finally:
         torch.set_num_threads(threads)      # run.threads is this run's, not the caller's
         log.close()
+        if board is not None:
+            board.close()
+
+
+def continuation_checkpoint(cfg: TrainerConfig) -> dict:
+    """The checkpoint of the screen `run.resume_from` names, after checking this config continues
+    that very run (same data, model, recipe, seed and schedule length)."""
+    source = Path(cfg.run.resume_from)
+    ckpt = load_checkpoint(source)
+    if ckpt is None:
+        raise ConfigError(f"run.resume_from: {source} holds no {CHECKPOINT_FILE} (only a screen, a run with "
+                          "run.stop_after_epochs, keeps one)")
+    try:
+        screen = json.loads((source / TRAIN_ARGS_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"run.resume_from: {source / TRAIN_ARGS_FILE} unreadable: {exc}") from None
+    differ = continuation_mismatch(screen, cfg.model_dump(mode="json"))
+    if differ:
+        raise ConfigError(f"run.resume_from: this config differs from the screen's in {', '.join(differ)}; "
+                          "a continuation must train the same run on")
+    if ckpt["epoch"] >= cfg.stop_epoch:
+        raise ConfigError(f"run.resume_from: the screen already trained {ckpt['epoch']} epoch(s); nothing "
+                          f"left to continue to {cfg.stop_epoch}")
+    return ckpt
 
 
 def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLog,
-           domain: SpicaDomain | None) -> RunMetrics:
+           domain: SpicaDomain | None, on_epoch: Callable[[EpochRecord], None] | None,
+           board: EpochBoard | None = None) -> RunMetrics:
     # ---- setup: device, domain, model ----
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -220,19 +252,23 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
         torch.set_rng_state(ckpt["rng_cpu"])
         if on_cuda and "rng_cuda" in ckpt:
             torch.cuda.set_rng_state(ckpt["rng_cuda"])
-        log.line(f"resumed from {CHECKPOINT_FILE}: {state.epoch} epoch(s) done, step {state.step}")
+        source = f"{cfg.run.resume_from}/" if cfg.run.resume_from else ""
+        log.line(f"resumed from {source}{CHECKPOINT_FILE}: {state.epoch} epoch(s) done, step {state.step}")
 
     meter = BudgetMeter(cfg.budget, out_dir, device, steps=state.step, images=state.images,
                         elapsed_seconds=state.elapsed_seconds)
     metrics = RunMetrics(status="running", run_label=cfg.run.label, model_name=cfg.model.name,
                          domain=cfg.data.domain, seed=cfg.run.seed, device=str(device),
-                         epochs_planned=cfg.run.epochs, budget=cfg.budget, kd_teacher=cfg.kd.teacher,
+                         epochs_planned=cfg.run.epochs, resumed_from=cfg.run.resume_from,
+                         epochs_at_start=state.epoch, budget=cfg.budget,
+                         kd_teacher=cfg.kd.teacher,
                          kd_stabilizer=cfg.kd.stabilizer if teacher else None, versions=versions())
     log.total = total_steps
     log.line(f"train {cfg.model.name} on {domain.name}: {len(train_ds)} train / {len(val_ds)} val images, "
              f"{domain.num_classes} classes, {cfg.data.image_size}px, device {device}, amp {use_amp}, "
              f"{workers} loader worker(s), sampling {cfg.data.sampling.strategy}, kd {'on' if kd else 'off'}, "
-             f"{cfg.run.epochs} epochs x {steps_per_epoch} steps")
+             f"{cfg.run.epochs} epochs x {steps_per_epoch} steps"
+             + (f", stopping after {cfg.stop_epoch} (a screen)" if cfg.stop_epoch < cfg.run.epochs else ""))
 
     def finish(status: str) -> RunMetrics:
         meter.measure()
@@ -252,7 +288,7 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
     val = None                           # the last epoch's validation: the model it scored is the final one
     try:
         meter.check_disk()
-        for epoch in range(state.epoch, cfg.run.epochs):
+        for epoch in range(state.epoch, cfg.stop_epoch):
             t0 = time.monotonic()
             model.train()
             weights = sample_weights(cfg.data.sampling, train_samples.labels, train_samples.ages,
@@ -310,12 +346,16 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
                 "sample_losses": torch.from_numpy(tracker.losses.copy()), "rng_cpu": torch.get_rng_state(),
                 **({"rng_cuda": torch.cuda.get_rng_state()} if on_cuda else {}),
             })
-            eta = (cfg.run.epochs - state.epoch) * (time.monotonic() - t0)
+            eta = (cfg.stop_epoch - state.epoch) * (time.monotonic() - t0)
             log.line(f"epoch {state.epoch}/{cfg.run.epochs} loss {record.train_loss:.4f} "
                      f"train_acc {record.train_accuracy:.4f} val_acc {record.val_accuracy:.4f} "
                      f"lr {record.lr:.5f} {record.seconds:.1f}s eta {format_seconds(eta)} "
                      f"(checkpoint saved epoch={state.epoch})")
+            if board is not None:
+                board.epoch(record, seen)
             meter.check_disk()
+            if on_epoch is not None:
+                on_epoch(record)
         meter.check_running()            # the last epoch's evaluation and checkpoint count too
     except BudgetExceeded as exc:
         metrics.budget_breach = BudgetBreach(cap=exc.cap, limit=exc.limit, used=exc.used)
@@ -337,7 +377,7 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
                            val_labels, domain.class_names)
     metrics.eval = val
     save_model_folder(out_dir, model, model_cfg)
-    if not cfg.run.keep_checkpoint:
+    if not cfg.run.keep_checkpoint and cfg.stop_epoch == cfg.run.epochs:   # a screen keeps it to be continued
         (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     finish("ok")
     log.line(f"done: val accuracy {metrics.eval.accuracy:.4f}, {metrics.steps} steps, "

@@ -118,11 +118,13 @@
   function renderBoard(b) {
     var rows = (b.entries || []).map(function (e) {
       var tr = el("tr"), k = e.key_config || {};
-      [e.rank, e.label, Number(e.score).toFixed(4), e.cycle, e.dimension || "-", k.model || "-", e.cycle_trace_id || "-"]
+      var ci = e.interval95 ? "[" + Number(e.interval95[0]).toFixed(4) + ", " + Number(e.interval95[1]).toFixed(4) + "]" : "-";
+      [e.rank, e.label, Number(e.score).toFixed(4), ci, e.verdict || "-", e.cycle, e.dimension || "-", k.model || "-",
+       e.cycle_trace_id || "-"]
         .forEach(function (v) { tr.appendChild(el("td", v)); });
       return tr;
     });
-    if (!rows.length) { var tr = el("tr"), td = el("td", "no successful runs yet"); td.colSpan = 7; tr.appendChild(td); rows = [tr]; }
+    if (!rows.length) { var tr = el("tr"), td = el("td", "no successful runs yet"); td.colSpan = 9; tr.appendChild(td); rows = [tr]; }
     replaceChildren($("leaderboard").querySelector("tbody"), rows);
   }
 

@@ -1,0 +1,138 @@
+"""Which runs are kept as the best: each finished run is judged once, against the incumbent of its
+time, with the noise band of loop/journal/noise.py, and its verdict lands in the runs index.
+
+  first    the first full-fidelity success: the incumbent
+  gain     beat the incumbent outside the noise: the new incumbent
+  tie      within the noise of the incumbent (higher or lower): recorded, not kept
+  below    worse than the incumbent by more than the noise
+  replica  the incumbent's recipe with another seed: measures the seed spread
+  screen   a lower-fidelity run: never compared with full-fidelity scores
+  failed   no score
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from loop.journal.history import RunRecord
+from loop.journal.noise import KEEPS, Comparison, Score, compare, pooled_seed_sd, seed_band, unpack_correct, wilson
+
+# what does not change a recipe: a replica differs only in these (and a continuation in its resume)
+NOT_RECIPE = {"label", "seed", "stop_after_epochs", "resume_from", "threads", "device", "log_every_steps",
+              "keep_checkpoint"}
+
+
+def recipe_key(config: dict) -> str:
+    """A run's config without what does not shape its result's expectation (seed, label, ...)."""
+    slim = {k: v for k, v in config.items() if k not in ("budget",)}
+    slim["run"] = {k: v for k, v in config.get("run", {}).items() if k not in NOT_RECIPE}
+    return json.dumps(slim, sort_keys=True, default=str)
+
+
+def incumbent(history: list[RunRecord]) -> RunRecord | None:
+    """The best run: the last one kept (first or gain). Rows written before verdicts existed fall
+    back to the highest full-fidelity score."""
+    kept = [r for r in history if r.verdict in KEEPS]
+    if kept:
+        return kept[-1]
+    legacy = [r for r in history if r.ok and r.verdict is None and r.full]
+    return max(legacy, key=lambda r: (r.score, -r.cycle)) if legacy else None
+
+
+def seed_groups(history: list[RunRecord]) -> list[list[float]]:
+    """Full-fidelity scores grouped by recipe (groups of two or more are seed replicas)."""
+    groups: dict[str, list[float]] = {}
+    for r in history:
+        if r.ok and r.full and r.config:
+            groups.setdefault(recipe_key(r.config), []).append(r.score)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def seed_sd(history: list[RunRecord]) -> float | None:
+    return pooled_seed_sd(seed_groups(history))
+
+
+def load_score(record: RunRecord) -> Score:
+    """A run's validation score with its per-image record from its metrics.json (when readable)."""
+    count, correct = record.val_count, None
+    try:
+        ev = json.loads((Path(record.run_dir) / "metrics.json").read_text()).get("eval") or {}
+        count = ev.get("count") or count
+        correct = unpack_correct(ev.get("correct", ""), count)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return Score(record.score, count, correct)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: str
+    margin: float | None = None
+    band: float | None = None
+    test: str = ""
+
+
+def judge_run(history: list[RunRecord], new: RunRecord, score: Score | None = None,
+              best_score: Score | None = None) -> Judgement:
+    """The verdict of a finished run against the incumbent of `history` (the runs before it)."""
+    if not new.ok:
+        return Judgement("failed")
+    if not new.full:
+        return Judgement("screen", test=f"fidelity {new.fidelity:.2f}: not compared with full runs")
+    best = incumbent(history)
+    if best is None:
+        return Judgement("first")
+    if new.config and recipe_key(new.config) == recipe_key(best.config):
+        return Judgement("replica", round(new.score - best.score, 6), test=f"seed replica of {best.label}")
+    result: Comparison = compare(score or load_score(new), best_score or load_score(best), seed_sd(history))
+    return Judgement(result.verdict, round(float(result.margin), 6), round(float(result.band), 6),
+                     f"vs {best.label}: {result.test}")
+
+
+def inside_noise(history: list[RunRecord], loader=None) -> list[RunRecord]:
+    """Kept improvements (gains) that the noise band known now would call a tie: the target is none.
+    Each gain is re-judged against the incumbent before it with today's seed spread: image by image
+    when both runs' per-image records are still on disk, else its recorded margin against its
+    recorded band and today's seed band."""
+    out, sd, load = [], seed_sd(history), loader or load_score
+    for i, r in enumerate(history):
+        if r.verdict != "gain":
+            continue
+        before = incumbent(history[:i])
+        if before is None:
+            continue
+        new, old = load(r), load(before)
+        if new.correct is not None and old.correct is not None:
+            still = compare(new, old, sd).verdict == "gain"
+        else:
+            margin = r.margin if r.margin is not None else r.score - before.score
+            still = margin > max(r.band or 0.0, seed_band(sd))
+        if not still:
+            out.append(r)
+    return out
+
+
+def ranked(history: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
+    """Full-fidelity successes by score, and the lower-fidelity ones apart (never ranked with them)."""
+    ok = sorted((r for r in history if r.ok), key=lambda r: (-r.score, r.cycle))
+    return [r for r in ok if r.full], [r for r in ok if not r.full]
+
+
+def interval_text(record: RunRecord) -> str:
+    """A score with its 95% interval on its validation images, e.g. '0.9815 [0.9574, 0.9921]'."""
+    ci = wilson(record.score, record.val_count)
+    return f"{record.score:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def noise_text(history: list[RunRecord]) -> str:
+    """The noise band as the Builder, the reports and the dashboard state it."""
+    best = incumbent(history)
+    if best is None:
+        return "no full-fidelity best yet"
+    sd = seed_sd(history)
+    seeds = (f"seed spread sd {sd:.4f} (a gain must exceed {seed_band(sd):.4f})" if sd is not None
+             else "seed spread not measured yet (no seed replica)")
+    n = f" on {best.val_count} validation images (one image = {1 / best.val_count:.4f})" if best.val_count else ""
+    return (f"best {best.label} {interval_text(best)}{n}; {seeds}. A new best must beat it outside the noise "
+            "(paired McNemar test on the same images, p < 0.05, and above the seed band); otherwise it is a tie.")
