@@ -106,6 +106,8 @@ def test_the_night_in_mlflow(night):
         run = nested[name]
         tags, params = run.data.tags, run.data.params
         assert tags["llmloop.kind"] == kind and tags["llmloop.trace_id"] == cycle["cycle_trace_id"]
+        if kind == "training":     # its verdict against the best and its fidelity, as the runs index has them
+            assert tags["llmloop.keep"] == history[0]["verdict"] == "first" and tags["llmloop.fidelity"] == "1.00"
         # the resolved config as params, dotted
         assert params["run.epochs"] == str(EPOCHS) and params["data.image_size"] == "16"
         assert params["run.tensorboard"] == "true"
