@@ -22,6 +22,8 @@ from loop.daemon.recovery import Degraded, recover
 from loop.domains.pixels import CACHE_ENV, workspace_cache
 from loop.errors import LoopError
 from loop.journal.events import EventLog
+from loop.journal.history import RunRecord
+from loop.journal.keeps import incumbent
 from loop.run.kill import kill_tree
 from loop.run.reaper import reap_leftovers
 from loop.run.sandbox import load_sandbox
@@ -129,6 +131,7 @@ def reap_before_launch(loop: Loop, state: LoopState) -> dict:
 
 
 LOCK_PROBE_GRACE_S = 2.0
+_NONE = RunRecord("", 0, {}, False, 0.0)        # the score before any best: 0
 
 
 def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, say=print) -> LoopState:
@@ -272,11 +275,11 @@ def timer_decision(loop: Loop, state: LoopState):
     from loop.phase.window import seconds_until_window
 
     cfg, window = loop.cfg, loop.cfg.adaptive_timer.window
-    history = loop.run_history()[-window:]
-    best, running = [], 0.0
-    for r in history:
-        running = max(running, r.score if r.ok else 0.0)
-        best.append(running)
+    everything = loop.run_history()
+    history = everything[-window:]
+    # the kept best after each recent run: a tie inside the noise is no improvement for the timer either
+    best = [(incumbent(everything[:len(everything) - len(history) + i + 1]) or _NONE).score
+            for i in range(len(history))]
     # Waiting out an open circuit only makes sense when the cycle would wait anyway; with
     # `when_unavailable: offline` the offline policy keeps the machine busy meanwhile.
     circuit_open_for = getattr(loop.builder, "unavailable_for_seconds", None)   # None: the offline policy
