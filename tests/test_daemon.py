@@ -165,6 +165,21 @@ def write_daemon_yaml(tmp_path: Path, **extra) -> Path:
     return path
 
 
+def kill_daemon_of(ws_root: Path) -> None:
+    """SIGKILL the daemon of a test workspace (and its run's process group), if one still runs."""
+    import psutil
+
+    try:
+        pid = int((ws_root / "daemon.pid").read_text().split()[0])
+        proc = psutil.Process(pid)
+        if "loop.cli" in " ".join(proc.cmdline()):
+            for child in proc.children(recursive=True):
+                child.kill()
+            proc.kill()
+    except (OSError, ValueError, IndexError, psutil.Error):
+        pass
+
+
 def cli(*args, timeout=120):
     env = {k: v for k, v in os.environ.items()} | {"PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "loop.cli.main", *args], cwd=REPO, env=env, capture_output=True,
@@ -173,9 +188,10 @@ def cli(*args, timeout=120):
 
 
 @pytest.mark.slow
-def test_background_start_status_stop_and_kill_9_resume(tmp_path):
+def test_background_start_status_stop_and_kill_9_resume(tmp_path, request):
     cfg_path = write_daemon_yaml(tmp_path)
     ws_root = tmp_path / "ws"
+    request.addfinalizer(lambda: kill_daemon_of(ws_root))      # a failed wait must leave no daemon behind
     started = cli("start", "--daemon-config", str(cfg_path))
     assert started.returncode == 0, started.stderr
     # the daemon says which Builder it runs: in its start event at once (its log is block-buffered

@@ -81,5 +81,11 @@ def test_the_daemon_screens_then_continues_a_screen_from_its_checkpoint(tmp_path
     cycles = [json.loads(ln) for ln in ws.events.open() if '"kind": "cycle"' in ln]
     keeps = [k for c in cycles for k in c.get("keeps", [])]
     assert [k["verdict"] for k in keeps][:4] == ["first", "screen", "screen", "screen"]
+    for c in cycles:            # screens stay out of the gates and the archive; full runs go in
+        verdicts = {k["verdict"] for k in c.get("keeps", [])}
+        if verdicts == {"screen"}:
+            assert "promotion" not in c
+        elif verdicts & {"first", "gain", "tie", "below"}:
+            assert "promotion" in c
     story = ws.storyline.read_text()
     assert "screen at fidelity 0.33" in story and "first best" in story

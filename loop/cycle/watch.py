@@ -161,7 +161,8 @@ def finish_run(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunOutcome
     append_history(loop.ws, record)
     rec.keeps.append(KeepEntry(label=record.label, verdict=verdict.verdict, score=record.score,
                                fidelity=record.fidelity, margin=verdict.margin, band=verdict.band, test=verdict.test))
-    if outcome.ok and (out_dir / "model.safetensors").exists():
+    # a screen is a low-fidelity score: its continuation, not the screen, goes to the gates and the archive
+    if outcome.ok and record.full and (out_dir / "model.safetensors").exists():
         from loop.candidates.intake import submit_run
 
         try:
