@@ -241,12 +241,12 @@ def offline_kept_pairs(search: Search) -> list[tuple[Trial, Trial]]:
     return list(zip(kept[1:], kept[:-1]))
 
 
-def task_worker(name: str, queue) -> None:
+def task_worker(name: str, queue, methods: tuple[str, ...] = METHODS) -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         task = Task(name, Path(tmp))
         for seed in SEEDS:
-            for method in METHODS:                 # interleaved: each seed runs every method in turn
+            for method in methods:                 # interleaved: each seed runs every method in turn
                 t0 = time.time()
                 search = run_method(task, method, seed)
                 pairs = offline_kept_pairs(search) if method == "offline policy" else rises(search)
@@ -257,10 +257,14 @@ def task_worker(name: str, queue) -> None:
 
 
 def main() -> None:
+    global METHODS
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", default="both", choices=["digits", "shapes", "both"])
     ap.add_argument("--budget-scale", type=float, default=1.0)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
+    ap.add_argument("--section", default="search_efficiency", help="the RESULTS.md section to (re)write")
     args = ap.parse_args()
+    METHODS = tuple(m for m in METHODS if m in args.methods.split(","))
     for name in TASKS:
         path, dargs, budget = TASKS[name]
         TASKS[name] = (path, dargs, budget * args.budget_scale)
@@ -269,7 +273,7 @@ def main() -> None:
     t0 = time.time()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=task_worker, args=(n, queue)) for n in names]
+    procs = [ctx.Process(target=task_worker, args=(n, queue, METHODS)) for n in names]
     for p in procs:
         p.start()
     results: dict[tuple[str, str], list] = {}
@@ -280,17 +284,24 @@ def main() -> None:
         results.setdefault((name, method), []).append((seed, search, [(Trial(**a), Trial(**b)) for a, b in pairs]))
     for p in procs:
         p.join()
-    write(results, names, facts, time.time() - t0)
+    raw = REPO / "bench" / "_work" / f"{args.section}.json"     # the trials, for later merges and checks
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps([{"task": n, "method": m, "seed": seed, "budget": s.budget,
+                                "trials": [t.__dict__ for t in s.trials]} for (n, m), runs in results.items()
+                               for seed, s, _ in runs]))
+    write(results, names, facts, time.time() - t0, args.section)
 
 
-def write(results: dict, names: list[str], facts: str, seconds: float) -> None:
+def write(results: dict, names: list[str], facts: str, seconds: float, section: str = "search_efficiency") -> None:
     parts = [f"Compute-matched: every method gets the same training CPU-seconds per task and seed (one torch "
              f"thread per trial); seeds {list(SEEDS)}; budget points at {', '.join(f'{p:.0%}' for p in POINTS)} "
              f"of the budget. Total {seconds / 60:.0f} min wall, two tasks in parallel."]
     for name in names:
         path, dargs, budget = TASKS[name]
-        defaults = [s for (n, m), runs in results.items() if n == name and m == "random search"
-                    for _, s, _ in runs]
+        # the default config at each seed: random search's first trial (the offline policy's baseline
+        # when random search did not run)
+        first = "random search" if (name, "random search") in results else "offline policy"
+        defaults = [s for (n, m), runs in results.items() if n == name and m == first for _, s, _ in runs]
         first_scores = [s.trials[0].score for s in defaults if s.trials and s.trials[0].full]
         sd = pooled_seed_sd([first_scores])
         count = next((len(t.correct) for (n, _), runs in results.items() if n == name for _, s, _ in runs
@@ -329,7 +340,7 @@ def write(results: dict, names: list[str], facts: str, seconds: float) -> None:
                      "offline policy the rises counted are its kept gains; for the others, every rise of the best.")
     body = "\n".join(parts) + "\n"
     print(body)
-    write_section("search_efficiency", body, facts)
+    write_section(section, body, facts)
 
 
 if __name__ == "__main__":

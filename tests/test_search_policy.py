@@ -213,3 +213,20 @@ def test_the_builder_sees_the_task_space_the_ladder_and_the_noise(tmp_path):
     assert "fidelity: screen" in text and "continue_run" in text
     assert "Noise band" in text and "best base 0.9630 [" in text and "one image = 0.0037" in text
     assert params_of(BASE)["image_size"] == 32
+
+
+def test_before_any_seed_replica_a_gain_must_clear_the_sampling_sd_as_seed_spread():
+    h: list[RunRecord] = []
+    base = rec("base", 0.50, 1, n=300)
+    judged(h, base)
+    old = np.zeros(300, dtype=bool)
+    old[:150] = True
+    new = old.copy()
+    new[150:168] = True             # 18 more images right, none lost: McNemar p ~ 4e-6
+    assert mcnemar_p(new, old) < 0.001
+    small = judged(h, rec("small", new.mean(), 2, deep_merge(BASE, {"optim": {"lr": 0.1}}), n=300), new, old)
+    assert small.verdict == "tie" and small.band > 0.06                  # 0.06 < 1.96·√2·0.029
+    big = new.copy()
+    big[168:185] = True              # 35 more in all: outside the assumed seed band too
+    assert judged(h, rec("big", big.mean(), 3, deep_merge(BASE, {"optim": {"lr": 0.02}}), n=300),
+                  big, old).verdict == "gain"
