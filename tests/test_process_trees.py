@@ -162,6 +162,23 @@ def test_readopting_keeps_the_runs_setsid_processes(tmp_path):
         kill_run(run)
 
 
+def test_readopting_a_run_that_is_making_processes_kills_none_of_them(tmp_path):
+    """A run that is starting up (runwrap -> bwrap -> bwrap's init) makes processes while the
+    sweep runs. A list of the run's processes made before the sweep missed those born after it,
+    and the sweep killed them as strays (seen in CI: a run re-adopted at a restart died with 137)."""
+    from loop.run.reaper import reap_leftovers
+
+    run = start(tmp_path, "busy", "while true; do sleep 0.002 & sh -c 'sleep 0.002' & wait; done", False)
+    try:
+        wait_for(lambda: tree_started(run, 3), 20, "the run's processes")
+        for _ in range(5):
+            reaped = reap_leftovers("tree-test", run.pid, run.create_time, run.run_tag)
+            assert reaped["killed"] == [], reaped["killed"]
+        assert is_alive(run)
+    finally:
+        kill_run(run)
+
+
 @pytest.mark.skipif(not HAS_BWRAP, reason="no bwrap")
 def test_phase_sandbox_outlives_the_process_that_started_it(tmp_path):
     """PHASE is started straight into bwrap (no runwrap between): without --die-with-parent it

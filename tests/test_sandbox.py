@@ -135,6 +135,31 @@ def test_writable_paths_work_but_may_not_contain_what_runs_must_never_write(box)
     assert snapshot(*protected) == before                             # ...and nothing else
 
 
+def test_a_run_starts_while_workspace_files_come_and_go(box):
+    """daemon.pid goes when the daemon stops, the proposal when it is decided. A per-file bind of
+    such a file made bwrap refuse to start a run launched at that instant (about one launch in four
+    while the files flicker); the workspace stays out of reach without those binds."""
+    transient = [box.ws / "daemon.pid", box.ws / "models" / "PROMOTION_PROPOSAL.json"]
+    stop = threading.Event()
+
+    def flicker():
+        while not stop.is_set():
+            for path in transient:
+                path.write_text("x\n")
+                path.unlink(missing_ok=True)
+
+    thread = threading.Thread(target=flicker, daemon=True)
+    thread.start()
+    try:
+        runs = [box(f"echo ok > {box.ws}/state.json; echo ran > \"$(dirname \"$HOME\")\"/out.txt") for _ in range(40)]
+    finally:
+        stop.set()
+        thread.join(5)
+    refused = [done.stderr for done, run_dir in runs if not (run_dir / "out.txt").exists()]
+    assert not refused, f"{len(refused)} of 40 runs did not start: {refused[0]}"
+    assert (box.ws / "state.json").read_text() == '{"cycle": 3}\n'   # still out of reach
+
+
 # ----------------------------------------------------------------- network ----
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import Callable, Collection
+from typing import Callable
 
 import psutil
 
@@ -53,11 +53,11 @@ def tagged_processes(key: str, value: str) -> list[psutil.Process]:
 
 
 def kill_tree(pid: int | None = None, *, popen: subprocess.Popen | None = None, create_time: float | None = None,
-              tag: str | None = None, tag_key: str = RUN_TAG, spare: Collection[int] = (),
+              tag: str | None = None, tag_key: str = RUN_TAG, spare: Callable[[psutil.Process], bool] = lambda _: False,
               grace_s: float = GRACE_S) -> list[dict]:
     """End a process tree: TERM to the process group led by `pid` and KILL if its leader outlives
-    `grace_s`; then SIGKILL every process (but this one and the pids in `spare`) whose environment
-    has `tag_key`=`tag`; then reap `popen`.
+    `grace_s`; then SIGKILL every process (but this one and those `spare` holds to, asked of each
+    just before its kill) whose environment has `tag_key`=`tag`; then reap `popen`.
 
     The group is signalled only while its leader is provably the process meant: `popen` (the
     Popen that started it) has not exited and, with `create_time`, `same_process` holds. Without
@@ -67,7 +67,7 @@ def kill_tree(pid: int | None = None, *, popen: subprocess.Popen | None = None, 
         if popen is None and create_time is None:
             raise ValueError("kill_tree: a pid alone may have been reused; give its Popen or its create_time")
         _end_group(pid, lambda: _leader_alive(pid, popen, create_time), grace_s)
-    killed = _kill_tagged(tag_key, tag, set(spare), grace_s) if tag else []
+    killed = _kill_tagged(tag_key, tag, spare, grace_s) if tag else []
     if popen is not None:
         try:
             popen.wait(timeout=grace_s)
@@ -96,9 +96,9 @@ def _end_group(pid: int, alive: Callable[[], bool], grace_s: float) -> None:
             time.sleep(0.05)
 
 
-def _kill_tagged(key: str, value: str, spare: set[int], grace_s: float) -> list[dict]:
-    """SIGKILL every process tagged key=value outside `spare`; [{pid, cmdline}] of those killed."""
-    procs = [p for p in tagged_processes(key, value) if p.pid not in spare]
+def _kill_tagged(key: str, value: str, spare: Callable[[psutil.Process], bool], grace_s: float) -> list[dict]:
+    """SIGKILL every process tagged key=value that `spare` does not hold to; [{pid, cmdline}] of those killed."""
+    procs = [p for p in tagged_processes(key, value) if not spare(p)]
     described = {p.pid: _cmdline(p) for p in procs}      # read before they die
     killed = []
     for proc in procs:

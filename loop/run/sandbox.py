@@ -118,8 +118,13 @@ class Sandbox:
         writable = (run_dir, *self.writable)
         needed = sorted({*self.readonly, Path(cwd), *writable}, key=lambda p: len(p.parts))
         args += self.reach_args(needed, set(writable))
+        # A protected path needs its own read-only bind only inside a writable one (check_writable
+        # refuses that today; this is the second line). Binding it regardless would race with files
+        # that come and go (daemon.pid, the proposal): gone between bwrap's check and its mount, the
+        # run fails to start.
         for path in self.protected:
-            args += ["--ro-bind-try", str(path), str(path)]
+            if any(path.is_relative_to(w) for w in writable):
+                args += ["--ro-bind-try", str(path), str(path)]
         for path in self.hidden:
             args += hide_args(path)
         return args + ["--chdir", str(cwd)]
