@@ -47,8 +47,9 @@ def test_the_evaluation_records_which_images_were_right(tmp_path, tiny_cfg):
 
 @pytest.mark.slow
 def test_the_daemon_screens_then_continues_a_screen_from_its_checkpoint(tmp_path):
-    """A real daemon on the offline policy: a full baseline, three screens, then the top screen
-    continued (in the sandbox, reading the screen's checkpoint) and judged against the best."""
+    """A real daemon on the offline policy: a full baseline and its seed replica, three screens,
+    then the top screen continued (in the sandbox, reading the screen's checkpoint) and judged
+    against the best."""
     import yaml
 
     from loop.config import DaemonConfig, validate
@@ -63,29 +64,30 @@ def test_the_daemon_screens_then_continues_a_screen_from_its_checkpoint(tmp_path
         "daemon_poll_seconds": 0, "adaptive_timer": {"min_seconds": 0, "max_seconds": 0.01},
         "phase": {"schedule": "off"}, "evo_period_cycles": 99, "mentor_enabled": False}, "<test>")
     ws = workspace_of(cfg)
-    for _ in range(12):
+    for _ in range(14):
         run_daemon(cfg, ws, max_cycles=1, say=lambda *_: None)
         history = read_history(ws)
         if any(r.label.startswith("continue") for r in history):
             break
     kinds = [r.label.split("-")[0] for r in history]
-    assert kinds[:5] == ["baseline", "mutate", "mutate", "mutate", "continue"], kinds
-    assert [r.verdict for r in history[1:4]] == ["screen"] * 3
-    assert all(r.fidelity == pytest.approx(1 / 3, abs=0.01) for r in history[1:4])
-    cont = history[4]
-    screen = next(r for r in history[1:4] if r.run_dir == cont.config["run"]["resume_from"])
+    assert kinds[:6] == ["baseline", "replica", "mutate", "mutate", "mutate", "continue"], kinds
+    assert [r.verdict for r in history[1:5]] == ["replica"] + ["screen"] * 3
+    screens = history[2:5]
+    assert all(r.fidelity == pytest.approx(1 / 3, abs=0.01) for r in screens)
+    cont = history[5]
+    screen = next(r for r in screens if r.run_dir == cont.config["run"]["resume_from"])
     assert cont.full and cont.verdict in ("gain", "tie", "below") and cont.epochs_trained == 2
     metrics = RunMetrics.read(cont.run_dir)
     assert metrics.resumed_from == screen.run_dir and [e.epoch for e in metrics.curve] == [1, 2, 3]
-    assert screen.score == max(r.score for r in history[1:4])            # the top screen went on
+    assert screen.score == max(r.score for r in screens)                 # the top screen went on
     cycles = [json.loads(ln) for ln in ws.events.open() if '"kind": "cycle"' in ln]
     keeps = [k for c in cycles for k in c.get("keeps", [])]
-    assert [k["verdict"] for k in keeps][:4] == ["first", "screen", "screen", "screen"]
+    assert [k["verdict"] for k in keeps][:5] == ["first", "replica", "screen", "screen", "screen"]
     for c in cycles:            # screens stay out of the gates and the archive; full runs go in
         verdicts = {k["verdict"] for k in c.get("keeps", [])}
         if verdicts == {"screen"}:
             assert "promotion" not in c
-        elif verdicts & {"first", "gain", "tie", "below"}:
+        elif verdicts & {"first", "gain", "tie", "below", "replica"}:
             assert "promotion" in c
     story = ws.storyline.read_text()
     assert "screen at fidelity 0.33" in story and "first best" in story

@@ -17,7 +17,7 @@ from loop.archive.gates import ProbeMetrics, check_gates
 from loop.config import deep_merge, read_yaml, validate
 from loop.errors import ConfigError
 from loop.journal.history import RunRecord
-from loop.journal.keeps import incumbent, inside_noise, judge_run, recipe_key, seed_sd
+from loop.journal.keeps import incumbent, inside_noise, judge_run, judging_sd, recipe_key, seed_sd
 from loop.journal.noise import Score, beats_by, compare, mcnemar_p, pack_correct, unpack_correct, wilson
 from loop.trainer.config import TrainerConfig
 from loop.util.workspace import Workspace
@@ -172,6 +172,7 @@ def test_the_policy_screens_continues_and_replicates_on_the_ladder():
     runs = simulate(14)
     kinds = [d.run_label.split("-")[0] for d, _ in runs]
     assert kinds[0] == "baseline" and runs[0][0].fidelity == "full"
+    assert kinds[1] == "replica" and runs[1][1].verdict == "replica"   # a spread before any gain is judged
     assert "continue" in kinds and "replica" in kinds and kinds.count("mutate") + kinds.count("explore") >= 6
     for d, r in runs:
         if d.continue_run:
@@ -230,3 +231,15 @@ def test_before_any_seed_replica_a_gain_must_clear_the_sampling_sd_as_seed_sprea
     big[168:185] = True              # 35 more in all: outside the assumed seed band too
     assert judged(h, rec("big", big.mean(), 3, deep_merge(BASE, {"optim": {"lr": 0.02}}), n=300),
                   big, old).verdict == "gain"
+
+
+def test_the_seed_spread_judged_by_is_median_scaled_and_never_below_the_sampling_sd():
+    old = Score(0.50, 300)                    # sampling sd sqrt(0.25/300) = 0.0289
+    assert judging_sd([], old)[0] == pytest.approx(0.0289, abs=1e-4)
+    h = [rec("base", 0.50, 1, n=300), rec("rep", 0.44, 2, deep_merge(BASE, {"run": {"seed": 7}}), n=300)]
+    sd, basis = judging_sd(h, old)             # one pair: sd 0.0424 by the formula, x1.48 to its median
+    assert seed_sd(h) == pytest.approx(0.0424, abs=1e-4)
+    assert sd == pytest.approx(0.0424 * 1.4826, abs=2e-4) and "1 dof" in basis
+    h[1] = rec("rep", 0.49, 2, deep_merge(BASE, {"run": {"seed": 7}}), n=300)
+    sd, basis = judging_sd(h, old)             # a close pair: the sampling sd stays the floor
+    assert sd == pytest.approx(0.0289, abs=1e-4) and "below the sampling sd" in basis

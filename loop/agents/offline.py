@@ -44,10 +44,10 @@ from loop.agents.space import (  # noqa: F401 - the space's names, re-exported f
 )
 from loop.config import deep_merge
 from loop.journal.history import RunRecord
-from loop.journal.keeps import incumbent, recipe_key
+from loop.journal.keeps import incumbent, recipe_key, seed_sd
 from loop.journal.noise import KEEPS
 
-REPLICA_AFTER_RUNS = 3          # runs after a new best before its seed replica
+REPLICA_AFTER_RUNS = 3          # runs after a new best before its seed replica (the first best: at once)
 log = logging.getLogger(__name__)
 
 
@@ -87,12 +87,14 @@ def stagnating(history: list[RunRecord], window: int) -> bool:
 
 
 def needs_replica(history: list[RunRecord], best: RunRecord) -> bool:
-    """A seed replica of the incumbent, once, a few runs after it was kept: the seed spread is half
-    of the noise band and only replicas measure it."""
+    """A seed replica of the incumbent, once: the seed spread is half of the noise band and only
+    replicas measure it. The first best gets its replica at once, so a spread is measured before
+    any gain is judged; later ones a few runs after they were kept."""
     if any(r is not best and r.full and r.config and recipe_key(r.config) == recipe_key(best.config)
            for r in history):
         return False
-    return len(history) - 1 - history.index(best) >= REPLICA_AFTER_RUNS
+    wait = REPLICA_AFTER_RUNS if seed_sd(history) is not None else 0
+    return len(history) - 1 - history.index(best) >= wait
 
 
 def replica_overlay(best: RunRecord, history: list[RunRecord]) -> dict:

@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loop.journal.history import RunRecord
-from loop.journal.noise import KEEPS, Comparison, Score, compare, pooled_seed_sd, seed_band, unpack_correct, wilson
+from loop.journal.noise import (
+    KEEPS,
+    Comparison,
+    Score,
+    compare,
+    median_sd,
+    pooled_seed_sd,
+    pooled_seed_spread,
+    seed_band,
+    unpack_correct,
+    wilson,
+)
 
 # what does not change a recipe: a replica differs only in these (and a continuation in its resume)
 NOT_RECIPE = {"label", "seed", "stop_after_epochs", "resume_from", "threads", "device", "log_every_steps",
@@ -87,30 +98,39 @@ def judge_run(history: list[RunRecord], new: RunRecord, score: Score | None = No
     if new.config and recipe_key(new.config) == recipe_key(best.config):
         return Judgement("replica", round(new.score - best.score, 6), test=f"seed replica of {best.label}")
     old = best_score or load_score(best)
-    sd = seed_sd(history)
-    prior = sd is None and bool(old.count)
-    if prior:       # no replica yet: assume the seed spread is at least the split's sampling spread
-        sd = sampling_sd(old.accuracy, old.count)
+    sd, basis = judging_sd(history, old)
     result: Comparison = compare(score or load_score(new), old, sd)
     return Judgement(result.verdict, round(float(result.margin), 6), round(float(result.band), 6),
-                     f"vs {best.label}: {result.test}" + (" (seed spread not measured yet: assumed the "
-                                                         "sampling sd)" if prior else ""))
+                     f"vs {best.label}: {result.test}" + (f" ({basis})" if basis else ""))
+
+
+def judging_sd(history: list[RunRecord], old: Score) -> tuple[float | None, str]:
+    """The seed spread a gain over `old` must clear, with how it was reached: the replicas' pooled
+    sd scaled to its median (few replicas understate it), and never below the binomial sd of the
+    incumbent's validation split, which stands in before any replica exists. Measured spreads were
+    below that floor on digits (0.0021 vs 0.0048) and above it on shapes (0.0367 vs 0.029;
+    bench/RESULTS.md), where gains kept with no floor at all lay inside the noise 2 times of 3."""
+    floor = sampling_sd(old.accuracy, old.count) if old.count else None
+    spread = pooled_seed_spread(seed_groups(history))
+    if spread is None:
+        return floor, "seed spread not measured yet: assumed the sampling sd" if floor else ""
+    measured, dof = median_sd(*spread), spread[1]
+    if floor is not None and floor > measured:
+        return floor, f"measured seed sd {measured:.4f} ({dof} dof) is below the sampling sd {floor:.4f}: used that"
+    return measured, f"measured seed sd, {dof} dof, median-scaled"
 
 
 def sampling_sd(accuracy: float, n: int) -> float:
-    """The binomial sd of an accuracy on n images: the seed spread assumed until replicas measure it.
-    An assumption, not a bound: measured seed spreads were below it on digits (0.0021 vs 0.0048)
-    and above it on shapes (0.0367 vs 0.029; bench/RESULTS.md), where gains kept with no seed band
-    at all turned out inside the noise 2 times of 3. The first replica replaces it."""
+    """The binomial sd of an accuracy on n images."""
     return math.sqrt(max(accuracy * (1 - accuracy), 1e-4) / n)
 
 
 def inside_noise(history: list[RunRecord], loader=None) -> list[RunRecord]:
     """Kept improvements (gains) that the noise band known now would call a tie: the target is none.
-    Each gain is re-judged against the incumbent before it with today's seed spread: image by image
-    when both runs' per-image records are still on disk, else its recorded margin against its
-    recorded band and today's seed band."""
-    out, sd, load = [], seed_sd(history), loader or load_score
+    Each gain is re-judged against the incumbent before it with today's seed spread (judging_sd):
+    image by image when both runs' per-image records are still on disk, else its recorded margin
+    against its recorded band and today's seed band."""
+    out, load = [], loader or load_score
     for i, r in enumerate(history):
         if r.verdict != "gain":
             continue
@@ -118,6 +138,7 @@ def inside_noise(history: list[RunRecord], loader=None) -> list[RunRecord]:
         if before is None:
             continue
         new, old = load(r), load(before)
+        sd, _ = judging_sd(history, old)
         if new.correct is not None and old.correct is not None:
             still = compare(new, old, sd).verdict == "gain"
         else:
@@ -145,8 +166,8 @@ def noise_text(history: list[RunRecord]) -> str:
     best = incumbent(history)
     if best is None:
         return "no full-fidelity best yet"
-    sd = seed_sd(history)
-    seeds = (f"seed spread sd {sd:.4f} (a gain must exceed {seed_band(sd):.4f})" if sd is not None
+    sd, basis = judging_sd(history, Score(best.score, best.val_count))
+    seeds = (f"seed spread sd {sd:.4f} ({basis}; a gain must exceed {seed_band(sd):.4f})" if sd is not None
              else "seed spread not measured yet (no seed replica)")
     n = f" on {best.val_count} validation images (one image = {1 / best.val_count:.4f})" if best.val_count else ""
     return (f"best {best.label} {interval_text(best)}{n}; {seeds}. A new best must beat it outside the noise "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binomtest, chi2
 
 ALPHA = 0.05                    # one-sided: the new run is better
 Z95 = 1.959964
@@ -97,13 +97,25 @@ def compare(new: Score, old: Score, seed_sd: float | None = None) -> Comparison:
 def pooled_seed_sd(groups: list[list[float]]) -> float | None:
     """The pooled standard deviation of seed replicas (each group: one config's scores over seeds);
     None until some config has two seeds."""
+    spread = pooled_seed_spread(groups)
+    return spread[0] if spread else None
+
+
+def pooled_seed_spread(groups: list[list[float]]) -> tuple[float, int] | None:
+    """(pooled sd, degrees of freedom) of seed replicas; None until some config has two seeds."""
     num, dof = 0.0, 0
     for scores in groups:
         if len(scores) > 1:
             mean = sum(scores) / len(scores)
             num += sum((s - mean) ** 2 for s in scores)
             dof += len(scores) - 1
-    return math.sqrt(num / dof) if dof else None
+    return (math.sqrt(num / dof), dof) if dof else None
+
+
+def median_sd(sd: float, dof: int) -> float:
+    """A sample sd from few replicas is usually below the true one (with one degree of freedom, half
+    the time below 0.67 of it): scaled so it is as likely above as below (the chi-square median)."""
+    return sd * math.sqrt(dof / chi2.ppf(0.5, dof))
 
 
 def beats_by(new: Score, old: Score, delta: float) -> tuple[bool, str]:
