@@ -17,7 +17,7 @@ from loop.archive.gates import ProbeMetrics, check_gates
 from loop.config import deep_merge, read_yaml, validate
 from loop.errors import ConfigError
 from loop.journal.history import RunRecord
-from loop.journal.keeps import incumbent, inside_noise, judge_run, judging_sd, recipe_key, seed_sd
+from loop.journal.keeps import incumbent, inside_noise, judge_run, judging_sd, ranked, recipe_key, seed_sd
 from loop.journal.noise import Score, beats_by, compare, mcnemar_p, pack_correct, unpack_correct, wilson
 from loop.trainer.config import TrainerConfig
 from loop.util.workspace import Workspace
@@ -100,6 +100,8 @@ def test_ties_never_replace_the_best_and_screens_and_replicas_are_apart():
     assert judged(h, rec("scr", 0.90, 2, other, fidelity=1 / 3)).verdict == "screen"
     assert judged(h, rec("tie", 0.9667, 3, other)).verdict == "tie"                 # one image up
     assert incumbent(h).label == "base"
+    assert [r.label for r in ranked(h)[0]] == ["base", "tie"]    # the kept best heads the board, the tie follows
+    assert leaderboard_text(h).splitlines()[0].startswith("- base:")
     replica = deep_merge(BASE, {"run": {"seed": 7}})
     assert recipe_key(replica) == recipe_key(BASE)
     assert judged(h, rec("rep", 0.9593, 4, replica)).verdict == "replica"

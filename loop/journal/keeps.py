@@ -150,9 +150,15 @@ def inside_noise(history: list[RunRecord], loader=None) -> list[RunRecord]:
 
 
 def ranked(history: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
-    """Full-fidelity successes by score, and the lower-fidelity ones apart (never ranked with them)."""
+    """Full-fidelity successes, and the lower-fidelity ones apart (never ranked with them). The kept
+    best heads the full ones: a run that scored higher inside the noise (a tie, a seed replica)
+    follows it with its verdict, so no leaderboard shows a tie as the new best. The rest by score."""
     ok = sorted((r for r in history if r.ok), key=lambda r: (-r.score, r.cycle))
-    return [r for r in ok if r.full], [r for r in ok if not r.full]
+    best = incumbent(history)
+    full = [r for r in ok if r.full]
+    if best is not None and best in full:
+        full = [best, *(r for r in full if r is not best)]
+    return full, [r for r in ok if not r.full]
 
 
 def interval_text(record: RunRecord) -> str:

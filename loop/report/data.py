@@ -20,7 +20,7 @@ from loop.cycle.record import CycleRecord
 from loop.domains.report import DataReport, load_data_report
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord, read_history
-from loop.journal.keeps import incumbent
+from loop.journal.keeps import incumbent, ranked
 from loop.run.judge import RunOutcome
 from loop.util.workspace import Workspace
 
@@ -84,12 +84,13 @@ class ReportData:
 
     @property
     def ranked(self) -> list[Run]:
-        """Full-fidelity successes by score; lower-fidelity ones are never ranked with them."""
-        return sorted((r for r in self.ok_runs if r.full), key=lambda r: (-r.score, r.cycle))
+        """Full-fidelity successes, the kept best first, then by score (keeps.ranked)."""
+        return ranked(self.runs)[0]
 
     @property
     def low_fidelity(self) -> list[Run]:
-        return sorted((r for r in self.ok_runs if not r.full), key=lambda r: (-r.score, r.cycle))
+        """Lower-fidelity successes by score, never ranked with the full ones."""
+        return ranked(self.runs)[1]
 
     @property
     def best(self) -> Run | None:

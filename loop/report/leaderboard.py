@@ -67,9 +67,10 @@ def leaderboard_md(data: ReportData) -> str:
     lines = [f"# Leaderboard: top {data.top_k}", ""]
     if data.note:
         lines += [f"> Note: {data.note}", ""]
-    lines += [f"Successful full-fidelity training runs ranked by validation accuracy ({len(data.ranked)} in all), "
-              "each with its 95% interval on the validation images and its verdict against the best of its time "
-              "(a tie lies inside the noise band and never replaced the best).", ""]
+    lines += [f"Successful full-fidelity training runs ({len(data.ranked)} in all): the kept best first, then by "
+              "validation accuracy, each with its 95% interval on the validation images and its verdict against the "
+              "best of its time (a tie or a seed replica lies inside the noise band: it may score higher and still "
+              "never replaced the best).", ""]
     lines += leaderboard_table(data) + [""] + low_fidelity_lines(data) + [head_text(data)]
     return "\n".join(lines) + "\n"
 
