@@ -6,7 +6,8 @@ import datetime as dt
 from collections import Counter
 from pathlib import Path
 
-from loop.journal.keeps import inside_noise, interval_text, noise_text
+from loop.journal.keeps import inside_noise, interval_text, noise_text, seed_groups
+from loop.journal.noise import pooled_seed_spread
 from loop.report.data import ReportData, Run, dig
 from loop.report.datasection import data_section, leak_warning
 from loop.report.helpers import (
@@ -270,9 +271,15 @@ def limit_leak(data: ReportData) -> str:
 def limit_seeds(data: ReportData) -> str:
     if not data.runs:
         return "No runs: nothing can be concluded yet."
-    seeds = {r.key()["seed"] for r in data.runs if r.key()["seed"] is not None}
-    return (f"One seed per configuration (seeds used: {', '.join(map(str, sorted(seeds))) or 'unknown'}): "
-            "differences of a few tenths of a point between runs may be noise.")
+    seeds = ", ".join(map(str, sorted({r.key()["seed"] for r in data.runs if r.key()["seed"] is not None})))
+    spread = pooled_seed_spread(seed_groups(data.runs))
+    if spread is None:
+        return (f"One seed per configuration (seeds used: {seeds or 'unknown'}): the seed spread was not measured, "
+                "so differences of a few tenths of a point between runs may be noise.")
+    replicated = len(seed_groups(data.runs))
+    return (f"Seed spread measured on {replicated} configuration(s) run with several seeds: pooled sd "
+            f"{spread[0]:.4f} ({spread[1]} degree(s) of freedom; seeds used: {seeds}). Every other configuration "
+            "ran with one seed; its score carries that spread unmeasured.")
 
 
 def limit_val_set(data: ReportData) -> str:
