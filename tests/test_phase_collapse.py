@@ -8,7 +8,7 @@ from loop.agents.offline import SPACE, PolicyInput, RunRecord, builder_decision,
 from loop.config import DaemonConfig, deep_merge, read_yaml
 from loop.cycle.cycle import Loop, phase_section  # noqa: F401  (Loop: re-exported by the cycle)
 from loop.cycle.state import LoopState
-from loop.daemon.process import collapse_phase
+from loop.daemon.phase_pause import collapse_phase
 from loop.journal.events import EventLog
 from loop.phase.results import PhaseResults
 from loop.util.workspace import Workspace

@@ -12,19 +12,18 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import psutil
 from filelock import FileLock, Timeout
 
 from loop.config import DaemonConfig, LLMRole
 from loop.cycle.cycle import Loop, run_cycle
 from loop.cycle.state import LoopState
+from loop.daemon.phase_pause import phase_if_due
 from loop.daemon.recovery import Degraded, recover
 from loop.domains.pixels import CACHE_ENV, workspace_cache
 from loop.errors import LoopError
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord
 from loop.journal.keeps import incumbent
-from loop.run.kill import kill_tree
 from loop.run.reaper import reap_leftovers
 from loop.run.sandbox import load_sandbox
 from loop.util.workspace import Workspace, workspace_of  # noqa: F401  (workspace_of: callers use it from here)
@@ -291,70 +290,6 @@ def timer_decision(loop: Loop, state: LoopState):
                          llm_circuit_open_seconds=circuit_open_for() if circuit_open_for else None,
                          **sample_resources())
     return next_pause(inputs, cfg.adaptive_timer.min_seconds, cfg.adaptive_timer.max_seconds)
-
-
-def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
-    """At a cycle boundary with nothing running: if a PHASE window is open, pause, run PHASE, wait for
-    its completion signal (in chunks, honouring stop requests), then collapse its results."""
-    import datetime as dt
-
-    from loop.phase import window as phase_window
-    cfg, ws, events = loop.cfg, loop.ws, loop.events
-    key = phase_window.window_due(cfg.phase, state.cycle, dt.datetime.now(), state.phase_done)
-    if key is None or state.active_runs:
-        return state
-    run_id = f"{key}-{time.strftime('%H%M%S')}"
-    trace = f"phase-{run_id}"
-    run_dir = ws.root / "phase" / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_copy = run_dir / "daemon_config.json"        # PHASE reads exactly the config the daemon runs
-    config_copy.write_text(cfg.model_dump_json(indent=2))
-    events.append("phase_pause", trace, window=key, run_id=run_id, cycle=state.cycle)
-    loop.say(f"PHASE window {key}: pausing after cycle {state.cycle}, deep evaluation {run_id} running")
-    pool, holder = getattr(loop.runner(), "pool", None), f"phase:{run_id}"
-    slot = pool.acquire(holder, loop.should_stop) if pool is not None else None
-    if pool is not None and slot is None:
-        events.append("phase_interrupted", trace, run_id=run_id, reason="stop requested while waiting for a slot")
-        return state
-    try:
-        proc = phase_window.start_phase(str(config_copy), ws.root, run_id, cfg.root, sandbox=loop.sandbox,
-                                        extra_env=slot.env() if slot else None)
-        if slot is not None:
-            pool.bind(slot, holder, proc.pid, psutil.Process(proc.pid).create_time())
-        signal_path = ws.root / "phase" / f"phase_complete_{run_id}.json"
-        outcome = phase_window.wait_for_signal(signal_path, proc, loop.should_stop, cfg.phase.sleep_chunk_seconds)
-    finally:
-        if pool is not None:
-            pool.release(holder)
-    state.phase_done = (state.phase_done + [key])[-50:]
-    if outcome == "stopped":
-        kill_tree(proc.pid, popen=proc, tag=f"phase:{run_id}")
-        events.append("phase_interrupted", trace, run_id=run_id, reason="stop requested during the PHASE pause")
-    elif outcome == "phase_failed":
-        events.append("phase_failed", trace, run_id=run_id, exit_code=proc.returncode,
-                      log=str(run_dir / "stdout.log"))
-    else:
-        collapse_phase(loop, state, signal_path, trace)
-    state.save(ws.state)
-    return state
-
-
-def collapse_phase(loop: Loop, state: LoopState, signal_path: Path, trace: str) -> None:
-    """Ingest PHASE results: baselines, flags, search-space recommendations; one integration event."""
-    from loop.phase.results import read_results
-
-    results = read_results(Path(json.loads(signal_path.read_text())["results"]))
-    baselines = {domain: m.fitness for domain, m in results.metrics.items()}
-    state.fitness_baselines.update(baselines)
-    state.flagged_variants = list(results.flagged_variants)
-    state.phase_recommendations = dict(results.search_space_recommendations)
-    loop.phase_hint = dict(results.search_space_recommendations)
-    loop.events.append("phase_integration", trace, run_id=results.run_id, domains=results.domains_tested,
-                       fitness_baselines=baselines, flagged_variants=state.flagged_variants,
-                       promoted_variants=list(results.promoted_variants),
-                       search_space_recommendations=state.phase_recommendations)
-    loop.say(f"PHASE complete: baselines {baselines}; flagged {state.flagged_variants}; "
-             f"recommendations {state.phase_recommendations}; resuming")
 
 
 def sleep_between_cycles(seconds: float, should_stop, chunk: float = 0.2) -> None:

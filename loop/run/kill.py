@@ -9,7 +9,7 @@ grandchild that left the process group with `setsid` still carries them; inside 
 namespace takes those down with the group anyway.
 
 Callers: loop/run/supervise.py (a run's walltime, stall or stop; a candidate's timeout), the
-daemon's PHASE stop (loop/daemon/process.py) and loop/run/reaper.py (a restart's leftovers).
+daemon's PHASE stop (loop/daemon/phase_pause.py) and loop/run/reaper.py (a restart's leftovers).
 """
 from __future__ import annotations
 
