@@ -45,7 +45,8 @@ import torch  # noqa: E402
 from _results import machine_facts, spread, write_section  # noqa: E402
 
 from loop.agents.ladder import resolve  # noqa: E402
-from loop.agents.offline import PolicyInput, TaskProfile, builder_decision, overlay_of, space_for  # noqa: E402
+from loop.agents.offline import PolicyInput, builder_decision  # noqa: E402
+from loop.agents.space import TaskProfile, overlay_of, space_for  # noqa: E402
 from loop.config import deep_merge, read_yaml, validate  # noqa: E402
 from loop.cycle.watch import measured  # noqa: E402
 from loop.domains import resolve_domain  # noqa: E402

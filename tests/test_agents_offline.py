@@ -2,19 +2,12 @@
 from __future__ import annotations
 
 from loop.agents.context import build_context, compute_signals
-from loop.agents.offline import (
-    SPACE,
-    PolicyInput,
-    RunRecord,
-    builder_decision,
-    mentor_review,
-    overlay_of,
-    params_of,
-    stagnating,
-)
+from loop.agents.offline import PolicyInput, builder_decision, mentor_review, stagnating
 from loop.agents.schema import Decision
+from loop.agents.space import SPACE, overlay_of, params_of
 from loop.agents.usage import estimate_tokens
 from loop.config import deep_merge, read_yaml, validate
+from loop.journal.history import RunRecord
 from loop.journal.notes import add_todos, append_storyline, append_workpad
 from loop.trainer.config import TrainerConfig
 from loop.util.workspace import Workspace

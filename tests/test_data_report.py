@@ -14,18 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from loop.agents.offline import (
-    PRETRAINED_TAG,
-    PolicyInput,
-    RunRecord,
-    TaskProfile,
-    builder_decision,
-    image_sizes_around,
-    mentor_review,
-    overlay_of,
-    params_of,
-    space_for,
-)
+from loop.agents.offline import PolicyInput, builder_decision, mentor_review
+from loop.agents.space import PRETRAINED_TAG, TaskProfile, image_sizes_around, overlay_of, params_of, space_for
 from loop.config import DaemonConfig, deep_merge, read_yaml, validate
 from loop.cycle.cycle import run_cycle
 from loop.cycle.dataprofile import refresh_data_report, task_profile
@@ -43,6 +33,7 @@ from loop.domains.report import (
     save_data_report,
 )
 from loop.journal.events import EventLog
+from loop.journal.history import RunRecord
 from loop.report.data import load_data
 from loop.report.paper import paper_report
 from loop.trainer.config import TrainerConfig

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from loop.agents.offline import params_of
+from loop.agents.space import params_of
 from loop.archive import freeze as archive
 from loop.archive.paths import ModelPaths
 from loop.archive.promotion import cutover

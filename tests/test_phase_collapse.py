@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
-from loop.agents.offline import SPACE, PolicyInput, RunRecord, builder_decision, params_of, restricted_space
+from loop.agents.offline import PolicyInput, builder_decision
+from loop.agents.space import SPACE, params_of, restricted_space
 from loop.config import DaemonConfig, deep_merge, read_yaml
 from loop.cycle.cycle import Loop, phase_section  # noqa: F401  (Loop: re-exported by the cycle)
 from loop.cycle.state import LoopState
 from loop.daemon.phase_pause import collapse_phase
 from loop.journal.events import EventLog
+from loop.journal.history import RunRecord
 from loop.phase.results import PhaseResults
 from loop.util.workspace import Workspace
 from tests.conftest import REPO

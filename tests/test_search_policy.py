@@ -11,8 +11,9 @@ import pytest
 from loop.agents.context import build_context, leaderboard_text, search_context
 from loop.agents.cost import cost_model
 from loop.agents.ladder import ETA, promotable, resolve, screen_epochs
-from loop.agents.offline import PolicyInput, builder_decision, params_of
+from loop.agents.offline import PolicyInput, builder_decision
 from loop.agents.schema import Decision
+from loop.agents.space import params_of
 from loop.archive.gates import ProbeMetrics, check_gates
 from loop.config import deep_merge, read_yaml, validate
 from loop.errors import ConfigError
@@ -204,7 +205,7 @@ def test_no_proposal_breaks_the_walltime_cap():
 
 
 def test_the_builder_sees_the_task_space_the_ladder_and_the_noise(tmp_path):
-    from loop.agents.offline import TaskProfile
+    from loop.agents.space import TaskProfile
 
     ws = Workspace(tmp_path).ensure()
     profile = TaskProfile(native_size=96, channels=3, num_classes=12, train_images=5000)

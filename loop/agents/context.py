@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loop.agents.ladder import ladder_text
-from loop.agents.offline import RunRecord, TaskProfile, best_run, space_text, stagnating
+from loop.agents.offline import best_run, stagnating
+from loop.agents.space import TaskProfile, space_text
+from loop.journal.history import RunRecord
 from loop.journal.keeps import interval_text, noise_text, ranked
 from loop.journal.notes import tail_text, todo_summary
 from loop.util.workspace import Workspace

@@ -25,23 +25,7 @@ from dataclasses import dataclass, field
 from loop.agents.cost import SAFETY, cost_model
 from loop.agents.ladder import planned_epochs, promotable, screen_epochs, screens
 from loop.agents.schema import Decision, Review
-from loop.agents.space import (  # noqa: F401 - the space's names, re-exported for the policy's callers
-    ALL_AUGMENT_PRESETS,
-    AUGMENT_PRESETS,
-    OPTIMIZERS,
-    PRETRAINED_TAG,
-    RGB_AUGMENT_PRESETS,
-    SPACE,
-    TaskProfile,
-    image_sizes_around,
-    overlay_of,
-    params_of,
-    recognised,
-    restricted_space,
-    space_for,
-    space_text,
-    suggest,
-)
+from loop.agents.space import SPACE, TaskProfile, overlay_of, params_of, restricted_space, space_for, suggest
 from loop.config import deep_merge
 from loop.journal.history import RunRecord
 from loop.journal.keeps import incumbent, recipe_key, seed_sd

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loop.agents.offline import TaskProfile
+from loop.agents.space import TaskProfile
 from loop.config import DaemonConfig, read_yaml
 from loop.cycle.loop import Loop
 from loop.cycle.record import CycleRecord

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from loop.agents.offline import TaskProfile
+from loop.agents.space import TaskProfile
 from loop.config import DaemonConfig
 from loop.domains.report import DataReport
 from loop.journal.events import EventLog

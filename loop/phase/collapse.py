@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from loop.agents.offline import SPACE, params_of
+from loop.agents.space import SPACE, params_of
 from loop.phase.results import DomainMetrics, ModelResult
 
 GAP_POINTS = 2.0            # a recall/delta gap this large (accuracy points) becomes an insight
