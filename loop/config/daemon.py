@@ -116,6 +116,7 @@ class DaemonConfig(StrictModel):
     sandbox: Literal["required", "optional"] = "required"   # optional: policy filter alone if bwrap is missing
     sandbox_user: str = "nobody"              # runs drop to this user when the daemon is root
     sandbox_network: bool = False
+    sandbox_shm_gb: float = Field(2.0, gt=0)   # the run's private /dev/shm (loader workers, torch IPC)
     sandbox_writable_paths: list[str] = Field(default_factory=list)   # besides the run folder; workspace-relative
     sandbox_readonly_paths: list[str] = Field(default_factory=list)   # extra folders runs read (image data)
     sandbox_hide_paths: list[str] = Field(default_factory=list)       # more credential files/folders to hide

@@ -18,7 +18,9 @@ blotches, lower contrast) left it near 0.28 in 10 epochs.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -252,3 +254,34 @@ def _check_args(count: object, image_size: object, seed: object, imbalance: obje
         raise DomainError(f"shapes: image_size must be from 16 to 256, got {image_size}")
     if seed < 0:
         raise DomainError(f"shapes: seed must be 0 or more, got {seed}")
+
+
+# ------------------------------------------------------------- as files on disk ----
+
+def write_shapes_files(root: str | Path, count: int = 7200, image_size: int = 32, seed: int = 0,
+                       imbalance: float = 4.0, layout: str = "folder") -> Path:
+    """The shapes task as a user's data would arrive: PNG files, for the image-folder and CSV tasks
+    of the night benchmark and the tests. `folder`: root/<class>/<index>.png, written class by
+    class as a copy would (so file times follow the class order); `csv`: root/images/<index>.png
+    and root/labels.csv with id, label and age (the render index: the drift's true order).
+    Returns the folder (`folder`) or the CSV (`csv`). Written once: a marker file records the args."""
+    from PIL import Image
+
+    root = Path(root)
+    marker = root / ".shapes.json"
+    args = {"count": count, "image_size": image_size, "seed": seed, "imbalance": imbalance, "layout": layout}
+    target = root / "labels.csv" if layout == "csv" else root
+    if marker.exists() and json.loads(marker.read_text()) == args:
+        return target
+    images, labels = render_shapes(count, image_size, seed, imbalance)
+    rows = ["id,label,age"]
+    for i in sorted(range(count), key=lambda k: (labels[k], k)):
+        name = CLASS_NAMES[labels[i]]
+        folder = root / ("images" if layout == "csv" else name)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(folder / f"{i:05d}.png", compress_level=1)
+        rows.append(f"{i:05d},{name},{i}")
+    if layout == "csv":
+        (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    marker.write_text(json.dumps(args))
+    return target

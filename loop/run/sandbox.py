@@ -49,6 +49,10 @@ PROTECTED_IN_WORKSPACE = ("notes", "logs", "state.json", "events.jsonl", "daemon
                           "models/archive", "models/GEN_HEAD", "models/lineage.csv", "models/lifecycle",
                           "models/PROMOTION_PROPOSAL.json")
 DROP_PRIVILEGES = ("--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs")
+# Switches that keep libraries from reaching for the network on their own (an update check at
+# import, telemetry): with the network off each would be a failed attempt in every run's log.
+OFFLINE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
+               "PIP_DISABLE_PIP_VERSION_CHECK": "1", "MPLBACKEND": "Agg"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class Sandbox:
     owner: str = ""                    # LLMLOOP_OWNER tag: lets a restart find leftover processes
     note: str = ""                     # what the daemon says about the boundary at start
     setpriv: str = "setpriv"           # absolute path, found while loading (not through the run's PATH)
+    shm_bytes: int = 2 << 30           # size of the run's private, writable /dev/shm
 
     @property
     def active(self) -> bool:
@@ -112,7 +117,10 @@ class Sandbox:
             args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         elif os.geteuid() != 0:
             args.append("--unshare-user")
-        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm"]
+        # /dev/shm: private, sized, and writable by the run user (1777): DataLoader workers and
+        # torch's multiprocessing make their semaphores and shared tensors there.
+        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--perms", "1777",
+                 *(["--size", str(self.shm_bytes)] if bwrap_sizes_tmpfs(self.bwrap) else []), "--tmpfs", "/dev/shm"]
         for device in gpu_device_nodes(gpus):
             args += ["--dev-bind-try", device, device]
         writable = (run_dir, *self.writable)
@@ -250,8 +258,10 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
     if user and not uid_mapped(user[0]):
         user = None     # root only inside a user namespace that has no such uid: run as ourselves
     pixel_cache = workspace_cache(ws_root)     # decoded images, shared by every run of the workspace
-    base_env = {**allowed_env(cfg.sandbox_env_allowlist, repo_root), "LLMLOOP_OWNER": owner_tag(ws_root),
-                CACHE_ENV: str(pixel_cache)}
+    base_env = {**allowed_env(cfg.sandbox_env_allowlist, repo_root), **OFFLINE_ENV,
+                "LLMLOOP_OWNER": owner_tag(ws_root), CACHE_ENV: str(pixel_cache)}
+    if not cfg.sandbox_network:       # no network: a hub lookup could only fail, so none is tried
+        base_env["HF_HUB_OFFLINE"] = "1"
     bwrap, problem = find_bwrap(user is not None)
     if problem and cfg.sandbox == "required":
         raise SandboxUnavailable(f"sandbox: required, but {problem}; {INSTALL_HINT}, or set `sandbox: optional` "
@@ -271,7 +281,8 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
                       network=cfg.sandbox_network, readonly=tuple(sorted(readonly)),
                       writable=writable, protected=tuple(sorted(protected)), hidden=tuple(sorted(hidden)),
                       base_env=base_env, owner=base_env["LLMLOOP_OWNER"], note=note,
-                      setpriv=shutil.which("setpriv") or "/usr/bin/setpriv")
+                      setpriv=shutil.which("setpriv") or "/usr/bin/setpriv",
+                      shm_bytes=int(cfg.sandbox_shm_gb * (1 << 30)))
     grant_writable(sandbox)
     return sandbox
 
@@ -314,6 +325,15 @@ def grant_writable(sandbox: Sandbox) -> None:
         path.mkdir(parents=True, exist_ok=True)
         if sandbox.user and sandbox.active:
             os.chown(path, *sandbox.user)
+
+
+@functools.lru_cache(maxsize=4)
+def bwrap_sizes_tmpfs(bwrap: str) -> bool:
+    """Whether this bubblewrap takes `--size` (0.6+); an older one mounts /dev/shm unsized."""
+    try:
+        return "--size" in subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 @functools.lru_cache(maxsize=4)

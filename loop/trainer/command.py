@@ -6,6 +6,7 @@ Exit codes: 0 done, 2 bad config, 3 unsupported model name, 4 budget exceeded (h
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 @exits_with_code
 def run_train(args: argparse.Namespace) -> int:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")    # no update check over the network at import
     from loop.trainer.config import load_trainer_config
     from loop.trainer.train import TRAIN_ARGS_FILE, train
 
@@ -43,6 +45,9 @@ def default_out_dir(label: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from loop.util.netwatch import watch_network
+
+    watch_network()     # the daemon's runs start here: a network attempt shows in the run's log
     parser = argparse.ArgumentParser(prog="python -m loop.trainer", description="The shared KD/CNN trainer.")
     add_train_arguments(parser)
     return run_train(parser.parse_args(argv))
