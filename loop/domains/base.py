@@ -8,7 +8,9 @@ candidate is judged on the same images:
   recall  held-out images from the *older* part of the data ("no forgetting")
   delta   held-out images from the *newest* part of the data ("learned the new")
   drift   held-out images on which a candidate's predictions are compared with GEN_HEAD's
-All five are disjoint.
+All five are disjoint. Ages that only mirror the class order (files copied class by class) cannot
+pick recall and delta: loop/domains/ages.py checks them, and file times then give way to a
+stratified draw (`DomainSplits.ages` says which happened, and why).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from loop.domains.ages import FALLBACK_SOURCES, AgeCheck, AgeSource, cramers_v, probe_gaps, stratified_draw
 from loop.domains.listing import BadImage
 from loop.domains.pixels import PixelFacts, PixelSource, PixelView
 from loop.errors import DomainError
@@ -31,7 +34,7 @@ SPLIT_NAMES = ("train", "val", "recall", "delta", "drift")
 
 @dataclass(frozen=True)
 class SampleSet:
-    """Images with labels, stable ids and an age (larger = newer).
+    """Images with labels, stable ids and an age (larger = newer), and where the ages come from.
 
     A domain hands its images in as `array` (N, H, W, C) uint8 or as image file `paths`; both become
     one `PixelSource`, and every subset (a split, a training fraction) is rows of that same source,
@@ -47,6 +50,7 @@ class SampleSet:
     paths: tuple[str, ...] | None = None
     source: PixelSource | None = None
     rows: np.ndarray | None = None
+    ages_from: AgeSource = "order"
 
     def __post_init__(self) -> None:
         if self.source is None:
@@ -79,7 +83,7 @@ class SampleSet:
     def subset(self, idx: np.ndarray) -> "SampleSet":
         idx = np.asarray(idx, dtype=np.int64)
         return SampleSet(labels=self.labels[idx], ids=self.ids[idx], ages=self.ages[idx], channels=self.channels,
-                         source=self.source, rows=self.rows[idx])
+                         source=self.source, rows=self.rows[idx], ages_from=self.ages_from)
 
     def concat(self, other: "SampleSet") -> "SampleSet":
         if other.source is not self.source:
@@ -87,7 +91,7 @@ class SampleSet:
         return SampleSet(
             labels=np.concatenate([self.labels, other.labels]), ids=np.concatenate([self.ids, other.ids]),
             ages=np.concatenate([self.ages, other.ages]), channels=self.channels, source=self.source,
-            rows=np.concatenate([self.rows, other.rows]),
+            rows=np.concatenate([self.rows, other.rows]), ages_from=self.ages_from,
         )
 
     def select_ids(self, ids: list[str]) -> "SampleSet":
@@ -113,6 +117,7 @@ class DomainSplits:
     recall: SampleSet
     delta: SampleSet
     drift: SampleSet
+    ages: AgeCheck = field(default_factory=AgeCheck)     # whether ages picked recall and delta, and why not
 
     def as_dict(self) -> dict[str, SampleSet]:
         return {name: getattr(self, name) for name in SPLIT_NAMES}
@@ -218,14 +223,24 @@ def _take(pool: np.ndarray, labels: np.ndarray, count: int, seed: int, what: str
 
 
 def make_splits(samples: SampleSet, fr: SplitFractions, seed: int, domain: str) -> DomainSplits:
+    """The five splits, the same for the same samples and seed. recall and delta come from the older
+    and the newest pool, unless the ages are file times confounded with class (then stratified)."""
     n = len(samples)
     order = np.argsort(samples.ages, kind="stable")            # oldest first
     n_new = max(1, int(round(n * fr.newest_share)))
     older, newest = np.sort(order[:-n_new]), np.sort(order[-n_new:])
     labels = samples.labels
-    delta, newest_rest = _take(newest, labels, int(round(n * fr.delta)), seed, "delta", domain)
-    recall, older_rest = _take(older, labels, int(round(n * fr.recall)), seed + 1, "recall", domain)
+    n_delta, n_recall = int(round(n * fr.delta)), int(round(n * fr.recall))
+    delta, newest_rest = _take(newest, labels, n_delta, seed, "delta", domain)
+    recall, older_rest = _take(older, labels, n_recall, seed + 1, "recall", domain)
     rest = np.sort(np.concatenate([older_rest, newest_rest]))
+    ages = AgeCheck(ages_from=samples.ages_from, cramers_v=cramers_v(labels, samples.ages),
+                    missing=probe_gaps(labels, {"recall": recall, "delta": delta}))
+    if ages.confounded and samples.ages_from in FALLBACK_SOURCES:
+        delta, rest = stratified_draw(np.arange(n), labels, n_delta, seed, "delta", domain)
+        recall, rest = stratified_draw(rest, labels, n_recall, seed + 1, "recall", domain)
+        ages = ages.model_copy(update={"fell_back": True,
+                                       "lacking": probe_gaps(labels, {"recall": recall, "delta": delta})})
     val, rest = _take(rest, labels, int(round(n * fr.val)), seed + 2, "val", domain)
     drift, train = _take(rest, labels, int(round(n * fr.drift)), seed + 3, "drift", domain)
     missing = set(np.unique(labels)) - set(np.unique(labels[train]))
@@ -233,7 +248,7 @@ def make_splits(samples: SampleSet, fr: SplitFractions, seed: int, domain: str) 
         raise DomainError(f"{domain}: classes {sorted(missing)} have no training samples left")
     return DomainSplits(train=samples.subset(train), val=samples.subset(val),
                         recall=samples.subset(recall), delta=samples.subset(delta),
-                        drift=samples.subset(drift))
+                        drift=samples.subset(drift), ages=ages)
 
 
 def ensure_dir(path: str | Path, what: str) -> Path:

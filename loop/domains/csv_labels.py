@@ -1,7 +1,8 @@
 """A user's task described by a CSV: one row per image, an id or path column and a label column
 (names configurable), the images in a folder (`{id}.png`/`.jpg`/... or the relative paths the CSV
-gives). An optional age column (a number: larger = newer) feeds the recall/delta probes; without
-it a file's modification time is its age.
+gives). An optional age column (a number: larger = newer) feeds the recall/delta probes and is kept
+as stated; without it a file's modification time is its age, and times that only mirror the class
+order give way to a stratified draw of recall and delta (loop/domains/ages.py).
 
 Bad rows (a missing or unreadable image, an empty label) are refused with their row numbers, or
 left out and listed in the data report with `skip_bad_images: true`.
@@ -50,7 +51,8 @@ class CsvLabelsDomain(SpicaDomain):
         return (SampleSet(labels=np.array([index[c] for c in listing.labels], dtype=np.int64),
                           ids=np.array(listing.ids), ages=np.array(listing.ages, dtype=np.float64),
                           channels=channels,
-                          source=PixelSource(channels, paths=tuple(listing.paths), rows_named=tuple(listing.where))),
+                          source=PixelSource(channels, paths=tuple(listing.paths), rows_named=tuple(listing.where)),
+                          ages_from="column" if self.age_column else "file_mtime"),
                 classes)
 
 

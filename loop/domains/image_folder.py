@@ -1,5 +1,7 @@
 """A user's task: `root/<class_name>/*.png|jpg|...`, one sub-folder per class.
-A file's modification time is its age (newer files feed the delta probe set)."""
+A file's modification time is its age (newer files feed the delta probe set), unless those times
+only mirror the class order (folders copied class by class): then recall and delta are drawn
+stratified instead and the data report says so (loop/domains/ages.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -48,5 +50,6 @@ class ImageFolderDomain(SpicaDomain):
         self._bad_images = listing.bad
         labels = np.array([classes.index(c) for c in listing.labels], dtype=np.int64)
         return (SampleSet(labels=labels, ids=np.array(listing.ids), ages=np.array(listing.ages), channels=channels,
-                          source=PixelSource(channels, paths=tuple(listing.paths), rows_named=tuple(listing.where))),
+                          source=PixelSource(channels, paths=tuple(listing.paths), rows_named=tuple(listing.where)),
+                          ages_from="file_mtime"),
                 classes)
