@@ -4,7 +4,8 @@ Per split: images and per-class counts; the train split's class imbalance; the n
 and channels; unreadable files (recorded, never fatal); and exact duplicates, by a digest of the
 decoded pixels. An image in val/recall/delta/drift whose pixels also occur in train is a LEAK: the
 probes and the validation score would reward memorising it. Copies inside one split are reported
-but are no leak.
+but are no leak. Whether the ages could pick the recall and delta probes (loop/domains/ages.py): when
+they mirror the class order, the summary warns of it first.
 
 One pass over the images, one image in memory at a time (only its digest and size are kept), so a
 50,000-image folder costs one decode per image. The per-image reader is a seam: one that takes the
@@ -30,8 +31,10 @@ from typing import Callable, Iterator
 import numpy as np
 from pydantic import BaseModel, Field
 
+from loop.domains.ages import AgeCheck
 from loop.domains.base import SPLIT_NAMES, SampleSet, SpicaDomain
 from loop.domains.pixels import pixel_digest
+from loop.domains.summary import summary_lines
 from loop.errors import DomainError
 from loop.util.fsutil import atomic_write_text
 
@@ -39,7 +42,7 @@ __all__ = ["DataReport", "ImageFacts", "ImageReader", "Overlap", "SizeStats", "S
            "build_data_report", "decode_facts", "domain_fingerprint", "ensure_data_report", "load_data_report",
            "pixel_digest", "save_data_report", "summary_lines"]
 
-REPORT_VERSION = 1          # part of the fingerprint: a new report format rebuilds old reports
+REPORT_VERSION = 2          # part of the fingerprint: a new report format rebuilds old reports (2: ages)
 EXAMPLES = 5                # example id pairs kept per duplicate kind
 UNREADABLE_KEPT = 100       # unreadable files listed by id (all are counted)
 LEFT_OUT = "left out"       # the `split` of an entry the domain itself left out as unreadable
@@ -102,6 +105,7 @@ class DataReport(BaseModel):
     overlaps: list[Overlap] = Field(default_factory=list)          # within and across splits
     label_conflicts: int = 0                  # pixel-identical images that carry different labels
     label_conflict_examples: list[tuple[str, str]] = Field(default_factory=list)
+    ages: AgeCheck | None = None              # whether ages could pick recall and delta (None: a report before v2)
 
     # ---- the figures people ask for ----
     @property
@@ -140,13 +144,20 @@ class DataReport(BaseModel):
                 "median_side": self.sizes.median_side, "unreadable": self.unreadable_count,
                 "duplicates_within": {o.a: o.images for o in self.within_split},
                 "leaks": {f"{o.a}->{o.b}": o.images for o in self.leaks},
-                "label_conflicts": self.label_conflicts, "seconds": self.seconds}
+                "label_conflicts": self.label_conflicts, "seconds": self.seconds,
+                "ages_from": self.ages.ages_from if self.ages else None,
+                "age_class_v": self.ages.cramers_v if self.ages else None,
+                "age_fallback": bool(self.ages and self.ages.fell_back), "age_warning": self.age_warning()}
 
     def leak_text(self) -> str:
         """One sentence naming every leaking split pair and its count ('' when none)."""
         return "; ".join(f"{o.images} {o.b} image(s) are exact pixel copies of train images"
                          + (f" (e.g. {o.examples[0][0]} = {o.examples[0][1]})" if o.examples else "")
                          for o in self.leaks)
+
+    def age_warning(self) -> str:
+        """One sentence when the ages mirror the class order or a probe lacks a class ('' when fine)."""
+        return self.ages.warning(self.class_names) if self.ages else ""
 
     def summary_lines(self) -> list[str]:
         """Plain-text lines for the workpad's Data Exploration section (one entry each)."""
@@ -244,7 +255,8 @@ def build_data_report(domain: SpicaDomain, read: ImageReader | None = None,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), seconds=round(time.monotonic() - t0, 3),
         class_names=list(names), channels=domain.in_chans, splits=splits, sizes=scan.size_stats(),
         unreadable_count=scan.unreadable_count, unreadable=scan.unreadable_list, overlaps=scan.overlap_list(),
-        label_conflicts=len(scan.conflicts), label_conflict_examples=scan.conflict_examples)
+        label_conflicts=len(scan.conflicts), label_conflict_examples=scan.conflict_examples,
+        ages=domain.splits.ages)
 
 
 def _read_all(split: str, samples: SampleSet, read: ImageReader) -> Iterator[tuple[int, ImageFacts | str]]:
@@ -316,57 +328,6 @@ class _Scan:
                          median_hw=(int(statistics.median(h)), int(statistics.median(w))),
                          median_side=int(statistics.median(map(min, h, w))), most_common_hw=common,
                          most_common_share=round(n / len(h), 4), distinct=len(set(zip(h, w))))
-
-
-# ------------------------------------------------------------------ summary ----
-
-def _hw(hw: tuple[int, int]) -> str:
-    return f"{hw[0]}x{hw[1]}"
-
-
-def _class_counts(counts: dict[str, int], each_end: int = 3) -> str:
-    """Every class when there are few (up to 12); else the smallest and largest few."""
-    ranked = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))
-    if len(ranked) <= 12:
-        return ", ".join(f"{c} {n}" for c, n in counts.items())
-    small = ", ".join(f"{c} {n}" for c, n in ranked[:each_end])
-    large = ", ".join(f"{c} {n}" for c, n in ranked[-each_end:])
-    return f"smallest {small}; largest {large}"
-
-
-def summary_lines(r: DataReport) -> list[str]:
-    s = r.sizes
-    small, small_n = r.smallest_class
-    lines = [f"Data report ({r.domain}, fingerprint {r.fingerprint[:12]}): {r.images} images, "
-             f"{len(r.class_names)} classes, {r.channels} channel(s); read in {r.seconds:.1f}s.",
-             "Images per split: " + ", ".join(f"{n} {c.images}" for n, c in r.splits.items()) + ".",
-             f"Train images per class: {_class_counts(r.splits['train'].per_class)}; imbalance max/min "
-             f"{r.imbalance if r.imbalance is not None else 'n/a'}, smallest class {small} ({small_n}).",
-             f"Native image sizes (HxW): min {_hw(s.min_hw)}, median {_hw(s.median_hw)}, max {_hw(s.max_hw)}; "
-             f"most common {_hw(s.most_common_hw)} ({s.most_common_share:.0%}), {s.distinct} distinct; "
-             f"median shorter side {s.median_side} px."]
-    if r.unreadable_count:
-        shown = "; ".join(f"{u.split}/{u.id}: {u.error}" for u in r.unreadable[:3])
-        lines.append(f"Unreadable files: {r.unreadable_count} (left out of the figures), e.g. {shown}.")
-    else:
-        lines.append("Unreadable files: none.")
-    for o in r.leaks:
-        pairs = ", ".join(f"{a} = {b}" for a, b in o.examples[:3])
-        lines.append(f"LEAK train->{o.b}: {o.images} {o.b} image(s) are exact pixel copies of train images "
-                     f"(e.g. {pairs}); {o.b} scores are inflated by them.")
-    if not r.leaks:
-        lines.append("Exact duplicates across train and val/recall/delta/drift: none (no leak).")
-    within = [o for o in r.within_split if o.images]
-    if within:
-        lines.append("Exact duplicates within a split (no leak): "
-                     + ", ".join(f"{o.a} {o.images}" for o in within) + ".")
-    other = [o for o in r.overlaps if o.a != o.b and not o.is_leak]
-    if other:
-        lines.append("Exact copies between held-out sets: " + ", ".join(f"{o.a}/{o.b} {o.images}" for o in other) + ".")
-    if r.label_conflicts:
-        pairs = ", ".join(f"{a} / {b}" for a, b in r.label_conflict_examples[:3])
-        lines.append(f"Identical images with different labels: {r.label_conflicts} (e.g. {pairs}).")
-    return lines
 
 
 # -------------------------------------------------------------- persistence ----

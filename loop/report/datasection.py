@@ -1,6 +1,7 @@
 """The paper report's Data section, from the data report the loop built at its first cycle on the
 task (`logs/data_report.json`): images and classes per split, imbalance, native sizes, unreadable
-files, duplicates, and a prominent warning when train images leak into val or a probe set."""
+files, duplicates, and prominent warnings when train images leak into val or a probe set, or when
+the ages that pick the recall and delta probes only mirror the class order."""
 from __future__ import annotations
 
 from loop.domains.report import DataReport
@@ -17,6 +18,12 @@ def leak_warning(data: ReportData) -> list[str]:
     return [f"> **WARNING: data leak.** Exact pixel copies of training images are in held-out sets ({pairs}). "
             "Scores on those sets are optimistic: a model is rewarded for memorising them. See the Data section.",
             ""]
+
+
+def age_warning(data: ReportData) -> list[str]:
+    """A block quote for the top of the report when the ages follow the class ([] otherwise)."""
+    text = data.data_report.age_warning() if data.data_report is not None else ""
+    return [f"> **WARNING: ages.** {text} See the Data section.", ""] if text else []
 
 
 def data_section(data: ReportData) -> list[str]:
@@ -43,6 +50,10 @@ def data_section(data: ReportData) -> list[str]:
         lines.append(f"- **Leak train -> {o.b}**: {plural(o.images, o.b + ' image')} with an exact copy in train"
                      + (", e.g. " + ", ".join(f"`{a}` = `{b}`" for a, b in o.examples[:3]) if o.examples else "")
                      + ".")
+    if r.ages is not None:
+        lines.append(f"- Ages ({r.ages.ages_from}): Cramér's V {r.ages.cramers_v:.2f} between class and age decile; "
+                     + ("recall and delta were drawn stratified, as the ages follow the class." if r.ages.fell_back
+                        else "recall from the older data, delta from the newest."))
     within = [o for o in r.within_split if o.images]
     lines.append("- Exact duplicates within a split (no leak): "
                  + (", ".join(f"{o.a} {o.images}" for o in within) if within else "none") + ".")

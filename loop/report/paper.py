@@ -1,5 +1,6 @@
 """The paper-style report (final_paper_report.md): Abstract, Setup, Data, Method, Experiments,
-Results, Mentor, Failures and repairs, Limitations, Reproduce; a data leak is warned of at the top."""
+Results, Mentor, Failures and repairs, Limitations, Reproduce; a data leak and ages that follow the
+class are warned of at the top."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,7 +10,7 @@ from pathlib import Path
 from loop.journal.keeps import inside_noise, interval_text, noise_text, seed_groups
 from loop.journal.noise import pooled_seed_spread
 from loop.report.data import ReportData, Run, dig
-from loop.report.datasection import data_section, leak_warning
+from loop.report.datasection import age_warning, data_section, leak_warning
 from loop.report.helpers import (
     NO_RUNS,
     PLOTS,
@@ -46,7 +47,7 @@ def paper_report(data: ReportData) -> str:
         lines += [f"> Note: {data.note}", ""]
     lines += [f"_Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from `{data.ws.root}`._",
               ""]
-    lines += leak_warning(data)
+    lines += leak_warning(data) + age_warning(data)
     for section in (abstract, setup, data_section, method, experiments, results, mentor_section, failures_section,
                     limitations, reproduce, use_section):
         lines += section(data) + [""]
