@@ -122,6 +122,8 @@ class PhaseConfig(StrictModel):
     replicas: int = Field(3, ge=1)              # QTIME: seeds (test-time jitter and slice draws)
     confidence: float = Field(0.95, gt=0, lt=1)
     sleep_chunk_seconds: float = Field(60.0, gt=0, le=60)   # a stop request is honoured within one chunk
+    # cycles a recommendation narrows the search after its ingest (the next PHASE replaces it sooner)
+    recommendation_cycles: int = Field(20, ge=1)
 
 
 class AdaptiveTimerConfig(StrictModel):
