@@ -343,6 +343,9 @@ def test_phase_window_pauses_then_resumes_on_the_signal(tmp_path):
     # resumed on the signal, not at the window's end (58 minutes away): the 300 s test timeout
     # (pyproject.toml) already bounds the whole run far below that, so no time bound here
     assert state.fitness_baselines
+    # PHASE after the first cycle evaluates one model: nothing is measured against anything, nothing narrows
+    integration = next(e for e in events if e["kind"] == "phase_integration")
+    assert integration["search_space_recommendations"] == {} and state.phase_recommendations == {}
     assert list((ws.root / "phase").glob("phase_complete_*.json"))
 
 

@@ -1,5 +1,6 @@
 """PHASE deep evaluation on real archives: tiny real models, frozen and verified, GEN_HEAD a real
-link. Results shape, QTIME counts, intervals, promotion/flagging, recommendations, the completion
+link. Results shape, QTIME counts, intervals, promotion/flagging, recommendations (values dropped
+on evidence; tests/test_phase_narrowing.py has the rules at unit level), the completion
 signal, tampering, empty workspaces, non-SPICA refusal and the command line."""
 from __future__ import annotations
 
@@ -131,10 +132,16 @@ def test_results_signal_promotion_and_recommendations(workspace, pool):
     assert results.promoted_variants == ["m-G002-a"] and results.flagged_variants == ["m-G001-a"]
     assert any("GEN_HEAD (m-G001-a)" in line and "do not overlap" in line for line in digits.insights)
 
-    strong_params = params_of(json.loads((pool["strong"] / "train_args.json").read_text()))
-    assert results.search_space_recommendations == {k: [v] for k, v in strong_params.items()}
-    assert results.search_space_recommendations["optim"] == ["sgd_0.05"]   # the weak model's sgd_0.02 is not
-    assert results.search_space_recommendations["label_smoothing"] == [0.05]
+    # only the weak (flagged) model's values that differ from the best's leave the search, with evidence
+    weak_p, strong_p = (params_of(json.loads((pool[k] / "train_args.json").read_text())) for k in ("weak", "strong"))
+    recs = results.search_space_recommendations
+    assert set(recs) == {"sampling", "optim", "label_smoothing"}          # model, image_size, augment: shared
+    for param, [e] in recs.items():
+        assert (e.value, e.against_value) == (weak_p[param], strong_p[param]) and e.value != e.against_value
+        assert (e.model, e.against, e.domain) == ("m-G001-a", "m-G002-a", "digits")
+        assert e.ci == (weak.ci_low, weak.ci_high) and e.against_ci == (strong.ci_low, strong.ci_high)
+        assert set(e.confounded_with) == set(recs) - {param} and e.expires_after_cycle is None
+    assert recs["optim"][0].value == "sgd_0.02" and recs["label_smoothing"][0].against_value == 0.05
 
     sig = PhaseSignal.model_validate_json(signal.read_text())
     assert sig.run_id == "r1" and Path(sig.results) == path.resolve()

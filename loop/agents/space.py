@@ -111,13 +111,30 @@ def space_for(profile: TaskProfile | None) -> dict[str, tuple[str, list]]:
 
 
 def space_text(profile: TaskProfile | None, hint: dict | None = None) -> str:
-    """The task's search space as the Builder's context shows it (PHASE's narrowing applied)."""
-    space = restricted_space(hint or {}, space_for(profile))
+    """The task's search space as the Builder's context shows it, PHASE's narrowing applied, with
+    the evidence behind each dropped value and the cycle the narrowing lasts to."""
+    full = space_for(profile)
+    space = restricted_space(hint or {}, full)
     lines = [f"- {dim} -> {param}: {', '.join(str(c) for c in choices)}" for dim, (param, choices) in space.items()]
     head = ("Search space for this task (image sizes around the native size"
             + (", RGB augmentations" if profile and profile.channels == 3 else "")
             + (", the pretrained backbone" if profile and profile.has_weights else "") + "):"
             if profile else "Search space (the embedded digits task):")
+    for dim, (param, choices) in full.items():
+        for e in (hint or {}).get(param, []):
+            if not (isinstance(e, dict) and e.get("value") in choices):
+                continue
+            try:
+                why = (f"{e['model']} (CI {e['ci'][0]:.4f}-{e['ci'][1]:.4f}) is flagged below {e['against']} with "
+                       f"{param} {e['against_value']} (CI {e['against_ci'][0]:.4f}-{e['against_ci'][1]:.4f}) "
+                       f"in {e['domain']}" + (f"; they also differ in {', '.join(e['confounded_with'])}"
+                                                 if e.get("confounded_with") else ""))
+            except (KeyError, IndexError, TypeError, ValueError):
+                continue
+            until = f", until cycle {e['expires_after_cycle']}" if e.get("expires_after_cycle") is not None else ""
+            kept = e["value"] in space[dim][1]
+            lines.append(f"- PHASE {'would drop' if kept else 'dropped'} {param} {e['value']}{until}: {why}"
+                         + (" (kept: a dimension keeps at least two choices)" if kept else ""))
     return "\n".join([head, *lines])
 
 
@@ -200,12 +217,28 @@ def suggest(history: list[RunRecord], seed: int, space: dict[str, tuple[str, lis
     return study.ask(dists).params
 
 
-def restricted_space(hint: dict[str, list], full: dict[str, tuple[str, list]] | None = None
-                     ) -> dict[str, tuple[str, list]]:
-    """The space (`full`, else the embedded one) narrowed by PHASE recommendations (a parameter ->
-    preferred choices)."""
+def restricted_space(hint: dict[str, list], full: dict[str, tuple[str, list]] | None = None,
+                     min_choices: int = 2) -> dict[str, tuple[str, list]]:
+    """The space (`full`, else the embedded one) less the values PHASE measured below another value of
+    the same parameter (`hint`: a parameter -> evidence records, each with the `value` to drop and the
+    intervals `ci` and `against_ci`). Every dimension keeps at least `min_choices` choices. Anything
+    else in `hint` (the lists of values to keep that older PHASE results held) narrows nothing."""
+    def margin(e: dict) -> float:               # how far below the best the flagged interval lies
+        try:
+            return float(e["against_ci"][0]) - float(e["ci"][1])
+        except (KeyError, IndexError, TypeError, ValueError):
+            return 0.0
+
     space = {}
     for dim, (param, choices) in (full or SPACE).items():
-        keep = [c for c in choices if c in hint.get(param, choices)]
-        space[dim] = (param, keep or choices)
+        entries = hint.get(param)
+        evidence = [e for e in entries if isinstance(e, dict) and "value" in e] if isinstance(entries, list) else []
+        dropped = [c for c in choices if any(e["value"] == c for e in evidence)]
+        keep = [c for c in choices if c not in dropped]
+        # one PHASE never fixes a dimension: the dropped values with the weakest evidence come back
+        for c in sorted(dropped, key=lambda c: min(margin(e) for e in evidence if e["value"] == c)):
+            if len(keep) >= min_choices:
+                break
+            keep.append(c)
+        space[dim] = (param, [c for c in choices if c in keep])
     return space

@@ -1,7 +1,8 @@
 """The PHASE pause at a cycle boundary: with nothing running and a PHASE window due, the daemon
 pauses, runs PHASE on a device slot as its own sandboxed process, waits for its completion signal
 (honouring stop requests), then folds its results (baselines, flags, search-space hints) into the
-loop's state."""
+loop's state. A search-space hint (values to drop, with evidence) lasts until the next PHASE ingest
+or `phase.recommendation_cycles` cycles, whichever comes first."""
 from __future__ import annotations
 
 import json
@@ -22,6 +23,7 @@ def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
 
     from loop.phase import window as phase_window
     cfg, ws, events = loop.cfg, loop.ws, loop.events
+    expire_recommendations(loop, state)
     key = phase_window.window_due(cfg.phase, state.cycle, dt.datetime.now(), state.phase_done)
     if key is None or state.active_runs:
         return state
@@ -62,18 +64,56 @@ def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
 
 
 def collapse_phase(loop: Loop, state: LoopState, signal_path: Path, trace: str) -> None:
-    """Ingest PHASE results: baselines, flags, search-space recommendations; one integration event."""
+    """Ingest PHASE results: baselines, flags, search-space recommendations; one integration event.
+    The recommendations replace the last PHASE's, stamped with this cycle and their expiry."""
     from loop.phase.results import read_results
 
     results = read_results(Path(json.loads(signal_path.read_text())["results"]))
     baselines = {domain: m.fitness for domain, m in results.metrics.items()}
     state.fitness_baselines.update(baselines)
     state.flagged_variants = list(results.flagged_variants)
-    state.phase_recommendations = dict(results.search_space_recommendations)
-    loop.phase_hint = dict(results.search_space_recommendations)
+    until = state.cycle + loop.cfg.phase.recommendation_cycles
+    stamp = {"ingested_cycle": state.cycle, "expires_after_cycle": until}
+    state.phase_recommendations = {
+        param: [e.model_copy(update=stamp).model_dump(mode="json") for e in entries]
+        for param, entries in results.search_space_recommendations.items()}
+    loop.phase_hint = dict(state.phase_recommendations)
     loop.events.append("phase_integration", trace, run_id=results.run_id, domains=results.domains_tested,
                        fitness_baselines=baselines, flagged_variants=state.flagged_variants,
                        promoted_variants=list(results.promoted_variants),
-                       search_space_recommendations=state.phase_recommendations)
-    loop.say(f"PHASE complete: baselines {baselines}; flagged {state.flagged_variants}; "
-             f"recommendations {state.phase_recommendations}; resuming")
+                       search_space_recommendations=state.phase_recommendations,
+                       recommendations_expire_after_cycle=until if state.phase_recommendations else None)
+    drops = "; ".join(f"{param} drops {', '.join(str(e['value']) for e in entries)}"
+                      for param, entries in state.phase_recommendations.items())
+    loop.say(f"PHASE complete: baselines {baselines}; flagged {state.flagged_variants}; search space: "
+             + (f"{drops} (until cycle {until})" if drops else "unchanged (no value measured below another)")
+             + "; resuming")
+
+
+def in_force(hint: dict, cycle: int) -> dict[str, list[dict]]:
+    """The recommendations of `hint` that still narrow the cycle after `cycle`: evidence records whose
+    expiry has not passed. Anything else (an older state's lists of values to keep) narrows nothing."""
+    from loop.phase.results import DroppedValue
+
+    live: dict[str, list[dict]] = {}
+    for param, entries in hint.items():
+        for entry in entries if isinstance(entries, list) else []:
+            try:
+                e = DroppedValue.model_validate(entry)
+            except ValueError:
+                continue
+            if e.expires_after_cycle is not None and cycle < e.expires_after_cycle:
+                live.setdefault(param, []).append(entry)
+    return live
+
+
+def expire_recommendations(loop: Loop, state: LoopState) -> None:
+    """Keep only the recommendations still in force, in the state and in the Builder's hint; log what lapsed."""
+    live = in_force(state.phase_recommendations, state.cycle)
+    if live != state.phase_recommendations:
+        loop.events.append("phase_recommendations_expired", f"phase-expiry-{state.cycle:05d}", cycle=state.cycle,
+                           lapsed=state.phase_recommendations, still_in_force=live)
+        loop.say(f"PHASE search-space recommendations lapsed after cycle {state.cycle}: the full space is back"
+                 if not live else f"some PHASE recommendations lapsed after cycle {state.cycle}")
+    state.phase_recommendations = live
+    loop.phase_hint = dict(live)

@@ -17,7 +17,7 @@ from filelock import FileLock, Timeout
 from loop.config import DaemonConfig, LLMRole
 from loop.cycle.cycle import Loop, run_cycle
 from loop.cycle.state import LoopState
-from loop.daemon.phase_pause import phase_if_due
+from loop.daemon.phase_pause import expire_recommendations, phase_if_due
 from loop.daemon.recovery import Degraded, recover
 from loop.domains.pixels import CACHE_ENV, workspace_cache
 from loop.errors import LoopError
@@ -206,7 +206,7 @@ def start_up(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> tuple[Loop, 
         f"resuming at cycle {state.cycle + 1}; {loop.sandbox.note}")
     if reaped["killed"]:
         say(f"killed {len(reaped['killed'])} leftover process(es) of an earlier daemon")
-    loop.phase_hint = dict(state.phase_recommendations)
+    expire_recommendations(loop, state)     # sets loop.phase_hint: PHASE's recommendations still in force
     return loop, state, degraded
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from loop.errors import ConfigError
 from loop.util.fsutil import atomic_write_text
@@ -42,6 +42,28 @@ class DomainMetrics(BaseModel):
     models: dict[str, ModelResult] = Field(default_factory=dict)
 
 
+class DroppedValue(BaseModel):
+    """Why PHASE takes a value out of the search: every model evaluated with it was flagged, and a
+    promoted model of the same domain was trained with another value of the same parameter."""
+
+    value: Any
+    model: str                   # the flagged model trained with it (the nearest to the best, if several)
+    ci: tuple[float, float]      # its accuracy interval
+    against: str                 # the domain's best model, trained with another value
+    against_value: Any
+    against_ci: tuple[float, float]
+    domain: str
+    confounded_with: list[str] = Field(default_factory=list)   # other parameters the two models differ in
+    # stamped by the daemon when it ingests the results; None in phase_results.json itself
+    ingested_cycle: int | None = None
+    expires_after_cycle: int | None = None     # the last cycle it narrows the search
+
+    @property
+    def margin(self) -> float:
+        """How far the flagged interval lies below the best's (accuracy, > 0)."""
+        return self.against_ci[0] - self.ci[1]
+
+
 class QTime(BaseModel):
     epochs: int
     slices: int
@@ -59,10 +81,21 @@ class PhaseResults(BaseModel):
     metrics: dict[str, DomainMetrics] = Field(default_factory=dict)
     promoted_variants: list[str] = Field(default_factory=list)
     flagged_variants: list[str] = Field(default_factory=list)
-    search_space_recommendations: dict[str, list[Any]] = Field(default_factory=dict)
+    # per parameter, the values to leave out of the search, each with its evidence
+    search_space_recommendations: dict[str, list[DroppedValue]] = Field(default_factory=dict)
     qtime: QTime
     seconds: float
     insights: list[str] = Field(default_factory=list)
+
+    @field_validator("search_space_recommendations", mode="before")
+    @classmethod
+    def _evidence_only(cls, value: Any) -> Any:
+        """Older files listed the promoted models' values to keep, with no evidence: they narrow nothing."""
+        if not isinstance(value, dict):
+            return {}
+        kept = {p: [e for e in entries if isinstance(e, (dict, DroppedValue))] for p, entries in value.items()
+                if isinstance(entries, list)}
+        return {p: entries for p, entries in kept.items() if entries}
 
 
 class PhaseSignal(BaseModel):

@@ -58,7 +58,7 @@ def run_phase(cfg: DaemonConfig, workspace: Path, run_id: str, progress: bool = 
     results = PhaseResults(
         timestamp=int(time.time()), run_id=run_id, domains_tested=list(metrics), metrics=metrics,
         promoted_variants=promoted, flagged_variants=flagged,
-        search_space_recommendations=recommendations([folders[name] for name in promoted]),
+        search_space_recommendations=recommendations(metrics, promoted, flagged, folders),
         qtime=QTime(epochs=qt.epochs, slices=qt.slices, replicas=qt.replicas, evaluations_per_model=per_model),
         seconds=round(time.monotonic() - started, 3), insights=general)
     return write_results(workspace, results)
