@@ -28,6 +28,17 @@ def pixel_cache(tmp_path_factory):
         os.environ["LLMLOOP_PIXEL_CACHE"] = old
 
 
+@pytest.fixture(scope="session")
+def shapes_folder(tmp_path_factory) -> Path:
+    """7,200 rendered shapes as PNG files in class folders (written class by class, as a copy would):
+    a task of real size on disk, over 4,096 training images so loader workers start."""
+    from loop.domains.shapes import write_shapes_files
+
+    folder = tmp_path_factory.mktemp("shapes-folder")
+    folder.chmod(0o755)           # a data folder the sandbox user (nobody) may read, as a user's would be
+    return write_shapes_files(folder, count=7200, image_size=32)
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m loop.cli.main ARGS` as a real subprocess."""
     env = dict(os.environ, PYTHONPATH=str(REPO))

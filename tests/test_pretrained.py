@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 import timm
@@ -25,6 +24,7 @@ from loop.errors import ConfigError, UnsupportedModelError
 from loop.trainer.config import TrainerConfig
 from loop.trainer.models import PretrainedFile, create_initial_model, create_model, load_model_folder
 from loop.trainer.train import train
+from loop.util.netwatch import MARK
 from tests.conftest import REPO, tiny_config_dict
 
 
@@ -109,14 +109,14 @@ def test_timm_weights_with_an_empty_cache_fail_fast(tmp_path):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(tiny_config_dict(model={"pretrained": True})))
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(PYTHONPATH=str(REPO), HF_HOME=str(hf), HF_HUB_CACHE=str(hf / "hub"), TORCH_HOME=str(tmp_path / "th"))
-    t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "loop.trainer", "--config", str(tmp_path / "cfg.yaml"),
                            "--out", str(tmp_path / "run")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
-    elapsed = time.monotonic() - t0
+                          timeout=240)
     assert proc.returncode == 2, proc.stderr           # a config error, not 3 (auto-repair's model name)
-    assert elapsed < 30, elapsed
     err = proc.stderr
+    # fast means it never waited on the network (the trainer's audit hook names any lookup or connect;
+    # a wall-clock bound failed on a busy machine alone)
+    assert MARK not in err, err
     assert "model.pretrained: true" in err and "resnet10t" in err and "timm/resnet10t" in err
     assert str(hf / "hub") in err and "HF_HUB_OFFLINE=1" in err
     assert "set model.pretrained to a local .safetensors/.pth/.pt" in err and "pre-populate" in err

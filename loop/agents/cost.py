@@ -50,8 +50,8 @@ class CostModel:
 def cost_model(history: list[RunRecord]) -> CostModel:
     rows, setups = [], []
     for r in history:
-        if r.ok and r.epoch_seconds and r.config:
+        if r.epoch_seconds and r.config:        # a run stopped by the cap fit measured it too
             rows.append((shape(r.config), r.epoch_seconds))
-            if r.minutes is not None and r.epochs_trained:
+            if r.ok and r.minutes is not None and r.epochs_trained:
                 setups.append(max(0.0, r.minutes * 60 - r.epochs_trained * r.epoch_seconds))
     return CostModel(rows, statistics.median(setups) if setups else 0.0)

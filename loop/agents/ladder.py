@@ -35,15 +35,17 @@ def continued(history: list[RunRecord]) -> set[str]:
 
 
 def promotable(history: list[RunRecord], in_flight: set[str] = frozenset()) -> list[RunRecord]:
-    """Screens in the top 1/ETA of all screens of their rung, not yet continued, best first (ASHA).
-    `in_flight`: run folders of continuations still training."""
+    """Runs to continue, first: runs the walltime cap stopped (meant to be full, cut short: the rest
+    is what they were for), then screens in the top 1/ETA of all screens of their rung (ASHA), best
+    first; none continued yet. `in_flight`: run folders of continuations still training."""
+    done = continued(history) | set(in_flight)
+    capped = [r for r in history if r.ok and r.stopped_at_cap and r.run_dir not in done]
     rung = screens(history)
     if len(rung) < ETA:              # a top third needs a rung of at least ETA screens
-        return []
+        return capped
     ranked = sorted(rung, key=lambda r: (-r.score, r.cycle))
     top = ranked[:max(1, len(ranked) // ETA)]
-    done = continued(history) | set(in_flight)
-    return [r for r in top if r.run_dir not in done]
+    return capped + [r for r in top if r.run_dir not in done and r not in capped]
 
 
 def resolve(decision: Decision, base_config: dict, history: list[RunRecord]) -> dict:

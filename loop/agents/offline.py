@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import random
 from dataclasses import dataclass, field
 
 from loop.agents.cost import SAFETY, cost_model
@@ -27,11 +28,14 @@ from loop.agents.ladder import planned_epochs, promotable, screen_epochs, screen
 from loop.agents.schema import Decision, Review
 from loop.agents.space import SPACE, TaskProfile, overlay_of, params_of, restricted_space, space_for, suggest
 from loop.config import deep_merge
+from loop.journal.fingerprint import Trained, repeat_reason
 from loop.journal.history import RunRecord
 from loop.journal.keeps import incumbent, recipe_key, seed_sd
 from loop.journal.noise import KEEPS
+from loop.trainer.config import resolved
 
 REPLICA_AFTER_RUNS = 3          # runs after a new best before its seed replica (the first best: at once)
+UNTRIED_TRIES = 60              # candidate points looked at for one that was never trained
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +51,16 @@ class PolicyInput:
     continuing: tuple[str, ...] = ()        # run folders of screens whose continuation is training
     base_config: dict = field(default_factory=dict)   # the default trainer config the overlays go on
     walltime_cap_seconds: float | None = None         # the budget's walltime cap per run
+    trained: list[Trained] = field(default_factory=list)   # every run trained or in flight (the repeat rule)
+    refused: frozenset[str] = frozenset()             # fingerprints a blocked failure holds back
+
+    def repeats(self, overlay: dict, replica: bool = False) -> str | None:
+        """Why `overlay` on the base config would repeat a run (None: it trains something new)."""
+        try:
+            config = resolved(deep_merge(self.base_config, overlay))
+        except ValueError:
+            return None                  # the gate names what is wrong with it
+        return repeat_reason(config, self.trained, replica, self.refused)
 
 
 # ------------------------------------------------------------- Builder ----
@@ -123,13 +137,19 @@ def builder_decision(inp: PolicyInput, seed: int = 0) -> Decision:
             proposal[param] = choices[(choices.index(proposal[param]) + 1) % len(choices)] \
                 if proposal[param] in choices else choices[0]
         mode, params = "mutate", {**base, param: proposal[param]}
+    repeat = ""
     if overlay is None and not cont:
-        params, fidelity, priced = fit_to_cap(params, fidelity, inp, space)
-        overlay = overlay_of(params, inp.profile)
+        found = untried(inp, space, [(mode, dim, params, fidelity)], seed)
+        if found is None:
+            return nothing_new(inp)
+        (found_mode, dim, params, fidelity, overlay, priced) = found
+        if found_mode != mode:
+            repeat = f" (the {mode} proposal would repeat a trained configuration: {found_mode} instead)"
+            mode = found_mode
     else:
         priced = price_text(inp, overlay or (ready[0].config if cont else {}), fidelity, cont)
     label = f"{mode}-{dim}-c{inp.cycle}"
-    rationale = rationale_text(mode, dim, best, inp, ready) + (f" {priced}" if priced else "")
+    rationale = rationale_text(mode, dim, best, inp, ready) + repeat + (f" {priced}" if priced else "")
     notes = (f"Best so far: {best.label} at {best.score:.4f} after {n} run(s)." if best
              else "Starting: no runs yet; baseline first.")
     todos = [f"Compare {dim} variants once three runs of that dimension exist"] if mode == "explore" else []
@@ -137,8 +157,46 @@ def builder_decision(inp: PolicyInput, seed: int = 0) -> Decision:
                or dim in t.lower()][:1]
     return Decision(action="train", rationale=rationale, run_label=label, train_overlay=overlay or {},
                     strategy_dimension=dim, fidelity=fidelity, continue_run=cont, todo_new=todos,
+                    replica_of=best.label if mode == "replica" and best else "",
                     notes_update=notes, data_exploration_update="" if history else task_text(inp.profile),
                     resolve_shared_todo_ids=resolve)
+
+
+def untried(inp: PolicyInput, space: dict, first: list[tuple[str, str, dict, str]], seed: int
+            ) -> tuple[str, str, dict, str, dict, str] | None:
+    """The first proposal, fitted under the walltime cap, that trains something never trained:
+    `first`, then each single change of the best configuration (least-tried dimension first), then
+    TPE points and seeded random points of the whole space. None when all of them repeat."""
+    def candidates():
+        yield from first
+        best = best_run(inp.history)
+        if best is not None:
+            base = params_of(best.config)
+            for dim in sorted(space, key=lambda d: sum(1 for r in inp.history if r.dimension == d)):
+                param, choices = space[dim]
+                for choice in choices:
+                    if base.get(param) != choice:
+                        yield "mutate", dim, {**base, param: choice}, "screen"
+        for k in range(UNTRIED_TRIES // 3):
+            point = suggest(inp.history, seed + len(inp.history) + 7919 * (k + 1), space)
+            yield "explore", "model_arch", point, "screen"
+        rng = random.Random(seed + len(inp.history))
+        for _ in range(UNTRIED_TRIES):
+            yield "explore", "model_arch", {param: rng.choice(choices) for param, choices in space.values()}, "screen"
+
+    for mode, dim, params, fidelity in candidates():
+        fitted, fid, priced = fit_to_cap(params, fidelity, inp, space)
+        overlay = overlay_of(fitted, inp.profile)
+        if inp.repeats(overlay) is None:
+            return mode, dim, fitted, fid, overlay, priced
+    return None
+
+
+def nothing_new(inp: PolicyInput) -> Decision:
+    return Decision(action="wait", run_label=f"nothing-new-c{inp.cycle}",
+                    rationale=f"Every configuration the offline policy looked at ({UNTRIED_TRIES}+ points of the "
+                              "search space) was trained already or is held back while blocked: wait rather than "
+                              "repeat one.", notes_update="The offline policy found no untried configuration.")
 
 
 def rationale_text(mode: str, dim: str, best: RunRecord | None, inp: PolicyInput, ready: list[RunRecord]) -> str:
@@ -211,15 +269,47 @@ def task_text(profile: TaskProfile | None) -> str:
 
 # -------------------------------------------------------------- Mentor ----
 
+FAILING_RUNS = 2                 # this many failed runs in a row and the Mentor never says on_track
+
+
+def failing(history: list[RunRecord], runs: int = FAILING_RUNS) -> list[RunRecord]:
+    """The last `runs` runs when every one of them failed, else []."""
+    tail = history[-runs:]
+    return tail if len(tail) == runs and not any(r.ok for r in tail) else []
+
+
+def failure_review(failed: list[RunRecord]) -> Review:
+    """off_track while the runs fail: the question names the failure, whoever's fault it is."""
+    sig = failed[-1].failure or {}
+    what = f"{sig.get('exc_type', 'a failure')}: {sig.get('message', '')}".strip(": ")
+    infra = sig.get("category") == "infrastructure"
+    return Review(verdict="off_track",
+                  critical_question=f"The last {len(failed)} runs failed ({what}); "
+                                    + ("what in the machine or sandbox must change before more runs are worth it?"
+                                       if infra else "which setting causes it, and what configuration avoids it?"),
+                  notes=f"Failing: {', '.join(r.label for r in failed)}; signature {sig.get('key', '?')} "
+                        f"({sig.get('category', 'unknown')}). Not on track until a run succeeds.")
+
+
 def mentor_review(inp: PolicyInput, decision: Decision, seed: int = 0) -> Review:
     history = inp.history
+    failed = failing(history)
+    if failed:
+        return failure_review(failed)
     best = best_run(history)
     if best is None or not stagnating(history, max(2, inp.stagnation_runs - 1)):
         return Review(verdict="on_track", notes=f"Progress is steady; best {best.score:.4f}." if best else
                       "Baseline pending; nothing to challenge yet.")
     current = params_of(best.config).get("model")
     options = [m for m in space_for(inp.profile)["model_arch"][1] if m != current]
-    alternative = options[(seed + len(history)) % len(options)]
+    start = (seed + len(history)) % len(options)
+    untried_options = [m for m in options[start:] + options[:start]
+                       if inp.repeats(overlay_of({**params_of(best.config), "model": m}, inp.profile)) is None]
+    if not untried_options:        # every architecture was tried on this recipe: a question, no challenge
+        return Review(verdict="off_track", critical_question=f"Every architecture was tried on the best recipe "
+                      f"({best.score:.4f}); which other dimension has room left?",
+                      notes="Stagnation, with no untried architecture to challenge with.")
+    alternative = untried_options[0]
     params = {**params_of(best.config), "model": alternative}
     challenge = Decision(action="train", run_label=f"mentor-arch-{alternative}-c{inp.cycle}",
                          rationale=f"Runs have stalled at {best.score:.4f} with {current}; try the {alternative} "

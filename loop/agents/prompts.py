@@ -38,6 +38,8 @@ DECISION_CONTRACT = {
     "fidelity": "for train: screen (about a third of the epochs, cheap, low-fidelity score) | full (default)",
     "continue_run": "for train: the label of a finished screen to resume from its checkpoint to full "
                     "(see the fidelity ladder); the overlay is then ignored",
+    "replica_of": "for train: the label of a finished run whose configuration this repeats with another "
+                  "run.seed, to measure the seed spread; any other repeat of a trained configuration is refused",
     "todo_new": "0-2 strings", "notes_update": "string", "data_exploration_update": "string",
     "resolve_shared_todo_ids": "ids like T0003",
 }

@@ -31,6 +31,7 @@ class Decision(BaseModel):
     # ---- fidelity (loop/agents/ladder.py): a cheap screen, a full run, or a screen continued ----
     fidelity: Literal["screen", "full"] = "full"
     continue_run: str = ""          # the label of a screen to resume from its checkpoint to full
+    replica_of: str = ""            # the label of a run whose recipe this re-runs with another seed
     # ---- housekeeping ----
     todo_new: list[str] = Field(default_factory=list, max_length=2)
     notes_update: str = ""

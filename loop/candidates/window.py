@@ -25,12 +25,14 @@ from loop.candidates.path import CandidateOutcome, Training, take_candidates
 from loop.candidates.scheduler import CandidateSpec, spawn_candidates
 from loop.config import DaemonConfig, deep_merge, read_yaml, validate
 from loop.domains import resolve_domain
+from loop.journal.fingerprint import recipe
 from loop.run.executor import Executor, executor_for, run_all
 from loop.run.plan import RunPlan
 from loop.run.sandbox import load_sandbox
 from loop.run.supervise import ActiveRun, exit_code
 from loop.tracking.tensorboard_links import keep_candidate_boards, with_tensorboard
-from loop.trainer.config import TrainerConfig
+from loop.trainer.config import TrainerConfig, resolved
+from loop.util.fsutil import read_regular_text
 from loop.util.progress import ProgressLog
 
 
@@ -65,8 +67,13 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
     base = with_tensorboard(cfg, deep_merge(read_yaml(cfg.resolve(cfg.default_trainer_config)),
                                             evo.candidate_overrides))
     replay = replay_buffer(paths, lineage, head, evo.replay_samples_per_generation)
+    specs, skipped = untried_specs(specs, evo.strategies, archived_recipes(paths),
+                                   lambda spec: candidate_config(base, spec, "", paths, head, grandparent, replay, cfg))
+    for note in skipped:
+        log_event(paths.log, "SKIP", cycle_trace_id=trace_id, cycle=cycle, gen_id=gen_id, reason=note)
     say(f"evolution window at cycle {cycle}: generation {gen_id}, {len(specs)} candidate(s), "
-        f"HEAD {head or 'none (training from scratch)'}, replay {len(replay)} samples")
+        f"HEAD {head or 'none (training from scratch)'}, replay {len(replay)} samples"
+        + (f"; {len(skipped)} skipped as repeats" if skipped else ""))
     trainings, plans = spawn(cfg, paths, store, specs, base, head, replay, cycle, trace_id)
 
     # ---- DISTILL (parallel, supervised, on free device slots) ----
@@ -138,6 +145,37 @@ def distill(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStore, plans: 
 
 
 # -------------------------------------------------------------- helpers ----
+
+def archived_recipes(paths: ModelPaths) -> dict[str, str]:
+    """Recipe -> archive entry, for every candidate earlier windows trained (their train_args.json)."""
+    out: dict[str, str] = {}
+    for args in sorted(paths.archive.glob("*/train_args.json")):
+        try:
+            out.setdefault(recipe(json.loads(read_regular_text(args))), args.parent.name)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return out
+
+
+def untried_specs(specs: list[CandidateSpec], strategies: list[str], seen: dict[str, str],
+                  config_of) -> tuple[list[CandidateSpec], list[str]]:
+    """The window's candidates, none a repeat of an archived candidate or of another in the window
+    (the repeat rule of loop/journal/fingerprint.py): a repeat takes the next strategy not tried with
+    this GEN_HEAD, and is skipped when there is none. Returns the specs kept and a note per skip."""
+    kept, notes, seen = [], [], dict(seen)
+    for spec in specs:
+        for strategy in [spec.strategy, *(s for s in strategies if s != spec.strategy)]:
+            trial = spec.model_copy(update={"strategy": strategy})
+            key = recipe(resolved(config_of(trial)))
+            if key not in seen:
+                seen[key] = f"candidate {spec.branch_id}"
+                kept.append(trial)
+                break
+        else:
+            notes.append(f"candidate {spec.branch_id}: every strategy was trained already with this GEN_HEAD and "
+                         f"config ({seen[recipe(resolved(config_of(spec)))]}); nothing new to distil")
+    return kept, notes
+
 
 def candidate_config(base: dict, spec: CandidateSpec, name: str, paths: ModelPaths, head: str | None,
                      grandparent: str, replay: list[str], cfg: DaemonConfig) -> dict:

@@ -1,4 +1,4 @@
-"""`llmloop start | stop | status | watch | finishup | report | reset | policy check | sandbox run | login`:
+"""`llmloop start | stop | status | watch | unblock | finishup | report | reset | policy check | sandbox run | login`:
 thin calls into the modules that own each job."""
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from loop.config import DEFAULT_DAEMON_CONFIG, add_daemon_config_arguments, load
 from loop.dashboard.server import DEFAULT_PORT as DASHBOARD_PORT
 from loop.errors import exits_with_code
 
-COMMANDS = ("start", "stop", "status", "watch", "finishup", "report", "reset", "policy", "sandbox", "login", "llm")
+COMMANDS = ("start", "stop", "status", "watch", "unblock", "finishup", "report", "reset", "policy", "sandbox", "login",
+            "llm")
 
 
 def add_arguments(sub) -> None:
@@ -40,6 +41,8 @@ def add_arguments(sub) -> None:
     p = common(sub.add_parser("watch", help="the status, refreshed in place"))
     p.add_argument("--interval-seconds", type=float, default=10)
     p.add_argument("--once", action="store_true")
+    common(sub.add_parser("unblock", help="clear the blocked state (the same failure too many times in a row) "
+                                          "once its cause is fixed"))
     p = common(sub.add_parser("finishup", help="request, show or cancel finish-up mode"))
     p.add_argument("--minutes-left", type=float)
     p.add_argument("--run-hours", type=float)
@@ -163,6 +166,25 @@ def cmd_status(args, cfg, ws) -> int:
     return 0
 
 
+def cmd_unblock(args, cfg, ws) -> int:
+    from loop.cycle.failures import unblock
+    from loop.cycle.state import LoopState
+    from loop.daemon import process as daemon
+    from loop.journal.events import EventLog
+
+    if daemon.running_pid(ws) is not None:     # the daemon owns state.json: it clears it at its next cycle
+        ws.unblock_request.write_text("requested\n")
+        print("unblock requested: the daemon clears the blocked state at its next cycle")
+        return 0
+    state = LoopState.load(ws.state)
+    if state.blocked is None:
+        print("llmloop is not blocked")
+        return 0
+    print(unblock(state, EventLog(ws.events), "operator: llmloop unblock (daemon stopped)"))
+    state.save(ws.state)
+    return 0
+
+
 def cmd_watch(args, cfg, ws) -> int:
     from loop.daemon import status
     return status.watch(cfg, ws, args.interval_seconds, args.once)
@@ -275,6 +297,6 @@ def cmd_login(args, cfg, ws) -> int:
     return 0
 
 
-HANDLERS = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "watch": cmd_watch,
+HANDLERS = {"start": cmd_start, "stop": cmd_stop, "status": cmd_status, "watch": cmd_watch, "unblock": cmd_unblock,
             "finishup": cmd_finishup, "report": cmd_report, "reset": cmd_reset, "policy": cmd_policy,
             "sandbox": cmd_sandbox, "login": cmd_login, "llm": cmd_llm}

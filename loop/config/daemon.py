@@ -92,6 +92,8 @@ class DaemonConfig(StrictModel):
     stuck_wait_recovery_cycles: int = Field(8, gt=0)
     max_concurrent_experiments: int = Field(3, ge=1, le=8)
     max_concurrent_runs: int = Field(1, ge=1, le=16)      # daemon runs in flight at once (each on a slot)
+    max_identical_failures: int = Field(3, ge=1)          # the same failure this many times in a row: blocked
+    blocked_retry_minutes: float = Field(10.0, gt=0)      # while blocked, a new try at most this often (doubling)
     # ---- where runs execute (loop/run/executor.py) and on which device slots (loop/run/slots.py) ----
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     devices: Literal["auto"] | list[int] = "auto"        # GPUs runs may use: one slot each

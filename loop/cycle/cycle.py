@@ -23,6 +23,7 @@ from loop.agents.usage import Usage
 from loop.cycle import finishup
 from loop.cycle.dataprofile import refresh_data_report
 from loop.cycle.decide import count_gate_refusals, decide, mentor_due, review_decision, stuck_wait_recovery
+from loop.cycle.failures import unblock
 from loop.cycle.loop import Loop, new_trace_id, scrub
 from loop.cycle.record import (
     CycleRecord,
@@ -38,8 +39,9 @@ from loop.cycle.watch import evolution_window, follow_runs, start, watch_and_jud
 from loop.errors import ConfigError
 from loop.journal.notes import WORKPAD_SECTIONS, add_todos, append_storyline, append_workpad, resolve_todos
 from loop.run.judge import judge
-from loop.run.plan import RunPlan, command_plan, run_label, train_plan
+from loop.run.plan import RunPlan, command_plan, plan_for, run_label, trainer_config
 from loop.tracking.tensorboard_links import with_tensorboard
+from loop.trainer.config import resolved
 from loop.util.secrets import redact
 
 __all__ = ["Loop", "run_cycle"]
@@ -53,6 +55,10 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     rec = CycleRecord(cycle=state.cycle + 1, trace=new_trace_id(state.cycle + 1))
     loop.current["trace"] = rec.trace
     t0 = time.monotonic()
+
+    if loop.ws.unblock_request.exists():                    # `llmloop unblock` while the daemon runs
+        loop.ws.unblock_request.unlink(missing_ok=True)
+        loop.say(unblock(state, loop.events, "operator: llmloop unblock", rec.trace))
 
     # ---- finish-up: a deadline overrides the normal flow ----
     forced = finish_up(loop, state, rec)
@@ -80,7 +86,8 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
                             state.last_outcome.model_dump() if state.last_outcome else None,
                             ", ".join(r.label for r in state.active_runs) or None,
                             promotion_note=json.dumps(state.last_promotion) if state.last_promotion else "",
-                            extra=phase_section(state), finish_up=finishup.context_text(loop.ws.finish_up),
+                            extra={**phase_section(state), **gate_section(state)},
+                            finish_up=finishup.context_text(loop.ws.finish_up),
                             search_text=search_context(loop.task_profile, loop.phase_hint, loop.base_config(),
                                                        history))
     context_text = redact(context.render(), loop.secrets)
@@ -105,7 +112,7 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     decision = stuck_wait_recovery(loop, state, decision, history, rec)
 
     # ---- gate ----
-    decision, plan = gate(loop, decision, rec)
+    decision, plan = gate(loop, state, decision, rec)
     count_gate_refusals(loop, state, source, rec)
 
     # ---- run, judge ----
@@ -128,14 +135,29 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     state.note_action(decision.action)
     state.idle_streak = 0 if plan is not None else state.idle_streak + 1
     state.last_decision = {"action": decision.action, "label": decision.run_label, "source": source,
-                           "dimension": decision.strategy_dimension, "gate_ok": rec.quality_gate.ok}
+                           "dimension": decision.strategy_dimension, "gate_ok": rec.quality_gate.ok,
+                           "gate_reasons": rec.quality_gate.reasons}
     line = f"{decision.action} `{decision.run_label}`" + (f" ({decision.strategy_dimension})"
                                                            if decision.strategy_dimension else "")
     if source == "offline-fallback":
         line += " [offline policy: the Builder LLM was unavailable]"
     if outcome:
         line += f" -> {outcome.status}" + (f" val_acc {outcome.val_accuracy:.4f}" if outcome.val_accuracy else "")
+        line += f" ({outcome.signature.text()})" if outcome.signature else ""
     return finish_cycle(loop, state, rec, t0, line=line)
+
+
+def gate_section(state: LoopState) -> dict[str, str]:
+    """Why the gate refused the last decision, and what the daemon is blocked on: the Builder must
+    see both to propose something else."""
+    out = {}
+    last = state.last_decision or {}
+    if last and not last.get("gate_ok", True) and last.get("gate_reasons"):
+        out["Your last decision was refused"] = "\n".join(f"- {r}" for r in last["gate_reasons"])
+    if state.blocked is not None:
+        out["Blocked"] = (f"{state.blocked.text()}. Configurations that failed this way are refused; propose "
+                          "a different one (or the fix for this failure).")
+    return out
 
 
 def phase_section(state: LoopState) -> dict[str, str]:
@@ -192,26 +214,40 @@ def finish_up(loop: Loop, state: LoopState, rec: CycleRecord) -> Decision | str 
 
 # ==================================================================== gate ====
 
-def gate(loop: Loop, decision: Decision, rec: CycleRecord) -> tuple[Decision, RunPlan | None]:
-    """Quality gate, then the action's own checks (the overlay validated against the trainer config,
-    the command policy). Returns the decision to act on and, for a run, its plan."""
+def gate(loop: Loop, state: LoopState, decision: Decision, rec: CycleRecord) -> tuple[Decision, RunPlan | None]:
+    """Quality gate, then the action's own checks (the overlay validated against the trainer config
+    and never a repeat of a run, the command policy; none while a blocked daemon waits out its
+    back-off). Returns the decision to act on and, for a run, its plan."""
     from loop.gate.policy import check_configured
     from loop.gate.quality import downgrade, quality_gate
+    from loop.gate.repeats import blocked_wait, repeat_refusal
 
     quality = quality_gate(decision)
     rec.quality_gate = GateEntry(ok=quality.ok, reasons=quality.reasons, housekeeping=quality.housekeeping)
     if not quality.ok:
         return downgrade(decision, quality), None
+
+    def refuse(reason: str) -> tuple[Decision, None]:
+        rec.quality_gate = GateEntry(ok=False, reasons=[reason], housekeeping=quality.housekeeping)
+        return wait_decision(f"refused: {reason}"), None
+
+    if state.blocked is not None and decision.action in ("train", "run_command"):
+        why = blocked_wait(state.blocked.next_try_at, state.blocked.signature.text())
+        if why:
+            return refuse(why)
     label = run_label(decision.run_label or f"{decision.action}-{decision.strategy_dimension or 'run'}")
     run_dir = loop.ws.runs / f"{label}-{rec.trace}"
     if decision.action == "train":
         try:
             overlay = ladder.resolve(decision, loop.base_config(), loop.run_history())
-            return decision, train_plan(loop.cfg, with_tensorboard(loop.cfg, overlay), label, rec.trace, run_dir)
+            config = trainer_config(loop.cfg, with_tensorboard(loop.cfg, overlay), label)
         except ConfigError as exc:
-            rec.quality_gate = GateEntry(ok=False, reasons=[f"train_overlay: {exc}"],
-                                         housekeeping=quality.housekeeping)
-            return wait_decision(f"train_overlay refused: {exc}"), None
+            return refuse(f"train_overlay: {exc}")
+        why = repeat_refusal(resolved(config), bool(decision.replica_of), loop.run_history(), state.active_runs,
+                             state.blocked.fingerprints if state.blocked else [])
+        if why:
+            return refuse(why)
+        return decision, plan_for(loop.cfg, config, label, rec.trace, run_dir)
     if decision.action == "run_command":
         verdict = check_configured(decision.command, loop.cfg, loop.ws.root)
         rec.policy = PolicyEntry(allowed=verdict.allowed, reasons=verdict.reasons)

@@ -76,12 +76,18 @@ def continuing(runs: list) -> list[str]:
 
 def policy_input(loop: Loop, cycle: int, history: list[RunRecord], todos: list[str],
                  state: LoopState | None = None) -> PolicyInput:
-    """What the offline policy needs: the history, the task, the runs in flight, the base config
-    and the walltime cap (its cost model keeps every proposal under it)."""
+    """What the offline policy needs: the history, the task, the runs in flight, the base config,
+    the walltime cap (its cost model keeps every proposal under it) and what was trained (it never
+    proposes a repeat)."""
+    from loop.gate.repeats import trained_runs
+
     runs = state.active_runs if state else []
+    blocked = state.blocked if state else None
     return PolicyInput(cycle, history, todos, loop.phase_hint, profile=loop.task_profile, in_flight=len(runs),
                        continuing=tuple(continuing(runs)),
-                       base_config=loop.base_config(), walltime_cap_seconds=loop.walltime_cap_seconds())
+                       base_config=loop.base_config(), walltime_cap_seconds=loop.walltime_cap_seconds(),
+                       trained=trained_runs(history, runs),
+                       refused=frozenset(blocked.fingerprints) if blocked else frozenset())
 
 
 def count_gate_refusals(loop: Loop, state: LoopState, source: str, rec: CycleRecord) -> None:
@@ -124,6 +130,12 @@ def review_decision(loop: Loop, context_text: str, decision: Decision, history: 
     review = ask_mentor(loop, context_text, decision, history, why, rec)
     if review is None:
         return None
+    failed = offline.failing(history)
+    if failed and review.verdict == "on_track":       # an LLM that calls a failing night on track is overruled
+        review = review.model_copy(update={
+            "verdict": "off_track", "notes": f"{review.notes} [overruled: the last {len(failed)} runs failed, "
+                                             f"{(failed[-1].failure or {}).get('key', 'no signature')}]".strip()})
+        entry.overruled = "on_track while the last runs failed"
     entry.verdict, entry.critical_question = review.verdict, review.critical_question
     entry.challenge = review.challenge.model_dump() if review.challenge else None
     todos = review.todo_new if review.challenge else []       # none on continue

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loop.agents.schema import Decision
 from loop.agents.usage import Usage
+from loop.cycle.failures import Blocked
 from loop.run.judge import RunOutcome
 
 
@@ -45,6 +46,7 @@ class MentorEntry(_Entry):
     critical_question: str | None = None
     challenge: dict | None = None
     challenge_applied: bool | None = None
+    overruled: str | None = None         # why the loop changed the review's verdict
     todo_added: list[str] | None = None
 
 
@@ -102,6 +104,8 @@ class KeepEntry(_Entry):
         what = {"first": "first best", "gain": "NEW BEST", "tie": "tie with the best (inside the noise)",
                 "below": "below the best", "replica": "seed replica of the best",
                 "screen": f"screen at fidelity {self.fidelity:.2f}", "failed": "failed"}[self.verdict]
+        if "walltime cap" in self.test:
+            what += " (stopped at its walltime cap; continuable)"
         extra = f" {self.margin:+.4f} vs band {self.band:.4f}" if self.margin is not None and self.band else ""
         return f"`{self.label}` {what}{extra}"
 
@@ -147,6 +151,7 @@ class CycleRecord(BaseModel):
     auto_repair: RepairEntry | None = None
     run_outcome_retry: RunOutcome | None = None
     keeps: list[KeepEntry] = Field(default_factory=list)   # finished training runs judged against the best
+    blocked: Blocked | None = None                  # blocked on a failure signature after this cycle's runs
     # ---- candidates ----
     promotion: dict | None = None                   # the candidate path's result for this run
     evolution: dict | None = None                   # an evolution window that ran in this cycle

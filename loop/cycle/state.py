@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, model_validator
 
 from loop.agents.usage import Usage
+from loop.cycle.failures import Blocked, FailureStreak
 from loop.run.judge import RunOutcome
 from loop.run.supervise import ActiveRun
 from loop.util.fsutil import atomic_write_text
@@ -23,6 +24,8 @@ class LoopState(BaseModel):
     recent_actions: list[str] = Field(default_factory=list)   # last 20 actions
     idle_streak: int = 0                        # consecutive cycles without a run
     failure_streak: int = 0
+    failures: FailureStreak = Field(default_factory=FailureStreak)   # identical failures in a row
+    blocked: Blocked | None = None              # blocked on a failure signature (loop/cycle/failures.py)
     last_mentor_cycle: int = 0
     window_pending: bool = False                # an evolution window waits for the active run to end
     cycle_seconds: list[float] = Field(default_factory=list)        # recent cycle durations (timer)

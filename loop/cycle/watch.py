@@ -10,16 +10,20 @@ from pathlib import Path
 
 from loop.agents.schema import Decision
 from loop.config import DaemonConfig
+from loop.cycle.failures import blocked_after, extend
 from loop.cycle.loop import Loop
 from loop.cycle.record import CycleRecord, KeepEntry, RepairEntry, RunStart
 from loop.cycle.state import LoopState
 from loop.errors import LoopError
+from loop.journal.fingerprint import fingerprint, recipe
 from loop.journal.history import RunRecord, append_history
 from loop.journal.keeps import judge_run
+from loop.journal.notes import WORKPAD_SECTIONS, append_workpad
 from loop.run.executor import monitor, monitor_many
 from loop.run.judge import RunOutcome, judge
 from loop.run.plan import RunPlan
 from loop.run.supervise import ActiveRun
+from loop.trainer.config import resolved
 from loop.util.fsutil import read_regular_text
 from loop.util.secrets import redact
 
@@ -32,7 +36,10 @@ def start(loop: Loop, plan: RunPlan, cycle: int, retry_of: str | None = None) ->
     def waiting() -> None:
         loop.say(f"{time.strftime('%H:%M:%S')} `{plan.label}` waits for a free device slot")
 
-    return loop.runner().submit(plan, cycle, retry_of=retry_of, should_stop=loop.should_stop, on_wait=waiting)
+    run = loop.runner().submit(plan, cycle, retry_of=retry_of, should_stop=loop.should_stop, on_wait=waiting)
+    # what it trains, for the repeat gate while it is in flight
+    return None if run is None else run.model_copy(update={"fingerprint": plan.fingerprint, "recipe": plan.recipe,
+                                                          "resume_from": plan.resume_from})
 
 
 def monitor_seconds(cfg: DaemonConfig, decision: Decision | None) -> float:
@@ -89,7 +96,7 @@ def repair_and_retry(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunO
         argv = list(argv)
         argv[argv.index("--out") + 1] = str(retry_dir / "out")
     plan = RunPlan(f"{run.label}-retry", rec.trace, run.kind, argv, retry_dir, run.walltime_limit_seconds,
-                   run.stall_seconds)
+                   run.stall_seconds, fingerprint=run.fingerprint, recipe=run.recipe, resume_from=run.resume_from)
     retry_run = start(loop, plan, rec.cycle, retry_of=run.label)
     if retry_run is None:                       # stopping while it waited for a slot
         return None
@@ -145,22 +152,30 @@ def log_growing(run: ActiveRun, window_seconds: float = 300) -> bool:
 
 
 def finish_run(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunOutcome, rec: CycleRecord) -> None:
-    """A run is over: remember it, and hand a finished training run to the candidate path."""
+    """A run is over: remember it (its failure streak too), and hand a finished training run to the
+    candidate path."""
     state.last_outcome = outcome
     state.failure_streak = 0 if outcome.ok else state.failure_streak + 1
+    note_failures(loop, state, run, outcome, rec)
     if run.kind != "train" and outcome.kind != "train":
         return
     out_dir = Path(outcome.run_dir or run.run_dir) / "out"
-    record = RunRecord(label=outcome.label, cycle=rec.cycle, trace=rec.trace, config=read_train_args(out_dir),
+    config = read_train_args(out_dir) or planned_config(run)
+    record = RunRecord(label=outcome.label, cycle=rec.cycle, trace=rec.trace, config=config,
                        ok=outcome.ok, score=outcome.val_accuracy or 0.0,
                        dimension=rec.decision.strategy_dimension if rec.decision else None,
-                       minutes=round(outcome.seconds / 60.0, 3), run_dir=str(out_dir))
+                       minutes=round(outcome.seconds / 60.0, 3), run_dir=str(out_dir),
+                       fingerprint=fingerprint(config) if config else run.fingerprint,   # what it trained
+                       recipe=recipe(config) if config else run.recipe,
+                       failure=outcome.signature.model_dump() if outcome.signature else None)
     record = measured(record, out_dir, loop.base_config())
     verdict = judge_run(loop.run_history(), record)
     record.verdict, record.margin, record.band = verdict.verdict, verdict.margin, verdict.band
     append_history(loop.ws, record)
+    test = verdict.test + ("; stopped at its walltime cap with a checkpoint: continuable" if record.stopped_at_cap
+                           else "")
     rec.keeps.append(KeepEntry(label=record.label, verdict=verdict.verdict, score=record.score,
-                               fidelity=record.fidelity, margin=verdict.margin, band=verdict.band, test=verdict.test))
+                               fidelity=record.fidelity, margin=verdict.margin, band=verdict.band, test=test))
     # a screen is a low-fidelity score: its continuation, not the screen, goes to the gates and the archive
     if outcome.ok and record.full and (out_dir / "model.safetensors").exists():
         from loop.candidates.intake import submit_run
@@ -170,6 +185,36 @@ def finish_run(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunOutcome
         except (LoopError, OSError, ValueError) as exc:
             state.last_promotion = {"error": f"hand-off failed: {exc}"}
         rec.promotion = state.last_promotion
+
+
+def note_failures(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunOutcome, rec: CycleRecord) -> None:
+    """The identical-failure streak after a run ended, and the blocked state it sets or clears: one
+    `blocked` event (and a workpad note) when the daemon blocks, one `unblocked` when it clears."""
+    if outcome.status in ("running", "interrupted"):          # the daemon stopped it: no verdict on it
+        return
+    state.failures = extend(state.failures, outcome.label, outcome.signature, run.fingerprint)
+    before = state.blocked
+    state.blocked = blocked_after(state.failures, before, loop.cfg.max_identical_failures, rec.cycle,
+                                  loop.cfg.blocked_retry_minutes)
+    rec.blocked = state.blocked
+    if state.blocked is not None and (before is None or before.signature.key != state.blocked.signature.key):
+        loop.events.append("blocked", rec.trace, **state.blocked.model_dump(mode="json"))
+        append_workpad(loop.ws.workpad, WORKPAD_SECTIONS[0], f"{state.blocked.text()}. The daemon does not propose "
+                       "these configurations again; it tries others no more often than every "
+                       f"{loop.cfg.blocked_retry_minutes:g} min (doubling). `llmloop unblock` clears it.", rec.cycle)
+    elif before is not None and state.blocked is None:
+        how = "a run succeeded" if outcome.ok else f"a run failed another way ({outcome.signature.key})" \
+            if outcome.signature else "a run ended"
+        loop.events.append("unblocked", rec.trace, signature=before.signature.key, reason=how)
+
+
+def planned_config(run: ActiveRun) -> dict:
+    """The trainer config the daemon planned for a run that wrote no train_args.json (it failed
+    before): its run.yaml, resolved ({} when unreadable)."""
+    try:
+        return resolved(json.loads(read_regular_text(run.config_path))) if run.config_path else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def measured(record: RunRecord, out_dir: Path, base_config: dict) -> RunRecord:
@@ -184,9 +229,10 @@ def measured(record: RunRecord, out_dir: Path, base_config: dict) -> RunRecord:
     record.fidelity = round(min(1.0, done / planned if planned else 1.0) * min(1.0, share), 4)
     seconds = [e.get("seconds") for e in metrics.get("curve") or [] if e.get("seconds")]
     own = seconds[int(metrics.get("epochs_at_start") or 0):]
-    record.epoch_seconds = round(statistics.median(own), 3) if own else None
+    record.epoch_seconds = round(statistics.median(own), 3) if own else metrics.get("epoch_seconds_estimate")
     record.epochs_trained = len(own)
     record.val_count = (metrics.get("eval") or {}).get("count")
+    record.stopped_at_cap = bool(metrics.get("stopped_at_cap"))
     return record
 
 

@@ -125,6 +125,8 @@ def status_info(cfg: DaemonConfig, ws: Workspace) -> dict:
         "active_runs": runs, "max_concurrent_runs": cfg.max_concurrent_runs,
         "last_decision": state.last_decision,
         "last_outcome": state.last_outcome.model_dump() if state.last_outcome else None,
+        "blocked": ({**state.blocked.model_dump(mode="json"), "text": state.blocked.text()}
+                    if state.blocked else None),
         "leaderboard_top3": leaderboard(ws), "gen_head": models.head_name(),
         "proposal_pending": pending_proposal(models),
         "finish_up": None if request is None else {
@@ -144,9 +146,11 @@ def render(info: dict) -> str:
     if info["running"] and not info["alive"]:
         state += " - heartbeat stale and no log progress: check logs/daemon.log"
     age = info["heartbeat_age_seconds"]
-    lines = [f"llmloop: {state}",
-             f"cycle {info['cycle']}; heartbeat {'-' if age is None else f'{age:.0f}s ago'}; "
-             f"Builder: {info['builder']}; Mentor: {info['mentor']}"]
+    lines = [f"llmloop: {state}"]
+    if info.get("blocked"):           # first, so it is the line nobody misses
+        lines.append(f"{info['blocked']['text']} - `llmloop unblock` clears it once the cause is fixed")
+    lines.append(f"cycle {info['cycle']}; heartbeat {'-' if age is None else f'{age:.0f}s ago'}; "
+                 f"Builder: {info['builder']}; Mentor: {info['mentor']}")
     runs = info.get("active_runs") or ([info["active_run"]] if info["active_run"] else [])
     if not runs:
         lines.append("active run: none")
@@ -163,7 +167,9 @@ def render(info: dict) -> str:
     o = info["last_outcome"]
     if o:
         acc = o.get("val_accuracy")
-        lines.append(f"last outcome: {o.get('label')} {o.get('status')}" + (f" val_acc {acc:.4f}" if acc else ""))
+        sig = o.get("signature")
+        lines.append(f"last outcome: {o.get('label')} {o.get('status')}" + (f" val_acc {acc:.4f}" if acc else "")
+                     + (f" ({sig['exc_type']}: {sig['message']} [{sig['key']}], {sig['category']})" if sig else ""))
     board = info["leaderboard_top3"]
     lines.append("leaderboard: " + ("; ".join(f"{r['label']} {r['val_accuracy']:.4f}" for r in board)
                                     if board else "no runs yet"))

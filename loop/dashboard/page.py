@@ -25,7 +25,9 @@ def header_html(status: dict) -> str:
     age = status.get("heartbeat_age_seconds")
     best = status.get("best_label")
     score = status.get("best_score")
-    facts = [("state", state_text(status)), ("cycle", str(status.get("cycle", 0))),
+    blocked = status.get("blocked")
+    facts = [("state", state_text(status)), ("blocked", blocked["text"] if blocked else "no"),
+             ("cycle", str(status.get("cycle", 0))),
              ("heartbeat", "-" if age is None else f"{age:.0f}s ago"),
              ("GEN_HEAD", status.get("gen_head") or "none"),
              ("best run", f"{best} ({score:.4f})" if best and score is not None else "no successful run yet"),

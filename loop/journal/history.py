@@ -4,7 +4,7 @@ not grow with the length of the night."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from loop.util.fsutil import append_line
@@ -32,13 +32,26 @@ class RunRecord:
     val_count: int | None = None   # validation images it was scored on
     epoch_seconds: float | None = None   # median seconds per training epoch (the cost model's input)
     epochs_trained: int | None = None    # epochs this run trained itself (a continuation: after its screen)
+    fingerprint: str = ""          # what it trained (loop/journal/fingerprint.py); "" on old rows
+    recipe: str = ""               # the same, seed left out
+    failure: dict | None = None    # a failed run's signature (loop/run/failure.py FailureSignature)
+    stopped_at_cap: bool = False   # stopped by its walltime with a checkpoint: it can be continued
 
     @classmethod
     def from_row(cls, row: dict) -> "RunRecord":
-        return cls(row["label"], row["cycle"], row.get("config", {}), row["ok"], row.get("score", 0.0),
-                   row.get("dimension"), row.get("minutes"), row.get("trace", ""), row.get("run_dir", ""),
-                   row.get("fidelity", 1.0), row.get("verdict"), row.get("margin"), row.get("band"),
-                   row.get("val_count"), row.get("epoch_seconds"), row.get("epochs_trained"))
+        """A runs-index row; keys added since a row was written take their defaults."""
+        values: dict = {"config": {}, "score": 0.0}
+        for f in fields(cls):
+            if f.name in row:
+                values[f.name] = row[f.name]
+            elif f.default is MISSING and f.name not in values:
+                raise KeyError(f.name)
+        return cls(**values)
+
+    @property
+    def signature(self) -> str | None:
+        """The key of its failure signature (None: it did not fail, or an old row)."""
+        return (self.failure or {}).get("key")
 
     @property
     def full(self) -> bool:

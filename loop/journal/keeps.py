@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from loop.journal.fingerprint import recipe
 from loop.journal.history import RunRecord
 from loop.journal.noise import (
     KEEPS,
@@ -30,16 +31,11 @@ from loop.journal.noise import (
     wilson,
 )
 
-# what does not change a recipe: a replica differs only in these (and a continuation in its resume)
-NOT_RECIPE = {"label", "seed", "stop_after_epochs", "resume_from", "threads", "device", "log_every_steps",
-              "keep_checkpoint"}
-
 
 def recipe_key(config: dict) -> str:
-    """A run's config without what does not shape its result's expectation (seed, label, ...)."""
-    slim = {k: v for k, v in config.items() if k not in ("budget",)}
-    slim["run"] = {k: v for k, v in config.get("run", {}).items() if k not in NOT_RECIPE}
-    return json.dumps(slim, sort_keys=True, default=str)
+    """A run's recipe: its config without what does not shape its result's expectation (seed,
+    label, where it stops, ...; loop/journal/fingerprint.py)."""
+    return recipe(config)
 
 
 def incumbent(history: list[RunRecord]) -> RunRecord | None:

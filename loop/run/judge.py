@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from loop.run.failure import TAIL_BYTES, FailureSignature, signature_of
 from loop.run.supervise import ActiveRun, exit_code
 from loop.util.fsutil import read_regular_text
 
@@ -28,14 +29,31 @@ class RunOutcome(BaseModel):
     val_accuracy: float | None = None
     budget_breach: dict | None = None
     monitor_cycles: int | None = None   # for a run still followed
+    signature: FailureSignature | None = None   # what ended a failed run (loop/run/failure.py)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
+    def signed(self) -> "RunOutcome":
+        """This outcome with its failure signature, read from the end of its log."""
+        if self.ok or self.status in ("running", "interrupted"):
+            return self
+        try:
+            log_text = read_regular_text(self.log_path, tail=TAIL_BYTES) if self.log_path else ""
+        except OSError:
+            log_text = ""
+        return self.model_copy(update={"signature": signature_of(self.status, self.exit_code, log_text,
+                                                                  self.error)})
+
 
 def judge(run: ActiveRun, monitor_status: str) -> RunOutcome:
-    """The outcome of `run` once the supervisor has stopped watching it with `monitor_status`."""
+    """The outcome of `run` once the supervisor has stopped watching it with `monitor_status`,
+    a failure with its signature."""
+    return verdict_of(run, monitor_status).signed()
+
+
+def verdict_of(run: ActiveRun, monitor_status: str) -> RunOutcome:
     out = dict(label=run.label, kind=run.kind, exit_code=exit_code(run), log_path=run.log_path,
                run_dir=run.run_dir, seconds=round(time.time() - run.started_at, 1))
     if monitor_status == "timed_out":

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from loop.config import DaemonConfig, deep_merge, read_yaml, validate
 from loop.errors import ConfigError
-from loop.trainer.config import TrainerConfig
+from loop.journal.fingerprint import fingerprint, recipe
+from loop.trainer.config import TrainerConfig, resolved
 from loop.util.fsutil import atomic_write_text
 from loop.util.secrets import looks_secret
 
@@ -28,6 +29,9 @@ class RunPlan:
     walltime_limit_seconds: float | None
     stall_seconds: float | None
     config_path: str | None = None  # the trainer YAML (train runs), for auto-repair's fallback patch
+    fingerprint: str = ""           # what a train run trains (loop/journal/fingerprint.py)
+    recipe: str = ""                # the same, seed left out
+    resume_from: str | None = None  # a continuation: the screen's folder
 
 
 def run_label(text: str) -> str:
@@ -38,9 +42,18 @@ def run_label(text: str) -> str:
 
 def train_plan(cfg: DaemonConfig, overlay: dict, label: str, trace: str, run_dir: Path) -> RunPlan:
     """A trainer run of the default config with `overlay` (raises ConfigError when it does not validate)."""
-    config_path = write_trainer_config(cfg, overlay, label, run_dir)
+    return plan_for(cfg, trainer_config(cfg, overlay, label), label, trace, run_dir)
+
+
+def plan_for(cfg: DaemonConfig, config: dict, label: str, trace: str, run_dir: Path) -> RunPlan:
+    """A trainer run of `config` (from `trainer_config`), written as <run_dir>/run.yaml."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "run.yaml"
+    atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
     argv = [sys.executable, "-m", "loop.trainer", "--config", str(config_path), "--out", str(run_dir / "out")]
-    return RunPlan(label, trace, "train", argv, run_dir, walltime_limit(cfg), stall_seconds(cfg), str(config_path))
+    full = resolved(config)
+    return RunPlan(label, trace, "train", argv, run_dir, walltime_limit(cfg), stall_seconds(cfg), str(config_path),
+                   fingerprint(full), recipe(full), full["run"]["resume_from"])
 
 
 def command_plan(cfg: DaemonConfig, command: str, label: str, trace: str, run_dir: Path) -> RunPlan:
@@ -57,9 +70,9 @@ def walltime_limit(cfg: DaemonConfig) -> float | None:
     return cfg.budget.max_walltime_minutes * 60 + 60 if cfg.budget.max_walltime_minutes else None
 
 
-def write_trainer_config(cfg: DaemonConfig, overlay: dict, label: str, run_dir: Path) -> Path:
+def trainer_config(cfg: DaemonConfig, overlay: dict, label: str) -> dict:
     """The default trainer config + the decision's overlay + the daemon's budget caps (the tighter
-    of the two wins), validated before anything starts; written as <run_dir>/run.yaml."""
+    of the two wins), validated before anything starts (ConfigError when it does not)."""
     merged = deep_merge(read_yaml(cfg.resolve(cfg.default_trainer_config)), overlay)
     merged = deep_merge(merged, {"run": {"label": label}})
     caps = merged.get("budget", {}) or {}
@@ -70,10 +83,7 @@ def write_trainer_config(cfg: DaemonConfig, overlay: dict, label: str, run_dir: 
             caps[key] = min(limit, caps[key]) if caps.get(key) is not None else limit
     merged["budget"] = caps
     validate(TrainerConfig, merged, "train_overlay")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "run.yaml"
-    atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
-    return path
+    return merged
 
 
 def child_env(repo_root: Path) -> dict[str, str]:

@@ -5,11 +5,13 @@ returns the evidence the daemon writes into its `auto_repair` event, plus the co
 (the retry itself is the daemon's job). Installs go into the training venv (`auto_repair_python_exe`,
 else this interpreter). One job per module:
 
-  repair_diagnose.py  reading the failure: a missing module or a model name the trainer refused
+  repair_diagnose.py  reading the failure: a missing module, a model name the trainer refused, or
+                      loader workers that cannot run here
   repair_plan.py      the config maps -> steps, in the seed's order (and the step records)
   repair_install.py   package pins and pip installs: pinned only, one index, wheels only, hashes
   repair_clone.py     allowlisted clones at a full commit sha, in <workspace>/autofix_repos/
-  repair_fallback.py  model-name fallbacks: a patched config copy in <workspace>/autofix_configs/
+  repair_fallback.py  a setting for the retry (data.num_workers=0), model-name fallbacks: a patched
+                      config copy in <workspace>/autofix_configs/
   repair_command.py   the retry command: reading and rewriting its options
 
 Supply-chain rules, since the commands that fail were written by an LLM: never a pip install of a
@@ -28,7 +30,7 @@ from loop.config import DaemonConfig
 from loop.run.repair_clone import REPOS_DIR, checkout_clone, clone_dir, clone_refusal, clone_step
 from loop.run.repair_command import Command, option_values, rewrite_option
 from loop.run.repair_diagnose import Failure, diagnose
-from loop.run.repair_fallback import CONFIGS_DIR, fallback_step, write_patched_config
+from loop.run.repair_fallback import CONFIGS_DIR, fallback_step, setting_step, write_patched_config
 from loop.run.repair_install import DETAIL_LINES, PIP_TIMEOUT_S, last_line, pip_env, pip_install, pip_step, single_index
 from loop.run.repair_plan import RepairAction, RepairStep, StepContext, no_plan_reason, plan_repair
 
@@ -106,4 +108,6 @@ def _apply_step(step: RepairStep, command: Command, ctx: StepContext) -> tuple[R
         return pip_step(step, ctx), command
     if step.kind == "clone":
         return clone_step(step, ctx), command
+    if step.kind == "setting":
+        return setting_step(step, command)
     return fallback_step(step, command, ctx)

@@ -1,7 +1,9 @@
 """Auto-repair, reading the failure: what a failed run's stderr/log says broke.
 
-Two kinds are known: a missing module (`ModuleNotFoundError: No module named 'x.y'`, read as the
-top-level module `x`) and a model name the trainer refused (`Unsupported model.name: NAME`, exit 3).
+Three kinds are known: a missing module (`ModuleNotFoundError: No module named 'x.y'`, read as the
+top-level module `x`), a model name the trainer refused (`Unsupported model.name: NAME`, exit 3), and
+data-loader workers that cannot run where the run is (no semaphore, no shared memory, a worker
+killed): the trainer's own setting `data.num_workers` names the fix.
 """
 from __future__ import annotations
 
@@ -12,13 +14,16 @@ from pydantic import BaseModel
 
 _MODULE_RE = re.compile(r"ModuleNotFoundError: No module named ['\"]([^'\"]+)['\"]")
 _MODEL_RE = re.compile(r"Unsupported model\.name: (\S+)")
+_LOADER_RE = re.compile(r"SemLock|unable to open shared memory|unable to write to file </torch_|"
+                        r"DataLoader worker \(pid[^)]*\) (?:is killed|exited unexpectedly)|"
+                        r"bus error.*shared memory|Too many open files")
 
 
 class Failure(BaseModel):
     """What a failed run's log says broke."""
 
-    kind: Literal["module", "model"]
-    name: str        # the top-level module ('foo' for 'foo.bar'), or the model name
+    kind: Literal["module", "model", "loader"]
+    name: str        # the top-level module ('foo' for 'foo.bar'), the model name, or the setting
     evidence: str    # the log line it was read from
 
 
@@ -32,6 +37,9 @@ def diagnose(log_text: str) -> Failure | None:
         name = m.group(1).rstrip("'\".,;)")
         if name:
             found.append((m.start(), Failure(kind="model", name=name, evidence=_line_at(log_text, m.start()))))
+    for m in _LOADER_RE.finditer(log_text):
+        found.append((m.start(), Failure(kind="loader", name="data.num_workers",
+                                         evidence=_line_at(log_text, m.start()))))
     return max(found, key=lambda item: item[0])[1] if found else None
 
 

@@ -1,7 +1,7 @@
-"""Auto-repair, model-name fallbacks: train a known-good stand-in for a model name the trainer
-refused. The trainer YAML named by `--config` is copied to `<workspace>/autofix_configs/` with
-`model.name` replaced, and the retry command is rewritten to use the copy (and any
-`--set model.name=...` to use the stand-in).
+"""Auto-repair, settings and model-name fallbacks: retry a trainer run with one setting changed
+(`setting_step`), or train a known-good stand-in for a model name the trainer refused: the trainer
+YAML named by `--config` is copied to `<workspace>/autofix_configs/` with `model.name` replaced, and
+the retry command is rewritten to use the copy (and any `--set model.name=...` to use the stand-in).
 """
 from __future__ import annotations
 
@@ -68,3 +68,20 @@ def fallback_step(step: RepairStep, command: Command, ctx: StepContext) -> tuple
     detail = f"model.name {step.target} -> {step.fallback}" + (f"; config copy {patched}" if patched else "")
     return action.model_copy(update={"ok": True, "detail": detail,
                                      "config": str(patched) if patched else None}), retry
+
+
+def setting_step(step: RepairStep, command: Command) -> tuple[RepairAction, Command]:
+    """A `setting` step: the trainer command retried with `--set KEY=VALUE` appended (argparse: the
+    last --set of a key wins). Only a trainer command takes it."""
+    assert step.setting is not None
+    action = RepairAction(kind="setting", target=step.target, source=step.source, ok=False, detail="")
+    try:
+        tokens = command_tokens(command)
+    except ValueError as exc:
+        return action.model_copy(update={"detail": f"cannot parse the command: {exc}"}), command
+    if "loop.trainer" not in tokens:
+        return action.model_copy(update={"detail": f"{step.setting} needs a trainer command "
+                                                   "(python -m loop.trainer ...)"}), command
+    retry = [*command, "--set", step.setting] if isinstance(command, list) else \
+        f"{command} --set {step.setting}"
+    return action.model_copy(update={"ok": True, "detail": f"retry with {step.setting} ({step.source})"}), retry

@@ -1,6 +1,7 @@
 """Auto-repair, the plan: which of the daemon config's maps answers a failure, as steps, in the
 seed's order:
 
+  loader: the trainer's own setting: data.num_workers 0 (no config needed; nothing installed)
   model:  fallback map (preferred over any install) -> model package map -> model clone map
   module: package map -> alias map -> clone map; never a pip install of the module name itself
           (the old `auto_repair_allow_direct_module_install` key is ignored: loop/config/daemon.py)
@@ -23,13 +24,14 @@ from loop.run.repair_diagnose import Failure
 class RepairStep(BaseModel):
     """One planned action; `source` names the config key that planned it."""
 
-    kind: Literal["pip", "clone", "fallback"]
+    kind: Literal["pip", "clone", "fallback", "setting"]
     target: str                     # the module or model being repaired
     source: str
     package: str | None = None      # pip: a pinned requirement (name==version) or a local path
     sha256: str | None = None       # pip: install in --require-hashes mode with this hash
     clone: CloneSpec | None = None  # clone: where from and what to install
     fallback: str | None = None     # fallback: the model name to train instead
+    setting: str | None = None      # setting: a trainer `--set KEY=VALUE` for the retry
 
 
 class RepairAction(BaseModel):
@@ -63,6 +65,9 @@ class StepContext:
 
 def plan_repair(failure: Failure, cfg: DaemonConfig) -> list[RepairStep]:
     """Steps for `failure` from the config maps; empty when nothing is configured for it."""
+    if failure.kind == "loader":    # loader workers cannot run here: train in the main process
+        return [RepairStep(kind="setting", target=failure.name, source="loader workers failed",
+                           setting=f"{failure.name}=0")]
     if failure.kind == "model":
         return _plan_model(failure.name, cfg)
     return _plan_module(failure.name, cfg)

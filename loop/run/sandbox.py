@@ -77,9 +77,12 @@ class Sandbox:
         return self.bwrap is not None
 
     def env(self, run_dir: Path, run_tag: str = "") -> dict[str, str]:
-        """The run's whole environment: the allowlist, plus a private HOME and TMPDIR in its folder."""
-        return {**self.base_env, "HOME": str(run_dir / ".home"), "TMPDIR": str(run_dir / ".tmp"),
-                "LLMLOOP_RUN_TAG": run_tag}
+        """The run's whole environment: the allowlist, a private HOME in its folder and a private
+        TMPDIR: the sandbox's own /tmp (a fresh tmpfs per run), else the run folder's .tmp. Short on
+        purpose: multiprocessing puts its AF_UNIX sockets there (loader workers passing tensors), and
+        a socket path over 107 bytes fails ("AF_UNIX path too long") in a deep run folder."""
+        tmp = "/tmp" if self.active else str(run_dir / ".tmp")
+        return {**self.base_env, "HOME": str(run_dir / ".home"), "TMPDIR": tmp, "LLMLOOP_RUN_TAG": run_tag}
 
     def prepare(self, run_dir: Path) -> None:
         """Make the run folder (and its HOME/TMPDIR) and hand it to the sandbox user."""
@@ -266,7 +269,10 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
     if problem and cfg.sandbox == "required":
         raise SandboxUnavailable(f"sandbox: required, but {problem}; {INSTALL_HINT}, or set `sandbox: optional` "
                                  "to run with the command policy alone")
-    readonly = {repo_root, ws_root, *interpreter_paths(), *task_data_paths(cfg),
+    data = task_data_paths(cfg)
+    if user and bwrap and not problem:
+        check_readable(data, *user, cfg.sandbox_user)
+    readonly = {repo_root, ws_root, *interpreter_paths(), *data,
                 *(workspace_path(ws_root, p) for p in cfg.sandbox_readonly_paths)}
     # Never writable: history, notes, the daemon's own state, the models. (Also bound read-only last,
     # as a second line.)
@@ -306,6 +312,19 @@ def task_data_paths(cfg: DaemonConfig) -> set[Path]:
             elif path.is_file():
                 found.add(path.resolve().parent)
     return found
+
+
+def check_readable(folders: set[Path], uid: int, gid: int, user: str) -> None:
+    """Runs read the task's data as the sandbox user: a data folder that user cannot list would fail
+    every run of the night, so the daemon refuses to start instead, naming it."""
+    for folder in sorted(folders):
+        st = folder.stat()
+        bits = (stat.S_IRUSR | stat.S_IXUSR, 6) if st.st_uid == uid else \
+            (stat.S_IRGRP | stat.S_IXGRP, 3) if st.st_gid == gid else (stat.S_IROTH | stat.S_IXOTH, 0)
+        if st.st_mode & bits[0] != bits[0]:
+            raise ConfigError(f"the task's data folder {folder} (mode {stat.S_IMODE(st.st_mode):04o}, owner uid "
+                              f"{st.st_uid}) cannot be read by the sandbox user {user}, so every run would fail: "
+                              f"make it readable (chmod o+rx {folder}, and its files o+r) or set sandbox_user")
 
 
 def check_writable(writable: tuple[Path, ...], never: set[Path]) -> None:

@@ -43,6 +43,9 @@ class ActiveRun(BaseModel):
     device: str = ""                        # cuda:N | cpu: the device slot it trains on
     slot: int | None = None
     task: str = ""                          # the executor's own name for it (a Ray actor's name)
+    fingerprint: str = ""                   # what a train run trains (its RunPlan's; loop/journal/fingerprint.py)
+    recipe: str = ""
+    resume_from: str | None = None          # a continuation: the screen's folder
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,12 @@ def continuation_mismatch(screen: dict, cont: dict) -> list[str]:
     return out
 
 
+def resolved(config: dict) -> dict:
+    """A trainer config with every default filled in, as a run writes it (train_args.json): the form
+    fingerprints are taken of (loop/journal/fingerprint.py). Raises pydantic's ValidationError."""
+    return TrainerConfig.model_validate(config).model_dump(mode="json")
+
+
 def load_trainer_config(path: str | Path, overrides: list[str] | None = None) -> TrainerConfig:
     """Load a trainer YAML (plus `key=value` overrides) into a validated TrainerConfig."""
     return load_model_file(TrainerConfig, path, overrides)

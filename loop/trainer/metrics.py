@@ -63,6 +63,10 @@ class RunMetrics(BaseModel):
     budget: BudgetCaps = Field(default_factory=BudgetCaps)
     budget_used: BudgetUsed = Field(default_factory=BudgetUsed)
     budget_breach: BudgetBreach | None = None
+    # stopped by its walltime cap (fitted at the start, or reached) with its last epoch's checkpoint
+    # kept: a lower-fidelity result that a continuation (run.resume_from) trains on from there
+    stopped_at_cap: bool = False
+    epoch_seconds_estimate: float | None = None   # measured over the first steps (the cap fit)
     # ---- provenance ----
     kd_teacher: str | None = None
     kd_stabilizer: str | None = None

@@ -27,9 +27,16 @@ from sklearn.model_selection import train_test_split
 
 from loop.domains import SampleSet, SpicaDomain, require_spica, resolve_domain
 from loop.errors import BudgetExceeded, ConfigError
-from loop.trainer.budget import BudgetBreach, BudgetMeter
-from loop.trainer.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from loop.trainer.config import TrainerConfig, continuation_mismatch
+from loop.trainer.budget import BudgetBreach, BudgetMeter, CapFit
+from loop.trainer.checkpoint import (
+    CHECKPOINT_FILE,
+    TRAIN_ARGS_FILE,
+    continuation_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    stopped_at_walltime,
+)
+from loop.trainer.config import TrainerConfig
 from loop.trainer.data import ImageDataset, Normalizer, auto_workers, build_augment, train_loader
 from loop.trainer.losses import training_loss
 from loop.trainer.metrics import METRICS_FILE, EpochRecord, RunMetrics, predict_logits, score_logits
@@ -40,7 +47,6 @@ from loop.trainer.tensorboard import EpochBoard, open_board
 from loop.util.fsutil import atomic_write_text
 from loop.util.progress import ProgressLog, format_seconds
 
-TRAIN_ARGS_FILE = "train_args.json"
 LOG_FILE = "train.log"
 
 
@@ -148,28 +154,6 @@ def train(cfg: TrainerConfig, out_dir: str | Path, resume: bool = False,
         log.close()
         if board is not None:
             board.close()
-
-
-def continuation_checkpoint(cfg: TrainerConfig) -> dict:
-    """The checkpoint of the screen `run.resume_from` names, after checking this config continues
-    that very run (same data, model, recipe, seed and schedule length)."""
-    source = Path(cfg.run.resume_from)
-    ckpt = load_checkpoint(source)
-    if ckpt is None:
-        raise ConfigError(f"run.resume_from: {source} holds no {CHECKPOINT_FILE} (only a screen, a run with "
-                          "run.stop_after_epochs, keeps one)")
-    try:
-        screen = json.loads((source / TRAIN_ARGS_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"run.resume_from: {source / TRAIN_ARGS_FILE} unreadable: {exc}") from None
-    differ = continuation_mismatch(screen, cfg.model_dump(mode="json"))
-    if differ:
-        raise ConfigError(f"run.resume_from: this config differs from the screen's in {', '.join(differ)}; "
-                          "a continuation must train the same run on")
-    if ckpt["epoch"] >= cfg.stop_epoch:
-        raise ConfigError(f"run.resume_from: the screen already trained {ckpt['epoch']} epoch(s); nothing "
-                          f"left to continue to {cfg.stop_epoch}")
-    return ckpt
 
 
 def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLog,
@@ -286,10 +270,23 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
 
     # ---- epochs ----
     val = None                           # the last epoch's validation: the model it scored is the final one
+    stop_epoch = cfg.stop_epoch          # brought forward when the walltime cap has no room for all
+    capfit = CapFit(cfg.budget.max_walltime_minutes, steps_per_epoch, len(train_ds), len(val_ds))
+
+    def fit_to_cap(epoch_start: float, done: int) -> int:
+        stop, note = capfit.fit(epoch_start, done, stop_epoch, cfg.budget.max_walltime_minutes)
+        metrics.epoch_seconds_estimate = round(capfit.estimate, 3)
+        if note:
+            log.line(note)
+            metrics.stopped_at_cap = True
+        return stop
+
     try:
         meter.check_disk()
         for epoch in range(state.epoch, cfg.stop_epoch):
-            t0 = time.monotonic()
+            if epoch >= stop_epoch:
+                break
+            t0, epoch_start = time.monotonic(), meter.elapsed_seconds
             model.train()
             weights = sample_weights(cfg.data.sampling, train_samples.labels, train_samples.ages,
                                      tracker.snapshot())
@@ -322,6 +319,8 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
                 if track:
                     tracker.update(index.numpy(), per_sample.float().cpu().numpy())
                 meter.after_step(len(labels))
+                if capfit.due_after_step():
+                    stop_epoch = fit_to_cap(epoch_start, epoch)
                 loss_sum += loss.detach() * len(labels)
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(labels)
@@ -329,6 +328,8 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
                     state.loss_start = round(float(loss.detach()), 6)
                 if state.step % cfg.run.log_every_steps == 0:
                     log.update(state.step, f"epoch {epoch + 1}/{cfg.run.epochs} loss {float(loss_sum) / seen:.4f}")
+            if capfit.due_at_epoch_end():
+                stop_epoch = fit_to_cap(epoch_start, epoch)
             val = score_logits(predict_logits(model, val_images, normalize, cfg.data.eval_batch_size, autocast),
                                val_labels, domain.class_names)
             record = EpochRecord(epoch=epoch + 1, train_loss=round(float(loss_sum) / max(seen, 1), 6),
@@ -346,7 +347,7 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
                 "sample_losses": torch.from_numpy(tracker.losses.copy()), "rng_cpu": torch.get_rng_state(),
                 **({"rng_cuda": torch.cuda.get_rng_state()} if on_cuda else {}),
             })
-            eta = (cfg.stop_epoch - state.epoch) * (time.monotonic() - t0)
+            eta = (stop_epoch - state.epoch) * (time.monotonic() - t0)
             log.line(f"epoch {state.epoch}/{cfg.run.epochs} loss {record.train_loss:.4f} "
                      f"train_acc {record.train_accuracy:.4f} val_acc {record.val_accuracy:.4f} "
                      f"lr {record.lr:.5f} {record.seconds:.1f}s eta {format_seconds(eta)} "
@@ -359,11 +360,13 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
         meter.check_running()            # the last epoch's evaluation and checkpoint count too
     except BudgetExceeded as exc:
         metrics.budget_breach = BudgetBreach(cap=exc.cap, limit=exc.limit, used=exc.used)
-        metrics.error = str(exc)
-        save_model_folder(out_dir, model, model_cfg)   # kept for the archive's forensics
-        log.line(f"HARD FAIL {exc}")
-        finish("budget_exceeded")
-        raise
+        if not stopped_at_walltime(exc, state.epoch, out_dir, model, log):
+            metrics.error = str(exc)
+            save_model_folder(out_dir, model, model_cfg)   # kept for the archive's forensics
+            log.line(f"HARD FAIL {exc}")
+            finish("budget_exceeded")
+            raise
+        metrics.stopped_at_cap, val = True, None    # the last checkpoint's weights, scored below
     except Exception as exc:
         metrics.error = f"{type(exc).__name__}: {exc}"
         finish("failed")
@@ -377,7 +380,7 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
                            val_labels, domain.class_names)
     metrics.eval = val
     save_model_folder(out_dir, model, model_cfg)
-    if not cfg.run.keep_checkpoint and cfg.stop_epoch == cfg.run.epochs:   # a screen keeps it to be continued
+    if not cfg.run.keep_checkpoint and state.epoch == cfg.run.epochs:   # a screen keeps it to be continued
         (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     finish("ok")
     log.line(f"done: val accuracy {metrics.eval.accuracy:.4f}, {metrics.steps} steps, "

@@ -32,6 +32,8 @@ class Workspace:
     @property
     def stop_request(self) -> Path: return self.root / "STOP_REQUESTED"
     @property
+    def unblock_request(self) -> Path: return self.root / "UNBLOCK_REQUESTED"
+    @property
     def daemon_log(self) -> Path: return self.root / "logs" / "daemon.log"
     @property
     def events(self) -> Path: return self.root / "events.jsonl"

@@ -46,6 +46,7 @@
 
   function renderStatus(s) {
     setFact("state", stateText(s));
+    setFact("blocked", s.blocked ? s.blocked.text : "no");
     setFact("cycle", String(s.cycle));
     setFact("heartbeat", s.heartbeat_age_seconds == null ? "-" : Math.round(s.heartbeat_age_seconds) + "s ago");
     setFact("gen_head", s.gen_head || "none");
