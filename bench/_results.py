@@ -14,12 +14,19 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+# LLMLOOP_BENCH_RESULTS redirects the file (tests point it at a temporary path to prove nothing is written)
+RESULTS = Path(os.environ.get("LLMLOOP_BENCH_RESULTS") or Path(__file__).resolve().parent / "RESULTS.md")
+SMOKE_FLAG = "--smoke"
 HEADER = """# Benchmark results
 
 Measured by hand with the scripts in `bench/` (not run in CI). Each script owns one `## <name>`
 section below and replaces it on every run; see each script's docstring for what it measures.
 """
+
+
+def smoke() -> bool:
+    """True for a smoke run (`--smoke` or LLMLOOP_BENCH_SMOKE=1): seconds of work, no RESULTS.md write."""
+    return SMOKE_FLAG in sys.argv or os.environ.get("LLMLOOP_BENCH_SMOKE") == "1"
 
 
 def machine_facts() -> str:
@@ -44,7 +51,10 @@ def spread(values: list[float]) -> str:
 def write_section(name: str, body: str, load_at_start: str) -> None:
     """Replace (or append) `## name` in RESULTS.md with a dated section holding `body`.
     The read-modify-write holds an exclusive flock on the file, so benchmarks finishing at the
-    same time do not drop each other's sections."""
+    same time do not drop each other's sections. A smoke run writes nothing."""
+    if smoke():
+        print(f"smoke run: section '{name}' not written")
+        return
     section = (f"## {name}\n\n"
                f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n"
                f"- machine: {load_at_start}; load average at end "

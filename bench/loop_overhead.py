@@ -12,6 +12,8 @@ prompt_size    tokens (characters / 4) of the Builder's full prompt (system + co
                target: flat, < 4,000.
 
 Run from the repo root: .venv/bin/python bench/loop_overhead.py
+Smoke size (tests/test_bench_smoke.py; no RESULTS.md write): add --smoke (5, 10, 20 cycles of
+history, 3 cycles timed).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import machine_facts, write_section  # noqa: E402
+from _results import machine_facts, smoke, write_section  # noqa: E402
 
 from loop.agents import prompts  # noqa: E402
 from loop.agents.context import build_context  # noqa: E402
@@ -40,6 +42,7 @@ from loop.util.workspace import Workspace  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = read_yaml(REPO / "config/trainer/digits.yaml")
+SMALL, MID, LARGE, TIMED = (5, 10, 20, 3) if smoke() else (10, 100, 1000, 30)  # history sizes; cycles timed
 
 
 class InstantLLM:
@@ -53,8 +56,8 @@ class InstantLLM:
     def complete_json(self, system, user, model_cls):
         from loop.agents.llm import LLMResult, Usage
 
-        return LLMResult(parsed=self.reply, raw="{}", usage=Usage(10, 5, 15, 1), attempts=1, repaired=False,
-                         mode="json_schema")
+        usage = Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, calls=1)
+        return LLMResult(parsed=self.reply, raw="{}", usage=usage, attempts=1, repaired=False, mode="json_schema")
 
 
 def grow_history(ws: Workspace, events: EventLog, start: int, stop: int) -> None:
@@ -101,29 +104,31 @@ def main() -> None:
         loop = Loop(cfg=cfg, repo_root=REPO, ws=ws, events=events, builder=InstantLLM(), say=lambda *_: None)
         tokens, timing = {}, {}
         done = 0
-        for target in (10, 100, 1000):
+        for target in (SMALL, MID, LARGE):
             grow_history(ws, events, done, target)
             done = target
             state = LoopState.load(ws.state)
             state.cycle = target
             state.save(ws.state)
             tokens[target] = builder_prompt_tokens(cfg, ws, target)
-            if target in (10, 1000):
-                timing[target] = time_cycles(loop, 30)
+            if target in (SMALL, LARGE):
+                timing[target] = time_cycles(loop, TIMED)
     med = {k: statistics.median(v) for k, v in timing.items()}
+    fast = "meets" if med[LARGE] < 50 else "MISSES"
+    flat = "meets" if max(tokens.values()) < 4000 and tokens[LARGE] <= 1.25 * tokens[SMALL] else "MISSES"
     p90 = {k: sorted(v)[int(0.9 * len(v))] for k, v in timing.items()}
     body = f"""
 ### loop_overhead
 
-One cycle with an instant in-process LLM and a `research` decision (no training), 30 cycles
+One cycle with an instant in-process LLM and a `research` decision (no training), {TIMED} cycles
 timed at each history size.
 
 | history | median | p90 | target |
 |---|---|---|---|
-| 10 cycles (reference) | {med[10]:.1f} ms | {p90[10]:.1f} ms | - |
-| 1,000 cycles | {med[1000]:.1f} ms | {p90[1000]:.1f} ms | < 50 ms median: {"meets" if med[1000] < 50 else "MISSES"} |
+| {SMALL:,} cycles (reference) | {med[SMALL]:.1f} ms | {p90[SMALL]:.1f} ms | - |
+| {LARGE:,} cycles | {med[LARGE]:.1f} ms | {p90[LARGE]:.1f} ms | < 50 ms median: {fast} |
 
-Ratio 1,000 / 10 cycles of history: {med[1000] / med[10]:.2f}.
+Ratio {LARGE:,} / {SMALL:,} cycles of history: {med[LARGE] / med[SMALL]:.2f}.
 
 ### prompt_size
 
@@ -132,12 +137,12 @@ tail and the storyline included (the largest case).
 
 | after | tokens |
 |---|---|
-| 10 cycles | {tokens[10]} |
-| 100 cycles | {tokens[100]} |
-| 1,000 cycles | {tokens[1000]} |
+| {SMALL:,} cycles | {tokens[SMALL]} |
+| {MID:,} cycles | {tokens[MID]} |
+| {LARGE:,} cycles | {tokens[LARGE]} |
 
-Target flat and < 4,000: {"meets" if max(tokens.values()) < 4000 and tokens[1000] <= 1.25 * tokens[10] else "MISSES"}
-(1,000 / 10 = {tokens[1000] / tokens[10]:.2f}).
+Target flat and < 4,000: {flat}
+({LARGE:,} / {SMALL:,} = {tokens[LARGE] / tokens[SMALL]:.2f}).
 """
     print(body)
     write_section("loop_overhead", body, facts)

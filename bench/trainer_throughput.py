@@ -36,6 +36,8 @@ sit in tests/test_trainer_cli.py), the wall time around the whole process (impor
 included), and the accuracy it reached (the test keeps the >= 0.90 check).
 
 Run from the repo root: .venv/bin/python bench/trainer_throughput.py
+Smoke size (tests/test_bench_smoke.py; no RESULTS.md write): add --smoke (no warm-up, 1 epoch, 1 round,
+16 px, a quarter of the train split; the README command with 1 epoch on a fifth of it).
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ from unittest import mock
 import timm
 import torch
 import torch.nn.functional as F
-from _results import machine_facts, write_section
+from _results import machine_facts, smoke, write_section
 
 import loop.trainer.train as trainer_module
 from loop.config import validate
@@ -60,18 +62,22 @@ from loop.trainer.config import TrainerConfig
 from loop.trainer.data import ImageDataset, Normalizer
 
 EPOCHS, ROUNDS, BATCH, THREADS, SEED, TARGET = 3, 7, 64, 2, 0, 0.90
+SIZE, FRACTION = 32, 1.0   # image side in px; share of the train split both sides train on
+if smoke():
+    EPOCHS, ROUNDS, SIZE, FRACTION = 1, 1, 16, 0.25
 README_TARGET_S = 60.0
 REPO = Path(__file__).resolve().parent.parent
 
 
 def reference_run(domain, epochs: int) -> float:
     torch.manual_seed(SEED)
-    ds = ImageDataset(domain.splits.train, 32)
-    x_all = Normalizer(*domain.norm_stats, torch.device("cpu"), False)(ds.all_images())
-    y_all = ds.labels
+    ds = ImageDataset(domain.splits.train, SIZE)
+    n = round(len(ds) * FRACTION)
+    x_all = Normalizer(*domain.norm_stats, torch.device("cpu"), False)(ds.all_images()[:n])  # preloaded
+    y_all = ds.labels[:n]
     model = timm.create_model("resnet10t", pretrained=False, num_classes=10, in_chans=1).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-    n, images = len(y_all), 0
+    images = 0
     t0 = time.perf_counter()
     for _ in range(epochs):
         perm = torch.randperm(n)
@@ -87,7 +93,8 @@ def reference_run(domain, epochs: int) -> float:
 
 def trainer_config(epochs: int) -> TrainerConfig:
     return validate(TrainerConfig, {
-        "data": {"domain": "digits", "image_size": 32, "batch_size": BATCH, "augment": [],
+        "data": {"domain": "digits", "image_size": SIZE, "batch_size": BATCH, "augment": [],
+                 "train_fraction": FRACTION,
                  "sampling": {"strategy": "uniform"}},
         "model": {"name": "resnet10t"},
         "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0},
@@ -134,7 +141,8 @@ def readme_command_run() -> dict[str, float]:
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "loop.cli.main"]
     with tempfile.TemporaryDirectory(prefix="bench-readme-") as tmp:
         t0 = time.perf_counter()
-        done = subprocess.run([*cmd, "train", "--config", "config/trainer/digits.yaml", "--out", f"{tmp}/x"],
+        small = ["--set", "run.epochs=1", "--set", "data.train_fraction=0.2"] if smoke() else []
+        done = subprocess.run([*cmd, "train", "--config", "config/trainer/digits.yaml", "--out", f"{tmp}/x", *small],
                               cwd=REPO, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if done.returncode != 0:
@@ -147,9 +155,10 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     facts = machine_facts()
     domain = resolve_domain("digits")
-    print("warm-up (discarded)")
-    reference_run(domain, 1)
-    trainer_run(domain, 1)
+    if not smoke():      # the smoke run proves the code path, its figures mean nothing
+        print("warm-up (discarded)")
+        reference_run(domain, 1)
+        trainer_run(domain, 1)
     refs, trs = [], []
     for r in range(ROUNDS):   # alternate which side goes first, so slow drift hits both alike
         for side in (("reference", "trainer") if r % 2 == 0 else ("trainer", "reference")):
@@ -168,8 +177,9 @@ def main() -> None:
     for i, (ref, tr, pr) in enumerate(zip(refs, trs, paired), 1):
         rows.append(f"| {i} | {ref:.1f} | {tr['metrics']:.1f} | {tr['wall']:.1f} | {tr['train-only']:.1f} "
                     f"| {pr:.3f} | {tr['meter_s']:.2f} | {tr['excluded_s']:.2f} | {tr['wall_s']:.2f} |")
-    lines = [f"Setup: resnet10t 32x32, digits train split ({len(domain.splits.train)} images, "
-             f"{len(domain.splits.train) // BATCH} full batches of {BATCH} per epoch), {EPOCHS} epochs per run, "
+    n_train = round(len(domain.splits.train) * FRACTION)
+    lines = [f"Setup: resnet10t {SIZE}x{SIZE}, digits train split ({n_train} images, "
+             f"{n_train // BATCH} full batches of {BATCH} per epoch), {EPOCHS} epochs per run, "
              f"{ROUNDS} interleaved rounds (first side alternating) after a discarded 1-epoch warm-up of each side, "
              f"SGD nesterov lr 0.05 wd 0, constant lr, no augmentation, CPU, {THREADS} threads.", "",
              *rows, "", f"Median reference: {ref_med:.1f} img/s.", ""]
