@@ -24,6 +24,8 @@ HTTP client, one request at a time, 7 rounds, medians:
 Target: the page of 1,000 cycles and 300 runs loads in under 1 s on this machine.
 
 Run from the repo root: .venv/bin/python bench/dashboard_load.py
+Smoke size (tests/test_bench_smoke.py; no RESULTS.md write): add --smoke (30 cycles, 10 runs,
+2 rounds, 1 chromium round).
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import uvicorn  # noqa: E402
-from _results import machine_facts, spread, write_section  # noqa: E402
+from _results import machine_facts, smoke, spread, write_section  # noqa: E402
 
 from loop.agents.usage import Usage  # noqa: E402
 from loop.config import DaemonConfig  # noqa: E402
@@ -67,8 +69,8 @@ from loop.run.judge import RunOutcome  # noqa: E402
 from loop.trainer.metrics import EpochRecord, EvalMetrics, RunMetrics  # noqa: E402
 from loop.util.workspace import Workspace  # noqa: E402
 
-CYCLES, RUNS = 1000, 300
-ROUNDS, BROWSER_ROUNDS = 7, 5
+CYCLES, RUNS = (30, 10) if smoke() else (1000, 300)
+ROUNDS, BROWSER_ROUNDS = (2, 1) if smoke() else (7, 5)
 TARGET_SECONDS = 1.0
 DIMENSIONS = ("augmentation", "preprocessing", "data_sampling", "loss", "model_arch", "optimization", "evaluation")
 MODELS = ("resnet10t", "resnet14t", "resnet18", "mobilenetv3_small_050")
@@ -270,7 +272,7 @@ def chromium_times(url: str, tmp: Path) -> tuple[list[float], list[float]] | Non
                                    "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=1000",
                                    "--dump-dom", target], capture_output=True, text=True, timeout=120)
             out.append(time.perf_counter() - t0)
-            if target == url and 'id="fact-cycle">1000<' not in done.stdout:
+            if target == url and f'id="fact-cycle">{CYCLES}<' not in done.stdout:
                 raise RuntimeError(f"chromium did not render the page: {done.stderr[-500:]}")
             shutil.rmtree(profile, ignore_errors=True)
     return page, reference

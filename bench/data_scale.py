@@ -22,6 +22,8 @@ memory-mapped cache's file pages are not counted) at its peak during
   Target: the peak at 50,000 is less than 1.25x the peak at 5,000.
 
 Run from the repo root: .venv/bin/python bench/data_scale.py [--rounds 2]
+Smoke size (tests/test_bench_smoke.py; no RESULTS.md write): add --smoke (400 and 200 images of
+32 px in a throw-away folder, never the cached 50,000; one round).
 """
 from __future__ import annotations
 
@@ -44,12 +46,15 @@ sys.path.insert(0, str(ROOT))
 DATA = Path(os.environ.get("LLMLOOP_BENCH_DATA", Path.home() / ".cache" / "llmloop-bench" / "data_scale"))
 N_ALL, N_SMALL, SIZE, CLASSES = 50_000, 5_000, 64, 10
 EPOCHS, BATCH, THREADS = 2, 64, 2
+SMOKE = "--smoke" in sys.argv or os.environ.get("LLMLOOP_BENCH_SMOKE") == "1"   # children inherit the env
+if SMOKE:
+    N_ALL, N_SMALL, SIZE = 400, 200, 32
 
 
 # ---------------------------------------------------------------- the data ----
 
 def make_data() -> None:
-    """50,000 PNGs and the two CSVs, unless a previous run left them complete."""
+    """N_ALL PNGs and the two CSVs, unless a previous run left them complete."""
     done = DATA / "complete"
     if done.exists():
         return
@@ -73,6 +78,17 @@ def make_data() -> None:
             w.writerow(["id", "label"])
             w.writerows(rows[:n])
     done.write_text("ok\n")
+
+
+def smoke_data() -> None:
+    """Point this process and its children at a fresh folder, removed at exit."""
+    import atexit
+    import shutil
+
+    global DATA
+    DATA = Path(tempfile.mkdtemp(prefix="data-scale-smoke-"))
+    atexit.register(shutil.rmtree, DATA, ignore_errors=True)
+    os.environ.update(LLMLOOP_BENCH_DATA=str(DATA), LLMLOOP_BENCH_SMOKE="1")
 
 
 def domain(n: int):
@@ -230,9 +246,12 @@ def main() -> None:
     from _results import machine_facts, write_section
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1 if SMOKE else 2)
+    ap.add_argument("--smoke", action="store_true", help="seconds of work in a temporary folder, no RESULTS.md")
     args = ap.parse_args()
     facts = machine_facts()
+    if SMOKE:
+        smoke_data()
     t0 = time.perf_counter()
     make_data()
     made = time.perf_counter() - t0
@@ -247,10 +266,10 @@ def main() -> None:
     run_growth = mem[N_ALL]["run_peak_mb"] / mem[N_SMALL]["run_peak_mb"]
     probe_growth = mem[N_ALL]["probe_peak_mb"] / mem[N_SMALL]["probe_peak_mb"]
     lines = [f"- data: {N_ALL} PNG {SIZE}x{SIZE} RGB, {CLASSES} classes ({'made' if made > 5 else 'reused'} in "
-             f"{made:.0f} s); decoding into a fresh cache (64 px and 32 px, after the listing and "
-             f"header scan): 5,000 images {build[N_SMALL]['seconds']:.1f} s, 50,000 images "
+             f"{made:.0f} s); decoding into a fresh cache ({SIZE} px and 32 px, after the listing and "
+             f"header scan): {N_SMALL:,} images {build[N_SMALL]['seconds']:.1f} s, {N_ALL:,} images "
              f"{build[N_ALL]['seconds']:.1f} s",
-             "- throughput, 5,000-image task, resnet10t 64 px, epoch 2 images/s (validation included):"]
+             f"- throughput, {N_SMALL:,}-image task, resnet10t {SIZE} px, epoch 2 images/s (validation included):"]
     for i, got in enumerate(pairs):
         lines.append(f"  - round {i + 1}: reference {got['reference']['images_per_second']:.1f}, trainer "
                      f"{got['trainer']['images_per_second']:.1f} (val acc {got['trainer']['val']:.3f}), "
@@ -260,7 +279,7 @@ def main() -> None:
     for n in (N_SMALL, N_ALL):
         lines.append(f"  - {n} images ({mem[n]['train_images']} train): run {mem[n]['run_peak_mb']:.0f}, "
                      f"probe pass {mem[n]['probe_peak_mb']:.0f}")
-    lines.append(f"  - **growth 5,000 -> 50,000: run x{run_growth:.3f}, probe pass x{probe_growth:.3f}** "
+    lines.append(f"  - **growth {N_SMALL:,} -> {N_ALL:,}: run x{run_growth:.3f}, probe pass x{probe_growth:.3f}** "
                  "(target < 1.25)")
     body = "\n".join(lines)
     print(body)

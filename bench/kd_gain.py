@@ -14,6 +14,8 @@ fixed before running: at most one retry, both reported).
 
 CPU, torch.set_num_threads(2); temporary run folders, deleted at the end.
 Run from the repo root: .venv/bin/python bench/kd_gain.py
+Smoke size (tests/test_bench_smoke.py; no RESULTS.md write): add --smoke (one seed, 16 px, a
+quarter of the split for the teacher, 1 epoch everywhere).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import tempfile
 import time
 
 import torch
-from _results import machine_facts, spread, write_section
+from _results import machine_facts, smoke, spread, write_section
 
 from loop.config import validate
 from loop.domains import resolve_domain
@@ -32,8 +34,11 @@ from loop.trainer.train import train
 
 SEEDS = [0, 1, 2]
 TEACHER_EPOCHS = 12
+SIZE, TEACHER_FRACTION, STUDENT_EPOCHS = 32, 1.0, 20   # px; teacher's share of the train split
+if smoke():
+    SEEDS, TEACHER_EPOCHS, SIZE, TEACHER_FRACTION, STUDENT_EPOCHS = [0], 1, 16, 0.25, 1
 BASE = {  # the default digits recipe (config/trainer/digits.yaml), CPU, 2 threads, quiet log
-    "data": {"domain": "digits", "image_size": 32, "batch_size": 64,
+    "data": {"domain": "digits", "image_size": SIZE, "batch_size": 64, "train_fraction": TEACHER_FRACTION,
              "augment": [{"name": "Affine", "args": {"translate_percent": [-0.06, 0.06], "rotate": [-8, 8],
                                                      "scale": [0.92, 1.08], "p": 0.5}}]},
     "model": {"name": "resnet10t"},
@@ -43,9 +48,9 @@ BASE = {  # the default digits recipe (config/trainer/digits.yaml), CPU, 2 threa
     "run": {"seed": 42, "epochs": TEACHER_EPOCHS, "device": "cpu", "threads": 2, "log_every_steps": 1000},
 }
 SETTINGS = [  # student: test_resnet on a share of the train split; KD hyper-parameters
-    {"name": "A", "train_fraction": 0.1, "batch_size": 16, "epochs": 20, "alpha": 0.1, "beta": 0.9,
+    {"name": "A", "train_fraction": 0.1, "batch_size": 16, "epochs": STUDENT_EPOCHS, "alpha": 0.1, "beta": 0.9,
      "temperature": 2.0},   # the trainer's default KD weights
-    {"name": "B", "train_fraction": 0.1, "batch_size": 16, "epochs": 20, "alpha": 0.5, "beta": 0.5,
+    {"name": "B", "train_fraction": 0.1, "batch_size": 16, "epochs": STUDENT_EPOCHS, "alpha": 0.5, "beta": 0.5,
      "temperature": 4.0},
 ]
 
@@ -92,7 +97,8 @@ def main() -> None:
         teacher_dir = f"{tmp}/teacher"
         teacher = train(config(), teacher_dir, domain=domain)
         print(f"teacher val acc {teacher.eval.accuracy:.4f}")
-        parts = [f"Teacher: resnet10t 32px, full train split ({len(domain.splits.train)} images), "
+        parts = [f"Teacher: resnet10t {SIZE}px, train split share {TEACHER_FRACTION} "
+                 f"({round(TEACHER_FRACTION * len(domain.splits.train))} images), "
                  f"{TEACHER_EPOCHS} epochs, default digits recipe, seed 42: val accuracy "
                  f"**{teacher.eval.accuracy:.4f}** ({teacher.walltime_seconds:.0f} s). "
                  f"Val split: {len(domain.splits.val)} images (one image = {1 / len(domain.splits.val):.4f}). "

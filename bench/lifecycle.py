@@ -15,6 +15,8 @@ Each timing is reported with the machine's own reference: the time of a bare Pyt
 assignment loop of the same count, so the ratio reads the same on a slower machine.
 
 Run from the repo root: .venv/bin/python bench/lifecycle.py
+Smoke size (tests/test_bench_smoke.py): add --smoke; the full size already takes seconds, so the
+smoke only leaves RESULTS.md alone.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ costs ~2-4x per token (the grammar is checked over Gemma's 262k-token vocabulary
 
 Stdlib only. CLI: `python bench/llama_server.py --probe` builds if needed, starts the server,
 sends each request shape once and prints a table; `--build` only builds; `--serve` serves until
-Ctrl-C.
+Ctrl-C. Smoke size (tests/test_bench_smoke.py, only where the venv is built): `--probe --max-tokens 16`.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """llm_compat: the real loop against a real OpenAI-compatible server (llama-cpp-python + Gemma 3 270M).
 
     .venv/bin/python bench/llm_compat.py [--cycles 10] [--out bench/_work/llm_compat.json]
+    .venv/bin/python bench/llm_compat.py --smoke   # 1 cycle, 1 outage cycle, 64 tokens; writes nothing kept
 
 What it does, in one process (the daemon's cycles run in-process, one `Loop` kept for all of them,
 as a daemon that stays up while its endpoint goes away and comes back):
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="the server's threads")
     parser.add_argument("--keep", action="store_true", help="keep the temporary workspace")
     parser.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
+    parser.add_argument("--smoke", action="store_true", help="the smallest run (tests/test_bench_smoke.py): "
+                        "1 cycle, 1 outage cycle, 64 tokens, the JSON in the temporary folder, no RESULTS.md")
     parser.add_argument("--from-json", metavar="JSON", help="only summarize a JSON this script wrote and print "
                         "the table (nothing is run; RESULTS.md is not touched)")
     args = parser.parse_args(argv)
@@ -236,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"llama-cpp-python {versions['llama_cpp_python']}, {GGUF_PACKAGE} ({gguf})", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="llmloop-llm-compat-"))
+    if args.smoke:      # the JSON goes with the temporary folder: a smoke run keeps nothing
+        args.cycles, args.outage_cycles, args.max_tokens, args.no_results = 1, 1, 64, True
+        args.out = str(tmp / "llm_compat.json")
     port = free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
     data = daemon_config(tmp, base_url, args)

@@ -23,12 +23,15 @@ with Hyperband pruning, on two tasks, 3 seeds each, every method given the same 
 
 Run from the repo root: .venv/bin/python bench/search_efficiency.py [--task digits|shapes|both]
 [--budget-scale 1.0]. Two tasks run as two processes at once (one core each).
+Smoke size (tests/test_bench_smoke.py; no RESULTS.md or bench/_work write): add --smoke (one seed,
+trials of at most 3 epochs on a quarter of the split, 400 shapes, 1% of the budget).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import multiprocessing as mp
+import os
 import random
 import statistics
 import sys
@@ -36,13 +39,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import optuna  # noqa: E402
 import torch  # noqa: E402
-from _results import machine_facts, spread, write_section  # noqa: E402
+from _results import machine_facts, smoke, spread, write_section  # noqa: E402
 
 from loop.agents.ladder import resolve  # noqa: E402
 from loop.agents.offline import PolicyInput, builder_decision  # noqa: E402
@@ -65,6 +69,8 @@ TASKS = {   # task -> (trainer config, domain args for the benchmark, budget in 
 }
 POINTS = (0.25, 0.5, 0.75, 1.0)
 METHODS = ("offline policy", "random search", "Optuna TPE", "TPE + Hyperband")
+if smoke():      # spawned task workers see it too (the env var is inherited)
+    SEEDS, TASKS["shapes"] = (0,), ("config/trainer/shapes.yaml", {"count": 400}, 320.0)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -97,6 +103,7 @@ class Task:
         self.name, self.workdir = name, workdir
         self.base = read_yaml(REPO / path)
         self.base = deep_merge(self.base, {"data": {"domain_args": args}} if args else {})
+        self.base = smoke_size(self.base) if smoke() else self.base   # the policy plans from it
         self.domain = resolve_domain(self.base["data"]["domain"], self.base["data"].get("domain_args"))
         splits = self.domain.splits
         self.profile = TaskProfile(native_size=32 if name == "shapes" else 8, channels=self.domain.in_chans,
@@ -111,6 +118,7 @@ class Task:
     def run(self, search: Search, config: dict, on_epoch=None) -> tuple[RunMetrics | None, Path]:
         """Train one config in-process on one thread; charge its CPU-seconds to the search."""
         config = deep_merge(config, {"run": {"threads": 1, "log_every_steps": 10 ** 6}})
+        config = smoke_size(config) if smoke() else config
         out = Path(tempfile.mkdtemp(dir=self.workdir))
         t0 = time.process_time()
         metrics = None
@@ -123,6 +131,16 @@ class Task:
             print(f"{self.name}: trial failed: {type(exc).__name__}: {exc}"[:300], flush=True)
         search.spent += time.process_time() - t0
         return metrics, out / "out"
+
+
+def smoke_size(config: dict) -> dict:
+    """A config cut to seconds, over the method's own choice: 3 epochs, a screen stopping after 1 (so a
+    continuation still finds its checkpoint), a quarter of the split."""
+    run = config.get("run", {})
+    shrink = {"epochs": min(run.get("epochs", 3), 3)}
+    if run.get("stop_after_epochs"):
+        shrink["stop_after_epochs"] = 1
+    return deep_merge(config, {"run": shrink, "data": {"train_fraction": 0.25}})
 
 
 def record(search: Search, metrics: RunMetrics | None) -> Trial:
@@ -269,10 +287,13 @@ def main() -> None:
     global METHODS
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", default="both", choices=["digits", "shapes", "both"])
-    ap.add_argument("--budget-scale", type=float, default=1.0)
+    ap.add_argument("--budget-scale", type=float, default=0.01 if smoke() else 1.0)
+    ap.add_argument("--smoke", action="store_true", help="seconds of work, nothing written")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
     ap.add_argument("--section", default="search_efficiency", help="the RESULTS.md section to (re)write")
     args = ap.parse_args()
+    if args.smoke:
+        os.environ["LLMLOOP_BENCH_SMOKE"] = "1"     # the spawned task workers read it
     METHODS = tuple(m for m in METHODS if m in args.methods.split(","))
     for name in TASKS:
         path, dargs, budget = TASKS[name]
@@ -288,16 +309,23 @@ def main() -> None:
     results: dict[tuple[str, str], list] = {}
     expected = len(names) * len(METHODS) * len(SEEDS)
     while len([v for vs in results.values() for v in vs]) < expected:
-        name, method, seed, trials, budget, pairs, kept = queue.get()
+        try:
+            name, method, seed, trials, budget, pairs, kept = queue.get(timeout=5)
+        except Empty:       # a worker that died sends nothing more: stop instead of waiting forever
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise SystemExit(f"a task worker failed (exit codes {dead}); its traceback is above") from None
+            continue
         search = Search(budget, trials=[Trial(**t) for t in trials], kept=kept)
         results.setdefault((name, method), []).append((seed, search, [(Trial(**a), Trial(**b)) for a, b in pairs]))
     for p in procs:
         p.join()
-    raw = REPO / "bench" / "_work" / f"{args.section}.json"     # the trials, for later merges and checks
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    raw.write_text(json.dumps([{"task": n, "method": m, "seed": seed, "budget": s.budget, "kept": s.kept,
-                                "trials": [t.__dict__ for t in s.trials]} for (n, m), runs in results.items()
-                               for seed, s, _ in runs]))
+    if not smoke():     # a smoke run keeps nothing
+        raw = REPO / "bench" / "_work" / f"{args.section}.json"     # the trials, for later merges and checks
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_text(json.dumps([{"task": n, "method": m, "seed": seed, "budget": s.budget, "kept": s.kept,
+                                    "trials": [t.__dict__ for t in s.trials]} for (n, m), runs in results.items()
+                                   for seed, s, _ in runs]))
     write(results, names, facts, time.time() - t0, args.section)
 
 
