@@ -32,18 +32,34 @@ pytestmark = pytest.mark.slow
 def cluster():
     from ray.cluster_utils import Cluster
 
+    # no node_ip_address 127.0.0.1 here: Cluster then binds the GCS to loopback only, and ray.init
+    # rewrites 127.0.0.1 to this host's address (tests/test_ray_unreachable.py uses `ray start` for that)
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     c.add_node(num_cpus=2)          # a second node: runs may land on either
     c.wait_for_nodes()
+    # the executors' drivers are child processes; the test looks at the cluster through its own
+    ray.init(address=c.address, namespace="llmloop-test", log_to_driver=False)
     yield c
     if ray.is_initialized():
         ray.shutdown()
     c.shutdown()
 
 
-def executor(cluster, tmp_path, shared=True) -> RayExecutor:
-    cfg = ExecutorConfig(kind="ray", address=cluster.address, namespace="llmloop-test", shared_storage=shared)
-    return RayExecutor(cfg, REPO, tmp_path / "ws", sandbox=None)
+OPEN: list[RayExecutor] = []
+
+
+@pytest.fixture(autouse=True)
+def close_executors():
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
+def executor(cluster, tmp_path, shared=True, **extra) -> RayExecutor:
+    cfg = ExecutorConfig(kind="ray", address=cluster.address, namespace="llmloop-test", shared_storage=shared,
+                         **extra)
+    OPEN.append(RayExecutor(cfg, REPO, tmp_path / "ws", sandbox=None))
+    return OPEN[-1]
 
 
 def plan(tmp_path: Path, name: str, code: str, walltime: float | None = None) -> RunPlan:
@@ -152,6 +168,7 @@ def test_daemon_cycles_and_an_evolution_window_run_on_ray(cluster, tmp_path):
     assert [n for n in ray.util.list_named_actors() if str(n).startswith("llmloop-")] == []   # nothing left
 
 
+@pytest.mark.timeout(900)      # the run trains 30 epochs: minutes on a busy 2-core machine
 def test_kill_9_of_the_daemon_mid_run_then_a_restart_readopts_the_ray_run(cluster, tmp_path):
     # short monitor windows: state.json names the run while it trains, so the kill lands mid-run
     cfg = daemon_config(tmp_path, cluster, default_monitor_seconds=1, evo_period_cycles=99)
@@ -182,8 +199,9 @@ def test_kill_9_of_the_daemon_mid_run_then_a_restart_readopts_the_ray_run(cluste
         daemon.wait()
         ray.init(address=cluster.address, namespace="llmloop-test", ignore_reinit_error=True)
         assert ray.get_actor(run["task"], namespace="llmloop-test") is not None   # the run outlived its daemon
-        config.write_text(yaml.safe_dump({**cfg, "default_monitor_seconds": 120}))   # follow it to its end
-        again = subprocess.run(argv[:-1] + ["1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        # follow it to its end: the window closes as soon as it ends, however long that takes here
+        config.write_text(yaml.safe_dump({**cfg, "default_monitor_seconds": 700}))
+        again = subprocess.run(argv[:-1] + ["1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=800)
         assert again.returncode == 0, again.stderr[-2000:]
         starts = [json.loads(ln) for ln in (tmp_path / "ws" / "events.jsonl").open() if '"daemon_start"' in ln]
         assert starts[-1]["reaped"]["adopted_run"] == run["label"]
@@ -193,13 +211,15 @@ def test_kill_9_of_the_daemon_mid_run_then_a_restart_readopts_the_ray_run(cluste
     finally:
         if daemon.poll() is None:
             daemon.kill()
+        for name in ray.util.list_named_actors():     # a failure leaves no actor to fill the next test's cluster
+            if str(name).startswith("llmloop-"):
+                ray.kill(ray.get_actor(name), no_restart=True)
 
 
 def test_a_full_cluster_makes_a_run_wait_not_block(cluster, tmp_path):
     """More runs than the cluster holds: without waiting the extra one is refused at once, with
     waiting it starts once a run ends; a stop while waiting gives up."""
-    cfg = ExecutorConfig(kind="ray", address=cluster.address, namespace="llmloop-test", num_cpus_per_run=2)
-    ex = RayExecutor(cfg, REPO, tmp_path / "ws", sandbox=None)     # 2 CPUs a run: one run fills a node
+    ex = executor(cluster, tmp_path, num_cpus_per_run=2)     # 2 CPUs a run: one run fills a node
     full = [ex.submit(plan(tmp_path, f"fill{i}", "import time; time.sleep(4)"), cycle=1) for i in range(2)]
     assert all(r is not None for r in full)
     assert ex.submit(plan(tmp_path, "extra", "print('x')"), cycle=1, wait=False) is None

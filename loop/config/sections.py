@@ -152,6 +152,13 @@ class ExecutorConfig(StrictModel):
     num_gpus_per_run: float = Field(0.0, ge=0)
     runtime_env: dict[str, Any] = Field(default_factory=dict)
     shared_storage: bool = True                 # ray: workers see the workspace at the same path
+    # ---- ray: a cluster out of reach (loop/run/ray_link.py) ----
+    # At start it is an error. Mid-night: one executor_degraded event, then a new run waits for the
+    # cluster (`wait`: at most one monitor window per cycle) or runs on this machine (`local`).
+    when_unavailable: Literal["wait", "local"] = "wait"
+    connect_timeout_seconds: float = Field(30.0, gt=0, le=50)   # the driver joining; with the probe, under 60 s
+    retry_seconds: float = Field(5.0, gt=0)     # after a loss: the first wait before reconnecting, doubling ...
+    max_retry_seconds: float = Field(60.0, gt=0)   # ... up to this
 
     @model_validator(mode="after")
     def _ray_installed(self) -> "ExecutorConfig":

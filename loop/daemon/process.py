@@ -24,6 +24,7 @@ from loop.errors import LoopError
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord
 from loop.journal.keeps import incumbent
+from loop.run.executor import check_executor
 from loop.run.reaper import reap_leftovers
 from loop.run.sandbox import load_sandbox
 from loop.util.workspace import Workspace, workspace_of  # noqa: F401  (workspace_of: callers use it from here)
@@ -135,6 +136,7 @@ _NONE = RunRecord("", 0, {}, False, 0.0)        # the score before any best: 0
 
 def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, say=print) -> LoopState:
     """Run cycles until stopped (or `max_cycles`). Holds the workspace lock throughout."""
+    check_executor(cfg)                  # a Ray cluster out of reach: an error now, before the pid file
     ws.ensure()
     lock = FileLock(str(ws.lock))
     try:
@@ -306,6 +308,7 @@ def start_background(config_path: str, root: Path, ws: Workspace, extra_args: li
     ws.ensure()
     env = dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT))
     with open(ws.daemon_log, "ab") as log:
+        written = log.tell()                     # what this start writes comes after
         proc = subprocess.Popen([sys.executable, "-m", "loop.cli", "start", "--foreground", "--daemon-config",
                                  str(Path(config_path).resolve()), "--root", str(root), "--workspace", str(ws.root),
                                  *extra_args], cwd=root, env=env,
@@ -314,11 +317,24 @@ def start_background(config_path: str, root: Path, ws: Workspace, extra_args: li
     deadline = time.time() + 60
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise LoopError(f"the daemon exited at start (code {proc.returncode}); see {ws.daemon_log}")
+            why = start_error(ws.daemon_log, written)
+            raise LoopError(f"the daemon exited at start (code {proc.returncode}){why}; see {ws.daemon_log}")
         if ws.pid.exists() and running_pid(ws) is not None:
             return proc.pid
         time.sleep(0.1)
     return proc.pid
+
+
+def start_error(log: Path, offset: int) -> str:
+    """The last `error:` line a daemon that failed at start wrote to its log past `offset` ("" when none)."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read(20000).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.splitlines() if ln.startswith("error: ")]
+    return f": {lines[-1][len('error: '):]}" if lines else ""
 
 
 def request_stop(ws: Workspace, wait_seconds: float = 0) -> bool:

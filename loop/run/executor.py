@@ -168,14 +168,27 @@ def run_all(executor: Executor, plans: list[RunPlan], max_parallel: int, cycle: 
 
 
 def executor_for(cfg, repo_root: Path, ws_root: Path, sandbox=None) -> Executor:
-    """The configured executor (`executor.kind`), with the workspace's slot pool for local runs."""
+    """The configured executor (`executor.kind`), with the workspace's slot pool for local runs. A
+    Ray cluster must answer now (loop/run/ray_link.py): else RayUnavailable, within a minute."""
+    from loop.run.slots import pool_for
+
     if cfg.executor.kind == "ray":
         from loop.run.ray_executor import RayExecutor
 
-        return RayExecutor(cfg.executor, repo_root, ws_root, sandbox)
-    from loop.run.slots import pool_for
-
+        executor = RayExecutor(cfg.executor, repo_root, ws_root, sandbox,
+                               local=lambda: Executor(repo_root, sandbox, pool_for(cfg, ws_root)),
+                               wait_seconds=min(cfg.default_monitor_seconds, cfg.max_monitor_seconds))
+        executor.connect()
+        return executor
     return Executor(repo_root, sandbox, pool_for(cfg, ws_root))
 
 
-__all__ = ["DeviceSlot", "Executor", "executor_for", "monitor", "monitor_many", "run_all"]
+def check_executor(cfg) -> None:
+    """The quick start-up check, before anything else starts: a Ray GCS must accept a connection."""
+    if cfg.executor.kind == "ray":
+        from loop.run.ray_link import check_reachable
+
+        check_reachable(cfg.executor)
+
+
+__all__ = ["DeviceSlot", "Executor", "check_executor", "executor_for", "monitor", "monitor_many", "run_all"]

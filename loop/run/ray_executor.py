@@ -14,6 +14,11 @@ worker runs it in the same sandbox, and the daemon sees the same run folder afte
   folder in its command is rewritten), and when it ends the folder comes back as a gzip tar whose
   sha256 is checked before it is unpacked into the workspace; stall detection needs the log, so it
   is off for such runs (the walltime still holds).
+- The cluster out of reach (loop/run/ray_link.py): at start an error; mid-night one
+  `executor_degraded` event, then a new run waits for the cluster (at most one monitor window, so
+  no cycle blocks past it) or, with `when_unavailable: local`, runs on this machine through the
+  local executor; a run already on the cluster is followed from its folder (its exit file) until
+  the cluster answers again (`executor_restored`).
 
 Ray is an optional extra (`pip install -e .[cluster]`); `executor.kind: ray` without it is a config
 error that says so.
@@ -23,15 +28,21 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import socket
 import tarfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from loop.errors import ConfigError, LoopError
+from loop.journal.events import EventLog
+from loop.run.kill import RUN_TAG, kill_tree
 from loop.run.plan import RunPlan, child_env
-from loop.run.supervise import ActiveRun, prepare_run
+from loop.run.ray_link import FETCH_CALL_TIMEOUT_S, RayCallError, RayLink, RayUnavailable
+from loop.run.supervise import ActiveRun, is_alive, kill_run, prepare_run
 
-PLACEMENT_POLL_S = 1.0       # how often a run waiting for room on the cluster checks for a stop
+PLACEMENT_POLL_S = 1.0       # how often a run waiting for room (or for the cluster) checks for a stop
+STRAYS_TIMEOUT_S = 120.0     # cancelling a restart's leftovers: one bounded Ray call per actor
 INSTALL_HINT = "pip install -e '.[cluster]' (or pip install 'ray==2.60.0')"
 
 
@@ -41,64 +52,6 @@ def import_ray():
     except ImportError as exc:
         raise ConfigError(f"executor.kind: ray needs Ray, which is not installed ({exc}); {INSTALL_HINT}") from None
     return ray
-
-
-class RunActor:
-    """Lives on a worker for one run: starts it, answers polls, kills it, hands its folder back."""
-
-    def __init__(self):
-        self.proc = None
-        self.scratch = None
-        self.tag = ""
-
-    def start(self, command: list[str], env: dict, cwd: str, run_dir: str, log_path: str, tag: str,
-              shared: bool) -> dict:
-        import os
-        import socket
-        import subprocess
-        import tempfile
-
-        self.tag = tag
-        if not shared:              # a worker-local folder stands in for the workspace's run folder
-            self.scratch = tempfile.mkdtemp(prefix="llmloop-run-")
-            command = [a.replace(run_dir, self.scratch) for a in command]
-            env = {k: v.replace(run_dir, self.scratch) for k, v in env.items()}
-            log_path = log_path.replace(run_dir, self.scratch)
-            for sub in (".home", ".tmp"):
-                os.makedirs(os.path.join(self.scratch, sub), exist_ok=True)
-            owner = [a.split("=", 1)[1] for a in command if a.startswith(("--reuid=", "--regid="))]
-            if len(owner) == 2:      # the sandbox drops to this user: the scratch folder is its to write
-                for root, _dirs, _files in os.walk(self.scratch):
-                    os.chown(root, int(owner[0]), int(owner[1]))
-        for key in ("CUDA_VISIBLE_DEVICES",):        # the GPUs Ray gave this actor
-            if key in os.environ:
-                env[key] = os.environ[key]
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        import psutil
-
-        return {"pid": self.proc.pid, "create_time": psutil.Process(self.proc.pid).create_time(),
-                "host": socket.gethostname()}
-
-    def poll(self):
-        return None if self.proc is None else self.proc.poll()
-
-    def kill(self) -> None:
-        from loop.run.kill import RUN_TAG, kill_tree
-
-        if self.proc is not None:
-            kill_tree(self.proc.pid, popen=self.proc, tag=self.tag or None, tag_key=RUN_TAG)
-
-    def fetch(self) -> tuple[bytes, str]:
-        """The scratch run folder as a gzip tar and its sha256 (nothing when storage is shared)."""
-        if self.scratch is None:
-            return b"", ""
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            tar.add(self.scratch, arcname=".")
-        data = buf.getvalue()
-        return data, hashlib.sha256(data).hexdigest()
 
 
 def unpack(data: bytes, digest: str, run_dir: Path) -> None:
@@ -115,127 +68,196 @@ class RayExecutor:
 
     kind = "ray"
 
-    def __init__(self, cfg, repo_root: Path, ws_root: Path, sandbox=None):
+    def __init__(self, cfg, repo_root: Path, ws_root: Path, sandbox=None, local: Callable[[], object] | None = None,
+                 wait_seconds: float = 60.0, say: Callable[[str], None] = print):
+        import_ray()
         self.cfg = cfg
         self.repo_root = Path(repo_root)
         self.sandbox = sandbox
         self.pool = None                         # Ray's resources place runs, not the local slot pool
         self.owner = re.sub(r"[^A-Za-z0-9]+", "-", getattr(sandbox, "owner", "") or Path(ws_root).name)
-        self._actor_cls = None
+        self.wait_seconds = wait_seconds         # the longest a new run waits for a lost cluster
+        self.say = say
+        self.events = EventLog(Path(ws_root) / "events.jsonl")
+        self.link = RayLink(cfg, Path(ws_root) / "logs" / "ray_driver.log", on_event=self._event)
+        self._make_local = local or self._default_local
+        self._local = None
+        self.abandoned: set[str] = set()         # actors whose placement the link lost: ended once it is back
 
     # ---- connection ----
-    def ray(self):
-        ray = import_ray()
-        if not ray.is_initialized():
-            ray.init(address=self.cfg.address, namespace=self.cfg.namespace, runtime_env=self.cfg.runtime_env or None,
-                     log_to_driver=False, logging_level="WARNING")
-        if self._actor_cls is None:
-            self._actor_cls = ray.remote(RunActor)
-        return ray
+    def connect(self) -> None:
+        """The start-up check: RayUnavailable (naming the address and the fix) unless the cluster answers."""
+        self.link.connect()
+
+    def close(self) -> None:
+        self.link.close()
 
     def name_of(self, run_tag: str) -> str:
         return f"llmloop-{self.owner}-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", run_tag)
 
-    def actor(self, run: ActiveRun):
-        try:
-            return self.ray().get_actor(run.task or self.name_of(run.run_tag), namespace=self.cfg.namespace)
-        except ValueError:           # no such actor: it ended and was collected, or the cluster lost it
-            return None
+    def local(self):
+        """The local executor runs fall back to (`when_unavailable: local`)."""
+        if self._local is None:
+            self._local = self._make_local()
+        return self._local
 
     # ---- the interface ----
     def submit(self, plan: RunPlan, cycle: int, retry_of: str | None = None, should_stop=lambda: False,
                on_wait=None, wait: bool = True) -> ActiveRun | None:
-        ray = self.ray()
-        prepared = prepare_run(plan.label, plan.trace_id, plan.argv, plan.run_dir, self.repo_root,
-                               child_env(self.repo_root), self.sandbox,
-                               {"OMP_NUM_THREADS": str(max(1, int(self.cfg.num_cpus_per_run)))})
-        name = self.name_of(prepared.run_tag)
-        actor = self._actor_cls.options(name=name, namespace=self.cfg.namespace, lifetime="detached",
-                                        num_cpus=self.cfg.num_cpus_per_run, num_gpus=self.cfg.num_gpus_per_run,
-                                        get_if_exists=False).remote()
-        ref = actor.start.remote(prepared.command, prepared.env, str(self.repo_root), str(plan.run_dir),
-                                 str(prepared.log_path), prepared.run_tag, self.cfg.shared_storage)
-        # The actor starts once the cluster has room for it: wait for that (or not, or until a stop)
-        # rather than block the daemon on a full cluster.
-        waited = False
-        while not ray.wait([ref], timeout=PLACEMENT_POLL_S)[0]:
-            if not wait or should_stop():
-                ray.kill(actor, no_restart=True)
-                return None
-            if not waited and on_wait is not None:
-                on_wait()
-            waited = True
-        started = ray.get(ref)
-        device = f"{'cuda' if self.cfg.num_gpus_per_run else 'cpu'}@{started['host']}"
-        run = ActiveRun(label=plan.label, trace_id=plan.trace_id, kind=plan.kind, argv=plan.argv,
-                         run_dir=str(plan.run_dir), log_path=str(prepared.log_path), exit_file=str(prepared.exit_file),
-                         pid=started["pid"], create_time=started["create_time"], started_at=time.time(),
-                         cycle_started=cycle, config_path=plan.config_path, retry_of=retry_of,
-                         walltime_limit_seconds=plan.walltime_limit_seconds,
-                         stall_seconds=plan.stall_seconds if self.cfg.shared_storage else None,
-                         run_tag=prepared.run_tag, executor=self.kind, device=device, task=name,
-                         sandbox="bubblewrap" if self.sandbox is not None and self.sandbox.active else "none")
-        from loop.run.executor import record_placement
-
-        record_placement(run)
-        return run
+        for _attempt in range(2):          # the link may go down during the submit: then wait once more
+            if not self.reachable(wait, should_stop, on_wait):
+                break
+            try:
+                return self._submit(plan, cycle, retry_of, should_stop, on_wait, wait)
+            except RayUnavailable:
+                continue
+        if self.cfg.when_unavailable == "local":
+            return self.local().submit(plan, cycle, retry_of, should_stop, on_wait, wait)
+        return None
 
     def alive(self, run: ActiveRun) -> bool:
-        actor = self.actor(run)
-        if actor is None:
-            return False
+        if run.executor != self.kind:
+            return self.local().alive(run)
         try:
-            return self.ray().get(actor.poll.remote(), timeout=30) is None
-        except Exception:  # noqa: BLE001 (RayActorError, a lost node: the run is not running)
-            return False
+            state = self.link.call("poll", self._name(run))
+        except RayUnavailable:           # out of reach: judged from what this host can see
+            if Path(run.exit_file).exists():
+                return False
+            return is_alive(run) if self._here(run) else True    # elsewhere: unknown; its walltime holds
+        except RayCallError:             # the cluster answers, the actor not yet: follow on (walltime holds)
+            return True
+        if state == "gone":              # its actor went (a head restarted); its wrapper may live on here
+            return self._here(run) and is_alive(run)
+        return state == "running"
 
     def kill(self, run: ActiveRun) -> None:
-        actor = self.actor(run)
-        if actor is None:
-            return
+        if run.executor != self.kind:
+            return self.local().kill(run)
         try:
-            self.ray().get(actor.kill.remote(), timeout=30)
-        except Exception:  # noqa: BLE001 (the actor died with it: nothing left to kill)
-            pass
+            found = self.link.call("kill", self._name(run))
+        except (RayUnavailable, RayCallError):
+            found = False
+        if not found and self._here(run):    # no actor to ask: end it as the local executor would
+            kill_run(run)
         self.collect(run)
 
     def collect(self, run: ActiveRun) -> None:
         """Bring the run folder home (when storage is not shared), then end the actor."""
-        actor = self.actor(run)
-        if actor is None:
-            return
-        ray = self.ray()
+        if run.executor != self.kind:
+            return self.local().collect(run)
+        name = self._name(run)
         try:
-            data, digest = ray.get(actor.fetch.remote(), timeout=300)
+            data, digest = self.link.call("fetch", name, timeout=FETCH_CALL_TIMEOUT_S)
             if data:
                 unpack(data, digest, Path(run.run_dir))
+        except (RayUnavailable, RayCallError):
+            pass                          # the folder holds what the run wrote to shared storage
         finally:
-            ray.kill(actor, no_restart=True)
+            self._end(name)
+            if self._here(run):           # a wrapper killed with its worker leaves the run orphaned: none stays
+                kill_tree(tag=run.run_tag, tag_key=RUN_TAG)
 
     def adopt(self, run: ActiveRun) -> bool:
         return self.alive(run)
 
     def cancel_strays(self, keep: set[str]) -> list[str]:
         """Kill this workspace's actors that no state names (a run tag in `keep` is kept)."""
-        ray = self.ray()
-        keep_names = {self.name_of(tag) for tag in keep}
-        prefix = f"llmloop-{self.owner}-"
-        cancelled = []
-        for entry in ray.util.list_named_actors(all_namespaces=True):
-            name = entry["name"] if isinstance(entry, dict) else entry
-            namespace = entry.get("namespace") if isinstance(entry, dict) else self.cfg.namespace
-            if namespace == self.cfg.namespace and name.startswith(prefix) and name not in keep_names:
-                try:
-                    actor = ray.get_actor(name, namespace=namespace)
-                    ray.get(actor.kill.remote(), timeout=30)
-                except Exception:  # noqa: BLE001 (already dying: ray.kill below finishes it)
-                    pass
-                try:
-                    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
-                    cancelled.append(name)
-                except ValueError:
-                    continue
-        return cancelled
+        return self.link.call("strays", f"llmloop-{self.owner}-", sorted(self.name_of(t) for t in keep),
+                              timeout=STRAYS_TIMEOUT_S)
 
     def describe(self, run: ActiveRun) -> str:
-        return f"{run.device} via ray"
+        return f"{run.device} via {run.executor}"
+
+    # ---- helpers ----
+    def reachable(self, wait: bool, should_stop, on_wait) -> bool:
+        """The cluster answers now, or (mode wait) within one monitor window; reconnects back off."""
+        if self.link.available():
+            return True
+        if not wait or self.cfg.when_unavailable == "local":
+            return False
+        deadline, told = time.monotonic() + self.wait_seconds, False
+        while time.monotonic() < deadline and not should_stop():
+            if not told and on_wait is not None:
+                on_wait()
+                told = True
+            time.sleep(PLACEMENT_POLL_S)
+            if self.link.available():
+                return True
+        return False
+
+    def _submit(self, plan: RunPlan, cycle: int, retry_of: str | None, should_stop, on_wait,
+                wait: bool) -> ActiveRun | None:
+        prepared = prepare_run(plan.label, plan.trace_id, plan.argv, plan.run_dir, self.repo_root,
+                               child_env(self.repo_root), self.sandbox,
+                               {"OMP_NUM_THREADS": str(max(1, int(self.cfg.num_cpus_per_run)))})
+        name = self.name_of(prepared.run_tag)
+        start_args = [prepared.command, prepared.env, str(self.repo_root), str(plan.run_dir), str(prepared.log_path),
+                      prepared.run_tag, self.cfg.shared_storage]
+        # The actor starts once the cluster has room for it: wait for that (or not, or until a stop)
+        # rather than block the daemon on a full cluster.
+        waited = False
+        try:
+            self.link.check()             # actor creation waits on the GCS: ask it first, quickly
+            self.link.call("create", name, self.cfg.num_cpus_per_run, self.cfg.num_gpus_per_run, start_args)
+            while (started := self.link.call("placed", name, PLACEMENT_POLL_S)) is None:
+                if not wait or should_stop():
+                    self._end(name)
+                    return None
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+        except RayUnavailable:
+            self.abandoned.add(name)      # it may still start on the cluster: ended when the link is back
+            raise
+        except RayCallError as exc:
+            self._end(name)
+            raise LoopError(f"{plan.label}: the Ray actor for this run did not start: {exc}") from None
+        device = f"{'cuda' if self.cfg.num_gpus_per_run else 'cpu'}@{started['host']}"
+        run = ActiveRun(label=plan.label, trace_id=plan.trace_id, kind=plan.kind, argv=plan.argv,
+                        run_dir=str(plan.run_dir), log_path=str(prepared.log_path), exit_file=str(prepared.exit_file),
+                        pid=started["pid"], create_time=started["create_time"], started_at=time.time(),
+                        cycle_started=cycle, config_path=plan.config_path, retry_of=retry_of,
+                        walltime_limit_seconds=plan.walltime_limit_seconds,
+                        stall_seconds=plan.stall_seconds if self.cfg.shared_storage else None,
+                        run_tag=prepared.run_tag, executor=self.kind, device=device, task=name,
+                        sandbox="bubblewrap" if self.sandbox is not None and self.sandbox.active else "none")
+        from loop.run.executor import record_placement
+
+        record_placement(run)
+        return run
+
+    @staticmethod
+    def _here(run: ActiveRun) -> bool:
+        """The run's worker is this host (device `cpu@<host>`), so its processes can be seen here."""
+        return bool(run.run_tag) and run.device.partition("@")[2] == socket.gethostname()
+
+    def _name(self, run: ActiveRun) -> str:
+        return run.task or self.name_of(run.run_tag)
+
+    def _end(self, name: str) -> None:
+        try:
+            self.link.call("end", name)
+        except (RayUnavailable, RayCallError):
+            pass                          # out of reach: it went with its cluster, or ends on reconnect
+
+    def _default_local(self):
+        from loop.run.executor import Executor
+
+        return Executor(self.repo_root, self.sandbox)
+
+    def _event(self, kind: str, fields: dict) -> None:
+        """executor_degraded / executor_restored: into events.jsonl and the daemon's log."""
+        if kind == "executor_degraded":
+            then = "new runs run on this machine" if self.cfg.when_unavailable == "local" else "new runs wait for it"
+            self.say(f"{time.strftime('%H:%M:%S')} executor: the Ray cluster at {self.cfg.address} is out of reach "
+                     f"({fields.get('reason', '')[:200]}); {then}, retrying in {fields.get('retry_in_seconds')}s")
+        else:
+            self.say(f"{time.strftime('%H:%M:%S')} executor: the Ray cluster at {self.cfg.address} is back after "
+                     f"{fields.get('down_seconds')}s")
+            for name in sorted(self.abandoned):
+                self.abandoned.discard(name)
+                self._end(name)
+        try:
+            self.events.append(kind, f"executor-{time.strftime('%Y%m%dT%H%M%S')}", executor=self.kind, **fields)
+        except OSError:
+            pass                          # a full disk is the daemon's own degraded path
