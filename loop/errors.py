@@ -33,8 +33,8 @@ class BudgetExceeded(LoopError):
 
     exit_code = 4
 
-    def __init__(self, cap: str, limit: float, used: float):
-        super().__init__(f"budget exceeded: {cap} (limit {limit:g}, used {used:g})")
+    def __init__(self, cap: str, limit: float, used: float, note: str = ""):
+        super().__init__(f"budget exceeded: {cap} (limit {limit:g}, used {used:g})" + (f"; {note}" if note else ""))
         self.cap, self.limit, self.used = cap, limit, used
 
 

@@ -135,7 +135,7 @@ def follow_runs(loop: Loop, state: LoopState, rec: CycleRecord) -> list[RunOutco
         elif run.monitor_cycles >= loop.cfg.stale_orphan_idle_cycles and not log_growing(run):
             loop.runner().kill(run)
             outcome = judge(run, "timed_out").model_copy(update={
-                "status": "stale_orphan", "error": f"no log progress for {run.monitor_cycles} cycles"})
+                "status": "stale_orphan", "error": f"no log progress for {run.monitor_cycles} cycles"}).signed()
             state.drop_run(run)
             finish_run(loop, state, run, outcome, rec)
             outcomes.append(outcome)

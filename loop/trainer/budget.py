@@ -42,6 +42,12 @@ def peak_rss_gb() -> float:
     return kb / (GB if sys.platform == "darwin" else 1024**2)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process and the children it waited for (loader workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class BudgetMeter:
     """Measures what a run has used and raises BudgetExceeded on the first cap it breaks."""
 
@@ -148,12 +154,14 @@ class CapFit:
         step_seconds = (self.clock() - self.first_step_at) / (self.steps - 1)
         self.estimate = epoch_seconds_estimate(step_seconds, *self.sizes)
         stop = epochs_that_fit(self.cap_seconds, epoch_start_elapsed, self.estimate, done, stop_epoch)
-        minutes = self.estimate / 60
+        head = (f"cap fit: about {self.estimate / 60:.1f} min an epoch (timed over {self.steps - 1} steps) under the "
+                f"{cap_minutes:g}-min walltime cap")
         if stop <= done:
             projected = round((epoch_start_elapsed + self.estimate) / 60, 3)
-            raise BudgetExceeded("max_walltime_minutes", cap_minutes, projected)
+            raise BudgetExceeded("max_walltime_minutes", cap_minutes, projected,
+                                 note=f"{head}: not even epoch {done + 1} fits (projected {projected:g} min); a "
+                                      "smaller image size, model or data share, or a larger cap, would")
         if stop >= stop_epoch:
             return stop_epoch, ""
-        return stop, (f"cap fit: about {minutes:.1f} min an epoch (timed over {self.steps - 1} steps): {stop} of "
-                      f"{stop_epoch} epoch(s) fit under the {cap_minutes:g}-min walltime cap; stopping after epoch "
-                      f"{stop} with its checkpoint (a continuation, run.resume_from, trains the rest)")
+        return stop, (f"{head}: {stop} of {stop_epoch} epoch(s) fit; stopping after epoch {stop} with its "
+                      "checkpoint (a continuation, run.resume_from, trains the rest)")

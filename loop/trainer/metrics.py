@@ -56,6 +56,7 @@ class RunMetrics(BaseModel):
     walltime_seconds: float = 0.0
     walltime_minutes: float = 0.0
     images_per_second: float = 0.0     # images seen / run time, per-epoch validation and checkpoints included
+    cpu_seconds: float = 0.0           # user + system CPU of this process and its loader workers, start-up included
     curve: list[EpochRecord] = Field(default_factory=list)
     # ---- evaluation ----
     eval: EvalMetrics | None = None

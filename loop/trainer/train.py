@@ -27,7 +27,7 @@ from sklearn.model_selection import train_test_split
 
 from loop.domains import SampleSet, SpicaDomain, require_spica, resolve_domain
 from loop.errors import BudgetExceeded, ConfigError
-from loop.trainer.budget import BudgetBreach, BudgetMeter, CapFit
+from loop.trainer.budget import BudgetBreach, BudgetMeter, CapFit, cpu_seconds
 from loop.trainer.checkpoint import (
     CHECKPOINT_FILE,
     TRAIN_ARGS_FILE,
@@ -239,8 +239,11 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
         source = f"{cfg.run.resume_from}/" if cfg.run.resume_from else ""
         log.line(f"resumed from {source}{CHECKPOINT_FILE}: {state.epoch} epoch(s) done, step {state.step}")
 
+    # a resumed (killed) run spends its own walltime on; a continuation is a run of its own, with a
+    # cap of its own (a run its cap stopped could otherwise never be continued)
+    images_before = state.images         # a continuation's images/s counts its own images
     meter = BudgetMeter(cfg.budget, out_dir, device, steps=state.step, images=state.images,
-                        elapsed_seconds=state.elapsed_seconds)
+                        elapsed_seconds=0.0 if cfg.run.resume_from else state.elapsed_seconds)
     metrics = RunMetrics(status="running", run_label=cfg.run.label, model_name=cfg.model.name,
                          domain=cfg.data.domain, seed=cfg.run.seed, device=str(device),
                          epochs_planned=cfg.run.epochs, resumed_from=cfg.run.resume_from,
@@ -263,8 +266,10 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
         metrics.curve = state.curve
         metrics.walltime_seconds = round(meter.elapsed_seconds, 3)
         metrics.walltime_minutes = round(meter.elapsed_seconds / 60.0, 4)
-        metrics.images_per_second = round(meter.used.tokens_processed / max(meter.elapsed_seconds, 1e-9), 2)
+        seen_here = meter.used.tokens_processed - (images_before if cfg.run.resume_from else 0)
+        metrics.images_per_second = round(seen_here / max(meter.elapsed_seconds, 1e-9), 2)
         metrics.budget_used = meter.used
+        metrics.cpu_seconds = round(cpu_seconds(), 2)
         metrics.write(out_dir)
         return metrics
 
@@ -274,8 +279,10 @@ def _train(cfg: TrainerConfig, out_dir: Path, ckpt: dict | None, log: ProgressLo
     capfit = CapFit(cfg.budget.max_walltime_minutes, steps_per_epoch, len(train_ds), len(val_ds))
 
     def fit_to_cap(epoch_start: float, done: int) -> int:
-        stop, note = capfit.fit(epoch_start, done, stop_epoch, cfg.budget.max_walltime_minutes)
-        metrics.epoch_seconds_estimate = round(capfit.estimate, 3)
+        try:
+            stop, note = capfit.fit(epoch_start, done, stop_epoch, cfg.budget.max_walltime_minutes)
+        finally:        # measured even when not one epoch fits: the cost model learns from it
+            metrics.epoch_seconds_estimate = round(capfit.estimate, 3)
         if note:
             log.line(note)
             metrics.stopped_at_cap = True
