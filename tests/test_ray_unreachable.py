@@ -137,6 +137,7 @@ def llmloop(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProce
 
 # ------------------------------------------------------------- start-up ----
 
+@pytest.mark.slow           # it starts `llmloop start` / `evolve` processes (the tiers' rule, tests/_session.py)
 @pytest.mark.parametrize("command", [["evolve"], ["start"], ["start", "--foreground"]])
 def test_with_no_head_the_commands_exit_non_zero_naming_ray_within_60s(tmp_path, command):
     address = f"127.0.0.1:{free_port()}"                  # nothing listens there
