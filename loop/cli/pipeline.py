@@ -48,10 +48,11 @@ def run(args: argparse.Namespace) -> int:
     cfg, workspace = workspace_of(args)
     trace = f"manual-{uuid.uuid4().hex[:8]}"
     if args.command == "evolve":
-        from loop.candidates.window import run_window
         from loop.run.executor import check_executor
 
-        check_executor(cfg)      # a Ray cluster out of reach: an error before any candidate is spawned
+        check_executor(cfg)      # a Ray cluster out of reach: an error before any candidate is spawned (or torch)
+        from loop.candidates.window import run_window
+
         result = run_window(cfg, workspace, args.cycle, args.candidates, trace)
         print(f"proposal: {result.proposal.proposed_head} (+{result.proposal.improvement:.4f}); "
               "review it, then `llmloop promote --approve` or `--reject`" if result.proposal else
