@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -77,6 +78,7 @@ def head():
     h = Head().start()
     yield h
     h.stop()
+    shutil.rmtree(h.temp, ignore_errors=True)
 
 
 OPEN: list[RayExecutor] = []
