@@ -36,6 +36,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import yaml  # noqa: E402
 from _results import machine_facts, smoke, write_section  # noqa: E402
+from filelock import FileLock, Timeout  # noqa: E402
 
 from loop.domains.shapes import write_shapes_files  # noqa: E402
 from loop.journal.events import EventLog  # noqa: E402
@@ -248,7 +250,8 @@ def main() -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--minutes", type=float, help="each task's night, wall minutes (finish-up included)")
     size.add_argument("--cycles", type=int, help="each task's night, cycles (finish-up requested near the end)")
-    parser.add_argument("--work", default=str(REPO / "bench" / "_work" / "night"))
+    parser.add_argument("--work", help="where the workspaces go (default bench/_work/night; a smoke run: a new "
+                                           "temporary folder)")
     parser.add_argument("--smoke", action="store_true", help="digits, 2 cycles, tiny runs; no RESULTS.md write")
     args = parser.parse_args()
     tasks = ["digits"] if args.smoke else [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -258,7 +261,13 @@ def main() -> None:
     cycles = 2 if args.smoke else args.cycles
     minutes = None if cycles else (args.minutes or (6.0 if args.tier == "short" else 40.0))
     facts = machine_facts()
-    work = Path(args.work)
+    work = Path(args.work or (tempfile.mkdtemp(prefix="night-smoke-") if args.smoke else REPO / "bench/_work/night"))
+    work.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(work / ".night.lock"))
+    try:                 # two nights in one folder would delete each other's workspaces
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SystemExit(f"another bench/night.py is using {work}; pass --work for a folder of its own") from None
     data = work / "data"
     readable_data_folder(data)
     results = {}
@@ -275,6 +284,8 @@ def main() -> None:
             f"{'smoke' if args.smoke else args.tier} tier, {size_text} a task.\n\n" + table(results))
     print(body)
     write_section(f"night ({args.tier})", body, facts)
+    if args.smoke and not args.work:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
