@@ -40,7 +40,7 @@ from tests.conftest import REPO, fault_tier, record_reliability, tiny_config_dic
 # CI: 10,000 cases over the three campaigns; the long tier ten times that.
 SHARE = {"raw_decisions": 0.35, "hostile_decisions": 0.35, "reviews": 0.30}
 TOTAL = 100_000 if fault_tier() == "long" else 10_000
-TALLY: Counter = Counter()
+TALLY: dict[str, Counter] = {campaign: Counter() for campaign in SHARE}   # this session's cases, per campaign
 TIMER: dict[str, float] = {}
 
 GOOD_RATIONALE = "Fuzzing the decision path with a rationale long enough to pass the gate."
@@ -100,10 +100,11 @@ def loop_env(tmp_path_factory):
 
 def daemon_path(loop: Loop, builder_replies: tuple[str, str], mentor_replies: tuple[str, str] | None = None):
     """What run_cycle does from the Builder's reply to the run plan, minus `launch`."""
-    trace = f"fuzz-{TALLY['cases']:06d}"
+    trace = f"fuzz-{sum(t['cases'] for t in TALLY.values()):06d}"
     record = CycleRecord(cycle=1, trace=trace)
     loop.builder.script(*builder_replies)
-    decision, source = decide(loop, LoopState(), "## Fuzz context", [], record)
+    state = LoopState()
+    decision, source = decide(loop, state, "## Fuzz context", [], record)
     decision = scrub(decision, loop.secrets)
     review = None
     if mentor_replies is not None:
@@ -111,7 +112,7 @@ def daemon_path(loop: Loop, builder_replies: tuple[str, str], mentor_replies: tu
         review = review_decision(loop, "## Fuzz context", decision, [], "fuzz", record)
         if review is not None and review.verdict == "off_track" and review.challenge is not None:
             decision, source = review.challenge, "mentor"
-    final, plan = gate(loop, decision, record)
+    final, plan = gate(loop, state, decision, record)
     return decision, source, review, final, plan, record
 
 
@@ -162,16 +163,17 @@ def check_plan(loop: Loop, final: Decision, plan, record: CycleRecord) -> None:
             if cap is not None:
                 assert getattr(trainer.budget, key) <= cap
         shutil.rmtree(plan.run_dir)                                   # keep the workspace small
-    TALLY["run_plans"] += 1
 
 
-def tally(decided: Decision, final: Decision, valid: bool, plan) -> None:
+def tally(campaign: str, decided: Decision, final: Decision, valid: bool, plan) -> None:
     """refused: a reply that did not validate, or a run it asked for that got no plan;
     downgraded_to_wait: a case that ends as `wait` though the reply did not ask for one."""
-    TALLY["cases"] += 1
-    TALLY["validated"] += valid
-    TALLY["refused"] += not valid or (decided.action in ("train", "run_command") and plan is None)
-    TALLY["downgraded_to_wait"] += final.action == "wait" and (not valid or decided.action != "wait")
+    counts = TALLY[campaign]
+    counts["cases"] += 1
+    counts["validated"] += valid
+    counts["run_plans"] += plan is not None
+    counts["refused"] += not valid or (decided.action in ("train", "run_command") and plan is None)
+    counts["downgraded_to_wait"] += final.action == "wait" and (not valid or decided.action != "wait")
 
 
 # ------------------------------------------------------------------ strategies ----
@@ -309,7 +311,7 @@ def test_raw_decision_replies(loop_env, first, repair):
     else:
         assert source == "llm"
     check_plan(loop_env, final, plan, record)
-    tally(decision, final, valid, plan)
+    tally("raw_decisions", decision, final, valid, plan)
 
 
 @pytest.mark.faults
@@ -323,7 +325,7 @@ def test_hostile_decisions(loop_env, payload):
     if not valid:
         assert final.action == "wait" and plan is None and record.llm_error.strip()
     check_plan(loop_env, final, plan, record)
-    tally(decision, final, valid, plan)
+    tally("hostile_decisions", decision, final, valid, plan)
 
 
 @pytest.mark.faults
@@ -341,18 +343,28 @@ def test_review_replies(loop_env, review, builder):
     elif parsed.verdict == "off_track" and parsed.challenge is not None:
         assert source == "mentor"
     check_plan(loop_env, final, plan, record)
-    tally(decision, final, valid, plan)
+    tally("reviews", decision, final, valid, plan)
+
+
+CAMPAIGNS = {"raw_decisions": test_raw_decision_replies, "hostile_decisions": test_hostile_decisions,
+             "reviews": test_review_replies}
 
 
 @pytest.mark.faults
 def test_record_payload_fuzz_figures(loop_env):
-    """Runs after the three campaigns in this module (pytest keeps file order) and reports them."""
-    if TALLY["cases"] < TOTAL:
-        pytest.skip("the fuzz campaigns did not all run in this session")
-    assert TALLY["run_plans"] > 0 and TALLY["refused"] > 0 and TALLY["validated"] > 0   # both sides exercised
-    record_reliability("payload_fuzz", cases=TALLY["cases"], refused=TALLY["refused"],
-                       downgraded_to_wait=TALLY["downgraded_to_wait"], validated=TALLY["validated"],
-                       run_plans=TALLY["run_plans"], seconds=round(time.monotonic() - TIMER["started"], 1))
+    """Reports the three campaigns. One this session has not run in full (this test alone, another
+    order, another xdist worker, a campaign that failed part-way) runs here first, so the figures
+    never depend on test order and never skip."""
+    for campaign, run in CAMPAIGNS.items():
+        if TALLY[campaign]["cases"] < examples(campaign):
+            TALLY[campaign].clear()
+            run(loop_env=loop_env)
+    total = sum(TALLY.values(), Counter())
+    assert all(TALLY[c]["cases"] >= examples(c) for c in CAMPAIGNS), TALLY
+    assert total["run_plans"] > 0 and total["refused"] > 0 and total["validated"] > 0   # both sides exercised
+    record_reliability("payload_fuzz", cases=total["cases"], refused=total["refused"],
+                       downgraded_to_wait=total["downgraded_to_wait"], validated=total["validated"],
+                       run_plans=total["run_plans"], seconds=round(time.monotonic() - TIMER["started"], 1))
 
 
 # ------------------------------------------------------ end to end, real HTTP ----
@@ -372,6 +384,7 @@ E2E_REPLIES = [
 
 
 @pytest.mark.faults
+@pytest.mark.slow
 def test_fuzzed_replies_through_a_real_daemon(tmp_path, llm_server):
     from loop.daemon.process import run_daemon, workspace_of
 
