@@ -25,11 +25,13 @@ GOOD = '{"action": "wait", "rationale": "nothing to do", "run_label": "w1"}'
 
 
 def make_client(server, *, key: str | None = KEY, events: list | None = None, backoff: float = 0.01,
-                **role_fields) -> LLMClient:
+                slept: list | None = None, **role_fields) -> LLMClient:
+    """`slept`: the waits between retries are recorded there instead of slept (no wall clock)."""
     role = LLMRole(**{"base_url": server.base_url, "model": "test-model", "max_attempts": 3,
                       "timeout_seconds": 5.0, **role_fields})
     sink = events.append if events is not None else None
-    return LLMClient(role, "builder", key, sink, backoff_base=backoff, backoff_max=backoff * 4)
+    sleep = slept.append if slept is not None else time.sleep
+    return LLMClient(role, "builder", key, sink, backoff_base=backoff, backoff_max=backoff * 4, sleep=sleep)
 
 
 def bodies(server) -> list[dict]:
@@ -83,12 +85,12 @@ def test_429_with_retry_after_then_success(llm_server, caplog):
     llm_server.script({"status": 429, "headers": {"Retry-After": "0"}, "error": "slow down"},
                       {"content": GOOD})
     events: list[dict] = []
-    # A 5 s backoff base: finishing fast proves the Retry-After of 0 was used instead.
-    client = make_client(llm_server, events=events, backoff=5.0)
-    start = time.monotonic()
+    slept: list[float] = []
+    # A 5 s backoff base: a wait of 0 proves the Retry-After of 0 was used instead.
+    client = make_client(llm_server, events=events, backoff=5.0, slept=slept)
     with caplog.at_level(logging.WARNING, logger="loop.agents.llm"):
         result = client.complete_json("s", "u", Decision)
-    assert time.monotonic() - start < 2.0
+    assert slept == [0]
     assert result.attempts == 2 and len(llm_server.requests) == 2
     [event] = events
     assert event["kind"] == "llm_retry" and event["role"] == "builder" and event["attempt"] == 1
@@ -100,9 +102,9 @@ def test_retry_after_is_capped(llm_server, monkeypatch):
     monkeypatch.setattr(retry, "RETRY_AFTER_CAP_S", 0.1)
     llm_server.script({"status": 429, "headers": {"Retry-After": "120"}}, {"content": GOOD})
     events: list[dict] = []
-    start = time.monotonic()
-    result = make_client(llm_server, events=events).complete_json("s", "u", Decision)
-    assert time.monotonic() - start < 3.0
+    slept: list[float] = []
+    result = make_client(llm_server, events=events, slept=slept).complete_json("s", "u", Decision)
+    assert slept == [pytest.approx(0.1)]                   # not the 120 s asked for
     assert result.attempts == 2 and events[0]["wait_s"] == pytest.approx(0.1)
 
 
@@ -125,10 +127,9 @@ def test_transient_failure_then_success(llm_server, failure):
 def test_timeout_then_success(llm_server):
     llm_server.script({"delay": 1.5, "content": GOOD}, {"content": GOOD})
     events: list[dict] = []
-    start = time.monotonic()
     result = make_client(llm_server, events=events, timeout_seconds=0.5).complete_json("s", "u", Decision)
-    assert time.monotonic() - start < 1.4       # the client gave up on the slow reply
-    assert result.attempts == 2
+    # the client gave up on the slow reply: had it waited for it, attempt 1 would have succeeded
+    assert result.attempts == 2 and len(llm_server.requests) == 2
     assert "Timeout" in events[0]["error"]
 
 

@@ -342,7 +342,7 @@ def test_daemon_sleeps_through_a_long_open_circuit_and_still_stops_on_request(tm
     def stop_while_backing_off() -> None:
         try:
             wait_for(lambda: events_path.exists() and any(e["kind"] == "timer" and e["seconds"] >= 290
-                                                          for e in EventLog(events_path)), 15, "a long timer")
+                                                          for e in EventLog(events_path)), 120, "a long timer")
             seen["before"] = len(llm_server.requests)
             time.sleep(0.5)
             seen["after"] = len(llm_server.requests)
@@ -355,10 +355,11 @@ def test_daemon_sleeps_through_a_long_open_circuit_and_still_stops_on_request(tm
     state = run_daemon(cfg, ws, max_cycles=10, say=lambda *_: None)
     helper.join(5)
 
-    assert time.monotonic() - started < 15                   # stopped out of the 300 s sleep
-    assert state.cycle == 2 and seen == {"before": 4, "after": 4} and len(llm_server.requests) == 4
     events = list(EventLog(events_path))
     timer = [e for e in events if e["kind"] == "timer"][-1]
+    # the bound is the daemon's own planned pause (>= 290 s), not a guess at this machine's speed
+    assert time.monotonic() - started < timer["seconds"]     # stopped out of the 300 s sleep
+    assert state.cycle == 2 and seen == {"before": 4, "after": 4} and len(llm_server.requests) == 4
     assert 299 <= timer["inputs"]["llm_circuit_open_seconds"] <= timer["seconds"]
     assert [e["reason"] for e in events if e["kind"] == "daemon_stop"] == ["stop requested"]
 

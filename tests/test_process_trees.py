@@ -25,6 +25,7 @@ from loop.run.supervise import ActiveRun, is_alive, kill_run, launch
 
 HAS_BWRAP = shutil.which("bwrap") is not None and find_bwrap(os.geteuid() == 0)[1] is None
 TREE = "setsid sleep 300 & setsid sh -c 'sleep 301 & sleep 302' & sleep 303"
+PATIENCE_S = 120   # how long wait_for may poll: it returns as soon as true, so only a hang costs this
 
 
 def tagged(key: str, value: str) -> list[int]:
@@ -54,9 +55,9 @@ def tree_started(run: ActiveRun, count: int) -> bool:
                                        False])
 def test_walltime_kills_the_whole_tree_setsid_grandchildren_included(tmp_path, sandboxed):
     run = start(tmp_path, f"timeout-{sandboxed}", TREE, sandboxed, walltime_limit_seconds=3)
-    wait_for(lambda: tree_started(run, 4), 20, "the run's processes")
+    wait_for(lambda: tree_started(run, 4), PATIENCE_S, "the run's processes")
     assert monitor(Executor(REPO), run, 30, lambda: False) == "timed_out"
-    wait_for(lambda: not tagged("LLMLOOP_RUN_TAG", run.run_tag), 10, "every process of the run to be gone")
+    wait_for(lambda: not tagged("LLMLOOP_RUN_TAG", run.run_tag), PATIENCE_S, "every process of the run to be gone")
     assert not is_alive(run)
 
 
@@ -64,19 +65,18 @@ def test_walltime_kills_the_whole_tree_setsid_grandchildren_included(tmp_path, s
                                        False])
 def test_stop_kills_the_whole_tree(tmp_path, sandboxed):
     run = start(tmp_path, f"stop-{sandboxed}", TREE, sandboxed)
-    wait_for(lambda: tree_started(run, 4), 20, "the run's processes")
+    wait_for(lambda: tree_started(run, 4), PATIENCE_S, "the run's processes")
     assert monitor(Executor(REPO), run, 0.5, lambda: True) == "stopping"
     kill_run(run)
-    wait_for(lambda: not tagged("LLMLOOP_RUN_TAG", run.run_tag), 10, "every process of the run to be gone")
+    wait_for(lambda: not tagged("LLMLOOP_RUN_TAG", run.run_tag), PATIENCE_S, "every process of the run to be gone")
 
 
 def test_a_run_that_stops_making_progress_is_killed_as_stalled(tmp_path):
     from loop.run.judge import judge
 
     run = start(tmp_path, "stall", "echo started; sleep 300", HAS_BWRAP, stall_seconds=1.5)
-    t0 = time.monotonic()
+    # the bound is the monitor's own window: without stall detection it would answer "running" at its end
     assert monitor(Executor(REPO), run, 60, lambda: False, poll_seconds=0.1) == "stalled"
-    assert time.monotonic() - t0 < 15
     assert not tagged("LLMLOOP_RUN_TAG", run.run_tag)
     assert judge(run, "stalled").status == "stalled"
 
@@ -110,7 +110,7 @@ def test_restart_after_kill_9_reaps_leftovers_and_readopts_the_active_run(tmp_pa
     stray = launch("stray", "c00001-bbbbbb", "command", ["bash", "-c", TREE], runs / "stray", 1, REPO,
                    dict(os.environ), sandbox=sandbox)
     try:
-        wait_for(lambda: tree_started(stray, 4), 20, "the stray run's processes")
+        wait_for(lambda: tree_started(stray, 4), PATIENCE_S, "the stray run's processes")
         LoopState(cycle=1, active_run=active).save(ws / "state.json")
         env = dict(os.environ, PYTHONPATH=str(REPO))
         done = subprocess.run([sys.executable, "-m", "loop.cli.main", "start", "--foreground", "--max-cycles", "1",
@@ -152,7 +152,7 @@ def test_readopting_keeps_the_runs_setsid_processes(tmp_path):
 
     run = start(tmp_path, "adopt", "setsid sleep 304 & sleep 305", False)
     try:
-        wait_for(lambda: tree_started(run, 3), 20, "the run's processes")
+        wait_for(lambda: tree_started(run, 3), PATIENCE_S, "the run's processes")
         escaped = [p for p in tagged("LLMLOOP_RUN_TAG", run.run_tag)
                    if psutil.Process(p).cmdline()[:2] == ["sleep", "304"]]
         reaped = reap_leftovers("tree-test", run.pid, run.create_time, run.run_tag)
@@ -170,7 +170,7 @@ def test_readopting_a_run_that_is_making_processes_kills_none_of_them(tmp_path):
 
     run = start(tmp_path, "busy", "while true; do sleep 0.002 & sh -c 'sleep 0.002' & wait; done", False)
     try:
-        wait_for(lambda: tree_started(run, 3), 20, "the run's processes")
+        wait_for(lambda: tree_started(run, 3), PATIENCE_S, "the run's processes")
         for _ in range(5):
             reaped = reap_leftovers("tree-test", run.pid, run.create_time, run.run_tag)
             assert reaped["killed"] == [], reaped["killed"]
@@ -200,7 +200,7 @@ os._exit(0)        # the "daemon" dies at once
 """
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     try:
-        wait_for(lambda: tagged("LLMLOOP_RUN_TAG", "phase:survivor"), 10, "PHASE's processes")
+        wait_for(lambda: tagged("LLMLOOP_RUN_TAG", "phase:survivor"), PATIENCE_S, "PHASE's processes")
         time.sleep(1.0)
         alive = tagged("LLMLOOP_RUN_TAG", "phase:survivor")
         assert any(psutil.Process(p).cmdline()[:2] == ["sleep", "306"] for p in alive)

@@ -4,11 +4,12 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
-import threading
-import time
+
+import pytest
 
 from loop.config import PhaseConfig
 from loop.daemon.timer import TimerInputs, improvement_rate, next_pause
+from loop.phase import window as phase_window
 from loop.phase.window import daily_window_key, seconds_until_window, wait_for_signal, window_due
 
 
@@ -58,22 +59,47 @@ def test_daily_window_keys():
     assert window_due(PhaseConfig(schedule="off"), 5, at(4), []) is None
 
 
-def test_resume_on_signal_before_the_window_ends(tmp_path):
+class VirtualTime:
+    """Stands in for `time` in loop.phase.window: the clock moves only when slept on, and `at(t, fn)`
+    runs fn once it reaches t, so a busy machine cannot stretch what is measured."""
+
+    def __init__(self) -> None:
+        self.now, self.due = 0.0, []
+
+    def at(self, when: float, fn) -> None:
+        self.due.append((when, fn))
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        for when, fn in [d for d in self.due if d[0] <= self.now]:
+            self.due.remove((when, fn))
+            fn()
+
+
+@pytest.fixture
+def clock(monkeypatch) -> VirtualTime:
+    virtual = VirtualTime()
+    monkeypatch.setattr(phase_window, "time", virtual)
+    return virtual
+
+
+def test_resume_on_signal_before_the_window_ends(tmp_path, clock):
     signal_path = tmp_path / "phase_complete_x.json"
-    threading.Timer(0.3, lambda: signal_path.write_text("{}")).start()
-    t0 = time.monotonic()
+    clock.at(0.3, lambda: signal_path.write_text("{}"))
     assert wait_for_signal(signal_path, None, lambda: False, chunk_seconds=60) == "complete"
-    assert time.monotonic() - t0 < 5                                         # not the chunk, not the window
+    assert clock.now < 1.0                                                   # not the chunk, not the window
 
 
-def test_stop_during_the_pause_is_honoured_within_a_chunk(tmp_path):
+def test_stop_during_the_pause_is_honoured_within_a_chunk(tmp_path, clock):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     stop = {"now": False}
-    threading.Timer(0.3, lambda: stop.update(now=True)).start()
-    t0 = time.monotonic()
+    clock.at(0.3, lambda: stop.update(now=True))
     try:
-        assert wait_for_signal(tmp_path / "never.json", proc, lambda: stop["now"], chunk_seconds=1.0) == "stopped"
-        assert time.monotonic() - t0 < 1.5
+        assert wait_for_signal(tmp_path / "never.json", proc, lambda: stop["now"], chunk_seconds=10) == "stopped"
+        assert clock.now < 1.0                                               # not at the chunk's end
     finally:
         proc.kill()
         proc.wait()

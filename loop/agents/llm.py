@@ -122,7 +122,8 @@ class LLMClient:
                  on_event: EventSink | None = None, *, price: ModelPrice | None = None,
                  spend_cap: SpendCap | None = None, mode_store: ModeStore | None = None,
                  backoff_base: float = BACKOFF_BASE_S, backoff_max: float = BACKOFF_MAX_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.role, self.role_name = role, role_name
         self._api_key = api_key
         self._on_event = on_event
@@ -130,6 +131,7 @@ class LLMClient:
         # Jitter spreads the retries of both roles (and of other clients) hitting one endpoint.
         backoff = wait_exponential(multiplier=backoff_base, max=backoff_max) + wait_random(0, backoff_base)
         self._wait = wait_retry_after(backoff)
+        self._sleep = sleep               # between retries; injectable so tests check waits, not wall time
         # max_retries=0: tenacity owns retries, so each attempt is counted, logged and redacted here.
         self._client = openai.OpenAI(base_url=role.base_url, api_key=api_key or "no-key",
                                      timeout=role.timeout_seconds, max_retries=0)
@@ -251,7 +253,7 @@ class LLMClient:
                                        failed=False), tally)
             return text
 
-        retrying = Retrying(stop=stop_after_attempt(self.role.max_attempts), wait=self._wait,
+        retrying = Retrying(stop=stop_after_attempt(self.role.max_attempts), wait=self._wait, sleep=self._sleep,
                             retry=RETRY_TRANSIENT, before_sleep=self._before_sleep, reraise=True)
         try:
             return retrying(attempt)
