@@ -3,12 +3,13 @@ benchmark fails the suite instead of the next person who measures (issue 22 item
 
 Each smoke run gets LLMLOOP_BENCH_RESULTS pointed at a temporary file that must not appear: a
 smoke run never writes bench/RESULTS.md. Benchmarks that need a peer (Ray, the llama venv, the
-dashboard extra) skip with the reason when it is missing.
+dashboard extra, bubblewrap) skip with the reason when it is missing.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ SMOKES = {
     "gpu_check": (["bash", "bench/gpu_check.sh", "--cpu-dry-run"], '{"failed": []}'),
     "llm_compat": ([PY, "bench/llm_compat.py", "--smoke"], "wrote "),
     "llama_server": ([PY, "bench/llama_server.py", "--probe", "--max-tokens", "16"], "--- e garbage type"),
+    "night": ([PY, "bench/night.py", "--smoke"], WRITES),
 }
 
 
@@ -43,6 +45,8 @@ def _missing_peer(name: str) -> str | None:
     """Why this benchmark cannot run here, or None."""
     if name == "scale_out" and importlib.util.find_spec("ray") is None:
         return "the cluster extra is not installed (pip install -e '.[cluster]')"
+    if name == "night" and shutil.which("bwrap") is None:
+        return "bubblewrap is not installed (the shipped daemon config requires the sandbox)"
     if name == "dashboard_load" and importlib.util.find_spec("uvicorn") is None:
         return "the dashboard extra is not installed: pip install -e '.[dashboard]'"
     if name in ("llm_compat", "llama_server"):
