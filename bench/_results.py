@@ -19,8 +19,9 @@ RESULTS = Path(os.environ.get("LLMLOOP_BENCH_RESULTS") or Path(__file__).resolve
 SMOKE_FLAG = "--smoke"
 HEADER = """# Benchmark results
 
-Measured by hand with the scripts in `bench/` (not run in CI). Each script owns one `## <name>`
-section below and replaces it on every run; see each script's docstring for what it measures.
+Measured by hand with the scripts in `bench/` (CI runs only their smoke sizes, which write nothing).
+Each script owns one `## <name>` section below and replaces it on every run; see each script's
+docstring for what it measures.
 """
 
 
