@@ -48,6 +48,8 @@ import yaml  # noqa: E402
 from _results import machine_facts, smoke, write_section  # noqa: E402
 from filelock import FileLock, Timeout  # noqa: E402
 
+from loop.cycle.state import LoopState  # noqa: E402
+from loop.daemon.process import running_pid  # noqa: E402
 from loop.domains.shapes import write_shapes_files  # noqa: E402
 from loop.journal.events import EventLog  # noqa: E402
 from loop.journal.history import RunRecord, read_history  # noqa: E402
@@ -129,11 +131,10 @@ def night(config: Path, ws: Workspace, minutes: float | None, cycles: int | None
         raise SystemExit(f"llmloop start failed: {out.stderr or out.stdout}")
     requested = False
     while True:
-        time.sleep(5)
-        status = json.loads(llmloop("status", "--json", "--daemon-config", str(config)).stdout or "{}")
-        if not status.get("running"):
+        time.sleep(5)      # read in this process: `llmloop status` every 5 s would cost a core's tenth
+        if running_pid(ws) is None:
             break
-        if cycles is not None and not requested and status.get("cycle", 0) >= cycles - 1:
+        if cycles is not None and not requested and LoopState.load(ws.state).cycle >= cycles - 1:
             llmloop("finishup", "--daemon-config", str(config), "--minutes-left", "6")
             requested = True
         if time.monotonic() - started > limit_minutes * 60:

@@ -8,17 +8,24 @@ from pathlib import Path
 
 import pytest
 
+# tests/_session.py is a plugin (below): asserts in it are rewritten only if pytest imports it first
+pytest.register_assert_rewrite("tests._session")
+from tests._session import built_once, shared_root  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
-# The scripted LLM server's `llm_server` fixture, for every test module without an import.
-pytest_plugins = ["tests.llm_server"]
+# The scripted LLM server's `llm_server` fixture, for every test module without an import; what a
+# test run shares and cleans up (built once across xdist workers, slow marks checked, no leftovers).
+pytest_plugins = ["tests.llm_server", "tests._session"]
 
 
 @pytest.fixture(scope="session", autouse=True)
 def pixel_cache(tmp_path_factory):
-    """One decoded-pixel cache for the whole session (never the user's ~/.cache): tests exercise
-    the cache for real, and image-folder tasks built by several tests decode once per content."""
-    path = tmp_path_factory.mktemp("pixel-cache")
+    """One decoded-pixel cache for the whole test run, shared by its xdist workers (never the user's
+    ~/.cache): tests exercise the cache for real (it is locked and atomic), and image-folder tasks
+    built by several tests decode once per content."""
+    path = shared_root(tmp_path_factory) / "pixel-cache"
+    path.mkdir(parents=True, exist_ok=True)
     old = os.environ.get("LLMLOOP_PIXEL_CACHE")
     os.environ["LLMLOOP_PIXEL_CACHE"] = str(path)
     yield path
@@ -34,9 +41,11 @@ def shapes_folder(tmp_path_factory) -> Path:
     a task of real size on disk, over 4,096 training images so loader workers start."""
     from loop.domains.shapes import write_shapes_files
 
-    folder = tmp_path_factory.mktemp("shapes-folder")
-    folder.chmod(0o755)           # a data folder the sandbox user (nobody) may read, as a user's would be
-    return write_shapes_files(folder, count=7200, image_size=32)
+    def build(folder: Path) -> None:
+        folder.chmod(0o755)       # a data folder the sandbox user (nobody) may read, as a user's would be
+        write_shapes_files(folder, count=7200, image_size=32)
+
+    return built_once(tmp_path_factory, "shapes-folder", build)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -112,13 +121,17 @@ def real_daemon_workspace(tmp_path_factory) -> Path:
     offline policy decides and reviews), the tiny trainer config on a 5% slice of digits, a Mentor
     review every 2nd cycle and one evolution window. Every cycle trains for real, so the events,
     the runs index, the metrics and the archive are what the daemon writes, field for field.
-    Tests read it; one that changes it works on a copy."""
+    Tests read it; one that changes it works on a copy. Built once per test run (every xdist worker
+    reads the same one)."""
+    return built_once(tmp_path_factory, "real_daemon", build_real_daemon_workspace) / "artifacts"
+
+
+def build_real_daemon_workspace(root: Path) -> None:
     import yaml
 
     from loop.config import DaemonConfig, validate
     from loop.daemon.process import run_daemon, workspace_of
 
-    root = tmp_path_factory.mktemp("real_daemon")
     trainer = root / "tiny.yaml"
     trainer.write_text(yaml.safe_dump(tiny_config_dict(data={"train_fraction": 0.05})))
     candidates = {"data": {"image_size": 16, "train_fraction": 0.05}, "run": {"epochs": 1}}
@@ -129,10 +142,8 @@ def real_daemon_workspace(tmp_path_factory) -> Path:
         "max_concurrent_experiments": 1,
         "evolution": {"candidate_overrides": candidates, "rules": {"per_class_accuracy_floor": None}},
     }, "<real_daemon_workspace>")
-    ws = workspace_of(cfg)
-    state = run_daemon(cfg, ws, max_cycles=REAL_DAEMON_CYCLES, say=lambda *_: None)
+    state = run_daemon(cfg, workspace_of(cfg), max_cycles=REAL_DAEMON_CYCLES, say=lambda *_: None)
     assert state.cycle == REAL_DAEMON_CYCLES, state
-    return ws.root
 
 
 # ---------------------------------------------------------------- fault tiers ----

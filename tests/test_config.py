@@ -120,6 +120,7 @@ def test_generic_loader_roundtrip(tmp_path):
     assert load_model_file(DaemonConfig, path).interaction_mode == "builder_health_helper"
 
 
+@pytest.mark.slow
 def test_cli_bad_config_exits_2_and_trains_nothing(tmp_path):
     path = write(tmp_path, "optim:\n  lr: fast\n")
     out = tmp_path / "run"

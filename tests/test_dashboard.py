@@ -341,6 +341,7 @@ def headless(*args: str) -> subprocess.CompletedProcess:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+@pytest.mark.browser
 def test_chromium_renders_the_page(server, tmp_path):
     from PIL import Image
 

@@ -232,6 +232,7 @@ def test_a_report_that_cannot_be_written_leaves_the_previous_one_whole(tmp_path,
     assert "No runs yet" in generate_reports(ws, top_k=10, progress=False)["paper"].read_text()
 
 
+@pytest.mark.slow
 def test_daemon_starts_and_stops_while_events_jsonl_cannot_be_written(tmp_path):
     """A real file-size limit on the daemon (RLIMIT_FSIZE; CPython ignores SIGXFSZ, so writes get
     EFBIG) that events.jsonl has already reached: `daemon_start` and `daemon_stop` cannot be written.

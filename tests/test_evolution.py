@@ -188,6 +188,7 @@ def entry_intact(paths, name) -> bool:
     return archive.verify_entry(paths.entry(name), row.hashes_sha256) == []
 
 
+@pytest.mark.slow
 def test_failed_window_candidate_carries_its_training_log(tmp_path):
     """A candidate whose trainer exits before it writes metrics (an unknown model name) is archived
     with the trainer's output, error included, as train.log; its work folder is gone."""

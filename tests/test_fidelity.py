@@ -11,6 +11,7 @@ from loop.trainer.metrics import RunMetrics, unpack_correct
 from loop.trainer.train import train
 
 
+@pytest.mark.slow
 def test_a_screen_then_its_continuation_equals_one_full_run(tmp_path, tiny_cfg):
     full = train(tiny_cfg(run={"epochs": 3}), tmp_path / "full")
     screen = train(tiny_cfg(run={"epochs": 3, "stop_after_epochs": 1}), tmp_path / "screen")
@@ -26,6 +27,7 @@ def test_a_screen_then_its_continuation_equals_one_full_run(tmp_path, tiny_cfg):
     assert "resumed from" in (tmp_path / "cont" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_continuation_of_another_recipe_or_of_a_finished_run_is_refused(tmp_path, tiny_cfg):
     train(tiny_cfg(run={"epochs": 2, "stop_after_epochs": 1}), tmp_path / "screen")
     with pytest.raises(ConfigError, match=r"differs from the screen's in optim.lr"):
@@ -35,6 +37,7 @@ def test_a_continuation_of_another_recipe_or_of_a_finished_run_is_refused(tmp_pa
         train(tiny_cfg(run={"epochs": 2, "resume_from": str(tmp_path / "done")}), tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_the_evaluation_records_which_images_were_right(tmp_path, tiny_cfg):
     metrics = train(tiny_cfg(), tmp_path / "r")
     right = unpack_correct(metrics.eval.correct, metrics.eval.count)

@@ -37,6 +37,8 @@ from loop.trainer.config import TrainerConfig
 from loop.util.workspace import Workspace
 from tests.conftest import REPO, fault_tier, record_reliability, tiny_config_dict
 
+pytestmark = pytest.mark.xdist_group("fuzz")   # the campaigns and their figures test share a tally
+
 # CI: 10,000 cases over the three campaigns; the long tier ten times that.
 SHARE = {"raw_decisions": 0.35, "hostile_decisions": 0.35, "reviews": 0.30}
 TOTAL = 100_000 if fault_tier() == "long" else 10_000

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from loop.config import DaemonConfig, validate
@@ -53,6 +54,7 @@ def run_cycles(cfg, n: int, state: LoopState | None = None) -> LoopState:
     return state
 
 
+@pytest.mark.slow
 def test_server_down_mid_run_then_back(tmp_path):
     server = LLMServer().__enter__()
     port = int(server.base_url.rsplit(":", 1)[1].split("/")[0])
@@ -89,6 +91,7 @@ def test_with_wait_chosen_the_cycle_waits_instead(tmp_path):
     assert "run" not in only
 
 
+@pytest.mark.slow
 def test_budget_spent_the_offline_policy_takes_over_and_status_says_so(tmp_path):
     with LLMServer() as server:
         cfg = make_cfg(tmp_path, server.base_url, llm_budget={"max_tokens": 20},
@@ -119,6 +122,7 @@ def test_budget_spent_the_offline_policy_takes_over_and_status_says_so(tmp_path)
     assert "The offline policy decided 1 cycle while the Builder LLM was unavailable" in paper
 
 
+@pytest.mark.slow
 def test_gate_refusals_in_a_row_hand_the_builder_to_the_offline_policy(tmp_path):
     poor = {"content": json.dumps({"action": "train", "rationale": "10", "run_label": "run"})}
     with LLMServer() as server:

@@ -282,6 +282,7 @@ def finish_step() -> dict:
                                    "rationale": "The endpoint is back; finishing the test run here."})}
 
 
+@pytest.mark.slow
 def test_daemon_waits_out_the_open_circuit_then_resumes(tmp_path, llm_server):
     """A server that fails every call: two failed cycles open the Builder's circuit, the timer sleeps
     until it half-opens (no request meanwhile), and the trial call, now answered, closes it."""
@@ -329,6 +330,7 @@ def test_daemon_waits_out_the_open_circuit_then_resumes(tmp_path, llm_server):
     assert trial - last_failure >= cooldown
 
 
+@pytest.mark.slow
 def test_daemon_sleeps_through_a_long_open_circuit_and_still_stops_on_request(tmp_path, llm_server):
     """With the default 300 s cooldown the daemon's next pause covers it; nothing is sent while it
     sleeps, and a stop request still ends the sleep at once."""

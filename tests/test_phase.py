@@ -231,6 +231,7 @@ def test_bad_run_id_is_refused(tmp_path):
 
 # -------------------------------------------------------------------- CLI ----
 
+@pytest.mark.slow
 def test_python_m_loop_phase_run(workspace, tmp_path):
     config = tmp_path / "daemon.yaml"
     config.write_text(textwrap.dedent(f"""\

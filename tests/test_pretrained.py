@@ -83,6 +83,7 @@ def test_relative_path_missing_keys_reported_and_false_is_plain_timm(ckpt, monke
     assert record is False and model.num_classes == 10
 
 
+@pytest.mark.slow
 def test_training_run_records_the_file(ckpt, tmp_path):
     folder, _ = ckpt
     path = folder / "resnet10t.safetensors"
@@ -104,6 +105,7 @@ def test_training_run_records_the_file(ckpt, tmp_path):
     assert initial_weights({"name": "resnet10t"}).startswith("random")
 
 
+@pytest.mark.slow
 def test_timm_weights_with_an_empty_cache_fail_fast(tmp_path):
     hf = tmp_path / "hf"
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(tiny_config_dict(model={"pretrained": True})))

@@ -53,6 +53,7 @@ def tree_started(run: ActiveRun, count: int) -> bool:
 
 @pytest.mark.parametrize("sandboxed", [pytest.param(True, marks=pytest.mark.skipif(not HAS_BWRAP, reason="no bwrap")),
                                        False])
+@pytest.mark.slow
 def test_walltime_kills_the_whole_tree_setsid_grandchildren_included(tmp_path, sandboxed):
     run = start(tmp_path, f"timeout-{sandboxed}", TREE, sandboxed, walltime_limit_seconds=3)
     wait_for(lambda: tree_started(run, 4), PATIENCE_S, "the run's processes")
@@ -63,6 +64,7 @@ def test_walltime_kills_the_whole_tree_setsid_grandchildren_included(tmp_path, s
 
 @pytest.mark.parametrize("sandboxed", [pytest.param(True, marks=pytest.mark.skipif(not HAS_BWRAP, reason="no bwrap")),
                                        False])
+@pytest.mark.slow
 def test_stop_kills_the_whole_tree(tmp_path, sandboxed):
     run = start(tmp_path, f"stop-{sandboxed}", TREE, sandboxed)
     wait_for(lambda: tree_started(run, 4), PATIENCE_S, "the run's processes")
@@ -71,6 +73,7 @@ def test_stop_kills_the_whole_tree(tmp_path, sandboxed):
     wait_for(lambda: not tagged("LLMLOOP_RUN_TAG", run.run_tag), PATIENCE_S, "every process of the run to be gone")
 
 
+@pytest.mark.slow
 def test_a_run_that_stops_making_progress_is_killed_as_stalled(tmp_path):
     from loop.run.judge import judge
 
@@ -81,6 +84,7 @@ def test_a_run_that_stops_making_progress_is_killed_as_stalled(tmp_path):
     assert judge(run, "stalled").status == "stalled"
 
 
+@pytest.mark.slow
 def test_a_run_that_keeps_writing_is_not_stalled(tmp_path):
     run = start(tmp_path, "busy", "for i in $(seq 1 12); do echo tick $i; sleep 0.25; done", False, stall_seconds=1.5)
     assert monitor(Executor(REPO), run, 30, lambda: False, poll_seconds=0.1) == "finished"
@@ -96,6 +100,7 @@ def write_config(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_restart_after_kill_9_reaps_leftovers_and_readopts_the_active_run(tmp_path):
     """What a daemon killed with -9 leaves: the run state.json names (re-adopted: same pid and
     create_time) and a process state.json does not know (an evolution candidate, a run started
@@ -162,6 +167,7 @@ def test_readopting_keeps_the_runs_setsid_processes(tmp_path):
         kill_run(run)
 
 
+@pytest.mark.slow
 def test_readopting_a_run_that_is_making_processes_kills_none_of_them(tmp_path):
     """A run that is starting up (runwrap -> bwrap -> bwrap's init) makes processes while the
     sweep runs. A list of the run's processes made before the sweep missed those born after it,

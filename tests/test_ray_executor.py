@@ -25,7 +25,7 @@ from loop.run.ray_executor import RayExecutor, unpack  # noqa: E402
 from loop.run.supervise import exit_code  # noqa: E402
 from tests.conftest import REPO, tiny_config_dict, wait_for  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.xdist_group("ray")]   # one cluster at a time
 
 
 @pytest.fixture(scope="module")

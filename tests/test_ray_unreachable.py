@@ -32,6 +32,8 @@ from loop.run.ray_link import RayUnavailable  # noqa: E402
 from loop.run.supervise import exit_code  # noqa: E402
 from tests.conftest import REPO, tiny_config_dict, wait_for  # noqa: E402
 
+pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("ray")]   # one Ray head at a time
+
 RAY = str(Path(sys.executable).parent / "ray")
 
 

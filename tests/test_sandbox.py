@@ -346,6 +346,7 @@ def test_required_sandbox_without_bubblewrap_refuses_and_optional_falls_back(tmp
         find_bwrap.cache_clear()
 
 
+@pytest.mark.slow
 def test_daemon_start_says_so_and_exits_13_when_the_sandbox_is_required_but_missing(tmp_path):
     empty = tmp_path / "bin"
     empty.mkdir()

@@ -27,6 +27,8 @@ pytest.importorskip("tensorboard", reason="the tracking extra is not installed (
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+pytestmark = pytest.mark.tracking
+
 EPOCHS = 2
 
 

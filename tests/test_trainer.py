@@ -19,6 +19,7 @@ from tests.test_domains import NotADomain, make_folder
 RUN_FILES = {"model.safetensors", "config.json", "train_args.json", "metrics.json", "train.log"}
 
 
+@pytest.mark.slow
 def test_run_folder_is_complete(tmp_path, tiny_cfg):
     out = tmp_path / "run"
     metrics = train(tiny_cfg(run={"epochs": 2, "label": "tiny"}), out)
@@ -41,6 +42,7 @@ def test_run_folder_is_complete(tmp_path, tiny_cfg):
     assert "epoch 2/2" in log and "val_acc" in log and "eta" in log
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_differs(tmp_path, tiny_cfg):
     a = train(tiny_cfg(), tmp_path / "a")
     b = train(tiny_cfg(), tmp_path / "b")
@@ -49,12 +51,14 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path, tiny_cfg):
     assert a.curve[-1].train_loss != c.curve[-1].train_loss
 
 
+@pytest.mark.slow
 def test_existing_run_folder_is_not_overwritten(tmp_path, tiny_cfg):
     train(tiny_cfg(), tmp_path / "a")
     with pytest.raises(ConfigError, match="already holds a run"):
         train(tiny_cfg(), tmp_path / "a")
 
 
+@pytest.mark.slow
 def test_augment_pipeline_from_yaml(tmp_path, tiny_cfg):
     aug = [{"name": "Affine", "args": {"rotate": [-10, 10], "p": 1.0}},
            {"name": "GaussNoise", "args": {"p": 0.5}}]
@@ -70,11 +74,13 @@ def test_augment_pipeline_from_yaml(tmp_path, tiny_cfg):
     ({"name": "Normalize"}, r"data.augment\[0\].name: Normalize is applied by the trainer"),
     ({"name": "Affine", "args": {"rotat": 3}}, r"data.augment\[0\].args: Affine"),
 ])
+@pytest.mark.slow
 def test_bad_augment_spec(tmp_path, tiny_cfg, spec, match):
     with pytest.raises(ConfigError, match=match):
         train(tiny_cfg(data={"augment": [spec]}), tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_adamw_onecycle_smoothing_clipping_and_sampling(tmp_path, tiny_cfg):
     m = train(tiny_cfg(optim={"name": "adamw", "lr": 0.003, "grad_clip": 1.0}, schedule={"name": "onecycle"},
                        loss={"label_smoothing": 0.1}, data={"sampling": {"strategy": "hard_example_weighted"}},
@@ -82,11 +88,13 @@ def test_adamw_onecycle_smoothing_clipping_and_sampling(tmp_path, tiny_cfg):
     assert m.status == "ok" and m.curve[-1].train_accuracy > 0.5   # val lags: BN stats after 20 steps
 
 
+@pytest.mark.slow
 def test_unknown_model_name(tmp_path, tiny_cfg):
     with pytest.raises(UnsupportedModelError, match="^Unsupported model.name: resnet_nonexistent$"):
         train(tiny_cfg(model={"name": "resnet_nonexistent"}), tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_non_spica_domain_refused(tmp_path, tiny_cfg):
     with pytest.raises(DomainError, match="is not a SpicaDomain"):
         train(tiny_cfg(), tmp_path / "run", domain=NotADomain())
@@ -94,6 +102,7 @@ def test_non_spica_domain_refused(tmp_path, tiny_cfg):
 
 # ------------------------------------------------------------------ KD ----
 
+@pytest.mark.slow
 def test_kd_with_teacher_and_stabilizer(tmp_path, tiny_cfg):
     teacher_dir = tmp_path / "teacher"
     train(tiny_cfg(data={"train_fraction": 1.0}, run={"epochs": 2}), teacher_dir)
@@ -105,6 +114,7 @@ def test_kd_with_teacher_and_stabilizer(tmp_path, tiny_cfg):
     assert "kd on" in (tmp_path / "kd" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_kd_teacher_must_match_the_domain(tmp_path, tiny_cfg):
     teacher_dir = tmp_path / "teacher"
     train(tiny_cfg(), teacher_dir)
@@ -115,6 +125,7 @@ def test_kd_teacher_must_match_the_domain(tmp_path, tiny_cfg):
         train(cfg, tmp_path / "student")
 
 
+@pytest.mark.slow
 def test_image_folder_task_trains(tmp_path, tiny_cfg):
     root = make_folder(tmp_path / "imgs", per_class=(40, 40, 40))
     m = train(tiny_cfg(data={"domain": "image_folder", "domain_args": {"root": str(root)}, "train_fraction": 1.0,
@@ -133,6 +144,7 @@ def test_image_folder_task_trains(tmp_path, tiny_cfg):
     pytest.param({"max_gpu_memory_gb": 1e-6}, "max_gpu_memory_gb",
                  marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
 ])
+@pytest.mark.slow
 def test_budget_breach_stops_at_once_and_is_recorded(tmp_path, tiny_cfg, caps, cap):
     out = tmp_path / "run"
     cfg = tiny_cfg(budget=caps, run={"epochs": 3})
@@ -149,6 +161,7 @@ def test_budget_breach_stops_at_once_and_is_recorded(tmp_path, tiny_cfg, caps, c
         assert saved["steps"] == 2                                   # 64 images > 50 after step 2
 
 
+@pytest.mark.slow
 def test_budget_within_caps_passes(tmp_path, tiny_cfg):
     m = train(tiny_cfg(budget={"max_steps": 1000, "max_walltime_minutes": 10, "max_cpu_memory_gb": 64,
                                "max_tokens_processed": 10**7, "max_disk_gb": 1}), tmp_path / "run")
@@ -160,12 +173,14 @@ def test_validate_name_in_messages():
         validate(TrainerConfig, {"budget": {"max_steps": 0}}, "<x>")
 
 
+@pytest.mark.slow
 def test_domain_args_error_is_clear(tmp_path, tiny_cfg):
     with pytest.raises(DomainError, match="data.domain_args"):
         train(tiny_cfg(data={"domain_args": {"no_such_arg": 1}}), tmp_path / "run")
     assert resolve_domain("digits").num_classes == 10
 
 
+@pytest.mark.slow
 def test_validation_runs_once_per_epoch_and_the_last_is_the_final_eval(tmp_path, tiny_cfg, monkeypatch):
     """The final evaluation is the last epoch's validation pass (same weights), not a second pass."""
     import loop.trainer.train as train_module

@@ -21,6 +21,7 @@ def write_config(tmp_path: Path, **sections) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_unsupported_model_name_exit_3_both_entry_points(tmp_path):
     cfg = write_config(tmp_path, model={"name": "unet_resnet34"})
     result = run_cli("train", "--config", str(cfg), "--out", str(tmp_path / "a"))
@@ -32,6 +33,7 @@ def test_unsupported_model_name_exit_3_both_entry_points(tmp_path):
     assert result.returncode == 3 and "Unsupported model.name: foo_net" in result.stderr
 
 
+@pytest.mark.slow
 def test_budget_breach_exit_4(tmp_path):
     cfg = write_config(tmp_path)
     out = tmp_path / "run"
@@ -40,6 +42,7 @@ def test_budget_breach_exit_4(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["budget_breach"]["cap"] == "max_steps"
 
 
+@pytest.mark.slow
 def test_resume_needs_out(tmp_path):
     result = run_cli("train", "--resume")
     assert result.returncode == 2 and "--resume needs --out" in result.stderr

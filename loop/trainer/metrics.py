@@ -1,6 +1,7 @@
 """metrics.json of a run (RunMetrics) and the evaluation that fills it."""
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Literal
 
@@ -113,6 +114,19 @@ def score_logits(logits: torch.Tensor, labels: torch.Tensor, class_names: list[s
             per_class[name] = round(float(correct[mask].mean()), 6)
     return EvalMetrics(accuracy=float(correct.mean()), loss=float(F.cross_entropy(logits, labels)),
                        count=int(len(lab)), per_class_accuracy=per_class, correct=pack_correct(correct))
+
+
+def versions() -> dict[str, str]:
+    """What trained the run. albumentations' version from its package metadata: importing it costs
+    a second a run (and runs without augmentation never need it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        augment_version = version("albumentations")
+    except PackageNotFoundError:
+        augment_version = "not installed"
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": version("timm"),
+            "albumentations": augment_version}
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import random
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
@@ -39,7 +37,7 @@ from loop.trainer.checkpoint import (
 from loop.trainer.config import TrainerConfig
 from loop.trainer.data import ImageDataset, Normalizer, auto_workers, build_augment, train_loader
 from loop.trainer.losses import training_loss
-from loop.trainer.metrics import METRICS_FILE, EpochRecord, RunMetrics, predict_logits, score_logits
+from loop.trainer.metrics import METRICS_FILE, EpochRecord, RunMetrics, predict_logits, score_logits, versions
 from loop.trainer.models import ModelFileConfig, create_initial_model, load_model_folder, save_model_folder
 from loop.trainer.sampling import LossTracker, epoch_order, sample_weights
 from loop.trainer.schedule import StepSchedule
@@ -64,13 +62,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def versions() -> dict[str, str]:
-    import albumentations
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "albumentations": albumentations.__version__}
 
 
 def take_fraction(samples: SampleSet, fraction: float, seed: int) -> SampleSet:
