@@ -187,3 +187,20 @@ def test_the_short_night_on_an_image_folder(tmp_path):
     assert night["finish_up"] == "done" and night["report_written"], night
     assert night["phase_runs"] == 1 and not night["stopped_by_bench"], night
     assert "| runs (ok / full-fidelity) |" in (tmp_path / "RESULTS.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_followed_across_cycles_keeps_its_own_strategy_dimension(tmp_path):
+    """A run judged in a later cycle than the one that started it is recorded with its own decision's
+    dimension (the offline policy counts dimensions to pick the least tried one)."""
+    trainer = tiny_config_dict(data={"train_fraction": 0.05}, run={"epochs": 2})
+    cfg = daemon_cfg(tmp_path, trainer, default_monitor_seconds=1, mentor_enabled=False)
+    ws = workspace_of(cfg)
+    run_daemon(cfg, ws, max_cycles=6, say=lambda *_: None)
+    started = {c["decision"]["run_label"]: c["decision"]["strategy_dimension"] for c in events(ws, "cycle")
+               if c.get("run")}
+    spans = [c for c in events(ws, "cycle") if c.get("followed_runs")]
+    runs = read_history(ws)
+    assert spans and runs, "no run was followed into a later cycle"
+    for r in runs:
+        assert r.dimension == started[r.label], (r.label, r.dimension)

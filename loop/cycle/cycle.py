@@ -118,7 +118,7 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     # ---- run, judge ----
     outcome = None
     if plan is not None:
-        run = start(loop, plan, rec.cycle)
+        run = start(loop, plan, rec.cycle, dimension=decision.strategy_dimension)
         if run is not None:
             state.active_runs.append(run)
             if loop.cfg.max_concurrent_runs == 1:

@@ -30,7 +30,8 @@ from loop.util.secrets import redact
 RETRY_MIN_MONITOR_SECONDS = 60.0
 
 
-def start(loop: Loop, plan: RunPlan, cycle: int, retry_of: str | None = None) -> ActiveRun | None:
+def start(loop: Loop, plan: RunPlan, cycle: int, retry_of: str | None = None,
+          dimension: str | None = None) -> ActiveRun | None:
     """Launch a planned run through the executor, inside the sandbox, on a device slot (waiting for
     one while every slot is busy); None when a stop came while it waited."""
     def waiting() -> None:
@@ -39,7 +40,7 @@ def start(loop: Loop, plan: RunPlan, cycle: int, retry_of: str | None = None) ->
     run = loop.runner().submit(plan, cycle, retry_of=retry_of, should_stop=loop.should_stop, on_wait=waiting)
     # what it trains, for the repeat gate while it is in flight
     return None if run is None else run.model_copy(update={"fingerprint": plan.fingerprint, "recipe": plan.recipe,
-                                                          "resume_from": plan.resume_from})
+                                                          "resume_from": plan.resume_from, "dimension": dimension})
 
 
 def monitor_seconds(cfg: DaemonConfig, decision: Decision | None) -> float:
@@ -97,7 +98,7 @@ def repair_and_retry(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunO
         argv[argv.index("--out") + 1] = str(retry_dir / "out")
     plan = RunPlan(f"{run.label}-retry", rec.trace, run.kind, argv, retry_dir, run.walltime_limit_seconds,
                    run.stall_seconds, fingerprint=run.fingerprint, recipe=run.recipe, resume_from=run.resume_from)
-    retry_run = start(loop, plan, rec.cycle, retry_of=run.label)
+    retry_run = start(loop, plan, rec.cycle, retry_of=run.label, dimension=run.dimension)
     if retry_run is None:                       # stopping while it waited for a slot
         return None
     state.active_runs.append(retry_run)
@@ -163,7 +164,7 @@ def finish_run(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunOutcome
     config = read_train_args(out_dir) or planned_config(run)
     record = RunRecord(label=outcome.label, cycle=rec.cycle, trace=rec.trace, config=config,
                        ok=outcome.ok, score=outcome.val_accuracy or 0.0,
-                       dimension=rec.decision.strategy_dimension if rec.decision else None,
+                       dimension=run.dimension,      # its own decision's, not the cycle's that judged it
                        minutes=round(outcome.seconds / 60.0, 3), run_dir=str(out_dir),
                        fingerprint=fingerprint(config) if config else run.fingerprint,   # what it trained
                        recipe=recipe(config) if config else run.recipe,

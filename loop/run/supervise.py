@@ -46,6 +46,7 @@ class ActiveRun(BaseModel):
     fingerprint: str = ""                   # what a train run trains (its RunPlan's; loop/journal/fingerprint.py)
     recipe: str = ""
     resume_from: str | None = None          # a continuation: the screen's folder
+    dimension: str | None = None            # the strategy dimension of the decision that started it
 
 
 @dataclass(frozen=True)
