@@ -196,9 +196,9 @@ def test_a_run_followed_across_cycles_keeps_its_own_strategy_dimension(tmp_path)
     trainer = tiny_config_dict(data={"train_fraction": 0.05}, run={"epochs": 2})
     cfg = daemon_cfg(tmp_path, trainer, default_monitor_seconds=1, mentor_enabled=False)
     ws = workspace_of(cfg)
-    run_daemon(cfg, ws, max_cycles=6, say=lambda *_: None)
+    run_daemon(cfg, ws, max_cycles=40, say=lambda *_: None)        # 1-s windows: each run spans cycles
     started = {c["decision"]["run_label"]: c["decision"]["strategy_dimension"] for c in events(ws, "cycle")
-               if c.get("run")}
+               if c.get("decision") and c.get("run")}
     spans = [c for c in events(ws, "cycle") if c.get("followed_runs")]
     runs = read_history(ws)
     assert spans and runs, "no run was followed into a later cycle"
