@@ -99,6 +99,42 @@ def tiny_config_dict(**sections) -> dict:
     return cfg
 
 
+# ------------------------------------------------------------- one model zoo ----
+# Every trained model tests share, by name: built once per test run (across xdist workers) the
+# first time a test asks for it. name -> tiny_config_dict sections.
+ZOO = {
+    "tiny": {},                                                             # tiny_config_dict as it is
+    "evo-weak": dict(data={"train_fraction": 0.5}, run={"epochs": 1}),      # evolution: rising quality
+    "evo-mid": dict(data={"train_fraction": 0.5}, run={"epochs": 2}),
+    "evo-strong": dict(data={"train_fraction": 0.5}, run={"epochs": 5}),
+    "phase-weak": dict(data={"train_fraction": 0.1, "sampling": {"strategy": "recent_weighted"}},   # PHASE:
+                       optim={"name": "sgd", "lr": 0.02}, run={"epochs": 1}),                     # far apart
+    "phase-strong": dict(data={"train_fraction": 0.3}, loss={"label_smoothing": 0.05}, run={"epochs": 2}),
+}
+
+
+class Zoo:
+    """`zoo["evo-weak"]`: the run folder of that model (read it, or copy it to change it)."""
+
+    def __init__(self, tmp_path_factory):
+        self.factory = tmp_path_factory
+
+    def __getitem__(self, name: str) -> Path:
+        from loop.config import validate
+        from loop.trainer.config import TrainerConfig
+        from loop.trainer.train import train
+
+        def build(folder: Path) -> None:
+            train(validate(TrainerConfig, tiny_config_dict(**ZOO[name]), name), folder / "run")
+
+        return built_once(self.factory, f"zoo-{name}", build) / "run"
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory) -> Zoo:
+    return Zoo(tmp_path_factory)
+
+
 @pytest.fixture
 def tiny_cfg():
     from loop.config import validate

@@ -21,7 +21,6 @@ from loop.candidates.scheduler import EvolutionError, spawn_candidates, window_o
 from loop.candidates.window import CandidateOutcome
 from loop.config import DaemonConfig, EvolutionConfig, ViolationRules
 from loop.errors import ArchiveTampered
-from loop.trainer.train import train
 from tests.conftest import REPO, add_archive_entry
 
 # ----------------------------------------------------------- scheduler ----
@@ -79,19 +78,9 @@ def test_gates_without_head_and_without_probes():
 # ------------------------------------------------- real model fixtures ----
 
 @pytest.fixture(scope="session")
-def model_pool(tmp_path_factory, request):
-    """Three real digits models of rising quality (1, 2 and 4 epochs), trained once per session."""
-    from loop.config import validate
-    from loop.trainer.config import TrainerConfig
-    from tests.conftest import tiny_config_dict
-
-    root = tmp_path_factory.mktemp("pool")
-    pool = {}
-    for label, epochs in (("weak", 1), ("mid", 2), ("strong", 5)):
-        cfg = validate(TrainerConfig, tiny_config_dict(data={"train_fraction": 0.5}, run={"epochs": epochs}), "pool")
-        train(cfg, root / label)
-        pool[label] = root / label
-    return pool
+def model_pool(zoo):
+    """Three real digits models of rising quality (1, 2 and 5 epochs), from the test run's one zoo."""
+    return {label: zoo[f"evo-{label}"] for label in ("weak", "mid", "strong")}
 
 
 add_entry = add_archive_entry

@@ -27,27 +27,17 @@ from loop.phase.evaluate import jitter
 from loop.phase.results import PhaseResults, PhaseSignal, completion_signal, latest_results, read_results
 from loop.phase.run import run_phase
 from loop.phase.stats import mean_ci, t_quantile
-from loop.trainer.train import train
-from tests.conftest import REPO, add_archive_entry, tiny_config_dict
+from tests.conftest import REPO, add_archive_entry
 
 SEED_KEYS = {"timestamp", "domains_tested", "metrics", "promoted_variants", "search_space_recommendations"}
-WEAK = dict(data={"train_fraction": 0.1, "sampling": {"strategy": "recent_weighted"}},
-            optim={"name": "sgd", "lr": 0.02}, run={"epochs": 1})
-STRONG = dict(data={"train_fraction": 0.3}, loss={"label_smoothing": 0.05}, run={"epochs": 2})
 
 
 # ------------------------------------------------------------- fixtures ----
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    """Two real digits models far apart in quality: weak (1 epoch on 10%) and strong."""
-    from loop.config import validate
-    from loop.trainer.config import TrainerConfig
-
-    root = tmp_path_factory.mktemp("phase-pool")
-    for label, sections in (("weak", WEAK), ("strong", STRONG)):
-        train(validate(TrainerConfig, tiny_config_dict(**sections), label), root / label)
-    return {"weak": root / "weak", "strong": root / "strong"}
+def pool(zoo):
+    """Two real digits models far apart in quality: weak (1 epoch on 10%) and strong (the zoo's)."""
+    return {"weak": zoo["phase-weak"], "strong": zoo["phase-strong"]}
 
 
 add_entry = add_archive_entry

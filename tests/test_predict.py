@@ -30,6 +30,7 @@ from loop.trainer.config import TrainerConfig, load_trainer_config
 from loop.trainer.metrics import RunMetrics
 from loop.trainer.models import load_model_folder, save_model_folder
 from loop.trainer.train import train
+from tests._session import built_once
 from tests.conftest import run_cli
 
 TRAIN_IMAGES, TEST_IMAGES_COUNT = 600, 150
@@ -48,30 +49,31 @@ class Task:
 
 def trained_task(tmp_path_factory) -> Task:
     """Digits as 16x16 grayscale PNGs in class folders (600 to train on, 150 held out), and a
-    resnet10t trained on them for 3 epochs (about 12 s on 2 cores). Made once per session: the
-    export tests reuse the same folder."""
-    root = tmp_path_factory.getbasetemp() / "deploy-task"
-    cfg = validate(TrainerConfig, {
-        "data": {"domain": "image_folder", "domain_args": {"root": str(root / "train"), "mode": "L"},
-                 "image_size": SIZE, "batch_size": 32, "num_workers": 0},
-        "model": {"name": "resnet10t"}, "optim": {"name": "sgd", "lr": 0.05},
-        "schedule": {"name": "cosine", "warmup_epochs": 0},
-        "run": {"seed": 7, "epochs": 3, "threads": 2, "log_every_steps": 50}}, "<deploy test>")
-    run = root / "run"
-    if not (run / "metrics.json").exists():
+    resnet10t trained on them for 3 epochs (about 12 s on 2 cores). Made once per test run (every
+    xdist worker reads the same): the export tests reuse the same folder."""
+    def config(root: Path) -> TrainerConfig:
+        return validate(TrainerConfig, {
+            "data": {"domain": "image_folder", "domain_args": {"root": str(root / "train"), "mode": "L"},
+                     "image_size": SIZE, "batch_size": 32, "num_workers": 0},
+            "model": {"name": "resnet10t"}, "optim": {"name": "sgd", "lr": 0.05},
+            "schedule": {"name": "cosine", "warmup_epochs": 0},
+            "run": {"seed": 7, "epochs": 3, "threads": 2, "log_every_steps": 50}}, "<deploy test>")
+
+    def build(root: Path) -> None:
         from PIL import Image
         from sklearn.datasets import load_digits
 
-        shutil.rmtree(root, ignore_errors=True)
         digits = load_digits()
         for i in range(TRAIN_IMAGES + TEST_IMAGES_COUNT):
             folder = root / ("train" if i < TRAIN_IMAGES else "test") / str(digits.target[i])
             folder.mkdir(parents=True, exist_ok=True)
             pixels = (digits.images[i] * 16).clip(0, 255).astype(np.uint8)
             Image.fromarray(pixels).resize((SIZE, SIZE), Image.NEAREST).save(folder / f"d{i:04d}.png")
-        train(cfg, run)
-    metrics = RunMetrics.read(run)
-    return Task(root, root / "train", root / "test", run, metrics.eval.accuracy, cfg)
+        train(config(root), root / "run")
+
+    root = built_once(tmp_path_factory, "deploy-task", build)
+    metrics = RunMetrics.read(root / "run")
+    return Task(root, root / "train", root / "test", root / "run", metrics.eval.accuracy, config(root))
 
 
 def freeze_entry(paths: ModelPaths, run_dir: Path, name: str, gen: int, val_accuracy: float | None) -> Path:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -43,8 +44,8 @@ def test_run_folder_is_complete(tmp_path, tiny_cfg):
 
 
 @pytest.mark.slow
-def test_same_seed_same_metrics_other_seed_differs(tmp_path, tiny_cfg):
-    a = train(tiny_cfg(), tmp_path / "a")
+def test_same_seed_same_metrics_other_seed_differs(tmp_path, tiny_cfg, zoo):
+    a = RunMetrics.read(zoo["tiny"])                    # the same config, trained once for the test run
     b = train(tiny_cfg(), tmp_path / "b")
     c = train(tiny_cfg(run={"seed": 8}), tmp_path / "c")
     assert a.curve[-1].train_loss == b.curve[-1].train_loss and a.eval == b.eval
@@ -52,17 +53,17 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path, tiny_cfg):
 
 
 @pytest.mark.slow
-def test_existing_run_folder_is_not_overwritten(tmp_path, tiny_cfg):
-    train(tiny_cfg(), tmp_path / "a")
+def test_existing_run_folder_is_not_overwritten(tmp_path, tiny_cfg, zoo):
+    shutil.copytree(zoo["tiny"], tmp_path / "a")        # a finished run's folder
     with pytest.raises(ConfigError, match="already holds a run"):
         train(tiny_cfg(), tmp_path / "a")
 
 
 @pytest.mark.slow
-def test_augment_pipeline_from_yaml(tmp_path, tiny_cfg):
+def test_augment_pipeline_from_yaml(tmp_path, tiny_cfg, zoo):
     aug = [{"name": "Affine", "args": {"rotate": [-10, 10], "p": 1.0}},
            {"name": "GaussNoise", "args": {"p": 0.5}}]
-    plain = train(tiny_cfg(), tmp_path / "plain")
+    plain = RunMetrics.read(zoo["tiny"])
     augmented = train(tiny_cfg(data={"augment": aug}), tmp_path / "aug")
     again = train(tiny_cfg(data={"augment": aug}), tmp_path / "aug2")
     assert augmented.curve[-1].train_loss != plain.curve[-1].train_loss
@@ -103,10 +104,10 @@ def test_non_spica_domain_refused(tmp_path, tiny_cfg):
 # ------------------------------------------------------------------ KD ----
 
 @pytest.mark.slow
-def test_kd_with_teacher_and_stabilizer(tmp_path, tiny_cfg):
+def test_kd_with_teacher_and_stabilizer(tmp_path, tiny_cfg, zoo):
     teacher_dir = tmp_path / "teacher"
     train(tiny_cfg(data={"train_fraction": 1.0}, run={"epochs": 2}), teacher_dir)
-    plain = train(tiny_cfg(), tmp_path / "plain")
+    plain = RunMetrics.read(zoo["tiny"])
     kd = train(tiny_cfg(kd={"teacher": str(teacher_dir), "stabilizer": str(teacher_dir), "alpha": 0.5,
                             "beta": 0.5, "temperature": 3.0}), tmp_path / "kd")
     assert kd.kd_teacher == str(teacher_dir) and kd.kd_stabilizer == str(teacher_dir)
@@ -115,9 +116,8 @@ def test_kd_with_teacher_and_stabilizer(tmp_path, tiny_cfg):
 
 
 @pytest.mark.slow
-def test_kd_teacher_must_match_the_domain(tmp_path, tiny_cfg):
-    teacher_dir = tmp_path / "teacher"
-    train(tiny_cfg(), teacher_dir)
+def test_kd_teacher_must_match_the_domain(tmp_path, tiny_cfg, zoo):
+    teacher_dir = zoo["tiny"]
     root = make_folder(tmp_path / "imgs", per_class=(30, 30, 30))
     cfg = tiny_cfg(data={"domain": "image_folder", "domain_args": {"root": str(root)}, "train_fraction": 1.0},
                    kd={"teacher": str(teacher_dir)})
