@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from loop.agents.cost import SAFETY, cost_model
 from loop.agents.ladder import planned_epochs, promotable, screen_epochs, screens
+from loop.agents.overlay import allowed_part
 from loop.agents.schema import Decision, Review
 from loop.agents.space import SPACE, TaskProfile, overlay_of, params_of, restricted_space, space_for, suggest
 from loop.config import deep_merge
@@ -96,11 +97,11 @@ def needs_replica(history: list[RunRecord], best: RunRecord) -> bool:
 
 
 def replica_overlay(best: RunRecord, history: list[RunRecord]) -> dict:
-    config = copy.deepcopy(best.config)
+    """The best run's recipe (what a decision may set of it) with another seed."""
+    config = allowed_part(copy.deepcopy(best.config))
     run = config.setdefault("run", {})
-    for key in ("label", "resume_from", "stop_after_epochs"):
-        run.pop(key, None)
-    run["seed"] = int(run.get("seed", 42)) + 1 + len(history)
+    run.pop("stop_after_epochs", None)
+    run["seed"] = int(best.config.get("run", {}).get("seed", 42)) + 1 + len(history)
     return config
 
 

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from loop.agents.overlay import overlay_problems
+
 Action = Literal["train", "run_command", "wait", "research", "finish"]
 StrategyDimension = Literal["augmentation", "preprocessing", "data_sampling", "loss", "model_arch",
                             "optimization", "evaluation"]
@@ -46,11 +48,15 @@ class Decision(BaseModel):
     @field_validator("train_overlay")
     @classmethod
     def _overlay_shape(cls, v: dict[str, Any]) -> dict[str, Any]:
-        """Every trainer config section is a mapping, and the budget caps are numbers: the daemon
-        merges the overlay with its own caps before the trainer's validation could say so."""
+        """Only what a decision may set (loop/agents/overlay.py), whatever the endpoint enforced;
+        every trainer config section a mapping, the budget caps numbers (the daemon merges them with
+        its own before the trainer's validation could say so)."""
         for section, value in v.items():
             if not isinstance(value, dict):
                 raise ValueError(f"section {section!r} must be an object")
+        problems = overlay_problems(v)
+        if problems:
+            raise ValueError("; ".join(problems[:3]))
         for key, cap in v.get("budget", {}).items():
             if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float))):
                 raise ValueError(f"budget.{key} must be a number or null")

@@ -22,6 +22,7 @@ from loop.archive.paths import ModelPaths
 from loop.archive.probes import LoadedModel
 from loop.archive.store import load_store, move, save_store
 from loop.config import DaemonConfig
+from loop.domains import task_domain
 from loop.errors import ArchiveTampered, LoopError
 from loop.util.faults import fault_point
 
@@ -84,7 +85,7 @@ def approve(cfg: DaemonConfig, workspace: Path, trace_id: str = "", say=print) -
     log_event(paths.log, "APPROVED", cycle_trace_id=trace_id, candidate=name)
 
     # ---- phase 1: shadow + graft ----
-    cand = LoadedModel(paths.entry(name))
+    cand = LoadedModel(paths.entry(name), task_domain(cfg))     # the daemon's task, not the entry's claim
     cand_logits, labels = traffic(cand)
     cand_acc = float((cand_logits.argmax(1) == labels).float().mean())
     shadow = {"queries": len(labels), "candidate_accuracy": round(cand_acc, 6)}
@@ -114,7 +115,7 @@ def approve(cfg: DaemonConfig, workspace: Path, trace_id: str = "", say=print) -
     move(store, name, Lifecycle.STABILIZATION, paths, trace_id)
     move(store, name, Lifecycle.EVALUATING, paths, trace_id)
     floor = evo.burn_in_min_accuracy if evo.burn_in_min_accuracy is not None else cand_acc - evo.graft.tolerance
-    ok, detail = burn_in(paths, name, evo.burn_in_batches, floor)
+    ok, detail = burn_in(paths, name, evo.burn_in_batches, floor, cand.domain)
     if not ok:
         cutover(paths, old_head)
         move(store, name, Lifecycle.ROLLED_BACK, paths, trace_id)
@@ -135,13 +136,13 @@ def approve(cfg: DaemonConfig, workspace: Path, trace_id: str = "", say=print) -
                      shadow=shadow, burn_in=detail)
 
 
-def burn_in(paths: ModelPaths, name: str, batches: int, floor: float) -> tuple[bool, str]:
+def burn_in(paths: ModelPaths, name: str, batches: int, floor: float, domain=None) -> tuple[bool, str]:
     """Serve `batches` slices of probe traffic from what GEN_HEAD now resolves to."""
     try:
         if paths.head_name() != name:
             return False, f"GEN_HEAD resolves to {paths.head_name()}, not {name}"
         archive.require_intact(paths, name)
-        model = LoadedModel(paths.head.resolve())
+        model = LoadedModel(paths.head.resolve(), domain)
         logits, labels = traffic(model)
     except (LoopError, OSError, RuntimeError, ValueError) as exc:
         return False, f"GEN_HEAD did not load: {exc}"

@@ -10,7 +10,7 @@ from loop.archive.paths import ModelPaths
 from loop.archive.probes import ProbeMetrics
 from loop.candidates.scheduler import CandidateSpec
 from loop.config import DaemonConfig
-from loop.domains import resolve_domain
+from loop.domains import task_domain
 from loop.trainer.metrics import RunMetrics
 
 
@@ -89,7 +89,7 @@ def manifest(spec: CandidateSpec, name: str, run_cfg: dict, paths: ModelPaths, h
     from loop.trainer.train import take_fraction
 
     data = run_cfg.get("data", {})
-    domain = resolve_domain(data.get("domain", "digits"), data.get("domain_args"))
+    domain = task_domain(cfg)          # the daemon's task: a run's config may name anything
     train_ids = take_fraction(domain.splits.train, data.get("train_fraction", 1.0), domain.split_seed).ids.tolist()
     kd = run_cfg.get("kd", {})
 

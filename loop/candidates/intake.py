@@ -15,6 +15,8 @@ from loop.archive.store import load_store
 from loop.candidates.path import Training, take_candidates
 from loop.candidates.scheduler import CandidateSpec
 from loop.config import DaemonConfig
+from loop.domains import task_domain
+from loop.util.fsutil import read_regular_text
 
 SUPERVISOR_LOG = "run.log"      # the daemon's run folder: run.log beside the trainer's out/
 
@@ -29,7 +31,10 @@ def submit_run(cfg: DaemonConfig, workspace: Path, run_dir: Path, cycle: int, tr
     paths.archive.mkdir(parents=True, exist_ok=True)
     head = paths.head_name()
     head_row = next((r for r in read_lineage(paths.lineage) if r.name == head), None)
-    run_cfg = json.loads((run_dir / "train_args.json").read_text()) if (run_dir / "train_args.json").exists() else {}
+    try:          # run-written: read without following a link, and only for the record's seed and strategy
+        run_cfg = json.loads(read_regular_text(run_dir / "train_args.json"))
+    except (OSError, ValueError):
+        run_cfg = {}
     spec = CandidateSpec(gen_id=(head_row.gen_id if head_row else 0) + 1, branch_id=f"c{cycle}",
                          seed=run_cfg.get("run", {}).get("seed", 0),
                          strategy=run_cfg.get("data", {}).get("sampling", {}).get("strategy", "uniform"),
@@ -38,8 +43,9 @@ def submit_run(cfg: DaemonConfig, workspace: Path, run_dir: Path, cycle: int, tr
     if log is None and (run_dir.parent / SUPERVISOR_LOG).exists():
         log = run_dir.parent / SUPERVISOR_LOG
     training = Training(name=name, spec=spec, run_dir=run_dir, run_cfg=run_cfg, returncode=returncode, log=log)
+    # probed on the daemon's own task, never on one the run's files name (they could name any module)
     taken = take_candidates(cfg, paths, load_store(paths, trace_id), [training], head, trace_id,
-                            source="builder", say=lambda *_: None)
+                            domain=task_domain(cfg), source="builder", say=lambda *_: None)
     outcome, proposal = taken.ranking[0], taken.proposal
     result = {"name": name, "status": outcome.status, "score": outcome.gates.score, "gates": outcome.gates.gates,
               "failed_gates": outcome.gates.failed, "archive_path": outcome.archive_path, "head": head,

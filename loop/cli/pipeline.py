@@ -31,10 +31,13 @@ def add_arguments(sub) -> None:
 
 def workspace_of(args) -> tuple:
     """The config and the workspace folder, resolved as every other command resolves them."""
+    from loop.domains import trust_from
     from loop.util.workspace import workspace_of as resolve_workspace
 
     cfg = load_daemon_config(args.daemon_config, root=args.root)
-    return cfg, resolve_workspace(cfg, args.workspace).root
+    root = resolve_workspace(cfg, args.workspace).root
+    trust_from(cfg, root)           # archive entries were written by runs: their task specs are not trusted
+    return cfg, root
 
 
 @exits_with_code

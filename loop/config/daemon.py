@@ -119,6 +119,9 @@ class DaemonConfig(StrictModel):
     sandbox_user: str = "nobody"              # runs drop to this user when the daemon is root
     sandbox_network: bool = False
     sandbox_shm_gb: float = Field(2.0, gt=0)   # the run's private /dev/shm (loader workers, torch IPC)
+    # `package.module:Class` task domains this daemon may import (registered names need none); never
+    # one from an LLM's overlay or a run's files, never one whose package lies in the workspace
+    trusted_domains: list[str] = Field(default_factory=list)
     sandbox_writable_paths: list[str] = Field(default_factory=list)   # besides the run folder; workspace-relative
     sandbox_readonly_paths: list[str] = Field(default_factory=list)   # extra folders runs read (image data)
     sandbox_hide_paths: list[str] = Field(default_factory=list)       # more credential files/folders to hide

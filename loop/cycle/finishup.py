@@ -167,9 +167,12 @@ def next_step(request: FinishUpRequest | None, now: dt.datetime, run_active: boo
 
 
 def final_round_overlay(best_config: dict) -> dict:
-    """The best configuration, trained half again as long."""
+    """The best configuration (what a decision may set of it: loop/agents/overlay.py), trained half
+    again as long."""
+    from loop.agents.overlay import allowed_part
+
     epochs = int(best_config.get("run", {}).get("epochs", 10))
-    overlay = {k: v for k, v in best_config.items() if k not in ("run", "budget")}
+    overlay = {k: v for k, v in allowed_part(best_config).items() if k not in ("run", "budget")}
     overlay["run"] = {"epochs": max(epochs + 1, int(round(epochs * 1.5))),
                       "seed": best_config.get("run", {}).get("seed", 42)}
     return overlay

@@ -20,7 +20,7 @@ from loop.cycle.state import LoopState
 from loop.daemon.phase_pause import expire_recommendations, phase_if_due
 from loop.daemon.recovery import Degraded, recover
 from loop.domains.pixels import CACHE_ENV, workspace_cache
-from loop.errors import LoopError
+from loop.errors import ConfigError, LoopError
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord
 from loop.journal.keeps import incumbent
@@ -185,7 +185,7 @@ def start_up(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> tuple[Loop, 
     from loop.agents.prompts import check_rule_budgets
 
     rules = check_rule_budgets(cfg, cfg.root)
-    task = check_task_domain(cfg)
+    task = check_task_domain(cfg, ws)
     loop = build_loop(cfg, ws, should_stop, say)
     events = loop.events
     # Leftover processes first (nothing may still be writing while the sweep runs), then the sweep.
@@ -257,11 +257,21 @@ def append_daemon_event(degraded: Degraded, state: LoopState, say, kind: str, tr
         degraded.record(exc, state, say)
 
 
-def check_task_domain(cfg: DaemonConfig) -> str:
-    """The daemon runs SPICA domains only: resolve the task before the first cycle (refusing others)."""
-    from loop.config import read_yaml
-    from loop.domains import resolve_domain
+def check_task_domain(cfg: DaemonConfig, ws: Workspace) -> str:
+    """The daemon runs SPICA domains only, imports only trusted ones, and never code from where runs
+    write: resolve the task before the first cycle (refusing others), and refuse a workspace on
+    sys.path (`import` would find modules a run wrote there)."""
+    import sys
 
+    from loop.config import read_yaml
+    from loop.domains import resolve_domain, trust_from
+
+    root = ws.root.resolve()
+    for entry in sys.path:
+        if Path(entry or ".").resolve().is_relative_to(root):        # "": the current folder
+            raise ConfigError(f"sys.path holds {entry}, inside the workspace {root} where runs write: the daemon "
+                              "would import what a run planted there; remove it from PYTHONPATH")
+    trust_from(cfg, root)
     data = read_yaml(cfg.resolve(cfg.default_trainer_config)).get("data", {})
     domain = resolve_domain(data.get("domain", "digits"), data.get("domain_args"))
     return type(domain).__name__

@@ -24,8 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @exits_with_code
 def run_command(args: argparse.Namespace) -> int:
+    from loop.domains import trust_from
+
     cfg = load_daemon_config(args.daemon_config, root=args.root)
     workspace = workspace_of(cfg, args.workspace).root
+    trust_from(cfg, workspace)     # the models' folders were written by runs
     path = run_phase(cfg, workspace, args.run_id or default_run_id(), progress=not args.quiet)
     results = read_results(path)
     for label in results.domains_tested:
