@@ -133,8 +133,12 @@ def test_a_screen_stops_early_and_a_continuation_resumes_a_known_screen():
     validate(TrainerConfig, deep_merge(BASE, cont), "continuation")
     with pytest.raises(ConfigError, match="not a finished screen"):
         resolve(Decision(action="train", continue_run="nope"), BASE, [done])
-    # an overlay cannot smuggle a resume path in: only continue_run resumes
-    sneaky = resolve(Decision(action="train", train_overlay={"run": {"resume_from": "/etc"}}), BASE, [])
+    # an overlay cannot smuggle a resume path in: only continue_run resumes (the Decision refuses it,
+    # and the ladder drops one that got past validation)
+    with pytest.raises(ValueError, match="run.resume_from"):
+        Decision(action="train", train_overlay={"run": {"resume_from": "/etc"}})
+    sneaky = resolve(Decision.model_construct(action="train", fidelity="full", continue_run="",
+                                              train_overlay={"run": {"resume_from": "/etc"}}), BASE, [])
     assert "resume_from" not in sneaky.get("run", {})
 
 
