@@ -4,6 +4,10 @@ host side that it failed.
 
 1. Root code execution: a run plants a module where it may write; a decision (or the run's own
    config.json) names it as the task's domain; the daemon must never import it.
+2. Root writes through a planted link: the daemon's writes into the shared pixel cache never follow one.
+3. Root reads for the LLM: a run's log linked to a root-only file never reaches a prompt or status.
+4. Locks a run holds: a run sees none of the daemon's files (the workspace is an empty folder to it
+   but for its own), and an append never waits long on a lock anyone holds.
 """
 from __future__ import annotations
 
@@ -138,3 +142,105 @@ def test_the_daemon_refuses_to_start_with_the_workspace_on_sys_path(tmp_path):
     finally:
         sys.path.remove(str(ws.root / "cache"))
     assert check_task_domain(cfg, ws) == "DigitsDomain"
+
+
+# ------------------------------------------------------- 2. writes through links ----
+
+@needs_sandbox
+def test_a_link_a_run_plants_in_the_pixel_cache_never_carries_a_daemon_write(tmp_path, monkeypatch):
+    """The run links the scan memo's names (and the daemon's temp name for it) to a root-only file;
+    the daemon's scan writes its memo by a fresh temp file renamed into place: the file is untouched."""
+    import os
+
+    from loop.domains.listing import ImageListing, unreadable
+    from loop.domains.pixels import CACHE_ENV, PixelSource
+
+    cache = tmp_path / "ws" / "cache" / "pixels"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    victim = tmp_path / "root-only"
+    victim.write_text("root's own\n")
+    victim.chmod(0o600)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(images / "a.png")
+    listing = ImageListing(labels=["x"], ids=["a"], paths=[str(images / "a.png")], ages=[0.0], where=["a"])
+    fp = PixelSource(3, paths=tuple(listing.paths)).fingerprint(0)
+    names = [f"{fp}.scan.json", f"{fp}.scan.json.{os.getpid()}.tmp", f"{fp}.scan.{os.getpid()}.tmp"]
+    sandboxed(tmp_path / "ws", f"cd {cache} && " + " && ".join(f"ln -sf {victim} {n}" for n in names))
+    assert unreadable(listing, 3) == []
+    assert victim.read_text() == "root's own\n" and (victim.stat().st_mode & 0o777) == 0o600
+
+
+# ---------------------------------------------------- 3. reads through links ----
+
+@needs_sandbox
+def test_a_run_log_linked_to_a_root_only_file_never_reaches_a_prompt_or_status(tmp_path):
+    from loop.agents.context import build_context
+    from loop.daemon.status import last_progress_line
+    from loop.run.failure import signature_of  # noqa: F401  (what judge reads the log for)
+    from loop.run.judge import RunOutcome
+    from loop.util.workspace import Workspace
+
+    secret = tmp_path / "id_rsa"
+    canary = "canary-" + uuid.uuid4().hex
+    secret.write_text(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{canary}\n-----END OPENSSH PRIVATE KEY-----\n")
+    secret.chmod(0o600)
+    ws = tmp_path / "ws"
+    run_dir = sandboxed(ws, f"cd $HOME/.. && rm -f run.log && ln -s {secret} run.log")
+    log = run_dir / "run.log"
+    assert log.is_symlink()
+    outcome = RunOutcome(label="x", status="failed", exit_code=1, log_path=str(log)).signed()
+    context = build_context(Workspace(ws), 2, [], ["train"], outcome.model_dump(), None).render()
+    assert canary not in context and canary not in last_progress_line(log)
+    assert canary not in json.dumps(outcome.model_dump())
+
+
+def test_a_private_key_or_the_dashboard_token_is_redacted_wherever_it_shows(tmp_path):
+    from loop.util.secrets import redact, workspace_secrets
+
+    key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow" + "A" * 40 + "\n-----END RSA PRIVATE KEY-----"
+    assert "MIIEow" not in redact(f"log tail:\n{key}\nmore")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "dashboard.token").write_text("tok-" + "x" * 40 + "\n")
+    assert "tok-" + "x" * 40 not in redact("the token tok-" + "x" * 40, workspace_secrets(tmp_path))
+
+
+# ----------------------------------------------------- 4. locks a run could hold ----
+
+@needs_sandbox
+def test_a_run_sees_none_of_the_daemons_files_so_it_can_hold_no_lock_on_them(tmp_path):
+    ws = tmp_path / "ws"
+    files = ["events.jsonl", "runs/index.jsonl", "daemon.lock", "slots/pool.lock", "notes/storyline.md",
+             "state.json", "models/lineage.csv"]
+    for rel in files:
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ws / rel).write_text("x\n")
+    probe = " ; ".join(f"(exec 9<{ws / rel} && flock -n 9 && echo HELD {rel}) 2>/dev/null" for rel in files)
+    run_dir = sandboxed(ws, f"{probe}; ls {ws} > $HOME/../seen.txt; true")
+    seen = (run_dir / "seen.txt").read_text().split()
+    assert seen == ["runs"], seen                  # its own folder's parent, nothing else of the workspace
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True)   # outside: they are there
+    assert "HELD events.jsonl" in done.stdout
+
+
+def test_an_append_never_waits_long_on_a_lock_another_process_holds(tmp_path, monkeypatch):
+    import time
+
+    from loop.util import fsutil
+
+    monkeypatch.setattr(fsutil, "APPEND_LOCK_WAIT_S", 0.2)
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"a": 1}\n')
+    holder = subprocess.Popen([sys.executable, "-c", f"import fcntl,time; f=open({str(path)!r}); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        fsutil.append_line(path, '{"b": 2}\n')
+        assert time.monotonic() - t0 < 30               # bounded by the wait, not by the holder
+    finally:
+        holder.kill()
+        holder.wait()
+    assert path.read_text().splitlines() == ['{"a": 1}', '{"b": 2}']

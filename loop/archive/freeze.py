@@ -101,8 +101,11 @@ def freeze(paths: ModelPaths, name: str, run_dir: Path, texts: dict[str, str],
         make_writable(staging)
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
+    linked = Path(run_dir).is_symlink()     # a run that made its output folder a link gets nothing copied from it
     for fname in COPIED_FROM_RUN:
         source = run_dir / fname
+        if linked and not (fname == LOG and log is not None):
+            continue
         if fname == LOG and log is not None and (log.exists() or log.is_symlink()):
             source = log
         if source.exists() or source.is_symlink():   # a failed run may lack weights

@@ -16,6 +16,7 @@ from loop.candidates.path import Training, take_candidates
 from loop.candidates.scheduler import CandidateSpec
 from loop.config import DaemonConfig
 from loop.domains import task_domain
+from loop.errors import LoopError
 from loop.util.fsutil import read_regular_text
 
 SUPERVISOR_LOG = "run.log"      # the daemon's run folder: run.log beside the trainer's out/
@@ -27,12 +28,14 @@ def submit_run(cfg: DaemonConfig, workspace: Path, run_dir: Path, cycle: int, tr
     `log` (default: the supervisor's run.log beside `run_dir`, else the run's own train.log) is archived
     as the entry's train.log."""
     run_dir = Path(run_dir)
+    if run_dir.is_symlink() or not run_dir.is_dir():      # the run made its out/: it must be a folder of its own
+        raise LoopError(f"{run_dir}: a run's output must be a folder, not a link; not archived")
     paths = ModelPaths(Path(workspace))
     paths.archive.mkdir(parents=True, exist_ok=True)
     head = paths.head_name()
     head_row = next((r for r in read_lineage(paths.lineage) if r.name == head), None)
     try:          # run-written: read without following a link, and only for the record's seed and strategy
-        run_cfg = json.loads(read_regular_text(run_dir / "train_args.json"))
+        run_cfg = json.loads(read_regular_text(run_dir / "train_args.json", within=run_dir.parent))
     except (OSError, ValueError):
         run_cfg = {}
     spec = CandidateSpec(gen_id=(head_row.gen_id if head_row else 0) + 1, branch_id=f"c{cycle}",

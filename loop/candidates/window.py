@@ -111,8 +111,10 @@ def spawn(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStore, specs: li
         move(store, name, Lifecycle.GERMINATED, paths, trace_id)
         argv = [sys.executable, "-m", "loop.trainer", "--config", str(work / "run.yaml"), "--out", str(work / "run")]
         # candidates train in the same sandbox as the daemon's runs; their log is <work>/run.log
+        kd = run_cfg.get("kd") or {}
         plans.append(RunPlan(name, trace_id, "train", argv, work,
-                             (cfg.budget.max_walltime_minutes or 60) * 60 + 120, None, str(work / "run.yaml")))
+                             (cfg.budget.max_walltime_minutes or 60) * 60 + 120, None, str(work / "run.yaml"),
+                             reads=tuple(p for p in (kd.get("teacher"), kd.get("stabilizer")) if p)))
         trainings.append(Training(name=name, spec=spec, run_dir=work / "run", run_cfg=run_cfg,
                                   log=work / "run.log", replay=replay, work=work))
         log_event(paths.log, "SPAWN", cycle_trace_id=trace_id, cycle=cycle, candidate=name,

@@ -42,7 +42,7 @@ from loop.run.judge import judge
 from loop.run.plan import RunPlan, command_plan, plan_for, run_label, trainer_config
 from loop.tracking.tensorboard_links import with_tensorboard
 from loop.trainer.config import resolved
-from loop.util.secrets import redact
+from loop.util.secrets import redact, workspace_secrets
 
 __all__ = ["Loop", "run_cycle"]
 
@@ -54,6 +54,7 @@ BUILDER_TODO_CAP = 2
 def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     rec = CycleRecord(cycle=state.cycle + 1, trace=new_trace_id(state.cycle + 1))
     loop.current["trace"] = rec.trace
+    loop.secrets = [*loop.base_secrets, *workspace_secrets(loop.ws.root)]    # a dashboard started since: its token
     t0 = time.monotonic()
 
     if loop.ws.unblock_request.exists():                    # `llmloop unblock` while the daemon runs

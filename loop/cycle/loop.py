@@ -26,6 +26,7 @@ class Loop:
     builder: object | None = None            # LLMClient, or None for the offline policy
     mentor: object | None = None
     secrets: list[str] = field(default_factory=list)
+    base_secrets: list[str] = field(default_factory=list)   # the start's; `secrets` adds the workspace's each cycle
     should_stop: Callable[[], bool] = lambda: False
     say: Callable[[str], None] = print
     phase_hint: dict = field(default_factory=dict)   # search-space recommendations (PHASE)
@@ -38,6 +39,9 @@ class Loop:
     data_report: DataReport | None = None            # the task's data report, once built or read back
     task_profile: TaskProfile | None = None          # what the offline policy knows of the task
     data_error: str = ""                             # the last reason the report failed ("" when fine)
+
+    def __post_init__(self):
+        self.base_secrets = self.base_secrets or list(self.secrets)
 
     def runner(self):
         """The executor runs go through (local, with the workspace's device slots, unless configured)."""

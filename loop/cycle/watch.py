@@ -21,7 +21,7 @@ from loop.journal.keeps import judge_run
 from loop.journal.notes import WORKPAD_SECTIONS, append_workpad
 from loop.run.executor import monitor, monitor_many
 from loop.run.judge import RunOutcome, judge
-from loop.run.plan import RunPlan
+from loop.run.plan import RunPlan, reads_of
 from loop.run.supervise import ActiveRun
 from loop.trainer.config import resolved
 from loop.util.fsutil import read_regular_text
@@ -96,8 +96,10 @@ def repair_and_retry(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunO
     if run.kind == "train" and "--out" in argv:
         argv = list(argv)
         argv[argv.index("--out") + 1] = str(retry_dir / "out")
+    planned = planned_config(run) if run.kind == "train" else {}
     plan = RunPlan(f"{run.label}-retry", rec.trace, run.kind, argv, retry_dir, run.walltime_limit_seconds,
-                   run.stall_seconds, fingerprint=run.fingerprint, recipe=run.recipe, resume_from=run.resume_from)
+                   run.stall_seconds, fingerprint=run.fingerprint, recipe=run.recipe, resume_from=run.resume_from,
+                   reads=reads_of(planned, loop.cfg.root) if planned else ())
     retry_run = start(loop, plan, rec.cycle, retry_of=run.label, dimension=run.dimension)
     if retry_run is None:                       # stopping while it waited for a slot
         return None
@@ -221,7 +223,7 @@ def planned_config(run: ActiveRun) -> dict:
 def measured(record: RunRecord, out_dir: Path, base_config: dict) -> RunRecord:
     """The record with what metrics.json says of its fidelity, cost and validation count."""
     try:
-        metrics = json.loads(read_regular_text(out_dir / "metrics.json"))
+        metrics = json.loads(read_regular_text(out_dir / "metrics.json", within=out_dir.parent))
     except (OSError, ValueError):
         return record
     planned, done = metrics.get("epochs_planned") or 0, metrics.get("epochs_completed") or 0
@@ -240,7 +242,7 @@ def measured(record: RunRecord, out_dir: Path, base_config: dict) -> RunRecord:
 def read_train_args(out_dir: Path) -> dict:
     """The resolved trainer config a run wrote ({} when it wrote none or an unreadable one)."""
     try:
-        config = json.loads(read_regular_text(out_dir / "train_args.json"))
+        config = json.loads(read_regular_text(out_dir / "train_args.json", within=out_dir.parent))
     except (OSError, ValueError):
         return {}
     return config if isinstance(config, dict) else {}

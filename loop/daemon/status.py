@@ -6,7 +6,6 @@ alive, not stuck."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -16,17 +15,15 @@ from loop.cycle import finishup
 from loop.cycle.state import LoopState
 from loop.journal.events import EventLog
 from loop.journal.notes import todo_summary
+from loop.util.fsutil import read_regular_bytes
 from loop.util.workspace import Workspace
 
 LOG_FRESH_SECONDS = 120
 
 
 def last_progress_line(log_path: Path) -> str:
-    try:
-        with open(log_path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 8192))
-            lines = fh.read().decode("utf-8", errors="replace").splitlines()
+    try:          # a run's log is the run's to replace: never read through a link
+        lines = read_regular_bytes(log_path, tail=8192).decode("utf-8", errors="replace").splitlines()
     except OSError:
         return ""
     for line in reversed(lines):

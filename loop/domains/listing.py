@@ -16,6 +16,7 @@ from pathlib import Path
 
 from loop.domains.pixels import PixelSource, cache_root
 from loop.errors import DomainError
+from loop.util.fsutil import atomic_write_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -189,11 +190,8 @@ def unreadable(listing: ImageListing, channels: int) -> list[BadImage]:
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         bad = [b for b in pool.map(check, range(len(listing))) if b is not None]
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps([b.__dict__ for b in bad]))
-        os.replace(tmp, memo)
+    try:        # a fresh temp file (mkstemp), renamed over the name: never written through a planted link
+        atomic_write_text(memo, json.dumps([b.__dict__ for b in bad]))
     except OSError:
         pass        # a read-only cache only costs the next start this scan again
     return bad

@@ -190,8 +190,11 @@ def build_cache(source: PixelSource, size: int, path: Path) -> None:
     array last: its presence says the pair is complete). A file that cannot be decoded fails the
     build, named by its row, with the other bad files listed too."""
     fd, tmp_name = tempfile.mkstemp(prefix=".building-", suffix=".npy", dir=path.parent)
+    os.fchmod(fd, 0o644)             # readable by a sandboxed run; set on the descriptor, never by a path
     os.close(fd)
-    tmp, tmp_facts = Path(tmp_name), Path(tmp_name).with_suffix(".facts.npz")
+    facts_fd, facts_name = tempfile.mkstemp(prefix=".building-", suffix=".facts.npz", dir=path.parent)
+    os.fchmod(facts_fd, 0o644)
+    tmp, tmp_facts = Path(tmp_name), Path(facts_name)
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                         shape=(len(source), size, size, source.channels))
@@ -201,12 +204,14 @@ def build_cache(source: PixelSource, size: int, path: Path) -> None:
         if bad:
             raise DomainError(f"{len(bad)} image(s) cannot be decoded: " + "; ".join(sorted(bad)[:10])
                               + (" ..." if len(bad) > 10 else ""))
-        np.savez(tmp_facts, digests=facts.digests, heights=facts.heights, widths=facts.widths)
-        for f in (tmp, tmp_facts):
-            os.chmod(f, 0o644)       # readable by a sandboxed run when the daemon built it
+        with os.fdopen(facts_fd, "wb") as fh:        # the descriptor mkstemp made, not a name
+            facts_fd = -1
+            np.savez(fh, digests=facts.digests, heights=facts.heights, widths=facts.widths)
         os.replace(tmp_facts, facts_path(path))
         os.replace(tmp, path)
     finally:
+        if facts_fd >= 0:
+            os.close(facts_fd)
         tmp.unlink(missing_ok=True)
         tmp_facts.unlink(missing_ok=True)
 

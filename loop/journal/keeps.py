@@ -30,6 +30,7 @@ from loop.journal.noise import (
     unpack_correct,
     wilson,
 )
+from loop.util.fsutil import read_regular_text
 
 
 def recipe_key(config: dict) -> str:
@@ -65,7 +66,8 @@ def load_score(record: RunRecord) -> Score:
     """A run's validation score with its per-image record from its metrics.json (when readable)."""
     count, correct = record.val_count, None
     try:
-        ev = json.loads((Path(record.run_dir) / "metrics.json").read_text()).get("eval") or {}
+        out = Path(record.run_dir)             # run-written: no link followed below its run folder
+        ev = json.loads(read_regular_text(out / "metrics.json", within=out.parent)).get("eval") or {}
         count = ev.get("count") or count
         correct = unpack_correct(ev.get("correct", ""), count)
     except (OSError, ValueError, AttributeError):

@@ -10,12 +10,13 @@ Rewritten files are written atomically; storyline and mentor notes are only appe
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from loop.util import fsutil
-from loop.util.fsutil import atomic_write_text
+from loop.util.fsutil import atomic_write_text, read_regular_bytes
 from loop.util.workspace import TODO_HEADING
 
 WORKPAD_SECTIONS = ("## Notes", "## Data Exploration")
@@ -23,14 +24,13 @@ _TODO_LINE = re.compile(r"^- \[(?P<done>[ x])\] (?P<id>T\d{4}) \((?P<meta>[^)]*)
 
 
 def tail_text(path: Path, max_chars: int) -> str:
-    """The end of a text file, cut at a line start, at most `max_chars` long."""
-    if not path.exists():
+    """The end of a text file, cut at a line start, at most `max_chars` long; a link (a run's log is
+    the run's to replace) or anything but a regular file reads as empty."""
+    try:
+        size = os.stat(path, follow_symlinks=False).st_size
+        text = read_regular_bytes(path, tail=max_chars).decode("utf-8", errors="replace")
+    except OSError:
         return ""
-    with open(path, "rb") as fh:
-        fh.seek(0, 2)
-        size = fh.tell()
-        fh.seek(max(0, size - max_chars))
-        text = fh.read().decode("utf-8", errors="replace")
     if size > max_chars and "\n" in text:
         text = text[text.index("\n") + 1:]
     return text.strip()

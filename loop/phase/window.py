@@ -75,7 +75,8 @@ def start_phase(daemon_config: str | None, workspace: Path, run_id: str, repo_ro
     env = dict(os.environ, PYTHONPATH=str(repo_root))
     if sandbox is not None:
         sandbox.prepare(phase_dir)
-        argv = sandbox.command(argv, phase_dir, repo_root, die_with_parent=False)
+        # it reads the archive, the lineage and GEN_HEAD; of the rest of the workspace, nothing
+        argv = sandbox.command(argv, phase_dir, repo_root, die_with_parent=False, reads=(workspace / "models",))
         # No LLMLOOP_OWNER: PHASE outlives a daemon crash on purpose, and a restart must not reap it.
         env = {k: v for k, v in sandbox.env(phase_dir, f"phase:{run_id}").items() if k != "LLMLOOP_OWNER"}
     env.update(extra_env or {})         # its device slot: one GPU or a share of the CPU threads

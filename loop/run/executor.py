@@ -45,7 +45,7 @@ class Executor:
             run = launch(plan.label, plan.trace_id, plan.kind, plan.argv, plan.run_dir, cycle, self.repo_root,
                          child_env(self.repo_root), config_path=plan.config_path, retry_of=retry_of,
                          walltime_limit_seconds=plan.walltime_limit_seconds, sandbox=self.sandbox,
-                         stall_seconds=plan.stall_seconds, extra_env=slot.env() if slot else None)
+                         stall_seconds=plan.stall_seconds, reads=plan.reads, extra_env=slot.env() if slot else None)
         except BaseException:
             if self.pool is not None:
                 self.pool.release(holder)

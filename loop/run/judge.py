@@ -75,7 +75,7 @@ def verdict_of(run: ActiveRun, monitor_status: str) -> RunOutcome:
 
 def judge_metrics(metrics_path: Path, out: dict) -> RunOutcome:
     try:
-        metrics = json.loads(read_regular_text(metrics_path))
+        metrics = json.loads(read_regular_text(metrics_path, within=metrics_path.parent.parent))
     except (OSError, ValueError) as exc:
         return RunOutcome(**out, status="failed", error=f"unreadable metrics.json: {exc}"[:300])
     if not isinstance(metrics, dict) or "status" not in metrics:

@@ -32,6 +32,7 @@ class RunPlan:
     fingerprint: str = ""           # what a train run trains (loop/journal/fingerprint.py)
     recipe: str = ""                # the same, seed left out
     resume_from: str | None = None  # a continuation: the screen's folder
+    reads: tuple[str, ...] = ()     # workspace paths the run reads (a screen it continues, a teacher): read-only
 
 
 def run_label(text: str) -> str:
@@ -53,7 +54,17 @@ def plan_for(cfg: DaemonConfig, config: dict, label: str, trace: str, run_dir: P
     argv = [sys.executable, "-m", "loop.trainer", "--config", str(config_path), "--out", str(run_dir / "out")]
     full = resolved(config)
     return RunPlan(label, trace, "train", argv, run_dir, walltime_limit(cfg), stall_seconds(cfg), str(config_path),
-                   fingerprint(full), recipe(full), full["run"]["resume_from"])
+                   fingerprint(full), recipe(full), full["run"]["resume_from"], reads_of(full, cfg.root))
+
+
+def reads_of(config: dict, root: Path) -> tuple[str, ...]:
+    """What a trainer config reads besides the task's data and the pixel cache: the screen it
+    continues, its teacher and stabilizer, a local weights file (relative: to the project root)."""
+    found = [config["run"].get("resume_from"), config["kd"].get("teacher"), config["kd"].get("stabilizer")]
+    pretrained = config["model"].get("pretrained")
+    if isinstance(pretrained, str):
+        found.append(pretrained if Path(pretrained).is_absolute() else str(Path(root) / pretrained))
+    return tuple(str(p) for p in found if p)
 
 
 def command_plan(cfg: DaemonConfig, command: str, label: str, trace: str, run_dir: Path) -> RunPlan:

@@ -71,6 +71,7 @@ class Sandbox:
     note: str = ""                     # what the daemon says about the boundary at start
     setpriv: str = "setpriv"           # absolute path, found while loading (not through the run's PATH)
     shm_bytes: int = 2 << 30           # size of the run's private, writable /dev/shm
+    private: tuple[Path, ...] = ()     # shown as an empty folder with only the run's own paths in it (the workspace)
 
     @property
     def active(self) -> bool:
@@ -96,13 +97,16 @@ class Sandbox:
                     os.lchown(os.path.join(root, name), uid, gid)
 
     def command(self, argv: list[str], run_dir: Path, cwd: Path, die_with_parent: bool = True,
-                gpus: list[int] | None = None) -> list[str]:
+                gpus: list[int] | None = None, reads: tuple[str | Path, ...] = ()) -> list[str]:
         """`argv` as it runs in the sandbox (unchanged when there is no OS boundary). The sandbox
         dies with the process that starts it unless `die_with_parent` is False (PHASE, which must
-        outlive a daemon crash, is started directly, not through runwrap)."""
+        outlive a daemon crash, is started directly, not through runwrap). Of the workspace the run
+        sees its own folder, the pixel cache and `reads` (read-only: a screen it continues, a
+        teacher), nothing else: no history, event log or lock to hold or read."""
         if not self.active:
             return list(argv)
-        args = self.bwrap_args(Path(run_dir).resolve(), Path(cwd).resolve(), gpus)
+        args = self.bwrap_args(Path(run_dir).resolve(), Path(cwd).resolve(), gpus,
+                               tuple(Path(r).resolve() for r in reads))
         return [self.bwrap, *(["--die-with-parent"] if die_with_parent else []), *args, "--",
                 *self.privilege_drop(), *argv]
 
@@ -112,7 +116,8 @@ class Sandbox:
         uid, gid = self.user
         return [self.setpriv, f"--reuid={uid}", f"--regid={gid}", *DROP_PRIVILEGES, "--"]
 
-    def bwrap_args(self, run_dir: Path, cwd: Path, gpus: list[int] | None = None) -> list[str]:
+    def bwrap_args(self, run_dir: Path, cwd: Path, gpus: list[int] | None = None,
+                   reads: tuple[Path, ...] = ()) -> list[str]:
         args = ["--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
         if not self.network:
             args.append("--unshare-net")
@@ -127,7 +132,7 @@ class Sandbox:
         for device in gpu_device_nodes(gpus):
             args += ["--dev-bind-try", device, device]
         writable = (run_dir, *self.writable)
-        needed = sorted({*self.readonly, Path(cwd), *writable}, key=lambda p: len(p.parts))
+        needed = sorted({*self.readonly, Path(cwd), *writable, *reads}, key=lambda p: len(p.parts))
         args += self.reach_args(needed, set(writable))
         # A protected path needs its own read-only bind only inside a writable one (check_writable
         # refuses that today; this is the second line). Binding it regardless would race with files
@@ -143,8 +148,8 @@ class Sandbox:
     def reach_args(self, needed: list[Path], writable: set[Path]) -> list[str]:
         """Empty private tmpfs over the folders where Unix sockets live (a read-only mount does not
         stop connect(): Docker, the session bus, ssh-agent, X11), then a bind for every needed
-        path. Where the sandbox user cannot traverse a parent, that parent also becomes an empty
-        0755 tmpfs through which only the needed paths show."""
+        path. A private folder (the workspace), and a parent the sandbox user cannot traverse,
+        becomes an empty 0755 tmpfs through which only the needed paths show."""
         args: list[str] = []
         masked: list[Path] = []           # folders replaced by an empty tmpfs
         bound: list[Path] = []            # needed paths bound (host permissions below them)
@@ -155,8 +160,10 @@ class Sandbox:
                 masked.append(folder)
         for path in needed:
             writable_here = path in writable
-            if not writable_here and any(path.is_relative_to(b) for b in bound):
-                continue                  # already visible through a read-only parent
+            inside = max((c for c in (*masked, *bound, *self.private) if path.is_relative_to(c)),
+                         key=lambda c: len(c.parts), default=None)
+            if not writable_here and inside in bound:
+                continue                  # already visible through a read-only parent (no private folder between)
             for parent in reversed(path.parents):
                 container = max((c for c in (*masked, *bound) if parent.is_relative_to(c)), key=lambda c: len(c.parts),
                                 default=None)
@@ -164,8 +171,8 @@ class Sandbox:
                     if parent not in made:                     # a fresh folder inside the tmpfs
                         args += ["--perms", "0755", "--dir", str(parent)]
                         made.add(parent)
-                elif parent != Path("/") and parent not in masked and self.user \
-                        and not traversable(parent, *self.user):
+                elif parent != Path("/") and parent not in masked and (
+                        parent in self.private or (self.user and not traversable(parent, *self.user))):
                     args += ["--perms", "0755", "--tmpfs", str(parent)]
                     masked.append(parent)
             args += ["--bind" if writable_here else "--ro-bind-try", str(path), str(path)]
@@ -272,7 +279,7 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
     data = task_data_paths(cfg)
     if user and bwrap and not problem:
         check_readable(data, *user, cfg.sandbox_user)
-    readonly = {repo_root, ws_root, *interpreter_paths(), *data,
+    readonly = {repo_root, *interpreter_paths(), *data,
                 *(workspace_path(ws_root, p) for p in cfg.sandbox_readonly_paths)}
     # Never writable: history, notes, the daemon's own state, the models. (Also bound read-only last,
     # as a second line.)
@@ -288,7 +295,7 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
                       writable=writable, protected=tuple(sorted(protected)), hidden=tuple(sorted(hidden)),
                       base_env=base_env, owner=base_env["LLMLOOP_OWNER"], note=note,
                       setpriv=shutil.which("setpriv") or "/usr/bin/setpriv",
-                      shm_bytes=int(cfg.sandbox_shm_gb * (1 << 30)))
+                      shm_bytes=int(cfg.sandbox_shm_gb * (1 << 30)), private=(ws_root,))
     grant_writable(sandbox)
     return sandbox
 

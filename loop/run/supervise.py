@@ -15,6 +15,7 @@ import psutil
 from pydantic import BaseModel
 
 from loop.run.kill import RUN_TAG, kill_tree, same_process
+from loop.util.fsutil import read_regular_text
 
 # ------------------------------------------------ the daemon's active run ----
 
@@ -62,7 +63,7 @@ class PreparedRun:
 
 
 def prepare_run(label: str, trace_id: str, argv: list[str], run_dir: Path, cwd: Path, env: dict[str, str],
-                sandbox=None, extra_env: dict[str, str] | None = None) -> PreparedRun:
+                sandbox=None, extra_env: dict[str, str] | None = None, reads: tuple[str, ...] = ()) -> PreparedRun:
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path, exit_file = run_dir / "run.log", run_dir / "exit_code"
     exit_file.unlink(missing_ok=True)
@@ -72,7 +73,7 @@ def prepare_run(label: str, trace_id: str, argv: list[str], run_dir: Path, cwd: 
         gpus = (extra_env or {}).get("CUDA_VISIBLE_DEVICES")
         env = {**sandbox.env(run_dir, run_tag), **(extra_env or {})}
         command = sandbox.command(argv, run_dir, cwd, gpus=None if gpus is None else
-                                  [int(g) for g in gpus.split(",") if g.strip().isdigit()])
+                                  [int(g) for g in gpus.split(",") if g.strip().isdigit()], reads=reads)
     else:
         env, command = {**env, **(extra_env or {}), RUN_TAG: run_tag}, list(argv)
     # runwrap stays outside the sandbox (it must write the exit file whatever the run does).
@@ -83,11 +84,12 @@ def prepare_run(label: str, trace_id: str, argv: list[str], run_dir: Path, cwd: 
 def launch(label: str, trace_id: str, kind: str, argv: list[str], run_dir: Path, cycle: int, cwd: Path,
            env: dict[str, str], config_path: str | None = None, retry_of: str | None = None,
            walltime_limit_seconds: float | None = None, sandbox=None,
-           stall_seconds: float | None = None, extra_env: dict[str, str] | None = None) -> ActiveRun:
+           stall_seconds: float | None = None, extra_env: dict[str, str] | None = None,
+           reads: tuple[str, ...] = ()) -> ActiveRun:
     """Start `argv` in its own session (process group), inside `sandbox` (a loop.run.sandbox.Sandbox)
     when one is given, wrapped so its exit code lands in a file. `extra_env` (a device slot's
     CUDA_VISIBLE_DEVICES and thread share) reaches the run inside the sandbox too."""
-    prepared = prepare_run(label, trace_id, argv, run_dir, cwd, env, sandbox, extra_env)
+    prepared = prepare_run(label, trace_id, argv, run_dir, cwd, env, sandbox, extra_env, reads)
     log_path, exit_file, run_tag, wrapped, env = (prepared.log_path, prepared.exit_file, prepared.run_tag,
                                                   prepared.command, prepared.env)
     with open(log_path, "ab") as log:
@@ -116,7 +118,7 @@ def is_alive(run: ActiveRun) -> bool:
 def exit_code(run: ActiveRun) -> int | None:
     """The run's exit code from its exit file; None if it died without writing one (killed)."""
     try:
-        return int(Path(run.exit_file).read_text().strip())
+        return int(read_regular_text(run.exit_file).strip())      # in the run's folder: never a link
     except (OSError, ValueError):
         return None
 

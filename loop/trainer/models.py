@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from loop.errors import ConfigError, UnsupportedModelError
 from loop.trainer.config import PRETRAINED_SUFFIXES
+from loop.util.fsutil import read_regular_text
 
 WEIGHTS_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "config.json"
@@ -313,8 +314,10 @@ def read_model_config(folder: str | Path) -> ModelFileConfig:
     path = folder / MODEL_CONFIG_FILE
     if not path.is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise ConfigError(f"{folder}: not a model folder (needs {WEIGHTS_FILE} and {MODEL_CONFIG_FILE})")
-    try:
-        return ModelFileConfig.model_validate_json(path.read_text())
+    try:       # a run wrote it: not through a link
+        return ModelFileConfig.model_validate_json(read_regular_text(path))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the model config ({exc.strerror}; a link is never followed)") from None
     except ValueError as exc:
         raise ConfigError(f"{path}: not a valid model config: {exc}") from None
 

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,18 +72,38 @@ def append_line(path: str | Path, text: str | bytes, site: str | None = None) ->
         raise _naming(exc, path)
     try:
         # Held across size-check, write and the cut on failure: the cut never takes another
-        # process's line with it (e.g. an operator command appending while the daemon does).
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        # process's line with it (e.g. an operator command appending while the daemon does). Never
+        # waited on for long: a process that holds it (anything that can open the file can) must not
+        # stop the daemon; past the wait the line is appended unlocked (one O_APPEND write still
+        # lands whole) and a failed write is not cut back.
+        locked = _lock_within(fd, APPEND_LOCK_WAIT_S)
         start = os.fstat(fd).st_size
         try:
             _write_all(fd, data, f"{site}:torn")
             os.fsync(fd)
         except OSError as exc:
-            _truncate_quietly(fd, start)
+            if locked:
+                _truncate_quietly(fd, start)
             raise _naming(exc, path)
     finally:
         os.close(fd)
     fault_point(f"{site}:after_append")
+
+
+APPEND_LOCK_WAIT_S = 5.0
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    """flock(LOCK_EX) if it comes within `seconds`; False (unlocked) otherwise."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
 
 def _write_all(fd: int, data: bytes, torn_point: str) -> None:
@@ -132,10 +153,30 @@ def folder_size_bytes(folder: str | Path) -> int:
     return total
 
 
-def read_regular_bytes(path: str | Path, tail: int | None = None) -> bytes:
-    """A file a sandboxed run wrote, read by the daemon (maybe as root): refuse symlinks and
-    anything but a regular file, so a run cannot make the daemon read /etc/shadow for it."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+def open_below(path: str | Path, within: str | Path | None) -> int:
+    """A read-only descriptor of `path`, following no symlink in it below `within` (a folder the
+    caller trusts; a run's folder is the run's, so its `out/` may be a link to anywhere): each
+    component is opened from the last with O_NOFOLLOW. Without `within`, only the last component."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+    if within is None:
+        return os.open(path, flags)
+    rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(within))   # ValueError: not below it
+    fd = os.open(within, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in rel.parts[:-1]:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return os.open(rel.parts[-1], flags, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def read_regular_bytes(path: str | Path, tail: int | None = None, within: str | Path | None = None) -> bytes:
+    """A file a sandboxed run wrote, read by the daemon (maybe as root): refuse symlinks (every one
+    below `within`, a folder the caller trusts) and anything but a regular file, so a run cannot make
+    the daemon read /etc/shadow for it."""
+    fd = open_below(path, within)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -148,5 +189,5 @@ def read_regular_bytes(path: str | Path, tail: int | None = None) -> bytes:
         os.close(fd)
 
 
-def read_regular_text(path: str | Path, tail: int | None = None) -> str:
-    return read_regular_bytes(path, tail).decode("utf-8", errors="replace")
+def read_regular_text(path: str | Path, tail: int | None = None, within: str | Path | None = None) -> str:
+    return read_regular_bytes(path, tail, within).decode("utf-8", errors="replace")

@@ -22,6 +22,7 @@ def looks_secret(name: str) -> bool:
 # (pattern, replacement); a group 1 keeps the label so the text still says what was masked.
 # Authorization runs first so "Authorization: Bearer x" collapses to one mask.
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S), MASK),
     (re.compile(r"""(authorization["']?\s*[:=]\s*["']?)[^"'\r\n,}]+""", re.I), rf"\1{MASK}"),
     (re.compile(r"(bearer\s+)[A-Za-z0-9._~+/=-]+", re.I), rf"\1{MASK}"),
     (re.compile(r"""(api[_-]?key["':= ]+)[^\s"',;&}]+""", re.I), rf"\1{MASK}"),
@@ -38,6 +39,18 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def workspace_secrets(ws_root) -> list[str]:
+    """Secrets that live in the workspace: the dashboard's action token (a new one per start, so read
+    again each cycle)."""
+    from pathlib import Path
+
+    try:
+        token = (Path(ws_root) / "logs" / "dashboard.token").read_text().strip()
+    except OSError:
+        return []
+    return [token] if len(token) >= MIN_SECRET_LEN else []
 
 
 def known_secrets() -> list[str]:
