@@ -12,6 +12,7 @@ host side that it failed.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,16 +42,17 @@ def untrusting():
     domains._trusted, domains._untrusted_roots = None, ()
 
 
-def sandboxed(ws: Path, command: str) -> Path:
+def sandboxed(ws: Path, command: str, check: bool = True, readonly: tuple[str, ...] = ()) -> Path:
     """Run one shell line in a real sandbox as the daemon runs a run_command; returns its folder."""
-    cfg = DaemonConfig.model_validate({})
+    cfg = DaemonConfig.model_validate({"sandbox_readonly_paths": list(readonly)})
     sandbox = load_sandbox(cfg, REPO, ws)
     run_dir = ws / "runs" / f"attack-{uuid.uuid4().hex[:8]}"
     sandbox.prepare(run_dir)
     done = subprocess.run(sandbox.command(["bash", "-c", command], run_dir, REPO),
                           env=sandbox.env(run_dir, f"test:{run_dir.name}"), cwd=REPO, capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0 or not check, done.stderr
+    (run_dir / "stderr.txt").write_text(done.stderr)
     return run_dir
 
 
@@ -148,8 +150,9 @@ def test_the_daemon_refuses_to_start_with_the_workspace_on_sys_path(tmp_path):
 
 @needs_sandbox
 def test_a_link_a_run_plants_in_the_pixel_cache_never_carries_a_daemon_write(tmp_path, monkeypatch):
-    """The run links the scan memo's names (and the daemon's temp name for it) to a root-only file;
-    the daemon's scan writes its memo by a fresh temp file renamed into place: the file is untouched."""
+    """The run tries to link the scan memo's names (and the daemon's temp name for it) to a root-only
+    file: the cache is read-only to it. Links planted there anyway (by an older run, another user)
+    carry no daemon write either: the memo is a fresh temp file renamed into place."""
     import os
 
     from loop.domains.listing import ImageListing, unreadable
@@ -167,7 +170,11 @@ def test_a_link_a_run_plants_in_the_pixel_cache_never_carries_a_daemon_write(tmp
     listing = ImageListing(labels=["x"], ids=["a"], paths=[str(images / "a.png")], ages=[0.0], where=["a"])
     fp = PixelSource(3, paths=tuple(listing.paths)).fingerprint(0)
     names = [f"{fp}.scan.json", f"{fp}.scan.json.{os.getpid()}.tmp", f"{fp}.scan.{os.getpid()}.tmp"]
-    sandboxed(tmp_path / "ws", f"cd {cache} && " + " && ".join(f"ln -sf {victim} {n}" for n in names))
+    run_dir = sandboxed(tmp_path / "ws", f"cd {cache} && " + " && ".join(f"ln -sf {victim} {n}" for n in names),
+                        check=False)
+    assert "Read-only file system" in (run_dir / "stderr.txt").read_text()
+    for name in names:
+        (cache / name).symlink_to(victim)
     assert unreadable(listing, 3) == []
     assert victim.read_text() == "root's own\n" and (victim.stat().st_mode & 0o777) == 0o600
 
@@ -244,3 +251,67 @@ def test_an_append_never_waits_long_on_a_lock_another_process_holds(tmp_path, mo
         holder.kill()
         holder.wait()
     assert path.read_text().splitlines() == ['{"a": 1}', '{"b": 2}']
+
+
+# --------------------------------------------------------- 5. the shared pixel cache ----
+
+@needs_sandbox
+def test_a_run_can_change_nothing_in_the_pixel_cache_later_runs_are_scored_on(tmp_path, monkeypatch):
+    """The daemon decodes the task into the cache before its runs start; inside a run the cache is
+    read-only: replacing an array, writing into one in place, forging the facts or the scan memo,
+    pre-planting an array for a size not built yet and a lock link all fail, and nothing changes."""
+    import hashlib
+
+    from PIL import Image
+
+    from loop.domains import resolve_domain
+    from loop.domains.pixels import CACHE_ENV
+
+    cache = tmp_path / "ws" / "cache" / "pixels"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (10, 10), (i * 20, 0, 0) if c == "a" else (0, i * 20, 0)).save(data / c / f"{i}.png")
+    data.chmod(0o755)
+    domain = resolve_domain("image_folder", {"root": str(data)})
+    domain.warm_cache([16])
+    before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in cache.iterdir() if f.is_file()}
+    array = next(n for n in before if n.endswith("px.npy"))
+    stem = array[: -len("-16px.npy")]
+    attacks = [f"printf x >> {cache}/{array}", f"cp /dev/null {cache}/{array}",
+               f"cp /dev/null {cache}/{stem}-16px.facts.npz", f"cp /dev/null {cache}/{stem}-48px.npy",
+               f"ln -s /tmp/x {cache}/{stem}-64px.npy.lock", f"rm -f {cache}/{array}"]
+    run_dir = sandboxed(tmp_path / "ws", " ; ".join(f"({a}) 2>>$HOME/../errors.txt" for a in attacks) + "; true")
+    after = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in cache.iterdir() if f.is_file()}
+    assert after == before and not list(cache.glob("*-48px*")) and not list(cache.glob("*-64px*"))
+    assert "Read-only file system" in (run_dir / "errors.txt").read_text()
+
+
+@needs_sandbox
+@pytest.mark.slow
+def test_a_run_that_needs_a_size_the_daemon_did_not_build_decodes_a_private_copy(tmp_path, monkeypatch):
+    """The cache is read-only to runs; a trainer at a size nobody built decodes into its own /tmp."""
+    from PIL import Image
+
+    from loop.domains.pixels import CACHE_ENV
+
+    cache = tmp_path / "ws" / "cache" / "pixels"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(20):
+            Image.new("RGB", (10, 10), (i * 10, 0, 0) if c == "a" else (0, i * 10, 0)).save(data / c / f"{i}.png")
+    data.chmod(0o755)
+    config = json.dumps({"data": {"domain": "image_folder", "domain_args": {"root": str(data)},   # JSON is YAML
+                                  "image_size": 24, "batch_size": 8}, "run": {"epochs": 1, "threads": 1}})
+    run_dir = sandboxed(tmp_path / "ws", f"cd {REPO} && printf %s {shlex.quote(config)} > $HOME/../train.yaml && "
+                                         f"{sys.executable} -m loop.trainer --config $HOME/../train.yaml "
+                                         "--out $HOME/../out > $HOME/../train.txt 2>&1", check=False,
+                        readonly=(str(data),))
+    assert (run_dir / "out" / "metrics.json").exists(), (run_dir / "train.txt").read_text()[-2000:]
+    assert json.loads((run_dir / "out" / "metrics.json").read_text())["status"] == "ok"
+    assert "is read-only here" in (run_dir / "train.txt").read_text()
+    assert not list(cache.glob("*-24px.npy"))

@@ -24,7 +24,7 @@ from loop.archive.store import load_store, move, save_store
 from loop.candidates.path import CandidateOutcome, Training, take_candidates
 from loop.candidates.scheduler import CandidateSpec, spawn_candidates
 from loop.config import DaemonConfig, deep_merge, read_yaml, validate
-from loop.domains import resolve_domain
+from loop.domains import resolve_domain, task_domain
 from loop.journal.fingerprint import recipe
 from loop.run.executor import Executor, executor_for, run_all
 from loop.run.plan import RunPlan
@@ -77,6 +77,8 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
     trainings, plans = spawn(cfg, paths, store, specs, base, head, replay, cycle, trace_id)
 
     # ---- DISTILL (parallel, supervised, on free device slots) ----
+    if plans:                # the candidates read the pixel cache read-only: decode their size now
+        task_domain(cfg).warm_cache([int(base.get("data", {}).get("image_size") or 32)])
     executor = executor or executor_for(cfg, cfg.root, paths.workspace, load_sandbox(cfg, cfg.root, paths.workspace))
     codes = distill(cfg, paths, store, plans, gen_id, cycle, trace_id, executor)
     if cfg.tracking.tensorboard:        # their work folders go once archived: keep the event files

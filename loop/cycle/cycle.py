@@ -36,7 +36,8 @@ from loop.cycle.record import (
 )
 from loop.cycle.state import LoopState, write_heartbeat
 from loop.cycle.watch import evolution_window, follow_runs, start, watch_and_judge
-from loop.errors import ConfigError
+from loop.domains import task_domain
+from loop.errors import ConfigError, DomainError
 from loop.journal.notes import WORKPAD_SECTIONS, add_todos, append_storyline, append_workpad, resolve_todos
 from loop.run.judge import judge
 from loop.run.plan import RunPlan, command_plan, plan_for, run_label, trainer_config
@@ -244,10 +245,15 @@ def gate(loop: Loop, state: LoopState, decision: Decision, rec: CycleRecord) -> 
             config = trainer_config(loop.cfg, with_tensorboard(loop.cfg, overlay), label)
         except ConfigError as exc:
             return refuse(f"train_overlay: {exc}")
-        why = repeat_refusal(resolved(config), bool(decision.replica_of), loop.run_history(), state.active_runs,
+        full = resolved(config)
+        why = repeat_refusal(full, bool(decision.replica_of), loop.run_history(), state.active_runs,
                              state.blocked.fingerprints if state.blocked else [])
         if why:
             return refuse(why)
+        try:             # the run sees the pixel cache read-only: decode what it will read now
+            task_domain(loop.cfg).warm_cache([full["data"]["image_size"]])
+        except (DomainError, OSError) as exc:
+            return refuse(f"the task's images at {full['data']['image_size']}px: {exc}")
         return decision, plan_for(loop.cfg, config, label, rec.trace, run_dir)
     if decision.action == "run_command":
         verdict = check_configured(decision.command, loop.cfg, loop.ws.root)

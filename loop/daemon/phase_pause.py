@@ -13,7 +13,9 @@ import psutil
 
 from loop.cycle.cycle import Loop
 from loop.cycle.state import LoopState
+from loop.errors import LoopError
 from loop.run.kill import kill_tree
+from loop.util.fsutil import read_regular_text
 
 
 def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
@@ -41,6 +43,7 @@ def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
         events.append("phase_interrupted", trace, run_id=run_id, reason="stop requested while waiting for a slot")
         return state
     try:
+        warm_archive_sizes(loop)
         proc = phase_window.start_phase(str(config_copy), ws.root, run_id, cfg.root, sandbox=loop.sandbox,
                                         extra_env=slot.env() if slot else None)
         if slot is not None:
@@ -117,3 +120,22 @@ def expire_recommendations(loop: Loop, state: LoopState) -> None:
                  if not live else f"some PHASE recommendations lapsed after cycle {state.cycle}")
     state.phase_recommendations = live
     loop.phase_hint = dict(live)
+
+
+def warm_archive_sizes(loop: Loop) -> None:
+    """PHASE reads the pixel cache read-only: decode the task at every image size an archived model
+    takes (their config.json), now, in the daemon."""
+    from loop.domains import task_domain
+
+    sizes = set()
+    for config in (loop.ws.root / "models" / "archive").glob("*/config.json"):
+        try:
+            size = json.loads(read_regular_text(config)).get("image_size")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(size, int) and 8 <= size <= 1024:
+            sizes.add(size)
+    try:
+        task_domain(loop.cfg).warm_cache(sorted(sizes))
+    except (LoopError, OSError) as exc:            # PHASE names the failure itself when it reads them
+        loop.say(f"PHASE: the task's images could not be decoded ahead: {exc}")

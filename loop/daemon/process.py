@@ -265,6 +265,7 @@ def check_task_domain(cfg: DaemonConfig, ws: Workspace) -> str:
 
     from loop.config import read_yaml
     from loop.domains import resolve_domain, trust_from
+    from loop.domains.pixels import CACHE_ENV, workspace_cache
 
     root = ws.root.resolve()
     for entry in sys.path:
@@ -272,6 +273,8 @@ def check_task_domain(cfg: DaemonConfig, ws: Workspace) -> str:
             raise ConfigError(f"sys.path holds {entry}, inside the workspace {root} where runs write: the daemon "
                               "would import what a run planted there; remove it from PYTHONPATH")
     trust_from(cfg, root)
+    # the daemon decodes into the cache its runs read (read-only to them), not a cache of its own
+    os.environ.setdefault(CACHE_ENV, str(workspace_cache(root)))
     data = read_yaml(cfg.resolve(cfg.default_trainer_config)).get("data", {})
     domain = resolve_domain(data.get("domain", "digits"), data.get("domain_args"))
     return type(domain).__name__

@@ -203,6 +203,13 @@ class SpicaDomain(ABC):
         std = np.maximum(pixels.std(axis=0), 1e-3)
         return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
 
+    def warm_cache(self, sizes: list[int]) -> None:
+        """Decode the task's image files into the shared pixel cache at these sizes now (the daemon,
+        before the runs that read them start: a run sees the cache read-only)."""
+        from loop.domains.pixels import warm_cache
+
+        warm_cache(self._loaded[0].source, sizes)
+
     def score(self, predictions: np.ndarray, labels: np.ndarray) -> float:
         """The domain's metric (top-1 accuracy) of predicted class ids against labels."""
         return float((np.asarray(predictions) == np.asarray(labels)).mean()) if len(labels) else 0.0

@@ -17,8 +17,10 @@ sliced into uint8 NCHW tensors batch by batch, so no split is ever one in-memory
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -96,6 +98,7 @@ class PixelSource:
     paths: tuple[str, ...] | None = None
     rows_named: tuple[str, ...] | None = None     # how an error names image i (e.g. "CSV row 17")
     _decoded: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _files: dict[int, Path] = field(default_factory=dict, repr=False)   # the cache file read at each size
     _facts: PixelFacts | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -118,7 +121,8 @@ class PixelSource:
                 self._decoded[size] = np.stack([resize(a, size) for a in self.array]) if len(self.array) \
                     else np.zeros((0, size, size, self.channels), np.uint8)
             else:
-                self._decoded[size] = file_cache(self, size)
+                self._files[size] = file_cache(self, size)
+                self._decoded[size] = np.load(self._files[size], mmap_mode="r")
         return self._decoded[size]
 
     def facts(self, size: int) -> PixelFacts:
@@ -130,7 +134,7 @@ class PixelSource:
                                         [a.shape[:2] for a in self.array])
             else:
                 self.decoded(size)
-                self._facts = read_facts(cache_path(self, size))
+                self._facts = read_facts(self._files[size])
         return self._facts
 
     def fingerprint(self, size: int) -> str:
@@ -168,8 +172,10 @@ def read_facts(cache_file: Path) -> PixelFacts:
         return PixelFacts(digests=z["digests"], heights=z["heights"], widths=z["widths"])
 
 
-def file_cache(source: PixelSource, size: int) -> np.ndarray:
-    """The memory-mapped decoded cache of a file source at `size`, built first if missing."""
+def file_cache(source: PixelSource, size: int) -> Path:
+    """The decoded cache file of a file source at `size`, built first if missing. Where the
+    cache is read-only (a sandboxed run: the daemon builds what its runs need before they start), a
+    size it lacks is decoded into a private copy in this process's temp folder instead."""
     from filelock import FileLock
 
     path = cache_path(source, size)
@@ -179,10 +185,30 @@ def file_cache(source: PixelSource, size: int) -> np.ndarray:
             with FileLock(str(path) + ".lock", mode=0o666):
                 if not (path.exists() and facts_path(path).exists()):    # another process may have built it
                     build_cache(source, size, path)
-        except PermissionError as exc:
-            raise DomainError(f"pixel cache {path.parent} is not writable ({exc.strerror}); set {CACHE_ENV} "
-                              "to a folder this process may write") from exc
-    return np.load(path, mmap_mode="r")
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            path = private_cache(source, size, path.parent)
+    return path
+
+
+def private_cache(source: PixelSource, size: int, shared: Path) -> Path:
+    """A decoded copy of `source` at `size` only this process sees (the shared cache is read-only)."""
+    folder = Path(tempfile.gettempdir()) / "llmloop-pixels"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / cache_path(source, size).name
+    if not (path.exists() and facts_path(path).exists()):
+        print(f"pixel cache {shared} is read-only here and has no {size}px copy: decoding into {folder}",
+              file=sys.stderr, flush=True)
+        build_cache(source, size, path)
+    return path
+
+
+def warm_cache(source: PixelSource, sizes: list[int]) -> None:
+    """Build the shared cache at each size now (the daemon, before a run that reads it starts)."""
+    if source.array is None:
+        for size in sorted(set(sizes)):
+            source.decoded(size)
 
 
 def build_cache(source: PixelSource, size: int, path: Path) -> None:

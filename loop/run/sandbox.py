@@ -279,12 +279,15 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
     data = task_data_paths(cfg)
     if user and bwrap and not problem:
         check_readable(data, *user, cfg.sandbox_user)
-    readonly = {repo_root, *interpreter_paths(), *data,
+    # the pixel cache too: the daemon builds what a run reads before it starts (loop/domains/pixels.py),
+    # so no run can replace, rewrite or pre-plant what later runs and probes are scored on
+    readonly = {repo_root, pixel_cache, *interpreter_paths(), *data,
                 *(workspace_path(ws_root, p) for p in cfg.sandbox_readonly_paths)}
     # Never writable: history, notes, the daemon's own state, the models. (Also bound read-only last,
     # as a second line.)
     protected = {repo_root / ".git", *(ws_root / name for name in PROTECTED_IN_WORKSPACE)}
-    writable = tuple(sorted({pixel_cache, *(workspace_path(ws_root, p) for p in cfg.sandbox_writable_paths)}))
+    pixel_cache.mkdir(parents=True, exist_ok=True)
+    writable = tuple(sorted({workspace_path(ws_root, p) for p in cfg.sandbox_writable_paths}))
     check_writable(writable, protected | {repo_root, ws_root})
     hidden = credential_paths(cfg) - readonly
     note = ("sandbox: bubblewrap" + (f", runs as {cfg.sandbox_user}" if user else "")
