@@ -8,6 +8,11 @@ host side that it failed.
 3. Root reads for the LLM: a run's log linked to a root-only file never reaches a prompt or status.
 4. Locks a run holds: a run sees none of the daemon's files (the workspace is an empty folder to it
    but for its own), and an append never waits long on a lock anyone holds.
+5. The shared pixel cache: read-only to runs, so nothing later runs are scored on can be changed.
+6. Limits: file size (the disk cap), open files, processes, a sized /dev/shm; the walltime held by
+   the run's own wrapper.
+7. The host: only its system folders are there, no home folder or /var socket; no nested user
+   namespace. 8. run_command never runs without the sandbox.
 """
 from __future__ import annotations
 
@@ -42,14 +47,16 @@ def untrusting():
     domains._trusted, domains._untrusted_roots = None, ()
 
 
-def sandboxed(ws: Path, command: str, check: bool = True, readonly: tuple[str, ...] = ()) -> Path:
-    """Run one shell line in a real sandbox as the daemon runs a run_command; returns its folder."""
-    cfg = DaemonConfig.model_validate({"sandbox_readonly_paths": list(readonly)})
+def sandboxed(ws: Path, command: str, check: bool = True, readonly: tuple[str, ...] = (), **cfg_keys) -> Path:
+    """Run one shell line in a real sandbox exactly as the daemon runs a run_command (through
+    runwrap, with its limits); returns its folder."""
+    from loop.run.supervise import prepare_run
+
+    cfg = DaemonConfig.model_validate({"sandbox_readonly_paths": list(readonly), **cfg_keys})
     sandbox = load_sandbox(cfg, REPO, ws)
     run_dir = ws / "runs" / f"attack-{uuid.uuid4().hex[:8]}"
-    sandbox.prepare(run_dir)
-    done = subprocess.run(sandbox.command(["bash", "-c", command], run_dir, REPO),
-                          env=sandbox.env(run_dir, f"test:{run_dir.name}"), cwd=REPO, capture_output=True,
+    prepared = prepare_run(run_dir.name, "test", ["bash", "-c", command], run_dir, REPO, {}, sandbox)
+    done = subprocess.run(prepared.command, env=prepared.env, cwd=REPO, capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 0 or not check, done.stderr
     (run_dir / "stderr.txt").write_text(done.stderr)
@@ -315,3 +322,69 @@ def test_a_run_that_needs_a_size_the_daemon_did_not_build_decodes_a_private_copy
     assert json.loads((run_dir / "out" / "metrics.json").read_text())["status"] == "ok"
     assert "is read-only here" in (run_dir / "train.txt").read_text()
     assert not list(cache.glob("*-24px.npy"))
+
+
+# ------------------------------------------------------------------- 6. limits ----
+
+@needs_sandbox
+def test_a_run_cannot_write_past_the_disk_cap_or_fill_shared_memory_and_its_wrapper_holds_the_walltime(tmp_path):
+    ws = tmp_path / "ws"
+    run_dir = sandboxed(ws, "cd $HOME/.. && (dd if=/dev/zero of=big bs=1M count=8 2>/dev/null; true) && "
+                            "(dd if=/dev/zero of=/dev/shm/fill bs=1M count=64 2>/dev/null; true) && "
+                            "ulimit -n > nofile.txt && ulimit -u > nproc.txt && du -k /dev/shm/fill > shm.txt",
+                        check=False, budget={"max_disk_gb": 0.004}, sandbox_shm_gb=0.016)
+    assert (run_dir / "big").stat().st_size <= 0.004 * (1 << 30)         # RLIMIT_FSIZE: the disk cap
+    assert int((run_dir / "shm.txt").read_text().split()[0]) <= 0.016 * (1 << 20) + 4
+    assert int((run_dir / "nofile.txt").read_text()) == 16384 and int((run_dir / "nproc.txt").read_text()) == 4096
+    from loop.run.supervise import prepare_run
+    sandbox = load_sandbox(DaemonConfig.model_validate({}), REPO, ws)
+    slow = ws / "runs" / "slow"
+    prepared = prepare_run("slow", "t", ["bash", "-c", "sleep 60"], slow, REPO, {}, sandbox, walltime_seconds=1)
+    done = subprocess.run(prepared.command, env=prepared.env, cwd=REPO, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 124 and (slow / "exit_code").read_text().strip() == "124 walltime"
+
+
+# ---------------------------------------------------------------- 7. the host ----
+
+@needs_sandbox
+def test_a_run_sees_only_the_hosts_system_folders_and_cannot_nest_a_user_namespace(tmp_path):
+    import socket
+
+    folder = Path("/var/lib") / f"llmloop-test-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    try:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(folder / "sock"))
+        server.listen(1)
+        connect = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(folder / 'sock')!r})"
+        probe = ("ls / > $HOME/../root.txt; ls /var > $HOME/../var.txt; "
+                 f"({sys.executable} -c {shlex.quote(connect)} && echo CONNECTED) > $HOME/../sock.txt 2>&1; "
+                 "(unshare -U -r true && echo NESTED) > $HOME/../userns.txt 2>&1; true")
+        run_dir = sandboxed(tmp_path / "ws", probe, check=False)
+        server.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    top = set((run_dir / "root.txt").read_text().split())
+    assert not top & {"home", "srv", "mnt", "media", "boot"}, top
+    assert (run_dir / "var.txt").read_text().split() == ["tmp"]       # the masked, empty /var/tmp alone
+    assert "CONNECTED" not in (run_dir / "sock.txt").read_text()
+    assert "NESTED" not in (run_dir / "userns.txt").read_text()
+
+
+# ------------------------------------------------------- 8. no sandbox, no shell ----
+
+def test_run_command_is_refused_when_there_is_no_sandbox(tmp_path):
+    from loop.agents.schema import Decision
+    from loop.cycle.cycle import gate
+    from loop.cycle.record import CycleRecord
+    from loop.cycle.state import LoopState
+    from loop.daemon.process import build_loop, workspace_of
+
+    cfg = daemon_cfg(tmp_path, sandbox="optional")
+    loop = build_loop(cfg, workspace_of(cfg).ensure(), lambda: False, lambda *_: None)
+    loop.sandbox = None                         # as on a machine without bubblewrap
+    decision = Decision(action="run_command", command=f"cd {REPO} && echo hello", run_label="echo-hello",
+                        rationale="Print a line to check the command path works end to end.")
+    rec = CycleRecord(cycle=1, trace="t")
+    acted, plan = gate(loop, LoopState(), decision, rec)
+    assert plan is None and acted.action == "wait" and "only inside the sandbox" in rec.quality_gate.reasons[0]

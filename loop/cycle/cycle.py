@@ -256,6 +256,9 @@ def gate(loop: Loop, state: LoopState, decision: Decision, rec: CycleRecord) -> 
             return refuse(f"the task's images at {full['data']['image_size']}px: {exc}")
         return decision, plan_for(loop.cfg, config, label, rec.trace, run_dir)
     if decision.action == "run_command":
+        if loop.sandbox is None or not loop.sandbox.active:    # the policy is a filter, not a boundary
+            return refuse("run_command runs only inside the sandbox, and there is none here (sandbox: optional "
+                          "without bubblewrap): the command policy alone cannot contain a shell line")
         verdict = check_configured(decision.command, loop.cfg, loop.ws.root)
         rec.policy = PolicyEntry(allowed=verdict.allowed, reasons=verdict.reasons)
         if not verdict.allowed:

@@ -104,7 +104,7 @@ def monitor(executor: Executor, run: ActiveRun, seconds: float, should_stop, pol
     """Watch the run for up to `seconds`: 'finished', 'running' (window over), 'stopping' (stop was
     requested), 'timed_out' (past its walltime limit) or 'stalled' (no output for stall_seconds);
     the last two kill it."""
-    from loop.run.supervise import last_progress, reap_child
+    from loop.run.supervise import hit_walltime, last_progress, reap_child
 
     deadline = time.monotonic() + seconds
     next_progress_check = 0.0
@@ -112,6 +112,9 @@ def monitor(executor: Executor, run: ActiveRun, seconds: float, should_stop, pol
         if not executor.alive(run):
             reap_child(run)
             executor.collect(run)
+            if hit_walltime(run):          # its own wrapper killed it at the walltime: what remains, too
+                executor.kill(run)
+                return "timed_out"
             return "finished"
         if run.walltime_limit_seconds and time.time() - run.started_at > run.walltime_limit_seconds:
             executor.kill(run)

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from loop.run.failure import TAIL_BYTES, FailureSignature, signature_of
-from loop.run.supervise import ActiveRun, exit_code
+from loop.run.supervise import ActiveRun, exit_code, hit_walltime
 from loop.util.fsutil import read_regular_text
 
 
@@ -56,7 +56,7 @@ def judge(run: ActiveRun, monitor_status: str) -> RunOutcome:
 def verdict_of(run: ActiveRun, monitor_status: str) -> RunOutcome:
     out = dict(label=run.label, kind=run.kind, exit_code=exit_code(run), log_path=run.log_path,
                run_dir=run.run_dir, seconds=round(time.time() - run.started_at, 1))
-    if monitor_status == "timed_out":
+    if monitor_status == "timed_out" or hit_walltime(run):     # the daemon's watch, or the run's own wrapper
         return RunOutcome(**out, status="timed_out", error="walltime limit reached; process group killed")
     if monitor_status == "stopping":
         return RunOutcome(**out, status="interrupted", error="the daemon was asked to stop")

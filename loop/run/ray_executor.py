@@ -189,7 +189,8 @@ class RayExecutor:
                 wait: bool) -> ActiveRun | None:
         prepared = prepare_run(plan.label, plan.trace_id, plan.argv, plan.run_dir, self.repo_root,
                                child_env(self.repo_root), self.sandbox,
-                               {"OMP_NUM_THREADS": str(max(1, int(self.cfg.num_cpus_per_run)))}, plan.reads)
+                               {"OMP_NUM_THREADS": str(max(1, int(self.cfg.num_cpus_per_run)))}, plan.reads,
+                               plan.walltime_limit_seconds)
         name = self.name_of(prepared.run_tag)
         start_args = [prepared.command, prepared.env, str(self.repo_root), str(plan.run_dir), str(prepared.log_path),
                       prepared.run_tag, self.cfg.shared_storage]

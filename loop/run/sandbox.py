@@ -43,12 +43,16 @@ INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; s
 HOME_CREDENTIALS = (".ssh", ".aws", ".azure", ".kube", ".docker", ".gnupg", ".netrc", ".git-credentials",
                     ".pypirc", ".kaggle", ".huggingface", ".cache/huggingface", ".config/gcloud", ".config/gh",
                     ".config/llmloop")
+# The host's system folders a run sees (read-only); the rest of the host is not there.
+HOST_SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/sys")
 # Where host Unix sockets live; each becomes an empty private tmpfs in the sandbox.
 SOCKET_FOLDERS = (Path("/tmp"), Path("/var/tmp"), Path("/run"), Path("/var/run"))
 PROTECTED_IN_WORKSPACE = ("notes", "logs", "state.json", "events.jsonl", "daemon.lock", "daemon.pid",
                           "models/archive", "models/GEN_HEAD", "models/lineage.csv", "models/lifecycle",
                           "models/PROMOTION_PROPOSAL.json")
 DROP_PRIVILEGES = ("--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs")
+RUN_OPEN_FILES = 16384     # loader workers pass tensors as descriptors: generous, but not unbounded
+RUN_PROCESSES = 4096       # per uid: every run shares the sandbox user, so this bounds them all together
 # Switches that keep libraries from reaching for the network on their own (an update check at
 # import, telemetry): with the network off each would be a failed attempt in every run's log.
 OFFLINE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
@@ -72,6 +76,16 @@ class Sandbox:
     setpriv: str = "setpriv"           # absolute path, found while loading (not through the run's PATH)
     shm_bytes: int = 2 << 30           # size of the run's private, writable /dev/shm
     private: tuple[Path, ...] = ()     # shown as an empty folder with only the run's own paths in it (the workspace)
+    max_file_bytes: int | None = None  # RLIMIT_FSIZE: no file a run writes grows past it (the disk cap)
+    no_nested_userns: bool = False     # the run cannot make user namespaces of its own (an inner bwrap)
+
+    def limits(self) -> dict[str, int]:
+        """The rlimits every run gets (loop/run/runwrap.py sets them): file size, open files,
+        processes of the run user, no core dumps. None when there is no OS boundary to keep."""
+        if not self.active:
+            return {}
+        out = {"nofile": RUN_OPEN_FILES, "nproc": RUN_PROCESSES, "core": 0}
+        return out | ({"fsize": self.max_file_bytes} if self.max_file_bytes else {})
 
     @property
     def active(self) -> bool:
@@ -111,10 +125,15 @@ class Sandbox:
                 *self.privilege_drop(), *argv]
 
     def privilege_drop(self) -> list[str]:
+        """Root drops to the sandbox user; then, where the kernel allows it, an inner bwrap in a user
+        namespace of that same uid disables any further one (a run's own user namespace would give it
+        a root of its own to reach more of the kernel with)."""
         if not self.user:
             return []
         uid, gid = self.user
-        return [self.setpriv, f"--reuid={uid}", f"--regid={gid}", *DROP_PRIVILEGES, "--"]
+        inner = [self.bwrap, "--unshare-user", "--disable-userns", "--uid", str(uid), "--gid", str(gid),
+                 "--dev-bind", "/", "/", "--"] if self.no_nested_userns else []
+        return [self.setpriv, f"--reuid={uid}", f"--regid={gid}", *DROP_PRIVILEGES, "--", *inner]
 
     def bwrap_args(self, run_dir: Path, cwd: Path, gpus: list[int] | None = None,
                    reads: tuple[Path, ...] = ()) -> list[str]:
@@ -124,10 +143,15 @@ class Sandbox:
         if self.user:      # bwrap runs as root; setpriv inside needs these two, then drops every capability
             args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         elif os.geteuid() != 0:
-            args.append("--unshare-user")
+            args += ["--unshare-user", *(["--disable-userns"] if self.no_nested_userns else [])]
         # /dev/shm: private, sized, and writable by the run user (1777): DataLoader workers and
         # torch's multiprocessing make their semaphores and shared tensors there.
-        args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--perms", "1777",
+        # Of the host only what a run needs: the system (programs, libraries, /etc), read-only; the
+        # interpreter, repo, data and its own paths come below (reach_args). Not `/`: no home folder,
+        # /var, /srv or /mnt of the host is there to read.
+        for system in HOST_SYSTEM:
+            args += ["--ro-bind-try", system, system]
+        args += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777",
                  *(["--size", str(self.shm_bytes)] if bwrap_sizes_tmpfs(self.bwrap) else []), "--tmpfs", "/dev/shm"]
         for device in gpu_device_nodes(gpus):
             args += ["--dev-bind-try", device, device]
@@ -152,7 +176,7 @@ class Sandbox:
         becomes an empty 0755 tmpfs through which only the needed paths show."""
         args: list[str] = []
         masked: list[Path] = []           # folders replaced by an empty tmpfs
-        bound: list[Path] = []            # needed paths bound (host permissions below them)
+        bound: list[Path] = [Path(s) for s in HOST_SYSTEM if Path(s).is_dir()]   # host permissions below them
         made: set[Path] = set()
         for folder in SOCKET_FOLDERS:
             if folder.is_dir() and not folder.is_symlink():
@@ -167,8 +191,9 @@ class Sandbox:
             for parent in reversed(path.parents):
                 container = max((c for c in (*masked, *bound) if parent.is_relative_to(c)), key=lambda c: len(c.parts),
                                 default=None)
-                if container is not None and container in masked and container != parent:
-                    if parent not in made:                     # a fresh folder inside the tmpfs
+                if (container is None and parent != Path("/")) or \
+                        (container is not None and container in masked and container != parent):
+                    if parent not in made:     # a fresh folder in the sandbox's own root or inside a tmpfs
                         args += ["--perms", "0755", "--dir", str(parent)]
                         made.add(parent)
                 elif parent != Path("/") and parent not in masked and (
@@ -298,7 +323,9 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
                       writable=writable, protected=tuple(sorted(protected)), hidden=tuple(sorted(hidden)),
                       base_env=base_env, owner=base_env["LLMLOOP_OWNER"], note=note,
                       setpriv=shutil.which("setpriv") or "/usr/bin/setpriv",
-                      shm_bytes=int(cfg.sandbox_shm_gb * (1 << 30)), private=(ws_root,))
+                      shm_bytes=int(cfg.sandbox_shm_gb * (1 << 30)), private=(ws_root,),
+                      max_file_bytes=int(cfg.budget.max_disk_gb * (1 << 30)) if cfg.budget.max_disk_gb else None,
+                      no_nested_userns=bool(bwrap) and not problem and can_disable_userns(bwrap, user))
     grant_writable(sandbox)
     return sandbox
 
@@ -361,6 +388,23 @@ def bwrap_sizes_tmpfs(bwrap: str) -> bool:
     """Whether this bubblewrap takes `--size` (0.6+); an older one mounts /dev/shm unsized."""
     try:
         return "--size" in subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@functools.lru_cache(maxsize=4)
+def can_disable_userns(bwrap: str, user: tuple[int, int] | None) -> bool:
+    """Whether a run here can be kept from making user namespaces (bubblewrap's --disable-userns, in
+    a user namespace of the sandbox user's own uid); False where the kernel or bwrap cannot."""
+    if "--disable-userns" not in subprocess.run([bwrap, "--help"], capture_output=True, text=True).stdout:
+        return False
+    drop = ["setpriv", f"--reuid={user[0]}", f"--regid={user[1]}", "--clear-groups", "--"] if user else []
+    inner = [bwrap, "--unshare-user", "--disable-userns", *(["--uid", str(user[0]), "--gid", str(user[1])]
+                                                             if user else []), "--dev-bind", "/", "/", "true"]
+    probe = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid",
+             *([] if user else ["--unshare-user"]), "--", *drop, *inner]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 

@@ -63,7 +63,8 @@ class PreparedRun:
 
 
 def prepare_run(label: str, trace_id: str, argv: list[str], run_dir: Path, cwd: Path, env: dict[str, str],
-                sandbox=None, extra_env: dict[str, str] | None = None, reads: tuple[str, ...] = ()) -> PreparedRun:
+                sandbox=None, extra_env: dict[str, str] | None = None, reads: tuple[str, ...] = (),
+                walltime_seconds: float | None = None) -> PreparedRun:
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path, exit_file = run_dir / "run.log", run_dir / "exit_code"
     exit_file.unlink(missing_ok=True)
@@ -76,8 +77,12 @@ def prepare_run(label: str, trace_id: str, argv: list[str], run_dir: Path, cwd: 
                                   [int(g) for g in gpus.split(",") if g.strip().isdigit()], reads=reads)
     else:
         env, command = {**env, **(extra_env or {}), RUN_TAG: run_tag}, list(argv)
-    # runwrap stays outside the sandbox (it must write the exit file whatever the run does).
-    wrapped = [sys.executable, "-m", "loop.run.runwrap", str(exit_file), "--", *command]
+    # runwrap stays outside the sandbox (it must write the exit file whatever the run does); it holds
+    # the walltime and sets the sandbox's rlimits
+    limits = [a for name, value in (sandbox.limits() if sandbox is not None else {}).items()
+              for a in ("--limit", f"{name}={value}")]
+    walltime = ["--walltime", f"{walltime_seconds:g}"] if walltime_seconds else []
+    wrapped = [sys.executable, "-m", "loop.run.runwrap", str(exit_file), *walltime, *limits, "--", *command]
     return PreparedRun(run_tag, wrapped, env, log_path, exit_file)
 
 
@@ -89,7 +94,8 @@ def launch(label: str, trace_id: str, kind: str, argv: list[str], run_dir: Path,
     """Start `argv` in its own session (process group), inside `sandbox` (a loop.run.sandbox.Sandbox)
     when one is given, wrapped so its exit code lands in a file. `extra_env` (a device slot's
     CUDA_VISIBLE_DEVICES and thread share) reaches the run inside the sandbox too."""
-    prepared = prepare_run(label, trace_id, argv, run_dir, cwd, env, sandbox, extra_env, reads)
+    prepared = prepare_run(label, trace_id, argv, run_dir, cwd, env, sandbox, extra_env, reads,
+                           walltime_limit_seconds)
     log_path, exit_file, run_tag, wrapped, env = (prepared.log_path, prepared.exit_file, prepared.run_tag,
                                                   prepared.command, prepared.env)
     with open(log_path, "ab") as log:
@@ -118,7 +124,7 @@ def is_alive(run: ActiveRun) -> bool:
 def exit_code(run: ActiveRun) -> int | None:
     """The run's exit code from its exit file; None if it died without writing one (killed)."""
     try:
-        return int(read_regular_text(run.exit_file).strip())      # in the run's folder: never a link
+        return int(read_regular_text(run.exit_file).split()[0])      # in the run's folder: never a link
     except (OSError, ValueError):
         return None
 
@@ -128,6 +134,14 @@ def kill_run(run: ActiveRun) -> None:
     carries its tag (a grandchild that called setsid; inside a sandbox the PID namespace has
     already taken those down with it); the Popen, if this process started it, is reaped."""
     kill_tree(run.pid, popen=_CHILDREN.pop(run.pid, None), create_time=run.create_time, tag=run.run_tag or None)
+
+
+def hit_walltime(run: ActiveRun) -> bool:
+    """Whether runwrap killed the run at its walltime (its exit file says so)."""
+    try:
+        return "walltime" in read_regular_text(run.exit_file)
+    except OSError:
+        return False
 
 
 def last_progress(run: ActiveRun) -> float:
