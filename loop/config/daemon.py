@@ -119,6 +119,7 @@ class DaemonConfig(StrictModel):
     sandbox_user: str = "nobody"              # runs drop to this user when the daemon is root
     sandbox_network: bool = False
     sandbox_shm_gb: float = Field(2.0, gt=0)   # the run's private /dev/shm (loader workers, torch IPC)
+    sandbox_tmp_gb: float = Field(4.0, gt=0)   # the run's private /tmp (memory-backed: a cap keeps it from taking all)
     # `package.module:Class` task domains this daemon may import (registered names need none); never
     # one from an LLM's overlay or a run's files, never one whose package lies in the workspace
     trusted_domains: list[str] = Field(default_factory=list)

@@ -75,6 +75,7 @@ class Sandbox:
     note: str = ""                     # what the daemon says about the boundary at start
     setpriv: str = "setpriv"           # absolute path, found while loading (not through the run's PATH)
     shm_bytes: int = 2 << 30           # size of the run's private, writable /dev/shm
+    tmp_bytes: int = 4 << 30           # size of its private /tmp (and the other masked socket folders)
     private: tuple[Path, ...] = ()     # shown as an empty folder with only the run's own paths in it (the workspace)
     max_file_bytes: int | None = None  # RLIMIT_FSIZE: no file a run writes grows past it (the disk cap)
     no_nested_userns: bool = False     # the run cannot make user namespaces of its own (an inner bwrap)
@@ -178,9 +179,10 @@ class Sandbox:
         masked: list[Path] = []           # folders replaced by an empty tmpfs
         bound: list[Path] = [Path(s) for s in HOST_SYSTEM if Path(s).is_dir()]   # host permissions below them
         made: set[Path] = set()
+        size = ["--size", str(self.tmp_bytes)] if self.bwrap and bwrap_sizes_tmpfs(self.bwrap) else []
         for folder in SOCKET_FOLDERS:
             if folder.is_dir() and not folder.is_symlink():
-                args += ["--perms", "1777" if folder.name == "tmp" else "0755", "--tmpfs", str(folder)]
+                args += ["--perms", "1777" if folder.name == "tmp" else "0755", *size, "--tmpfs", str(folder)]
                 masked.append(folder)
         for path in needed:
             writable_here = path in writable
@@ -323,7 +325,8 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
                       writable=writable, protected=tuple(sorted(protected)), hidden=tuple(sorted(hidden)),
                       base_env=base_env, owner=base_env["LLMLOOP_OWNER"], note=note,
                       setpriv=shutil.which("setpriv") or "/usr/bin/setpriv",
-                      shm_bytes=int(cfg.sandbox_shm_gb * (1 << 30)), private=(ws_root,),
+                      shm_bytes=int(cfg.sandbox_shm_gb * (1 << 30)), tmp_bytes=int(cfg.sandbox_tmp_gb * (1 << 30)),
+                      private=(ws_root,),
                       max_file_bytes=int(cfg.budget.max_disk_gb * (1 << 30)) if cfg.budget.max_disk_gb else None,
                       no_nested_userns=bool(bwrap) and not problem and can_disable_userns(bwrap, user))
     grant_writable(sandbox)
