@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 import uuid
 from pathlib import Path
 
@@ -388,3 +389,54 @@ def test_run_command_is_refused_when_there_is_no_sandbox(tmp_path):
     rec = CycleRecord(cycle=1, trace="t")
     acted, plan = gate(loop, LoopState(), decision, rec)
     assert plan is None and acted.action == "wait" and "only inside the sandbox" in rec.quality_gate.reasons[0]
+
+
+# ------------------------------------------- the daemon, with a run that grabs every lock ----
+
+@needs_sandbox
+@pytest.mark.slow
+def test_a_daemon_whose_run_locks_everything_it_can_open_finishes_its_cycle_and_reports_it(tmp_path, llm_server):
+    """The run takes LOCK_EX on every file it can open (its own folder, the repo, the system) and then
+    sleeps past its walltime: the daemon's cycles go on, the run is killed at its walltime by its own
+    wrapper and judged timed_out, and the next cycle's events land."""
+    grab = textwrap.dedent("""\
+        import fcntl, os, time
+        held = []
+        for top in ("/", os.path.expanduser("~/..")):
+            for root, dirs, files in os.walk(top):
+                dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
+                for name in files[:50]:
+                    try:
+                        handle = open(os.path.join(root, name))
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        held.append(handle)
+                    except OSError:
+                        pass
+                if len(held) > 3000:
+                    break
+        print("holding", len(held), flush=True)
+        time.sleep(600)
+        """)
+    tools = tmp_path / "tools"                  # a folder the sandbox user may read, bound in read-only
+    tools.mkdir(mode=0o755)
+    (tools / "grab.py").write_text(grab)
+    command = f"cd {REPO} && python3 {tools}/grab.py"
+    llm_server.script({"content": json.dumps({
+        "action": "run_command", "command": command, "run_label": "grab-every-lock", "monitor_seconds": 120,
+        "rationale": "Hold a lock on every file the run can open, then outlive its walltime."})},
+        {"content": json.dumps({"action": "wait", "rationale": "Nothing more to do in this test cycle."})})
+    from loop.daemon.process import run_daemon, workspace_of
+
+    cfg = daemon_cfg(tmp_path, builder={"base_url": llm_server.base_url, "model": "t", "when_unavailable": "wait"},
+                     mentor_enabled=False, budget={"max_walltime_minutes": 0.05},
+                     sandbox_readonly_paths=[str(tmp_path / "tools")], daemon_poll_seconds=0,
+                     adaptive_timer={"min_seconds": 0, "max_seconds": 0.01})
+    ws = workspace_of(cfg)
+    state = run_daemon(cfg, ws, max_cycles=2, say=lambda *_: None)
+    cycles = [json.loads(line) for line in (ws.root / "events.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "cycle"]
+    assert state.cycle == 2 and len(cycles) == 2
+    first = cycles[0]
+    assert first["run_outcome"]["status"] == "timed_out", first.get("run_outcome")
+    assert "holding" in (Path(first["run"]["log_path"])).read_text()
+    assert first["seconds"] < 110                              # well inside its 120-s window
