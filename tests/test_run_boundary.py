@@ -56,6 +56,7 @@ def sandboxed(ws: Path, command: str, check: bool = True, readonly: tuple[str, .
     cfg = DaemonConfig.model_validate({"sandbox_readonly_paths": list(readonly), **cfg_keys})
     sandbox = load_sandbox(cfg, REPO, ws)
     run_dir = ws / "runs" / f"attack-{uuid.uuid4().hex[:8]}"
+    sandbox.prepare(run_dir, (run_dir / "out",))        # as for a trainer: out/ is the run's to write
     prepared = prepare_run(run_dir.name, "test", ["bash", "-c", command], run_dir, REPO, {}, sandbox)
     done = subprocess.run(prepared.command, env=prepared.env, cwd=REPO, capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
@@ -202,9 +203,11 @@ def test_a_run_log_linked_to_a_root_only_file_never_reaches_a_prompt_or_status(t
     secret.write_text(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{canary}\n-----END OPENSSH PRIVATE KEY-----\n")
     secret.chmod(0o600)
     ws = tmp_path / "ws"
-    run_dir = sandboxed(ws, f"cd $HOME/.. && rm -f run.log && ln -s {secret} run.log")
+    run_dir = sandboxed(ws, f"cd $HOME/.. && rm -f run.log; ln -s {secret} run.log", check=False)
     log = run_dir / "run.log"
-    assert log.is_symlink()
+    assert not log.is_symlink()        # the run folder is the daemon's: the link cannot even be made
+    log.unlink(missing_ok=True)
+    log.symlink_to(secret)             # made anyway (an older layout, another user): still never followed
     outcome = RunOutcome(label="x", status="failed", exit_code=1, log_path=str(log)).signed()
     context = build_context(Workspace(ws), 2, [], ["train"], outcome.model_dump(), None).render()
     assert canary not in context and canary not in last_progress_line(log)
@@ -232,8 +235,8 @@ def test_a_run_sees_none_of_the_daemons_files_so_it_can_hold_no_lock_on_them(tmp
         (ws / rel).parent.mkdir(parents=True, exist_ok=True)
         (ws / rel).write_text("x\n")
     probe = " ; ".join(f"(exec 9<{ws / rel} && flock -n 9 && echo HELD {rel}) 2>/dev/null" for rel in files)
-    run_dir = sandboxed(ws, f"{probe}; ls {ws} > $HOME/../seen.txt; true")
-    seen = (run_dir / "seen.txt").read_text().split()
+    run_dir = sandboxed(ws, f"{probe}; ls {ws} > $HOME/../out/seen.txt; true")
+    seen = (run_dir / "out" / "seen.txt").read_text().split()
     assert seen == ["runs"], seen                  # its own folder's parent, nothing else of the workspace
     done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True)   # outside: they are there
     assert "HELD events.jsonl" in done.stdout
@@ -291,10 +294,10 @@ def test_a_run_can_change_nothing_in_the_pixel_cache_later_runs_are_scored_on(tm
     attacks = [f"printf x >> {cache}/{array}", f"cp /dev/null {cache}/{array}",
                f"cp /dev/null {cache}/{stem}-16px.facts.npz", f"cp /dev/null {cache}/{stem}-48px.npy",
                f"ln -s /tmp/x {cache}/{stem}-64px.npy.lock", f"rm -f {cache}/{array}"]
-    run_dir = sandboxed(tmp_path / "ws", " ; ".join(f"({a}) 2>>$HOME/../errors.txt" for a in attacks) + "; true")
+    run_dir = sandboxed(tmp_path / "ws", " ; ".join(f"({a}) 2>>$HOME/../out/errors.txt" for a in attacks) + "; true")
     after = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in cache.iterdir() if f.is_file()}
     assert after == before and not list(cache.glob("*-48px*")) and not list(cache.glob("*-64px*"))
-    assert "Read-only file system" in (run_dir / "errors.txt").read_text()
+    assert "Read-only file system" in (run_dir / "out" / "errors.txt").read_text()
 
 
 @needs_sandbox
@@ -315,13 +318,13 @@ def test_a_run_that_needs_a_size_the_daemon_did_not_build_decodes_a_private_copy
     data.chmod(0o755)
     config = json.dumps({"data": {"domain": "image_folder", "domain_args": {"root": str(data)},   # JSON is YAML
                                   "image_size": 24, "batch_size": 8}, "run": {"epochs": 1, "threads": 1}})
-    run_dir = sandboxed(tmp_path / "ws", f"cd {REPO} && printf %s {shlex.quote(config)} > $HOME/../train.yaml && "
-                                         f"{sys.executable} -m loop.trainer --config $HOME/../train.yaml "
-                                         "--out $HOME/../out > $HOME/../train.txt 2>&1", check=False,
+    run_dir = sandboxed(tmp_path / "ws", f"cd {REPO} && printf %s {shlex.quote(config)} > $HOME/../out/train.yaml && "
+                                         f"{sys.executable} -m loop.trainer --config $HOME/../out/train.yaml "
+                                         "--out $HOME/../out/run > $HOME/../out/train.txt 2>&1", check=False,
                         readonly=(str(data),))
-    assert (run_dir / "out" / "metrics.json").exists(), (run_dir / "train.txt").read_text()[-2000:]
-    assert json.loads((run_dir / "out" / "metrics.json").read_text())["status"] == "ok"
-    assert "is read-only here" in (run_dir / "train.txt").read_text()
+    assert (run_dir / "out" / "run" / "metrics.json").exists(), (run_dir / "out" / "train.txt").read_text()[-2000:]
+    assert json.loads((run_dir / "out" / "run" / "metrics.json").read_text())["status"] == "ok"
+    assert "is read-only here" in (run_dir / "out" / "train.txt").read_text()
     assert not list(cache.glob("*-24px.npy"))
 
 
@@ -330,10 +333,11 @@ def test_a_run_that_needs_a_size_the_daemon_did_not_build_decodes_a_private_copy
 @needs_sandbox
 def test_a_run_cannot_write_past_the_disk_cap_or_fill_shared_memory_and_its_wrapper_holds_the_walltime(tmp_path):
     ws = tmp_path / "ws"
-    run_dir = sandboxed(ws, "cd $HOME/.. && (dd if=/dev/zero of=big bs=1M count=8 2>/dev/null; true) && "
+    run_dir = sandboxed(ws, "cd $HOME/../out && (dd if=/dev/zero of=big bs=1M count=8 2>/dev/null; true) && "
                             "(dd if=/dev/zero of=/dev/shm/fill bs=1M count=64 2>/dev/null; true) && "
                             "ulimit -n > nofile.txt && ulimit -u > nproc.txt && du -k /dev/shm/fill > shm.txt",
                         check=False, budget={"max_disk_gb": 0.004}, sandbox_shm_gb=0.016)
+    run_dir = run_dir / "out"
     assert (run_dir / "big").stat().st_size <= 0.004 * (1 << 30)         # RLIMIT_FSIZE: the disk cap
     assert int((run_dir / "shm.txt").read_text().split()[0]) <= 0.016 * (1 << 20) + 4
     assert int((run_dir / "nofile.txt").read_text()) == 16384 and int((run_dir / "nproc.txt").read_text()) == 4096
@@ -358,18 +362,18 @@ def test_a_run_sees_only_the_hosts_system_folders_and_cannot_nest_a_user_namespa
         server.bind(str(folder / "sock"))
         server.listen(1)
         connect = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(folder / 'sock')!r})"
-        probe = ("ls / > $HOME/../root.txt; ls /var > $HOME/../var.txt; "
-                 f"({sys.executable} -c {shlex.quote(connect)} && echo CONNECTED) > $HOME/../sock.txt 2>&1; "
-                 "(unshare -U -r true && echo NESTED) > $HOME/../userns.txt 2>&1; true")
+        probe = ("ls / > $HOME/../out/root.txt; ls /var > $HOME/../out/var.txt; "
+                 f"({sys.executable} -c {shlex.quote(connect)} && echo CONNECTED) > $HOME/../out/sock.txt 2>&1; "
+                 "(unshare -U -r true && echo NESTED) > $HOME/../out/userns.txt 2>&1; true")
         run_dir = sandboxed(tmp_path / "ws", probe, check=False)
         server.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    top = set((run_dir / "root.txt").read_text().split())
+    top = set((run_dir / "out" / "root.txt").read_text().split())
     assert not top & {"home", "srv", "mnt", "media", "boot"}, top
-    assert (run_dir / "var.txt").read_text().split() == ["tmp"]       # the masked, empty /var/tmp alone
-    assert "CONNECTED" not in (run_dir / "sock.txt").read_text()
-    assert "NESTED" not in (run_dir / "userns.txt").read_text()
+    assert (run_dir / "out" / "var.txt").read_text().split() == ["tmp"]       # the masked, empty /var/tmp alone
+    assert "CONNECTED" not in (run_dir / "out" / "sock.txt").read_text()
+    assert "NESTED" not in (run_dir / "out" / "userns.txt").read_text()
 
 
 # ------------------------------------------------------- 8. no sandbox, no shell ----

@@ -52,7 +52,7 @@ def box(tmp_path, monkeypatch):
         # These lines are hostile (rm, kill -9 -1): never let one run outside a real sandbox.
         assert sandbox.active and sandbox.command(["x"], ws, REPO)[0] == sandbox.bwrap, "no sandbox: refusing to run"
         run_dir = ws / "runs" / f"r-{uuid.uuid4().hex[:8]}"
-        sandbox.prepare(run_dir)
+        sandbox.prepare(run_dir, (run_dir / "out",))      # as for a trainer: its out/ is the run's
         argv = sandbox.command(["bash", "-c", command], run_dir, REPO)
         done = subprocess.run(argv, env=sandbox.env(run_dir, f"test:{run_dir.name}"), cwd=REPO,
                               capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
@@ -73,11 +73,14 @@ def test_the_run_folder_is_writable_and_the_user_is_unprivileged(box):
                         "cp /dev/null \"$OLDPWD\"/../result2.txt; echo ok", )
     assert done.returncode == 0, done.stderr
     assert (run_dir / "result.txt").exists() is False      # cwd is the repo root (read-only), not the run folder
-    done, run_dir = box('cd "$(dirname "$HOME")" && echo made > result.txt && id -u')
+    done, run_dir = box('cd "$HOME" && echo made > result.txt && id -u')
     assert done.returncode == 0, done.stderr
-    assert (run_dir / "result.txt").read_text() == "made\n"
+    assert (run_dir / ".home" / "result.txt").read_text() == "made\n"
     if AS_ROOT:
         assert done.stdout.split()[-1] == "65534"           # nobody, not root
+        # the run folder itself is the daemon's (run.log, exit_code, run.yaml): not the run's to write
+        done, run_dir = box('cd "$(dirname "$HOME")" && echo forged > exit_code')
+        assert done.returncode != 0 and not (run_dir / "exit_code").exists()
 
 
 @pytest.mark.parametrize("target", [
@@ -151,11 +154,11 @@ def test_a_run_starts_while_workspace_files_come_and_go(box):
     thread = threading.Thread(target=flicker, daemon=True)
     thread.start()
     try:
-        runs = [box(f"echo ok > {box.ws}/state.json; echo ran > \"$(dirname \"$HOME\")\"/out.txt") for _ in range(40)]
+        runs = [box(f"echo ok > {box.ws}/state.json; echo ran > \"$HOME\"/out.txt") for _ in range(40)]
     finally:
         stop.set()
         thread.join(5)
-    refused = [done.stderr for done, run_dir in runs if not (run_dir / "out.txt").exists()]
+    refused = [done.stderr for done, run_dir in runs if not (run_dir / ".home" / "out.txt").exists()]
     assert not refused, f"{len(refused)} of 40 runs did not start: {refused[0]}"
     assert (box.ws / "state.json").read_text() == '{"cycle": 3}\n'   # still out of reach
 
@@ -276,8 +279,8 @@ def test_the_daemon_never_follows_a_runs_symlinks(box, tmp_path):
     secret = tmp_path / "root-only.txt"
     secret.write_text(CANARY + "\n")
     secret.chmod(0o600)
-    done, run_dir = box(f'cd "$(dirname "$HOME")" && mkdir -p out && ln -s {secret} out/metrics.json '
-                        f'&& ln -s {secret} out/model.safetensors && ln -s {secret} run.log && echo linked')
+    done, run_dir = box(f'cd "$(dirname "$HOME")" && ln -s {secret} out/metrics.json '
+                        f'&& ln -s {secret} out/model.safetensors && echo linked')
     assert "linked" in done.stdout
     run = ActiveRun(label="x", trace_id="t", kind="train", argv=["x"], run_dir=str(run_dir),
                     log_path=str(run_dir / "run.log"), exit_file=str(run_dir / "exit_code"), pid=1,
@@ -362,12 +365,12 @@ def test_daemon_start_says_so_and_exits_13_when_the_sandbox_is_required_but_miss
 def test_sandbox_run_cli_runs_like_the_daemon(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-m", "loop.cli.main", "sandbox", "run", "--workspace", str(tmp_path / "ws"),
-                           "--", f"echo hi > {REPO}/README.md; touch \"$(dirname \"$HOME\")/ok\"; id -u"],
+                           "--", f"echo hi > {REPO}/README.md; touch \"$HOME/ok\"; id -u"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "sandbox: bubblewrap" in done.stderr and "network off" in done.stderr
     assert "Read-only file system" in done.stderr or "Permission denied" in done.stderr
-    assert list((tmp_path / "ws" / "runs").glob("sandbox-*/ok"))
+    assert list((tmp_path / "ws" / "runs").glob("sandbox-*/.home/ok"))
     if AS_ROOT:
         assert done.stdout.strip() == "65534"
     refused = subprocess.run([sys.executable, "-m", "loop.cli.main", "sandbox", "run", "--policy", "--workspace",

@@ -74,7 +74,7 @@ def start_phase(daemon_config: str | None, workspace: Path, run_id: str, repo_ro
         argv += ["--daemon-config", daemon_config]
     env = dict(os.environ, PYTHONPATH=str(repo_root))
     if sandbox is not None:
-        sandbox.prepare(phase_dir)
+        sandbox.prepare(phase_dir, (phase_dir,))      # PHASE writes its results folder in it
         # it reads the archive, the lineage and GEN_HEAD; of the rest of the workspace, nothing
         argv = sandbox.command(argv, phase_dir, repo_root, die_with_parent=False, reads=(workspace / "models",))
         # No LLMLOOP_OWNER: PHASE outlives a daemon crash on purpose, and a restart must not reap it.

@@ -100,16 +100,22 @@ class Sandbox:
         tmp = "/tmp" if self.active else str(run_dir / ".tmp")
         return {**self.base_env, "HOME": str(run_dir / ".home"), "TMPDIR": tmp, "LLMLOOP_RUN_TAG": run_tag}
 
-    def prepare(self, run_dir: Path) -> None:
-        """Make the run folder (and its HOME/TMPDIR) and hand it to the sandbox user."""
-        for folder in (run_dir, run_dir / ".home", run_dir / ".tmp"):
+    def prepare(self, run_dir: Path, outputs: tuple[Path, ...] = ()) -> None:
+        """Make the run folder and, in it, the folders the run may write: its HOME, its TMPDIR when
+        unsandboxed, and `outputs` (the trainer's out/). Only those go to the sandbox user: the folder
+        itself and what the daemon keeps there (run.log, exit_code, run.yaml, placement.json) stay
+        the daemon's, so a run can neither replace nor forge them."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        own = [run_dir / ".home", run_dir / ".tmp", *(Path(o) for o in outputs)]
+        for folder in own:
             folder.mkdir(parents=True, exist_ok=True)
         if self.user and self.active:
             uid, gid = self.user
-            for root, _dirs, files in os.walk(run_dir):
-                os.chown(root, uid, gid)
-                for name in files:
-                    os.lchown(os.path.join(root, name), uid, gid)
+            for folder in own:
+                for root, _dirs, files in os.walk(folder):
+                    os.chown(root, uid, gid)
+                    for name in files:
+                        os.lchown(os.path.join(root, name), uid, gid)
 
     def command(self, argv: list[str], run_dir: Path, cwd: Path, die_with_parent: bool = True,
                 gpus: list[int] | None = None, reads: tuple[str | Path, ...] = ()) -> list[str]:

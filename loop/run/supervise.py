@@ -70,7 +70,7 @@ def prepare_run(label: str, trace_id: str, argv: list[str], run_dir: Path, cwd: 
     exit_file.unlink(missing_ok=True)
     run_tag = f"{trace_id}:{label}"
     if sandbox is not None:
-        sandbox.prepare(run_dir)
+        sandbox.prepare(run_dir, outputs_of(argv, run_dir))
         gpus = (extra_env or {}).get("CUDA_VISIBLE_DEVICES")
         env = {**sandbox.env(run_dir, run_tag), **(extra_env or {})}
         command = sandbox.command(argv, run_dir, cwd, gpus=None if gpus is None else
@@ -84,6 +84,12 @@ def prepare_run(label: str, trace_id: str, argv: list[str], run_dir: Path, cwd: 
     walltime = ["--walltime", f"{walltime_seconds:g}"] if walltime_seconds else []
     wrapped = [sys.executable, "-m", "loop.run.runwrap", str(exit_file), *walltime, *limits, "--", *command]
     return PreparedRun(run_tag, wrapped, env, log_path, exit_file)
+
+
+def outputs_of(argv: list[str], run_dir: Path) -> tuple[Path, ...]:
+    """The folders a trainer command writes inside its run folder (its `--out`)."""
+    out = [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "--out"]
+    return tuple(o for o in out if o.resolve().is_relative_to(run_dir.resolve()))
 
 
 def launch(label: str, trace_id: str, kind: str, argv: list[str], run_dir: Path, cycle: int, cwd: Path,
