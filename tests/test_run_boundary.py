@@ -444,3 +444,32 @@ def test_a_daemon_whose_run_locks_everything_it_can_open_finishes_its_cycle_and_
     assert first["run_outcome"]["status"] == "timed_out", first.get("run_outcome")
     assert "holding" in (Path(first["run"]["log_path"])).read_text()
     assert first["seconds"] < 110                              # well inside its 120-s window
+
+
+def test_a_cache_file_changed_after_its_build_is_never_read_but_rebuilt_and_said(tmp_path, monkeypatch):
+    """Each cache file's digest is recorded at build; one that no longer matches (changed in place,
+    by anyone) is rebuilt before anything reads it, and the daemon's hook hears of it."""
+    import numpy as np
+    from PIL import Image
+
+    from loop.domains import pixels, resolve_domain
+    from loop.domains.pixels import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (8, 8), i * 30 if c == "a" else 255 - i * 30).save(data / c / f"{i}.png")
+    first = resolve_domain("image_folder", {"root": str(data), "mode": "L"})
+    original = np.array(first.splits.train.view(16).numpy(slice(None)))
+    array = next((tmp_path / "cache").glob("*-16px.npy"))
+    size = array.stat().st_size
+    with open(array, "r+b") as fh:                     # in place, as a writer under a live memory map would
+        fh.seek(128)                                   # past the .npy header: every image's pixels
+        fh.write(b"\x07" * (size - 128))
+    heard = []
+    monkeypatch.setattr(pixels, "on_rebuild", lambda path, why: heard.append((path, why)))
+    again = resolve_domain("image_folder", {"root": str(data), "mode": "L"})
+    assert np.array_equal(np.array(again.splits.train.view(16).numpy(slice(None))), original)
+    assert heard and heard[0][0] == array and "digest" in heard[0][1]

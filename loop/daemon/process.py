@@ -209,6 +209,10 @@ def start_up(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> tuple[Loop, 
     if reaped["killed"]:
         say(f"killed {len(reaped['killed'])} leftover process(es) of an earlier daemon")
     expire_recommendations(loop, state)     # sets loop.phase_hint: PHASE's recommendations still in force
+    from loop.domains import pixels
+
+    pixels.on_rebuild = lambda path, why: events.append(     # a cache file that fails its digest: said, rebuilt
+        "pixel_cache_rebuilt", f"cache-{state.cycle + 1:05d}", path=str(path), reason=why)
     return loop, state, degraded
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from loop.errors import DomainError
+from loop.util.fsutil import atomic_write_text
 
 CACHE_ENV = "LLMLOOP_PIXEL_CACHE"
 CACHE_FORMAT = 1            # bump when the cache's layout or decoding changes
@@ -179,10 +181,15 @@ def file_cache(source: PixelSource, size: int) -> Path:
     from filelock import FileLock
 
     path = cache_path(source, size)
-    if not (path.exists() and facts_path(path).exists()):
+    if not (path.exists() and facts_path(path).exists() and verified(path)):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(path) + ".lock", mode=0o666):
+                if path.exists() and not verified(path):      # changed since it was built: never read
+                    for f in (path, facts_path(path), digest_path(path)):
+                        f.unlink(missing_ok=True)
+                    if on_rebuild is not None:
+                        on_rebuild(path, "its digest no longer matches the one recorded when it was built")
                 if not (path.exists() and facts_path(path).exists()):    # another process may have built it
                     build_cache(source, size, path)
         except OSError as exc:
@@ -190,6 +197,34 @@ def file_cache(source: PixelSource, size: int) -> Path:
                 raise
             path = private_cache(source, size, path.parent)
     return path
+
+
+on_rebuild = None        # the daemon's: called (path, why) when a cache file failed its digest and is rebuilt
+_verified: set[tuple] = set()
+
+
+def digest_path(cache_file: Path) -> Path:
+    return cache_file.with_suffix(".sha256.json")
+
+
+def file_digests(cache_file: Path) -> dict[str, str]:
+    return {"array": _sha256(cache_file), "facts": _sha256(facts_path(cache_file))}
+
+
+def verified(cache_file: Path) -> bool:
+    """Whether the cache file and its facts hash to what was recorded when they were built (once per
+    process and file version: a 600 MB array hashes in about a second)."""
+    try:
+        st = os.stat(cache_file)
+        key = (str(cache_file), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key in _verified:
+            return True
+        ok = json.loads(digest_path(cache_file).read_text()) == file_digests(cache_file)
+    except (OSError, ValueError):
+        return False
+    if ok:
+        _verified.add(key)
+    return ok
 
 
 def private_cache(source: PixelSource, size: int, shared: Path) -> Path:
@@ -233,13 +268,23 @@ def build_cache(source: PixelSource, size: int, path: Path) -> None:
         with os.fdopen(facts_fd, "wb") as fh:        # the descriptor mkstemp made, not a name
             facts_fd = -1
             np.savez(fh, digests=facts.digests, heights=facts.heights, widths=facts.widths)
+        digests = {"array": _sha256(tmp), "facts": _sha256(tmp_facts)}
         os.replace(tmp_facts, facts_path(path))
+        atomic_write_text(digest_path(path), json.dumps(digests) + "\n")   # before the array: it says "complete"
         os.replace(tmp, path)
     finally:
         if facts_fd >= 0:
             os.close(facts_fd)
         tmp.unlink(missing_ok=True)
         tmp_facts.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def decode_into(source: PixelSource, size: int, out: np.ndarray) -> tuple[PixelFacts, list[str]]:
