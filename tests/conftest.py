@@ -19,6 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 pytest_plugins = ["tests.llm_server", "tests._session"]
 
 
+@pytest.fixture(autouse=True)
+def _domain_trust():
+    """A daemon started in-process narrows which `module:Class` tasks this process imports
+    (loop.domains.trust_domains); that trust is the daemon's, never the next test's."""
+    import loop.domains as domains
+
+    yield
+    domains._trusted, domains._untrusted_roots = None, ()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def pixel_cache(tmp_path_factory):
     """One decoded-pixel cache for the whole test run, shared by its xdist workers (never the user's

@@ -699,7 +699,7 @@ def warm_up(cfg: DaemonConfig) -> None:
     from loop.daemon.process import check_task_domain
 
     check_rule_budgets(cfg, cfg.root)
-    check_task_domain(cfg)
+    check_task_domain(cfg, Workspace(Path(cfg.workspace)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,13 +158,25 @@ def test_a_port_that_accepts_but_never_answers_is_an_error_after_the_connect_tim
     silent = socket.socket()
     silent.bind(("0.0.0.0", 0))
     silent.listen(16)
+    earlier = drivers()           # this worker's other tests may hold a driver of their own
     try:
         ex = executor(f"127.0.0.1:{silent.getsockname()[1]}", tmp_path, connect_timeout_seconds=3)
         with pytest.raises(RayUnavailable, match=r"did not join within 3s.*ray start --head"):
             ex.connect()
     finally:
         silent.close()
-    assert not [p for p in psutil.Process().children(recursive=True) if "loop.run.ray_driver" in " ".join(p.cmdline())]
+    assert drivers() - earlier == set()                 # the driver that never joined was killed
+
+
+def drivers() -> set[int]:
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "loop.run.ray_driver" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
 
 
 # ------------------------------------------------------------- mid-night ----

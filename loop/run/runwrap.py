@@ -46,6 +46,19 @@ def apply_limits(limits: dict[int, int]):
     return set_them
 
 
+def kill_descendants(pid: int) -> None:
+    """SIGKILL every process under `pid`; one that ends meanwhile is already what we want."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def main() -> int:
     try:
         exit_file, walltime, limits, argv = parse(sys.argv[1:])
@@ -61,8 +74,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             # in the sandbox the child is bwrap: its PID namespace, every process of the run, goes with
             # it; without one, its descendants are killed first
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.kill()
+            kill_descendants(proc.pid)
             proc.kill()
             proc.wait()
             code, note = WALLTIME_CODE, " walltime"
