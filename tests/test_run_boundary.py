@@ -349,6 +349,28 @@ def test_a_run_cannot_write_past_the_disk_cap_or_fill_shared_memory_and_its_wrap
     assert done.returncode == 124 and (slow / "exit_code").read_text().strip() == "124 walltime"
 
 
+@needs_sandbox
+def test_a_run_gets_a_cgroup_of_its_own_that_caps_its_memory_and_its_tasks(tmp_path):
+    from loop.run.cgroup import ROOT, Caps, make
+
+    probe, why = make(f"run-probe-{uuid.uuid4().hex[:6]}", Caps(memory_bytes=64 << 20, tasks=64))
+    if probe is None:
+        pytest.skip(f"no cgroup can be made here ({why}): runs keep their rlimits alone")
+    probe.remove()
+    ws = tmp_path / "ws"
+    hog = f"{sys.executable} -c 'b = bytearray(600 << 20); b[::4096] = bytes(len(b[::4096]))'"
+    run_dir = sandboxed(ws, f"exec {hog}", check=False, sandbox_memory_gb=0.125)
+    assert (run_dir / "exit_code").read_text().strip() == "137 oom"               # the memory cap killed it
+    assert "reached its memory cap of 0.12 GB" in (run_dir / "stderr.txt").read_text()
+    # its tasks: a run cannot start more than its cap, and its group goes with it
+    wrap = subprocess.Popen([sys.executable, "-m", "loop.run.runwrap", str(tmp_path / "exit"), "--cap", "tasks=16",
+                             "--", "sh", "-c", "for i in $(seq 1 40); do sleep 30 & done"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = wrap.communicate(timeout=60)
+    assert "cannot fork" in err.lower()                                       # refused past 16
+    assert not [b for b in (ROOT / "pids", ROOT / "unified", ROOT) if (b / "llmloop" / f"run-{wrap.pid}").exists()]
+
+
 # ---------------------------------------------------------------- 7. the host ----
 
 @needs_sandbox

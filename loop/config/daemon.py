@@ -120,6 +120,10 @@ class DaemonConfig(StrictModel):
     sandbox_network: bool = False
     sandbox_shm_gb: float = Field(2.0, gt=0)   # the run's private /dev/shm (loader workers, torch IPC)
     sandbox_tmp_gb: float = Field(4.0, gt=0)   # the run's private /tmp (memory-backed: a cap keeps it from taking all)
+    # a cgroup per run where the machine allows one (root, cgroup v1 or v2): its RAM, tmpfs pages
+    # included (null: no memory cap), and CPU cores (null: no CPU cap); loop/run/cgroup.py
+    sandbox_memory_gb: float | None = Field(8.0, gt=0)
+    sandbox_cpus: float | None = Field(None, gt=0)
     # `package.module:Class` task domains this daemon may import (registered names need none); never
     # one from an LLM's overlay or a run's files, never one whose package lies in the workspace
     trusted_domains: list[str] = Field(default_factory=list)

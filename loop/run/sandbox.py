@@ -53,6 +53,7 @@ PROTECTED_IN_WORKSPACE = ("notes", "logs", "state.json", "events.jsonl", "daemon
 DROP_PRIVILEGES = ("--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs")
 RUN_OPEN_FILES = 16384     # loader workers pass tensors as descriptors: generous, but not unbounded
 RUN_PROCESSES = 4096       # per uid: every run shares the sandbox user, so this bounds them all together
+RUN_TASKS = 1024           # per run, in its cgroup (loop/run/cgroup.py): loader workers and their threads
 # Switches that keep libraries from reaching for the network on their own (an update check at
 # import, telemetry): with the network off each would be a failed attempt in every run's log.
 OFFLINE_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
@@ -79,6 +80,8 @@ class Sandbox:
     private: tuple[Path, ...] = ()     # shown as an empty folder with only the run's own paths in it (the workspace)
     max_file_bytes: int | None = None  # RLIMIT_FSIZE: no file a run writes grows past it (the disk cap)
     no_nested_userns: bool = False     # the run cannot make user namespaces of its own (an inner bwrap)
+    memory_bytes: int | None = None    # the run's cgroup memory cap (its tmpfs pages included)
+    cpus: float | None = None          # the run's cgroup CPU cap in cores (None: no cap)
 
     def limits(self) -> dict[str, int]:
         """The rlimits every run gets (loop/run/runwrap.py sets them): file size, open files,
@@ -87,6 +90,14 @@ class Sandbox:
             return {}
         out = {"nofile": RUN_OPEN_FILES, "nproc": RUN_PROCESSES, "core": 0}
         return out | ({"fsize": self.max_file_bytes} if self.max_file_bytes else {})
+
+    def caps(self) -> dict[str, float]:
+        """The run's own cgroup caps (runwrap makes the group where the machine allows one)."""
+        if not self.active:
+            return {}
+        out: dict[str, float] = {"tasks": RUN_TASKS}
+        return out | ({"memory": self.memory_bytes} if self.memory_bytes else {}) | \
+            ({"cpus": self.cpus} if self.cpus else {})
 
     @property
     def active(self) -> bool:
@@ -334,7 +345,9 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
                       shm_bytes=int(cfg.sandbox_shm_gb * (1 << 30)), tmp_bytes=int(cfg.sandbox_tmp_gb * (1 << 30)),
                       private=(ws_root,),
                       max_file_bytes=int(cfg.budget.max_disk_gb * (1 << 30)) if cfg.budget.max_disk_gb else None,
-                      no_nested_userns=bool(bwrap) and not problem and can_disable_userns(bwrap, user))
+                      no_nested_userns=bool(bwrap) and not problem and can_disable_userns(bwrap, user),
+                      memory_bytes=int(cfg.sandbox_memory_gb * (1 << 30)) if cfg.sandbox_memory_gb else None,
+                      cpus=cfg.sandbox_cpus)
     grant_writable(sandbox)
     return sandbox
 

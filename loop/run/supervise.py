@@ -78,9 +78,11 @@ def prepare_run(label: str, trace_id: str, argv: list[str], run_dir: Path, cwd: 
     else:
         env, command = {**env, **(extra_env or {}), RUN_TAG: run_tag}, list(argv)
     # runwrap stays outside the sandbox (it must write the exit file whatever the run does); it holds
-    # the walltime and sets the sandbox's rlimits
+    # the walltime, sets the sandbox's rlimits and makes the run's cgroup
     limits = [a for name, value in (sandbox.limits() if sandbox is not None else {}).items()
               for a in ("--limit", f"{name}={value}")]
+    limits += [a for name, value in (sandbox.caps() if sandbox is not None else {}).items()
+               for a in ("--cap", f"{name}={value}")]
     walltime = ["--walltime", f"{walltime_seconds:g}"] if walltime_seconds else []
     wrapped = [sys.executable, "-m", "loop.run.runwrap", str(exit_file), *walltime, *limits, "--", *command]
     return PreparedRun(run_tag, wrapped, env, log_path, exit_file)
