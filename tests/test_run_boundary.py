@@ -39,15 +39,6 @@ needs_sandbox = pytest.mark.skipif(shutil.which("bwrap") is None or find_bwrap(T
 EVIL = "from pathlib import Path\nPath({marker!r}).write_text('imported')\nclass Evil: pass\n"
 
 
-@pytest.fixture(autouse=True)
-def untrusting():
-    """Each test says what it trusts; the process goes back to trusting any spec after it."""
-    yield
-    import loop.domains as domains
-
-    domains._trusted, domains._untrusted_roots = None, ()
-
-
 def sandboxed(ws: Path, command: str, check: bool = True, readonly: tuple[str, ...] = (), **cfg_keys) -> Path:
     """Run one shell line in a real sandbox exactly as the daemon runs a run_command (through
     runwrap, with its limits); returns its folder."""
