@@ -140,6 +140,7 @@ def test_blocked_with_a_short_back_off_tries_another_configuration(tmp_path):
 # ------------------------------------------- a digits night with PHASE at the start ----
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)   # 16 trainings, PHASE and a window: 131 s quiet, over 300 s beside a CPU-bound process
 def test_a_digits_night_with_phase_open_at_the_start_trains_nothing_twice(tmp_path):
     """PHASE's daily window is open when the daemon starts, as on the night that narrowed the space to
     the baseline. Sixteen cycles: every configuration is new (continuations and declared seed
