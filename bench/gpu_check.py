@@ -32,7 +32,7 @@ from loop.config import DaemonConfig, validate  # noqa: E402
 from loop.domains import resolve_domain  # noqa: E402
 from loop.run.executor import Executor, run_all  # noqa: E402
 from loop.run.plan import RunPlan  # noqa: E402
-from loop.run.sandbox import load_sandbox  # noqa: E402
+from loop.run.sandbox_setup import load_sandbox  # noqa: E402
 from loop.run.slots import SlotPool, plan_slots  # noqa: E402
 from loop.trainer.config import TrainerConfig  # noqa: E402
 from loop.trainer.data import ImageDataset  # noqa: E402

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from loop.config import DaemonConfig, ExecutorConfig, validate  # noqa: E402
 from loop.run.executor import Executor, run_all  # noqa: E402
 from loop.run.plan import RunPlan  # noqa: E402
-from loop.run.sandbox import load_sandbox  # noqa: E402
+from loop.run.sandbox_setup import load_sandbox  # noqa: E402
 from loop.run.slots import SlotPool, plan_slots  # noqa: E402
 from loop.run.supervise import exit_code  # noqa: E402
 

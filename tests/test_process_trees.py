@@ -20,7 +20,7 @@ from loop.config import DaemonConfig
 from loop.cycle.state import LoopState
 from loop.journal.events import EventLog
 from loop.run.executor import Executor, monitor
-from loop.run.sandbox import find_bwrap, load_sandbox
+from loop.run.sandbox_setup import find_bwrap, load_sandbox
 from loop.run.supervise import ActiveRun, is_alive, kill_run, launch
 
 HAS_BWRAP = shutil.which("bwrap") is not None and find_bwrap(os.geteuid() == 0)[1] is None
@@ -194,7 +194,7 @@ import os, subprocess, sys
 sys.path.insert(0, {str(REPO)!r})
 from pathlib import Path
 from loop.config import DaemonConfig
-from loop.run.sandbox import load_sandbox
+from loop.run.sandbox_setup import load_sandbox
 ws = Path({str(tmp_path / 'ws')!r})
 sandbox = load_sandbox(DaemonConfig(), Path({str(REPO)!r}), ws)
 phase_dir = ws / "phase"

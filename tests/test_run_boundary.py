@@ -31,7 +31,7 @@ from loop.agents.schema import Decision
 from loop.config import DaemonConfig
 from loop.domains import trust_domains, trust_from
 from loop.errors import ConfigError, DomainError
-from loop.run.sandbox import find_bwrap, load_sandbox
+from loop.run.sandbox_setup import find_bwrap, load_sandbox
 from tests.conftest import REPO, tiny_config_dict
 
 needs_sandbox = pytest.mark.skipif(shutil.which("bwrap") is None or find_bwrap(True)[1] is not None,

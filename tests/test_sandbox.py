@@ -22,7 +22,7 @@ from conftest import REPO
 
 from loop.config import DaemonConfig
 from loop.errors import ConfigError, SandboxUnavailable
-from loop.run.sandbox import find_bwrap, load_sandbox
+from loop.run.sandbox_setup import find_bwrap, load_sandbox
 
 AS_ROOT = os.geteuid() == 0
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None or find_bwrap(AS_ROOT)[1] is not None,

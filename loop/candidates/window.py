@@ -28,7 +28,7 @@ from loop.domains import resolve_domain, task_domain
 from loop.journal.fingerprint import recipe
 from loop.run.executor import Executor, executor_for, run_all
 from loop.run.plan import RunPlan
-from loop.run.sandbox import load_sandbox
+from loop.run.sandbox_setup import load_sandbox
 from loop.run.supervise import ActiveRun, exit_code
 from loop.tracking.tensorboard_links import keep_candidate_boards, with_tensorboard
 from loop.trainer.config import TrainerConfig, resolved

@@ -252,7 +252,7 @@ def cmd_policy(args, cfg, ws) -> int:
 
 def cmd_sandbox(args, cfg, ws) -> int:
     from loop.cli.policy import policy_check
-    from loop.run.sandbox import run_by_hand
+    from loop.run.sandbox_setup import run_by_hand
 
     if not args.cmd:
         print("usage: llmloop sandbox run [--policy] -- COMMAND", file=sys.stderr)

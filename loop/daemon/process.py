@@ -26,7 +26,7 @@ from loop.journal.history import RunRecord
 from loop.journal.keeps import incumbent
 from loop.run.executor import check_executor
 from loop.run.reaper import reap_leftovers
-from loop.run.sandbox import load_sandbox
+from loop.run.sandbox_setup import load_sandbox
 from loop.util.workspace import Workspace, workspace_of  # noqa: F401  (workspace_of: callers use it from here)
 
 if TYPE_CHECKING:        # imported when the daemon runs: status and stop need neither it nor torch
