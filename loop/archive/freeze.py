@@ -22,7 +22,7 @@ from loop.archive.lineage import LineageRow, read_lineage, upsert_lineage
 from loop.archive.paths import ModelPaths
 from loop.errors import ArchiveTampered
 from loop.util.faults import fault_point
-from loop.util.fsutil import atomic_write_text, read_regular_bytes
+from loop.util.fsutil import atomic_write_text, read_regular_bytes, sha256_file
 
 LOG = "train.log"
 COPIED_FROM_RUN = ("model.safetensors", "config.json", "train_args.json", LOG)
@@ -62,16 +62,6 @@ def recorded_entries(paths: ModelPaths) -> dict[str, ArchiveEntry]:
 def entry_name(prefix: str, gen_id: int, branch_id: str, when: float | None = None) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(when or time.time()))
     return f"{prefix}-G{gen_id:03d}-{branch_id}-{stamp}"
-
-
-def sha256_file(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def hashes_csv(folder: Path) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from loop.errors import DomainError
-from loop.util.fsutil import atomic_write_text
+from loop.util.fsutil import atomic_write_text, sha256_file
 
 CACHE_ENV = "LLMLOOP_PIXEL_CACHE"
 CACHE_FORMAT = 1            # bump when the cache's layout or decoding changes
@@ -208,7 +208,7 @@ def digest_path(cache_file: Path) -> Path:
 
 
 def file_digests(cache_file: Path) -> dict[str, str]:
-    return {"array": _sha256(cache_file), "facts": _sha256(facts_path(cache_file))}
+    return {"array": sha256_file(cache_file), "facts": sha256_file(facts_path(cache_file))}
 
 
 def verified(cache_file: Path) -> bool:
@@ -268,7 +268,7 @@ def build_cache(source: PixelSource, size: int, path: Path) -> None:
         with os.fdopen(facts_fd, "wb") as fh:        # the descriptor mkstemp made, not a name
             facts_fd = -1
             np.savez(fh, digests=facts.digests, heights=facts.heights, widths=facts.widths)
-        digests = {"array": _sha256(tmp), "facts": _sha256(tmp_facts)}
+        digests = {"array": sha256_file(tmp), "facts": sha256_file(tmp_facts)}
         os.replace(tmp_facts, facts_path(path))
         atomic_write_text(digest_path(path), json.dumps(digests) + "\n")   # before the array: it says "complete"
         os.replace(tmp, path)
@@ -277,14 +277,6 @@ def build_cache(source: PixelSource, size: int, path: Path) -> None:
             os.close(facts_fd)
         tmp.unlink(missing_ok=True)
         tmp_facts.unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def decode_into(source: PixelSource, size: int, out: np.ndarray) -> tuple[PixelFacts, list[str]]:

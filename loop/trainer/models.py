@@ -7,7 +7,6 @@ A model folder (a run folder, an archive entry, GEN_HEAD) holds `model.safetenso
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from loop.errors import ConfigError, UnsupportedModelError
 from loop.trainer.config import PRETRAINED_SUFFIXES
-from loop.util.fsutil import read_regular_text
+from loop.util.fsutil import read_regular_text, sha256_file
 
 WEIGHTS_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "config.json"
@@ -181,14 +180,6 @@ def create_timm_pretrained(name: str, num_classes: int, in_chans: int, drop_rate
 
 
 # ------------------------------------------------------------ a local file ----
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def read_weights_file(path: Path, name: str) -> dict[str, torch.Tensor]:
     """A state dict from a .safetensors file or a torch file (weights_only), unwrapped from

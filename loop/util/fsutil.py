@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import stat
@@ -191,3 +192,12 @@ def read_regular_bytes(path: str | Path, tail: int | None = None, within: str | 
 
 def read_regular_text(path: str | Path, tail: int | None = None, within: str | Path | None = None) -> str:
     return read_regular_bytes(path, tail, within).decode("utf-8", errors="replace")
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks (weights, archive entries, cache arrays)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
