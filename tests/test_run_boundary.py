@@ -17,6 +17,7 @@ host side that it failed.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -360,6 +361,29 @@ def test_a_run_gets_a_cgroup_of_its_own_that_caps_its_memory_and_its_tasks(tmp_p
     _, err = wrap.communicate(timeout=60)
     assert "cannot fork" in err.lower()                                       # refused past 16
     assert not [b for b in (ROOT / "pids", ROOT / "unified", ROOT) if (b / "llmloop" / f"run-{wrap.pid}").exists()]
+
+
+def test_a_new_runs_group_leaves_a_live_runwraps_empty_group_and_removes_a_dead_ones():
+    """A live runwrap's group is empty between its making and its child's join: another run starting
+    then must not remove it (under load that failed the first run's start). A dead runwrap's goes."""
+    from loop.run.cgroup import Caps, make
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    caps = Caps(tasks=64)
+    live_group, why = make(f"run-{os.getpid()}", caps)        # this process is alive, its group empty
+    if live_group is None:
+        pytest.skip(f"no cgroup can be made here ({why})")
+    dead_group, _ = make(f"run-{dead.pid}", caps)
+    newest = None
+    try:
+        newest, _ = make(f"run-{uuid.uuid4().int % 10**6 + 4_000_000}", caps)
+        assert all(f.exists() for f in live_group.folders), "a live runwrap's empty group was removed"
+        assert not any(f.exists() for f in dead_group.folders), "a dead runwrap's empty group was kept"
+    finally:
+        for group in (live_group, dead_group, newest):
+            if group is not None:
+                group.remove(patience=0)
 
 
 # ---------------------------------------------------------------- 7. the host ----

@@ -5,7 +5,8 @@ CPU share. The rlimits (loop/run/runwrap.py) stay beside it: they hold where no 
 
 runwrap (root, outside the sandbox) makes the group, moves the run's first process into it before
 exec (everything the run starts inherits it), kills what is left in it when the run ends and removes
-it. A group a killed runwrap left behind is removed by the next one that finds it empty.
+it. A group a killed runwrap left behind is removed by the next one that finds it empty and its
+runwrap gone (a live runwrap's group is empty for a moment, between its making and the join).
 
   cgroup v1   one folder per controller: /sys/fs/cgroup/{memory,pids,cpu}/llmloop/run-<pid>
   cgroup v2   one folder: <cgroup2 mount>/llmloop/run-<pid>, the controllers enabled for llmloop/
@@ -135,13 +136,28 @@ def _fresh(parent: Path, name: str) -> Path:
     parent.mkdir(exist_ok=True)
     for old in parent.glob("run-*"):
         try:
-            if not (old / "cgroup.procs").read_text().strip():
+            if _left_behind(old) and not (old / "cgroup.procs").read_text().strip():
                 old.rmdir()
         except OSError:
             pass
     folder = parent / name
     folder.mkdir()
     return folder
+
+
+def _left_behind(group: Path) -> bool:
+    """A `run-<pid>` group whose runwrap is gone. A live runwrap's group is empty between its mkdir
+    and its child's join; removing it then would fail that run's start (seen under load)."""
+    pid = group.name.removeprefix("run-")
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _v2_root(root: Path) -> Path | None:
