@@ -170,12 +170,14 @@ def test_daemon_cycles_and_an_evolution_window_run_on_ray(cluster, tmp_path):
     assert [n for n in ray.util.list_named_actors() if str(n).startswith("llmloop-")] == []   # nothing left
 
 
-@pytest.mark.timeout(900)      # the run trains 30 epochs: minutes on a busy 2-core machine
+@pytest.mark.timeout(900)      # the run trains 12 epochs: minutes on a busy 2-core machine
 def test_kill_9_of_the_daemon_mid_run_then_a_restart_readopts_the_ray_run(cluster, tmp_path):
     # short monitor windows: state.json names the run while it trains, so the kill lands mid-run
     cfg = daemon_config(tmp_path, cluster, default_monitor_seconds=1, evo_period_cycles=99)
     trainer = tmp_path / "tiny.yaml"
-    trainer.write_text(yaml.safe_dump(tiny_config_dict(data={"train_fraction": 0.3}, run={"epochs": 30})))
+    # 12 epochs: long enough to outlive the kill and the restart (seconds), short enough to be followed to its
+    # end inside one window on a loaded machine (30 epochs once outlasted a 700 s window there)
+    trainer.write_text(yaml.safe_dump(tiny_config_dict(data={"train_fraction": 0.3}, run={"epochs": 12})))
     config = tmp_path / "daemon.yaml"
     config.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -202,8 +204,8 @@ def test_kill_9_of_the_daemon_mid_run_then_a_restart_readopts_the_ray_run(cluste
         ray.init(address=cluster.address, namespace="llmloop-test", ignore_reinit_error=True)
         assert ray.get_actor(run["task"], namespace="llmloop-test") is not None   # the run outlived its daemon
         # follow it to its end: the window closes as soon as it ends, however long that takes here
-        config.write_text(yaml.safe_dump({**cfg, "default_monitor_seconds": 700}))
-        again = subprocess.run(argv[:-1] + ["1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=800)
+        config.write_text(yaml.safe_dump({**cfg, "default_monitor_seconds": 760, "max_monitor_seconds": 760}))
+        again = subprocess.run(argv[:-1] + ["1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=840)
         assert again.returncode == 0, again.stderr[-2000:]
         starts = [json.loads(ln) for ln in (tmp_path / "ws" / "events.jsonl").open() if '"daemon_start"' in ln]
         assert starts[-1]["reaped"]["adopted_run"] == run["label"]
