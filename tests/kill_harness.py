@@ -26,10 +26,11 @@ sys.path.insert(0, str(REPO))
 
 from loop.archive import freeze as archive  # noqa: E402
 from loop.archive.checkpoints import CheckpointManager  # noqa: E402
+from loop.archive.headswitch import cutover  # noqa: E402
 from loop.archive.lifecycle import Lifecycle  # noqa: E402
 from loop.archive.lineage import LineageRow, mark_promoted, read_lineage  # noqa: E402
 from loop.archive.paths import ModelPaths  # noqa: E402
-from loop.archive.promotion import cutover, read_proposal  # noqa: E402
+from loop.archive.proposal import read_proposal  # noqa: E402
 from loop.archive.store import load_store, save_store  # noqa: E402
 from loop.config import DaemonConfig, validate  # noqa: E402
 from loop.cycle.state import LoopState  # noqa: E402
@@ -107,7 +108,7 @@ def child_evolution(ws_root: Path, fault: str | None, rng_seed: int) -> None:
     rng = random.Random(rng_seed)
     if fault in ("cutover:after_new_link", "cutover:after_rename", "archive:mid_copy", "archive:staged_read_only",
                  "lineage:before_upsert"):
-        os.environ["LLMLOOP_FAULT"] = fault        # real fault points in promotion.cutover / archive.freeze
+        os.environ["LLMLOOP_FAULT"] = fault        # real fault points in headswitch.cutover / archive.freeze
     loop.util.faults._hits.clear()
     paths = ModelPaths(ws_root)
     run_dir = ws_root / "fake_run"

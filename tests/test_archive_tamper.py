@@ -21,11 +21,12 @@ import pytest
 
 from loop.archive import freeze as archive
 from loop.archive.gates import check_gates
+from loop.archive.headswitch import cutover, rollback
 from loop.archive.lifecycle import Lifecycle
 from loop.archive.lineage import read_lineage
 from loop.archive.paths import ModelPaths
 from loop.archive.probes import ProbeMetrics
-from loop.archive.promotion import approve, cutover, propose, rollback
+from loop.archive.promotion import approve, propose
 from loop.archive.store import load_store, save_store
 from loop.candidates.scheduler import spawn_candidates
 from loop.candidates.window import CandidateOutcome

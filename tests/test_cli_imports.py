@@ -1,5 +1,6 @@
-"""Commands that only read files stay light: `llmloop archive verify | list` hash files and read
-CSV, so they must not import torch (about 4 s) through the promotion pipeline's modules."""
+"""Commands that only read files or move a link stay light: `llmloop archive verify | list` hash
+files and read CSV, `rollback` and `promote --reject | --show` move GEN_HEAD or read the proposal,
+so none may import torch (about 4 s) through the promotion pipeline's modules."""
 from __future__ import annotations
 
 import os
@@ -70,9 +71,35 @@ def test_archive_list_does_not_import_torch(workspace):
     assert heavy(modules) == []
 
 
-def test_the_check_sees_torch_where_it_is_imported(workspace):
-    """The same check on a command that does need torch (the promotion pipeline) finds it: the
-    two tests above can fail."""
-    done, modules = run_importtime("promote", "--show", "--workspace", str(workspace.workspace))
+def test_rollback_and_reject_move_gen_head_without_importing_torch(tmp_path):
+    from loop.archive.headswitch import cutover
+    from loop.archive.proposal import Proposal, ProposalHashes
+
+    paths = ModelPaths(tmp_path / "ws")
+    for gen in (1, 2, 3):
+        run = tmp_path / f"run-{gen}"
+        run.mkdir()
+        (run / "model.safetensors").write_bytes(os.urandom(4096))
+        add_archive_entry(paths, run, f"m-G00{gen}-a", gen, promoted=gen < 3)
+    cutover(paths, "m-G002-a")
+    done, modules = run_importtime("rollback", "--workspace", str(paths.workspace))
     assert done.returncode == 0, done.stderr[-2000:]
+    assert paths.head_name() == "m-G001-a" and "m-G002-a -> m-G001-a" in done.stdout
+    assert heavy(modules) == []
+    proposal = Proposal(current_head="m-G001-a", proposed_head="m-G003-a", reason="test", improvement=0.1,
+                        score=0.6, head_score=0.5, metrics=None, gates={}, timestamp="2026-12-06T00:00:00Z",
+                        hashes=ProposalHashes(model="0" * 64, manifest="0" * 64, hashes_csv="0" * 64))
+    paths.proposal.write_text(proposal.model_dump_json())
+    for args in (("promote", "--show"), ("promote", "--reject")):
+        done, modules = run_importtime(*args, "--workspace", str(paths.workspace))
+        assert done.returncode == 0 and "m-G003-a" in done.stdout, done.stderr[-2000:]
+        assert heavy(modules) == [], args
+    assert not paths.proposal.exists() and paths.head_name() == "m-G001-a"
+
+
+def test_the_check_sees_torch_where_it_is_imported(workspace):
+    """The same check on a command that does need torch (approve loads the models) finds it: the
+    tests above can fail."""
+    done, modules = run_importtime("promote", "--approve", "--workspace", str(workspace.workspace))
+    assert "no pending proposal" in done.stderr + done.stdout
     assert "torch" in heavy(modules)

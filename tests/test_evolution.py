@@ -11,11 +11,12 @@ import pytest
 
 from loop.archive import freeze as archive
 from loop.archive.gates import check_gates, composite_score
+from loop.archive.headswitch import cutover, reject, rollback
 from loop.archive.lifecycle import Lifecycle
 from loop.archive.lineage import read_events, read_lineage
 from loop.archive.paths import ModelPaths
 from loop.archive.probes import LoadedModel, ProbeMetrics, run_probes
-from loop.archive.promotion import PromotionError, approve, cutover, propose, read_proposal, reject, rollback
+from loop.archive.promotion import PromotionError, approve, propose, read_proposal
 from loop.archive.store import load_store, save_store
 from loop.candidates.scheduler import EvolutionError, spawn_candidates, window_open
 from loop.candidates.window import CandidateOutcome
@@ -382,7 +383,7 @@ CUTOVER_SCRIPT = """
 import sys
 from pathlib import Path
 from loop.archive.paths import ModelPaths
-from loop.archive.promotion import cutover
+from loop.archive.headswitch import cutover
 cutover(ModelPaths(Path(sys.argv[1])), sys.argv[2])
 """
 

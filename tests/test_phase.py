@@ -19,8 +19,8 @@ import torch
 
 from loop.agents.space import params_of
 from loop.archive import freeze as archive
+from loop.archive.headswitch import cutover
 from loop.archive.paths import ModelPaths
-from loop.archive.promotion import cutover
 from loop.config import DaemonConfig, PhaseConfig
 from loop.errors import DomainError
 from loop.phase.evaluate import jitter

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from loop.archive import freeze as archive
+from loop.archive.headswitch import cutover
 from loop.archive.lineage import LineageRow, upsert_lineage
 from loop.archive.paths import ModelPaths
-from loop.archive.promotion import cutover
 from loop.cli.main import main
 from loop.config import validate
 from loop.deploy import predict as predict_module

@@ -61,24 +61,28 @@ def run(args: argparse.Namespace) -> int:
               "review it, then `llmloop promote --approve` or `--reject`" if result.proposal else
               "no proposal: GEN_HEAD unchanged")
     elif args.command == "promote":
-        from loop.archive import promotion
+        from loop.archive import headswitch
 
         if args.show:
-            proposal = promotion.read_proposal(ModelPaths(workspace))
+            from loop.archive.proposal import read_proposal
+
+            proposal = read_proposal(ModelPaths(workspace))
             print(proposal.model_dump_json(indent=2) if proposal else "no pending proposal")
         elif args.approve:
+            from loop.archive import promotion  # shadow, graft and burn-in load models: torch
+
             record = promotion.approve(cfg, workspace, trace)
             print(f"{record['action']}: {record.get('from')} -> {record.get('to')}"
                   if record["action"] == "PROMOTED"
                   else f"{record['action']}: GEN_HEAD stays {record.get('head')}: {record.get('reason')}")
             return 0 if record["action"] == "PROMOTED" else 10
         else:
-            record = promotion.reject(workspace, args.note, trace)
+            record = headswitch.reject(workspace, args.note, trace)
             print(f"rejected {record['candidate']}")
     elif args.command == "rollback":
-        from loop.archive import promotion
+        from loop.archive import headswitch
 
-        record = promotion.rollback(workspace, args.to, args.reason, trace)
+        record = headswitch.rollback(workspace, args.to, args.reason, trace)
         print(f"GEN_HEAD rolled back: {record['from']} -> {record['to']}")
     elif args.command == "archive":
         paths = ModelPaths(workspace)

@@ -33,9 +33,9 @@ def promote_approve(cfg: DaemonConfig, ws: Workspace, params: dict, trace: str) 
 
 
 def promote_reject(cfg: DaemonConfig, ws: Workspace, params: dict, trace: str) -> ActionResult:
-    from loop.archive import promotion
+    from loop.archive import headswitch
 
-    record = promotion.reject(ws.root, str(params.get("note", "")), trace)
+    record = headswitch.reject(ws.root, str(params.get("note", "")), trace)
     return ActionResult(True, "promote_reject", f"rejected {record['candidate']}", record)
 
 
