@@ -100,7 +100,9 @@ def sweep(folder: Path, only_if_orphaned: bool = False) -> list[str]:
     only under test-run folders whose pytest is gone. Returns what was killed."""
     me = os.getpid()
     mine = {me, *(p.pid for p in psutil.Process(me).parents())}
-    needle = str(folder)
+    # the folder's own path and a separator: /tmp/pytest-of-root/pytest-26 must not match pytest-266,
+    # another test run's folder (two runs at once on one machine killed each other's processes)
+    needle = str(folder).rstrip("/") + "/"
     killed = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
