@@ -465,3 +465,48 @@ def test_full_window_on_digits(tmp_path):
     events = [e["action"] for e in read_events(paths.log)]
     assert events.count("GENERATION") == 2 and "SPAWN" in events and events.count("PROMOTED") == 2
     shutil.rmtree(ws / "models" / "candidates", ignore_errors=True)
+
+
+# ------------------------------------------------------- one run plan ----
+
+def test_a_window_candidate_gets_the_recipes_caps_where_they_are_tighter(tmp_path):
+    """Candidates get their plan from the daemon runs' maker: the tighter cap of the recipe's and the
+    daemon's wins, a cap only one of them sets holds, and the supervisor's walltime follows the cap."""
+    import yaml
+
+    from loop.archive.store import load_store
+    from loop.candidates.window import spawn
+    from loop.config import BudgetCaps
+    from tests.conftest import tiny_config_dict
+
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(tiny_config_dict(budget={"max_walltime_minutes": 10,
+                                                                    "max_cpu_memory_gb": 1.0})))
+    cfg = DaemonConfig(default_trainer_config=str(recipe_file), run_stall_minutes=20,
+                       budget=BudgetCaps(max_walltime_minutes=30, max_cpu_memory_gb=2.0, max_disk_gb=5.0))
+    paths = ModelPaths(tmp_path / "ws")
+    for folder in (paths.archive, paths.candidates, paths.lifecycle):
+        folder.mkdir(parents=True, exist_ok=True)
+    specs = spawn_candidates(1, 1, 1, ["uniform"])
+    base = yaml.safe_load(recipe_file.read_text())
+    trainings, plans = spawn(cfg, paths, load_store(paths), specs, base, None, [], 10, "t")
+    caps = trainings[0].run_cfg["budget"]
+    assert caps["max_walltime_minutes"] == 10 and caps["max_cpu_memory_gb"] == 1.0    # the recipe's, tighter
+    assert caps["max_disk_gb"] == 5.0                                                 # the daemon's alone holds
+    assert plans[0].walltime_limit_seconds == 10 * 60 + 60 and plans[0].stall_seconds == 20 * 60
+    import json
+
+    assert json.loads((paths.candidates / plans[0].label / "run.yaml").read_text())["budget"] == caps
+    assert plans[0].argv[-1] == str(paths.candidates / plans[0].label / "run")     # where take_candidates reads
+
+
+def test_the_daemons_cap_wins_where_it_is_tighter_and_a_missing_cap_removes_none():
+    from loop.config import BudgetCaps
+    from loop.run.plan import tighter_caps
+
+    daemon = BudgetCaps(max_walltime_minutes=5, max_cpu_memory_gb=None)
+    assert tighter_caps({"max_walltime_minutes": 10, "max_cpu_memory_gb": 1.0}, daemon) == {
+        "max_walltime_minutes": 5, "max_cpu_memory_gb": 1.0}
+    assert tighter_caps(None, daemon) == {"max_walltime_minutes": 5}
+    with pytest.raises(Exception, match="budget must map cap names to numbers"):
+        tighter_caps({"max_walltime_minutes": "ten"}, daemon)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -23,15 +22,15 @@ from loop.archive.promotion import Proposal
 from loop.archive.store import load_store, move, save_store
 from loop.candidates.path import CandidateOutcome, Training, take_candidates
 from loop.candidates.scheduler import CandidateSpec, spawn_candidates
-from loop.config import DaemonConfig, deep_merge, read_yaml, validate
+from loop.config import DaemonConfig, deep_merge, read_yaml
 from loop.domains import resolve_domain, task_domain
 from loop.journal.fingerprint import recipe
 from loop.run.executor import Executor, executor_for, run_all
-from loop.run.plan import RunPlan
+from loop.run.plan import RunPlan, plan_for, trainer_config
 from loop.run.sandbox_setup import load_sandbox
 from loop.run.supervise import ActiveRun, exit_code
-from loop.tracking.tensorboard_links import keep_candidate_boards, with_tensorboard
-from loop.trainer.config import TrainerConfig, resolved
+from loop.tracking.tensorboard_links import keep_candidate_boards
+from loop.trainer.config import resolved
 from loop.util.fsutil import read_regular_text
 from loop.util.progress import ProgressLog
 
@@ -64,11 +63,11 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
     # ---- SPAWN ----
     specs = spawn_candidates(gen_id, count or cfg.max_concurrent_experiments, cfg.max_concurrent_experiments,
                              evo.strategies, head or "", grandparent)
-    base = with_tensorboard(cfg, deep_merge(read_yaml(cfg.resolve(cfg.default_trainer_config)),
-                                            evo.candidate_overrides))
+    base = deep_merge(read_yaml(cfg.resolve(cfg.default_trainer_config)), evo.candidate_overrides)
     replay = replay_buffer(paths, lineage, head, evo.replay_samples_per_generation)
     specs, skipped = untried_specs(specs, evo.strategies, archived_recipes(paths),
-                                   lambda spec: candidate_config(base, spec, "", paths, head, grandparent, replay, cfg))
+                                   lambda spec: deep_merge(base, candidate_overlay(spec, paths, head, grandparent,
+                                                                                   replay)))
     for note in skipped:
         log_event(paths.log, "SKIP", cycle_trace_id=trace_id, cycle=cycle, gen_id=gen_id, reason=note)
     say(f"evolution window at cycle {cycle}: generation {gen_id}, {len(specs)} candidate(s), "
@@ -105,18 +104,13 @@ def spawn(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStore, specs: li
     for spec in specs:
         name = archive.entry_name(cfg.evolution.archive_prefix, spec.gen_id, spec.branch_id, spec.timestamp)
         work = paths.candidates / name
-        run_cfg = candidate_config(base, spec, name, paths, head, spec.grandparent, replay, cfg)
-        validate(TrainerConfig, run_cfg, f"candidate {name}")
-        work.mkdir(parents=True, exist_ok=True)
-        (work / "run.yaml").write_text(json.dumps(run_cfg, indent=2))
+        # the same maker as the daemon's runs: the recipe's caps or the daemon's, whichever is tighter
+        run_cfg = trainer_config(cfg, candidate_overlay(spec, paths, head, spec.grandparent, replay), name,
+                                 base=base, what=f"candidate {name}")
         store.add(name)
         move(store, name, Lifecycle.GERMINATED, paths, trace_id)
-        argv = [sys.executable, "-m", "loop.trainer", "--config", str(work / "run.yaml"), "--out", str(work / "run")]
         # candidates train in the same sandbox as the daemon's runs; their log is <work>/run.log
-        kd = run_cfg.get("kd") or {}
-        plans.append(RunPlan(name, trace_id, "train", argv, work,
-                             (cfg.budget.max_walltime_minutes or 60) * 60 + 120, None, str(work / "run.yaml"),
-                             reads=tuple(p for p in (kd.get("teacher"), kd.get("stabilizer")) if p)))
+        plans.append(plan_for(cfg, run_cfg, name, trace_id, work, out="run"))
         trainings.append(Training(name=name, spec=spec, run_dir=work / "run", run_cfg=run_cfg,
                                   log=work / "run.log", replay=replay, work=work))
         log_event(paths.log, "SPAWN", cycle_trace_id=trace_id, cycle=cycle, candidate=name,
@@ -181,14 +175,14 @@ def untried_specs(specs: list[CandidateSpec], strategies: list[str], seen: dict[
     return kept, notes
 
 
-def candidate_config(base: dict, spec: CandidateSpec, name: str, paths: ModelPaths, head: str | None,
-                     grandparent: str, replay: list[str], cfg: DaemonConfig) -> dict:
+def candidate_overlay(spec: CandidateSpec, paths: ModelPaths, head: str | None, grandparent: str,
+                      replay: list[str]) -> dict:
+    """What makes a candidate itself: its seed, sampling strategy, replay samples and KD models
+    (threads: the device slot's share; budget caps: the run plan's rule)."""
     kd = {"teacher": str(paths.entry(head)) if head else None,
           "stabilizer": str(paths.entry(grandparent)) if head and grandparent else None}
-    overlay = {"run": {"seed": spec.seed, "label": name},      # threads: the device slot's share
-               "data": {"sampling": {"strategy": spec.strategy}, "replay_ids": replay},
-               "kd": kd, "budget": cfg.budget.model_dump()}
-    return deep_merge(base, overlay)
+    return {"run": {"seed": spec.seed}, "data": {"sampling": {"strategy": spec.strategy}, "replay_ids": replay},
+            "kd": kd}
 
 
 def replay_buffer(paths: ModelPaths, lineage: list[LineageRow], head: str | None, per_generation: int) -> list[str]:

@@ -41,7 +41,6 @@ from loop.errors import ConfigError, DomainError
 from loop.journal.notes import WORKPAD_SECTIONS, add_todos, append_storyline, append_workpad, resolve_todos
 from loop.run.judge import judge
 from loop.run.plan import RunPlan, command_plan, plan_for, run_label, trainer_config
-from loop.tracking.tensorboard_links import with_tensorboard
 from loop.trainer.config import resolved
 from loop.util.secrets import redact, workspace_secrets
 
@@ -242,7 +241,7 @@ def gate(loop: Loop, state: LoopState, decision: Decision, rec: CycleRecord) -> 
     if decision.action == "train":
         try:
             overlay = ladder.resolve(decision, loop.base_config(), loop.run_history())
-            config = trainer_config(loop.cfg, with_tensorboard(loop.cfg, overlay), label)
+            config = trainer_config(loop.cfg, overlay, label)
         except ConfigError as exc:
             return refuse(f"train_overlay: {exc}")
         full = resolved(config)

@@ -9,6 +9,7 @@ from typing import Callable
 from loop.agents.space import TaskProfile
 from loop.config import DaemonConfig
 from loop.domains.report import DataReport
+from loop.errors import LoopError
 from loop.journal.events import EventLog
 from loop.journal.history import HistoryReader, RunRecord
 from loop.util.secrets import redact
@@ -61,10 +62,15 @@ class Loop:
             return {}
 
     def walltime_cap_seconds(self) -> float | None:
-        """The tighter of the trainer config's and the daemon's walltime caps per run."""
-        caps = [c for c in ((self.base_config().get("budget") or {}).get("max_walltime_minutes"),
-                            self.cfg.budget.max_walltime_minutes) if c]
-        return min(caps) * 60 if caps else None
+        """The walltime cap a run of the default config gets (the run plan's rule: the tighter of the
+        trainer config's and the daemon's)."""
+        from loop.run.plan import tighter_caps
+
+        try:
+            minutes = tighter_caps(self.base_config().get("budget"), self.cfg.budget).get("max_walltime_minutes")
+        except LoopError:                    # a malformed budget: the gate refuses the run and says why
+            return None
+        return minutes * 60 if minutes else None
 
     def run_history(self) -> list[RunRecord]:
         if self.history is None:

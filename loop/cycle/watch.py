@@ -21,7 +21,7 @@ from loop.journal.keeps import judge_run
 from loop.journal.notes import WORKPAD_SECTIONS, append_workpad
 from loop.run.executor import monitor, monitor_many
 from loop.run.judge import RunOutcome, judge
-from loop.run.plan import RunPlan, reads_of
+from loop.run.plan import RunPlan, reads_of, retry_plan
 from loop.run.supervise import ActiveRun
 from loop.trainer.config import resolved
 from loop.util.fsutil import read_regular_text
@@ -98,9 +98,7 @@ def repair_and_retry(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunO
         argv[argv.index("--out") + 1] = str(retry_dir / "out")
     planned = planned_config(run) if run.kind == "train" else {}
     patched = tuple(a["config"] for a in fix.actions if a.get("ok") and a.get("config"))   # a fallback's copy
-    plan = RunPlan(f"{run.label}-retry", rec.trace, run.kind, argv, retry_dir, run.walltime_limit_seconds,
-                   run.stall_seconds, fingerprint=run.fingerprint, recipe=run.recipe, resume_from=run.resume_from,
-                   reads=(reads_of(planned, loop.cfg.root) if planned else ()) + patched)
+    plan = retry_plan(run, argv, rec.trace, retry_dir, (reads_of(planned, loop.cfg.root) if planned else ()) + patched)
     retry_run = start(loop, plan, rec.cycle, retry_of=run.label, dimension=run.dimension)
     if retry_run is None:                       # stopping while it waited for a slot
         return None

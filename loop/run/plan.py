@@ -1,6 +1,13 @@
-"""From a gated decision to what runs: the trainer config a `train` decision becomes (the default
-config, the decision's overlay, the daemon's budget caps on top, validated before anything starts),
-the command line, the run folder, the limits, and the run's environment."""
+"""The one maker of what trains: every run that trains (a daemon decision, an evolution window's
+candidate, an auto-repair retry) gets its trainer config and its `RunPlan` here, by one set of rules:
+
+    trainer config   base (the default trainer config) + overlay + label (+ TensorBoard when the
+                     daemon's tracking asks), budget caps the tighter of the recipe's and the daemon's
+                     (a cap either sets holds; none is ever removed), validated before anything starts
+    run.yaml         written atomically in the run folder; the command line, `--out`, the reads
+    limits           the supervisor's walltime: the config's own walltime cap plus a minute for the
+                     trainer to stop itself; the stall limit: the daemon's `run_stall_minutes`
+"""
 from __future__ import annotations
 
 import json
@@ -9,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from loop.config import DaemonConfig, deep_merge, read_yaml, validate
+from loop.config import BudgetCaps, DaemonConfig, deep_merge, read_yaml, validate
 from loop.errors import ConfigError
 from loop.journal.fingerprint import fingerprint, recipe
 from loop.trainer.config import TrainerConfig, resolved
@@ -19,7 +26,7 @@ from loop.util.secrets import looks_secret
 
 @dataclass
 class RunPlan:
-    """Everything `supervise.launch` needs for one run; made by `train_plan` or `command_plan`."""
+    """Everything `supervise.launch` needs for one run; made by `plan_for`, `command_plan` or `retry_plan`."""
 
     label: str
     trace_id: str
@@ -46,14 +53,15 @@ def train_plan(cfg: DaemonConfig, overlay: dict, label: str, trace: str, run_dir
     return plan_for(cfg, trainer_config(cfg, overlay, label), label, trace, run_dir)
 
 
-def plan_for(cfg: DaemonConfig, config: dict, label: str, trace: str, run_dir: Path) -> RunPlan:
-    """A trainer run of `config` (from `trainer_config`), written as <run_dir>/run.yaml."""
+def plan_for(cfg: DaemonConfig, config: dict, label: str, trace: str, run_dir: Path, out: str = "out") -> RunPlan:
+    """A trainer run of `config` (from `trainer_config`), written as <run_dir>/run.yaml; the trainer
+    writes into <run_dir>/<out>."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "run.yaml"
     atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
-    argv = [sys.executable, "-m", "loop.trainer", "--config", str(config_path), "--out", str(run_dir / "out")]
+    argv = [sys.executable, "-m", "loop.trainer", "--config", str(config_path), "--out", str(run_dir / out)]
     full = resolved(config)
-    return RunPlan(label, trace, "train", argv, run_dir, walltime_limit(cfg), stall_seconds(cfg), str(config_path),
+    return RunPlan(label, trace, "train", argv, run_dir, walltime_limit(config), stall_seconds(cfg), str(config_path),
                    fingerprint(full), recipe(full), full["run"]["resume_from"], reads_of(full, cfg.root))
 
 
@@ -68,32 +76,52 @@ def reads_of(config: dict, root: Path) -> tuple[str, ...]:
 
 
 def command_plan(cfg: DaemonConfig, command: str, label: str, trace: str, run_dir: Path) -> RunPlan:
-    """A policy-checked shell line, run by bash in the sandbox."""
-    return RunPlan(label, trace, "command", ["bash", "-c", command], run_dir, walltime_limit(cfg), stall_seconds(cfg))
+    """A policy-checked shell line, run by bash in the sandbox, under the daemon's walltime cap."""
+    return RunPlan(label, trace, "command", ["bash", "-c", command], run_dir,
+                   walltime_limit({"budget": cfg.budget.model_dump()}), stall_seconds(cfg))
+
+
+def retry_plan(run, argv: list[str], trace: str, run_dir: Path, reads: tuple[str, ...]) -> RunPlan:
+    """An auto-repair retry of `run` (a loop.run.supervise.ActiveRun): the repaired command line,
+    the first try's limits and identity, its own folder."""
+    return RunPlan(f"{run.label}-retry", trace, run.kind, argv, run_dir, run.walltime_limit_seconds,
+                   run.stall_seconds, fingerprint=run.fingerprint, recipe=run.recipe, resume_from=run.resume_from,
+                   reads=reads)
 
 
 def stall_seconds(cfg: DaemonConfig) -> float | None:
     return cfg.run_stall_minutes * 60 if cfg.run_stall_minutes else None
 
 
-def walltime_limit(cfg: DaemonConfig) -> float | None:
-    """The supervisor's hard limit: the budget's walltime plus a minute for the trainer to stop itself."""
-    return cfg.budget.max_walltime_minutes * 60 + 60 if cfg.budget.max_walltime_minutes else None
+def walltime_limit(config: dict) -> float | None:
+    """The supervisor's hard limit for a trainer config: its walltime cap plus a minute for the
+    trainer to stop itself (None: no cap)."""
+    minutes = (config.get("budget") or {}).get("max_walltime_minutes")
+    return minutes * 60 + 60 if minutes else None
 
 
-def trainer_config(cfg: DaemonConfig, overlay: dict, label: str) -> dict:
-    """The default trainer config + the decision's overlay + the daemon's budget caps (the tighter
-    of the two wins), validated before anything starts (ConfigError when it does not)."""
-    merged = deep_merge(read_yaml(cfg.resolve(cfg.default_trainer_config)), overlay)
-    merged = deep_merge(merged, {"run": {"label": label}})
-    caps = merged.get("budget", {}) or {}
+def tighter_caps(recipe_caps, daemon: BudgetCaps, what: str = "train_overlay") -> dict:
+    """Each budget cap the tighter of the recipe's and the daemon's; a cap only one sets holds."""
+    caps = dict(recipe_caps or {}) if isinstance(recipe_caps, dict) or recipe_caps is None else recipe_caps
     if not isinstance(caps, dict) or not all(v is None or isinstance(v, (int, float)) for v in caps.values()):
-        raise ConfigError(f"train_overlay: budget must map cap names to numbers, got {caps!r:.200}")
-    for key, limit in cfg.budget.model_dump().items():
+        raise ConfigError(f"{what}: budget must map cap names to numbers, got {recipe_caps!r:.200}")
+    for key, limit in daemon.model_dump().items():
         if limit is not None:
             caps[key] = min(limit, caps[key]) if caps.get(key) is not None else limit
-    merged["budget"] = caps
-    validate(TrainerConfig, merged, "train_overlay")
+    return caps
+
+
+def trainer_config(cfg: DaemonConfig, overlay: dict, label: str, base: dict | None = None,
+                   what: str = "train_overlay") -> dict:
+    """`base` (the default trainer config when None) + `overlay` + the label, with `run.tensorboard`
+    when the daemon's tracking asks for it and the tighter budget caps, validated before anything
+    starts (a ConfigError naming `what` when it does not)."""
+    base = read_yaml(cfg.resolve(cfg.default_trainer_config)) if base is None else base
+    merged = deep_merge(deep_merge(base, overlay), {"run": {"label": label}})
+    if cfg.tracking.tensorboard:
+        merged = deep_merge(merged, {"run": {"tensorboard": True}})
+    merged["budget"] = tighter_caps(merged.get("budget"), cfg.budget, what)
+    validate(TrainerConfig, merged, what)
     return merged
 
 

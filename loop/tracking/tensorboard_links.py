@@ -10,7 +10,6 @@ import os
 import shutil
 from pathlib import Path
 
-from loop.config import DaemonConfig, deep_merge
 from loop.trainer.tensorboard import BOARD_DIR
 
 LOGDIR = "tensorboard"
@@ -18,11 +17,6 @@ LOGDIR = "tensorboard"
 
 def board_root(ws_root: Path) -> Path:
     return Path(ws_root) / LOGDIR
-
-
-def with_tensorboard(cfg: DaemonConfig, overlay: dict) -> dict:
-    """A trainer overlay with `run.tensorboard: true` when the daemon's tracking asks for it."""
-    return deep_merge(overlay or {}, {"run": {"tensorboard": True}}) if cfg.tracking.tensorboard else overlay
 
 
 def link_runs(ws_root: Path) -> list[str]:
