@@ -386,6 +386,23 @@ def test_a_new_runs_group_leaves_a_live_runwraps_empty_group_and_removes_a_dead_
                 group.remove(patience=0)
 
 
+@needs_sandbox
+def test_a_project_whose_venv_is_a_symlink_runs_its_python_in_the_sandbox(tmp_path):
+    """A project's `.venv` may be a link to a venv kept elsewhere: the daemon then runs as
+    `<project>/.venv/bin/python`, and the sandbox must show where the link points, not a dangling name."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".venv").symlink_to(Path(sys.prefix).resolve())
+    python = project / ".venv" / "bin" / "python"
+    code = ("import sys; from pathlib import Path; from loop.config import DaemonConfig; "
+            "from loop.run.sandbox_setup import run_by_hand; "
+            "sys.exit(run_by_hand(DaemonConfig(), Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], timeout=60))")
+    done = subprocess.run([str(python), "-c", code, str(project), str(tmp_path / "ws"),
+                           f"{python} -c 'print(6 * 7)'"], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "42" in done.stdout, done.stderr[-2000:]
+
+
 # ---------------------------------------------------------------- 7. the host ----
 
 @needs_sandbox

@@ -62,8 +62,11 @@ def resolve_user(name: str) -> tuple[int, int]:
 
 
 def interpreter_paths() -> set[Path]:
-    """Where the running Python lives: the venv, its base install, the real binary's folder."""
-    return {Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent}
+    """Where the running Python lives: the venv, its base install, the real binary's folder, and
+    where a symlinked venv (a project's `.venv -> /elsewhere/venv`) really is: the link alone shows
+    a dangling name inside the sandbox."""
+    prefixes = {Path(sys.prefix), Path(sys.base_prefix)}
+    return {*prefixes, *(Path(os.path.realpath(p)) for p in prefixes), Path(os.path.realpath(sys.executable)).parent}
 
 
 def credential_paths(cfg: DaemonConfig) -> set[Path]:
