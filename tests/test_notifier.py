@@ -178,3 +178,17 @@ def test_clean_end_stops_before_a_torn_last_line(tmp_path):
     assert clean_end(path) == len(b'{"a": 1}\n{"b": 2}\n')
     path.write_bytes(b'{"torn')
     assert clean_end(path) == 0
+
+
+def test_the_dashboard_and_the_daemon_redact_the_urls_secrets(tmp_path, monkeypatch):
+    """The pages and every redacted record (cycle events, tracking params) mask a URL's secret parts."""
+    from loop.daemon.process import build_loop, workspace_of
+    from loop.dashboard.views import collect_secrets
+
+    monkeypatch.setenv("LLMLOOP_NOTIFY_URLS", "discord://98765432100/EnvWebhookToken42")
+    cfg = validate(DaemonConfig, {"workspace": str(tmp_path / "ws"), "sandbox": "optional",
+                                  "notify": {"urls": ["json://bot:Yaml5ecretPw@127.0.0.1:9/x"]}}, "<test>")
+    for secrets in (collect_secrets(cfg, "dashboard-token-123"),
+                    build_loop(cfg, workspace_of(cfg).ensure(), lambda: False, lambda *_: None).secrets):
+        assert {"EnvWebhookToken42", "98765432100", "Yaml5ecretPw"} <= set(secrets)
+
