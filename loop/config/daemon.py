@@ -20,6 +20,7 @@ from loop.config.sections import (
     LLMBudget,
     LLMRole,
     ModelPrice,
+    NotifyConfig,
     PhaseConfig,
     TrackingConfig,
 )
@@ -143,6 +144,8 @@ class DaemonConfig(StrictModel):
     adaptive_timer: AdaptiveTimerConfig = Field(default_factory=AdaptiveTimerConfig)
     # ---- experiment tracking: MLflow, TensorBoard (optional extras; loop/tracking/) ----
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # ---- notifications through apprise (loop/ops/; README "Notifications") ----
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -2,9 +2,10 @@
 per-run budget caps, evolution, PHASE and the adaptive timer."""
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from loop.config.load import StrictModel
 
@@ -202,3 +203,38 @@ class TrackingConfig(StrictModel):
                 raise ValueError(f"tracking.{key} needs {module}, which is not installed here: {TRACKING_INSTALL_HINT} "
                                  f"(or pip install '{TRACKING_PINS[module]}')")
         return self
+
+
+# ---------------------------------------------------------- notifications ----
+# Sent through apprise (loop/ops/notifier.py) from what the event log records (loop/ops/notify_map.py).
+NOTIFY_URLS_ENV = "LLMLOOP_NOTIFY_URLS"      # more URLs, space or comma separated: tokens stay out of YAML
+NOTIFY_EVENTS = ("new_best", "blocked", "run_stalled", "run_timed_out", "disk_low", "disk_ok", "budget_spent",
+                 "report_written", "crash_restart")
+NotifyEvent = Literal["new_best", "blocked", "run_stalled", "run_timed_out", "disk_low", "disk_ok", "budget_spent",
+                      "report_written", "crash_restart"]
+
+
+def split_urls(text: str) -> list[str]:
+    """URLs from one string, separated by spaces, commas or newlines (apprise URLs hold neither)."""
+    return [part for part in text.replace(",", " ").split() if part]
+
+
+class NotifyConfig(StrictModel):
+    """Notifications; off while no URL is configured (here or in LLMLOOP_NOTIFY_URLS)."""
+
+    urls: list[str] = Field(default_factory=list)          # apprise URLs: slack://, tgram://, ntfy://, json:// ...
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))   # which are sent
+    queue_size: int = Field(100, ge=1)        # notifications held while the receiver is down; the oldest go first
+    retry_seconds: float = Field(30.0, gt=0)  # after a failed send: the first wait before trying again, doubling ...
+    max_retry_seconds: float = Field(900.0, gt=0)   # ... up to this
+    stop_flush_seconds: float = Field(10.0, ge=0)   # at a stop: how long the last notifications may take to go out
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_string(cls, value: Any) -> Any:
+        return split_urls(value) if isinstance(value, str) else value
+
+    def all_urls(self, environ: dict[str, str] | None = None) -> list[str]:
+        """The configured URLs, then those of LLMLOOP_NOTIFY_URLS, each once."""
+        env = os.environ if environ is None else environ
+        return list(dict.fromkeys([*self.urls, *split_urls(env.get(NOTIFY_URLS_ENV, ""))]))

@@ -18,7 +18,7 @@ from loop.config import DaemonConfig, LLMRole
 from loop.cycle.cycle import Loop, run_cycle
 from loop.cycle.state import LoopState
 from loop.daemon.phase_pause import expire_recommendations, phase_if_due
-from loop.daemon.recovery import Degraded, recover
+from loop.daemon.recovery import Degraded, crashed_before, recover
 from loop.domains.pixels import CACHE_ENV, workspace_cache
 from loop.errors import ConfigError, LoopError
 from loop.journal.events import EventLog
@@ -30,6 +30,7 @@ from loop.run.sandbox_setup import load_sandbox
 from loop.util.workspace import Workspace, workspace_of  # noqa: F401  (workspace_of: callers use it from here)
 
 if TYPE_CHECKING:        # imported when the daemon runs: status and stop need neither it nor torch
+    from loop.ops.notifier import Notifier
     from loop.tracking.tracker import Tracker
 
 # Where this package is imported from: child processes get it on PYTHONPATH so `python -m
@@ -73,7 +74,7 @@ def build_loop(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> Loop:
     from loop.agents.formats import ModeStore
     from loop.agents.llm import for_role
     from loop.agents.usage import SpendCap
-    from loop.util.secrets import known_secrets
+    from loop.util.secrets import known_secrets, url_secrets
 
     events = EventLog(ws.events)
     current = {"trace": "-"}
@@ -96,8 +97,9 @@ def build_loop(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> Loop:
                                  price=cfg.llm_prices.get(role.model), spend_cap=spend_cap, mode_store=store)
     return Loop(cfg=cfg, repo_root=cfg.root, ws=ws, events=events, builder=clients["builder"],
                 mentor=clients["mentor"], current=current, spend_cap=spend_cap,
-                secrets=known_secrets() + [k for k in (resolve_api_key(cfg.builder, cfg.credentials_file),
-                                                       resolve_api_key(cfg.mentor, cfg.credentials_file)) if k],
+                secrets=known_secrets() + url_secrets(cfg.notify.all_urls())     # notification tokens too
+                + [k for k in (resolve_api_key(cfg.builder, cfg.credentials_file),
+                               resolve_api_key(cfg.mentor, cfg.credentials_file)) if k],
                 should_stop=should_stop, say=say, sandbox=load_sandbox(cfg, cfg.root, ws.root))
 
 
@@ -145,7 +147,7 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         lock.acquire(timeout=LOCK_PROBE_GRACE_S)
     except Timeout:
         raise AlreadyRunning(f"the daemon is already running on {ws.root} (pid {running_pid(ws)})") from None
-    stop = {"requested": False}
+    stop, notifier = {"requested": False}, None
 
     def on_signal(signum, _frame):
         stop["requested"] = True
@@ -160,12 +162,16 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         def should_stop() -> bool:
             return stop["requested"] or ws.stop_request.exists()
 
+        from loop.ops.notifier import for_daemon
         from loop.tracking.tracker import Tracker
 
+        notifier = for_daemon(cfg, EventLog(ws.events), say)   # reads from here on; sends off the cycles' path
         loop, state, degraded = start_up(cfg, ws, should_stop, say)
+        if notifier is not None:
+            notifier.feed()                  # a start after a crash says so at once
         tracker = Tracker(cfg, ws.root, loop.events, loop.secrets, say)     # MLflow / TensorBoard, best-effort
         tracker.start(state.cycle + 1)
-        state, done = cycle_until_stopped(loop, state, degraded, should_stop, max_cycles, say, tracker)
+        state, done = cycle_until_stopped(loop, state, degraded, should_stop, max_cycles, say, tracker, notifier)
         tracker.stop(f"stop-{state.cycle:05d}")
         reason = state.stop_reason or ("stop requested" if should_stop() else f"{done} cycle(s) done")
         append_daemon_event(degraded, state, say, "daemon_stop", f"stop-{state.cycle:05d}", reason=reason,
@@ -173,6 +179,8 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         say(f"llmloop daemon stopped after cycle {state.cycle}: {reason}")
         return state
     finally:
+        if notifier is not None:
+            notifier.close()                 # the last events out, within notify.stop_flush_seconds
         for s, handler in previous.items():
             signal.signal(s, handler)
         ws.pid.unlink(missing_ok=True)
@@ -203,7 +211,8 @@ def start_up(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> tuple[Loop, 
                         sandbox=loop.sandbox.note, reaped=reaped,
                         active_run=state.active_run.label if state.active_run else None,
                         active_runs=[r.label for r in state.active_runs],
-                        active_run_alive=loop.runner().alive(state.active_run) if state.active_run else None)
+                        active_run_alive=loop.runner().alive(state.active_run) if state.active_run else None,
+                        after_crash=crashed_before(events))
     say(f"llmloop daemon pid {os.getpid()}: Builder and Mentor use the {mode}; "
         f"resuming at cycle {state.cycle + 1}; {loop.sandbox.note}")
     if reaped["killed"]:
@@ -217,7 +226,7 @@ def start_up(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> tuple[Loop, 
 
 
 def cycle_until_stopped(loop: Loop, state: LoopState, degraded: Degraded, should_stop, max_cycles: int | None,
-                        say, tracker: Tracker | None = None) -> tuple[LoopState, int]:
+                        say, tracker: Tracker | None = None, notifier: Notifier | None = None) -> tuple[LoopState, int]:
     """Cycles, PHASE when due, and the adaptive pause between them; a full disk backs off, never exits."""
     done = 0
     while not should_stop() and state.stop_reason is None and (max_cycles is None or done < max_cycles):
@@ -231,6 +240,8 @@ def cycle_until_stopped(loop: Loop, state: LoopState, degraded: Degraded, should
             backoff = None
         if tracker is not None:
             tracker.sync(loop.current.get("trace", "-"))   # the cycle's runs into the trackers; never raises
+        if notifier is not None:
+            notifier.feed()                   # queues what the cycle's events mean; never sends here
         done += 1
         if max_cycles is not None and done >= max_cycles:
             break

@@ -54,6 +54,16 @@ def recover(ws: Workspace, events: EventLog) -> dict:
             "cycle_reconciled": reconcile_cycle(ws, events)}
 
 
+def crashed_before(events: EventLog) -> bool:
+    """Whether the last daemon start recorded in the log has no clean stop after it (a kill -9, a
+    power cut, an OOM kill): read before this start's own daemon_start is written."""
+    last = None
+    for record in events:
+        if record.get("kind") in ("daemon_start", "daemon_stop"):
+            last = record["kind"]
+    return last == "daemon_start"
+
+
 def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 

@@ -24,7 +24,7 @@ from loop.dashboard.data import (
 )
 from loop.report.data import ReportData
 from loop.report.leaderboard import leaderboard_entries, metrics_summary
-from loop.util.secrets import known_secrets, looks_secret
+from loop.util.secrets import known_secrets, looks_secret, url_secrets
 from loop.util.workspace import Workspace
 
 
@@ -40,11 +40,12 @@ class DashboardSettings:
 
 
 def collect_secrets(cfg: DaemonConfig, token: str) -> list[str]:
-    """What build_loop redacts (secret-looking environment values, each role's API key), every
-    secret-named value of the credentials file, and the dashboard's own token."""
+    """What build_loop redacts (secret-looking environment values, the notification URLs' secret
+    parts, each role's API key), every secret-named value of the credentials file, and the
+    dashboard's own token."""
     from loop.agents.credentials import resolve_api_key
 
-    found = known_secrets() + [token]
+    found = known_secrets() + url_secrets(cfg.notify.all_urls()) + [token]
     found += [k for k in (resolve_api_key(cfg.builder, cfg.credentials_file),
                           resolve_api_key(cfg.mentor, cfg.credentials_file)) if k]
     try:
