@@ -12,8 +12,9 @@ from loop.report.data import CycleRecord, ReportData
 
 
 class Deciders(BaseModel):
-    """Cycles by who decided them (decision sources: llm | offline | offline-fallback | llm-failed |
-    mentor | finish-up; a Mentor challenge is credited to the LLM or the offline policy that made it)."""
+    """Cycles by who decided what they acted on (decision sources: llm | offline | offline-fallback |
+    llm-failed | mentor | finish-up; a Mentor challenge applied is credited to the LLM or the offline
+    policy that made it, not to the Builder whose decision it replaced)."""
 
     offline: int = 0                 # the offline policy, no LLM endpoint configured
     offline_fallback: int = 0        # the offline policy standing in for an LLM that could not decide
@@ -91,7 +92,8 @@ def deciders(data: ReportData) -> Deciders:
         source = c.decision.source if c.decision else ""
         if not source:
             continue
-        if source == "mentor":
+        # the record keeps the Builder's decision; a challenge applied is what the cycle acted on
+        if source == "mentor" or (c.mentor is not None and c.mentor.challenge_applied):
             field = "mentor_llm" if mentor_by_llm(c, mentor_was_llm) else "mentor_offline"
         elif source in SOURCE_FIELDS:
             field = SOURCE_FIELDS[source]
