@@ -70,6 +70,7 @@ def warm_up(dash: Dashboard) -> str | None:
         dash.status()
         dash.leaderboard()
         dash.cycles(30)
+        dash.header()
     except Exception as exc:      # an unreadable workspace must not keep the server from starting
         return f"{type(exc).__name__}: {exc}"
     return None

@@ -79,7 +79,8 @@ class NightHeader(BaseModel):
                 + f"; {c.cpu_hours:.3f} CPU-hours, {c.gpu_hours:.3f} GPU-hours, {c.train_hours:.3f} training hours"
                 + f" on {', '.join(c.devices) or 'no recorded device'}")
         unmeasured = c.runs + c.candidates - c.measured
-        return text + (f" ({unmeasured} without a metrics.json: not in these hours)" if unmeasured else "")
+        return text + (f" ({unmeasured} without a metrics.json: their CPU and GPU time is not counted)"
+                       if unmeasured else "")
 
     def llm_text(self) -> str:
         if not self.llm_calls:
