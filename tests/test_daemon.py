@@ -157,6 +157,14 @@ def test_mentor_cadence_and_stuck_forcing(tmp_path, llm_server):
     assert state.recent_actions[-1] == "research"                       # the challenge ran
     assert "Why wait?" in (ws.root / "notes" / "mentor_notes.md").read_text()
     assert "Stop waiting" in (ws.root / "notes" / "shared_todo.md").read_text()
+    # the report credits the LLM, by the model names the daemon started with (its start event)
+    from loop.report.data import load_data
+    from loop.report.paper import paper_report
+
+    [start] = [e for e in EventLog(ws.root / "events.jsonl") if e["kind"] == "daemon_start"]
+    assert start["llm_models"] == {"builder": "test", "mentor": "test"} and start["machine"]["cpu_cores"] > 0
+    assert "decisions came from an LLM (4 by the LLM Builder (test); 1 by an LLM Mentor challenge (test))." in \
+        paper_report(load_data(ws.root, 3, ""))
 
 
 # --------------------------------------------------- offline, processes ----
@@ -325,6 +333,14 @@ def test_finish_up_runs_a_final_round_then_reports_and_stops(tmp_path):
                  "final_leaderboard_top3.md"):
         assert (ws.root / "reports" / name).exists(), name
     assert finishup.load(ws.finish_up).status == "done"
+    # a night with no endpoint: the offline policy decided, finish-up forced the rest (never "an LLM")
+    sources = [e["decision"]["source"] for e in events if "decision" in e]
+    offline, forced = sources.count("offline"), sources.count("finish-up")
+    assert offline + forced == len(sources) and forced >= 1
+    paper = (ws.root / "reports" / "final_paper_report.md").read_text()
+    said = (f"the embedded offline policy, not an LLM (no LLM endpoint; {offline} by the offline policy; "
+            f"{forced} forced by finish-up)")
+    assert f"decisions came from {said}." in paper and f"- Decisions: {said}." in paper
 
 
 @pytest.mark.slow

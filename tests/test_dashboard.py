@@ -146,6 +146,29 @@ def test_runs_and_leaderboard(server):
     assert board["gen_head"] == data.head
 
 
+def test_the_header_says_where_the_numbers_come_from(server):
+    """/api/header is the paper report's header record (machine, wall clock, seeds, compute, tokens,
+    who decided, the selection split), and the page's first paint shows it."""
+    from html import escape
+
+    from loop.report.header import night_header
+
+    header = server.get("api/header")
+    data = load_data(server.ws, 10, "")
+    expected = night_header(data)
+    assert [(i["label"], i["text"]) for i in header["items"]] == [(label, text) for _, label, text in expected.items()]
+    start = next(e for e in EventLog(Workspace(server.ws).events) if e.get("kind") == "daemon_start")
+    assert header["machines"] == [start["machine"]] and header["machines"][0]["cpu_cores"] == os.cpu_count()
+    assert header["compute"]["runs"] == len(data.runs) and header["compute"]["cpu_hours"] > 0
+    assert header["tokens"] == 0 and header["deciders"]["offline"] == REAL_DAEMON_CYCLES
+    assert header["selection_split"] == "val" and header["seeds"]
+    with urllib.request.urlopen(server.url, timeout=20) as r:
+        page = r.read().decode("utf-8")
+    machine = next(i for i in header["items"] if i["key"] == "machine")
+    assert f'<li id="header-machine"><span class="k">Machine</span> {escape(machine["text"])}</li>' in page
+    assert "the embedded offline policy, not an LLM" in page
+
+
 def test_events_are_read_from_the_offset(server):
     events = Workspace(server.ws).events
     first = server.get("api/events?after=0&limit=5000")
@@ -222,7 +245,7 @@ def test_a_refresh_reads_only_what_was_appended(tmp_path, monkeypatch):
 def test_secrets_are_never_served(server):
     s = server.get("api/status")
     assert any("[REDACTED]" in line for line in s["storyline_tail"])
-    for path in ("", "api/status", "api/runs", "api/leaderboard", "api/events?after=0&limit=5000"):
+    for path in ("", "api/status", "api/runs", "api/leaderboard", "api/header", "api/events?after=0&limit=5000"):
         with urllib.request.urlopen(server.url + path, timeout=20) as r:
             body = r.read().decode()
         assert SECRET not in body and server.token not in body, path
@@ -352,6 +375,9 @@ def test_chromium_renders_the_page(server, tmp_path):
     if data.head:
         assert data.head in dom
     assert f'id="fact-cycle">{REAL_DAEMON_CYCLES}<' in dom
+    for item in server.get("api/header")["items"]:          # the header, as page.js redrew it
+        assert f'<li id="header-{item["key"]}"><span class="k">{item["label"]}</span> ' in dom
+    assert "not an LLM" in dom.split('id="header-decisions"', 1)[1].split("</li>", 1)[0]
     assert 'id="leaderboard"' in dom and "<svg" in dom
     png = tmp_path / "page.png"
     done = headless("--virtual-time-budget=3000", f"--screenshot={png}", "--window-size=1200,900", server.url)

@@ -148,7 +148,7 @@ def test_experiments_table_lists_every_run(real):
 
 def test_policy_and_tokens_lines(real):
     n = len(real.cycles)
-    policy = f"the embedded offline policy, no LLM endpoint ({n} offline decisions)"
+    policy = f"the embedded offline policy, not an LLM (no LLM endpoint; {n} by the offline policy)"
     setup = real.paper("## Setup")
     assert f"- Policy: {policy}; daemon started as Builder = offline policy (no endpoint configured; no network), " \
            "Mentor = offline policy." in setup
@@ -157,6 +157,58 @@ def test_policy_and_tokens_lines(real):
     tokens = real.cycles[-1]["tokens_total"]
     assert set(tokens) == {"builder", "mentor"} and all(t["calls"] == 0 for t in tokens.values())
     assert "- LLM tokens:" not in setup and "- LLM cost:" not in setup      # no call was made: no spend lines
+
+
+def header_facts(paper: str) -> dict[str, str]:
+    """The paper's header ("Where these numbers come from"): label -> text."""
+    block = paper.split("**Where these numbers come from**\n\n", 1)[1].split("\n\n", 1)[0]
+    return dict(line[2:].rstrip(".").split(": ", 1) for line in block.splitlines())
+
+
+def test_the_header_says_where_the_numbers_come_from(real):
+    """Machine, wall clock, seeds, runs and CPU-hours, tokens: each checked against what this machine,
+    events.jsonl and the runs' metrics.json say, read raw here."""
+    import datetime as dt
+    import os
+    from importlib.metadata import version
+
+    from loop.util.progress import format_seconds
+
+    facts = header_facts(real.text["paper"])
+    assert list(facts) == ["Machine", "Wall clock", "Seeds", "Compute", "LLM", "Decisions", "Selection"]
+    events = [json.loads(ln) for ln in (real.ws / "events.jsonl").open()]
+    [start] = [e for e in events if e["kind"] == "daemon_start"]
+    cpu = next(ln.split(":", 1)[1] for ln in Path("/proc/cpuinfo").read_text().splitlines()
+               if ln.startswith("model name"))
+    assert start["machine"]["cpu_model"] == " ".join(cpu.split()) and start["machine"]["cpu_cores"] == os.cpu_count()
+    assert facts["Machine"].startswith(f"{' '.join(cpu.split())}, {os.cpu_count()} cores")
+    assert f"torch {version('torch')} (" in facts["Machine"] and "; no GPU" in facts["Machine"]   # a CPU test box
+    stamp = [dt.datetime.strptime(e["ts"], "%Y-%m-%dT%H:%M:%SZ") for e in events]
+    first, last = dt.datetime.strptime(start["ts"], "%Y-%m-%dT%H:%M:%SZ"), max(stamp)
+    assert facts["Wall clock"] == (f"{first:%Y-%m-%d %H:%M} UTC to {last:%Y-%m-%d %H:%M} UTC "
+                                   f"({format_seconds((last - first).total_seconds())}, 1 daemon start)")
+    seeds = sorted({r["config"]["run"]["seed"] for r in real.runs})
+    assert facts["Seeds"].startswith(f"runs {', '.join(map(str, seeds))}; data splits ")
+    labels = {r["label"] for r in real.runs}
+    archived = [json.loads(f.read_text())["trainer"] for f in (real.ws / "models" / "archive").glob("*/metrics.json")]
+    window = [t for t in archived if t["run_label"] not in labels]
+    cpu_seconds = sum(json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["cpu_seconds"] for r in real.runs)
+    cpu_seconds += sum(t["cpu_seconds"] for t in window)
+    n = len(real.runs)
+    assert cpu_seconds > 0 and window
+    assert facts["Compute"].startswith(f"{n} training runs ({n} ok, 0 failed) and {len(window)} evolution candidate")
+    assert f"; {cpu_seconds / 3600:.3f} CPU-hours, 0.000 GPU-hours, " in facts["Compute"]
+    assert facts["LLM"] == "0 tokens, no cost: no LLM call was made"
+    val = json.loads((Path(real.best["run_dir"]) / "metrics.json").read_text())["eval"]["count"]
+    assert facts["Selection"].startswith(f"the best run was selected on the `val` split (validation accuracy, {val} "
+                                         "images); GEN_HEAD candidates were gated and ranked on the probe splits")
+
+
+def test_the_offline_night_says_the_offline_policy_decided(real):
+    abstract = real.paper("## Abstract")
+    said = f"the embedded offline policy, not an LLM (no LLM endpoint; {len(real.cycles)} by the offline policy)"
+    assert f"decisions came from {said}." in abstract and header_facts(real.text["paper"])["Decisions"] == said
+    assert "decisions came from an LLM" not in abstract and "a mix" not in abstract
 
 
 def test_method_counts_the_gates_promotions_and_the_evolution_window(real):
@@ -343,7 +395,7 @@ def build_night(ws: Path) -> Path:
     out = n.train("mentor-lr-c3", 3, 0.955, "optimization", lr=0.02)
     n.cycle(3, mentor_tokens=500, decision=challenge, run=n.started(out), run_outcome=out,
             promotion=n.promotion(3, 0.955),
-            mentor=MentorEntry(why="stuck: 2 failed runs in a row", name="AI-Mentor", web_search="off",
+            mentor=MentorEntry(why="stuck: 2 failed runs in a row", name="AI-Mentor", web_search="off", source="llm",
                                verdict="off_track", critical_question="Is lr 0.05 too high for the new head?",
                                challenge=challenge.model_dump(exclude={"source"}), challenge_applied=True))
     command = RunOutcome(label="inspect-data", kind="command", status="ok", exit_code=0)     # c4: a command
@@ -405,7 +457,8 @@ def test_a_command_a_followed_run_llm_tokens_and_gen_head(night):
     rows = {r[1].strip("`"): r for r in table_rows(found["## Experiments"])}
     assert "inspect-data" not in rows and rows["smoothing-c5"][:3] == ["6", "`smoothing-c5`", "loss"]
     setup = found["## Setup"]
-    assert "- Policy: an LLM Builder and Mentor (4 llm, 1 mentor decisions); daemon started as Builder = LLM" in setup
+    assert "- Policy: an LLM (4 by the LLM Builder (model not recorded); 1 by an LLM Mentor challenge (model not " \
+           "recorded)); daemon started as Builder = LLM" in setup
     assert "- LLM tokens: builder 6000 tokens (6 calls); mentor 500 tokens (1 calls)." in setup
     assert f"GEN_HEAD: `{HEAD}`" in found["## Reproduce"] and f"GEN_HEAD: `{HEAD}`" in night["story"]
     assert [e["score"] for e in json.loads(night["leaderboard_json"])["entries"]] == [0.96, 0.955, 0.95, 0.94]
@@ -418,6 +471,46 @@ def test_a_torn_line_and_foreign_records_are_skipped_and_counted(night):
     assert "From 2026-01-01 00:00 UTC to 2026-01-01 07:00 UTC (7h00m00s): 6 cycles," in night["story"]
     assert "read 6 cycles, 5 runs, 1 unreadable cycle events skipped" in night["log"]
     assert "hand-edited" not in night["leaderboard_json"]         # the index line whose cycle is not a number
+
+
+WHO_DECIDED = [   # decision sources of the cycles, the models recorded at start -> what the abstract says
+    (["offline"] * 6 + ["finish-up"], {},
+     "the embedded offline policy, not an LLM (no LLM endpoint; 6 by the offline policy; 1 forced by finish-up)"),
+    (["llm"] * 3 + ["mentor"], {"builder": "gpt-x", "mentor": "gpt-y"},
+     "an LLM (3 by the LLM Builder (gpt-x); 1 by an LLM Mentor challenge (gpt-y))"),
+    (["llm"] * 2 + ["offline-fallback"] * 2 + ["llm-failed"], {"builder": "gpt-x", "mentor": "gpt-x"},
+     "a mix of an LLM and the offline policy (2 by the LLM Builder (gpt-x); 2 by the offline policy standing in "
+     "for the LLM; 1 wait after a failed LLM call)"),
+    (["offline-fallback"] * 3 + ["llm-failed"] * 2, {"builder": "gpt-x"},
+     "the embedded offline policy, not an LLM (the configured LLM decided none of them; 3 by the offline policy "
+     "standing in for the LLM; 2 waits after a failed LLM call)"),
+]
+
+
+@pytest.mark.parametrize("sources, models, said", WHO_DECIDED)
+def test_who_decided_is_said_from_the_decision_sources(tmp_path, sources, models, said):
+    """A finish-up decision is not an LLM's, a Mentor challenge is credited to whoever made it, and
+    a night of both says so: the abstract, the setup and the header agree."""
+    from loop.report.data import load_data
+    from loop.report.paper import paper_report
+
+    n = Night(tmp_path / "artifacts")
+    n.events[0]["llm_models"] = models
+    (n.ws / "runs").mkdir()
+    for i, source in enumerate(sources, start=1):
+        mentor = MentorEntry(why="cadence", name="AI-Mentor", web_search="off", source="llm", verdict="off_track",
+                             challenge_applied=True) if source == "mentor" else None
+        n.cycle(i, decision=decision("wait", f"w{i}", source=source), mentor=mentor)
+    n.write({}, {})
+    paper = paper_report(load_data(n.ws, 10, ""))
+    found = sections(paper)
+    assert f"decisions came from {said}." in found["## Abstract"]
+    assert f"- Policy: {said};" in found["## Setup"] and header_facts(paper)["Decisions"] == said
+    offline = sum(s.startswith("offline") for s in sources)
+    assert ("Decisions came from the offline policy, not an LLM" in found["## Limitations"]) == \
+        ("not an LLM" in said)
+    if said.startswith("a mix"):
+        assert f"{offline} of 4 decisions came from the offline policy, not the LLM" in found["## Limitations"]
 
 
 def test_a_cleaned_run_folder_makes_a_thinner_report_not_a_crash(tmp_path):

@@ -24,6 +24,7 @@ from loop.errors import ConfigError, LoopError
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord
 from loop.journal.keeps import incumbent
+from loop.journal.machine import collect_machine
 from loop.run.executor import check_executor
 from loop.run.reaper import reap_leftovers
 from loop.run.sandbox_setup import load_sandbox
@@ -204,9 +205,13 @@ def start_up(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> tuple[Loop, 
     state.stop_reason = None
     mode = "LLM" if loop.builder is not None else "offline policy (no endpoint configured; no network)"
     degraded = Degraded(events)
+    # the models that decide, and the machine that trains: the report may be written elsewhere, later
+    models = {name: role(cfg).model for name, role, client in (("builder", builder_role, loop.builder),
+                                                                ("mentor", mentor_role, loop.mentor)) if client}
     append_daemon_event(degraded, state, say, "daemon_start", f"start-{state.cycle + 1:05d}",
                         pid=os.getpid(), resume_cycle=state.cycle + 1,
                         builder=mode, mentor="LLM" if loop.mentor is not None else "offline policy",
+                        llm_models=models, machine=collect_machine().model_dump(mode="json"),
                         prompt_rules=rules, repaired_torn_event=torn, recovery=recovered, task_domain=task,
                         sandbox=loop.sandbox.note, reaped=reaped,
                         active_run=state.active_run.label if state.active_run else None,

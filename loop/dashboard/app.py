@@ -7,6 +7,8 @@
   GET  /api/leaderboard       the report's top-k entries
   GET  /api/run               ?label=L: one run's key config, metrics and per-epoch curves (SVG)
   GET  /api/cycles            ?last=N: the last cycles, each with its decision, gate, outcome, repair, review
+  GET  /api/header            where the numbers come from: machine, wall clock, seeds, compute, tokens, who
+                              decided, the selection split (the paper report's header)
   POST /api/action/{name}     promote_approve | promote_reject | finishup_request | finishup_cancel | stop,
                               only with `Authorization: Bearer <token>` (or a `token` form field); else 403
 
@@ -68,6 +70,7 @@ def warm_up(dash: Dashboard) -> str | None:
         dash.status()
         dash.leaderboard()
         dash.cycles(30)
+        dash.header()
     except Exception as exc:      # an unreadable workspace must not keep the server from starting
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -100,6 +103,9 @@ def create_app(settings: DashboardSettings, warm: bool = False, say=print) -> St
     def cycles(request: Request) -> Response:
         return json_response(dash.cycles(min(max(1, int_param(request, "last", 30) or 30), 200)))
 
+    def header(request: Request) -> Response:
+        return json_response(dash.header())
+
     def run(request: Request) -> Response:
         detail = dash.run(request.query_params.get("label", ""))
         return json_response(detail if detail else {"message": "no such run"}, 200 if detail else 404)
@@ -126,6 +132,6 @@ def create_app(settings: DashboardSettings, warm: bool = False, say=print) -> St
     return Starlette(middleware=[hosts], max_body_size=1 << 16, routes=[
         Route("/", page), Route("/api/status", status), Route("/api/runs", runs),
         Route("/api/events", events), Route("/api/leaderboard", leaderboard), Route("/api/cycles", cycles),
-        Route("/api/run", run),
+        Route("/api/run", run), Route("/api/header", header),
         Route("/api/action/{name}", action, methods=["POST"]),
     ])

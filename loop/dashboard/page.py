@@ -38,6 +38,12 @@ def header_html(status: dict) -> str:
                    for k, v in facts)
 
 
+def night_header_items(header: dict) -> str:
+    """The report's header, one fact a line (page.js redraws it from /api/header)."""
+    return "".join(f'<li id="header-{escape(i["key"])}"><span class="k">{escape(i["label"])}</span> '
+                   f'{escape(i["text"])}</li>' for i in header.get("items", []))
+
+
 def leaderboard_rows(board: dict) -> str:
     rows = []
     for e in board.get("entries", []):
@@ -54,7 +60,7 @@ def interval(entry: dict) -> str:
 
 
 def render_page(dash: Dashboard) -> str:
-    status, runs, board = dash.status(), dash.runs(), dash.leaderboard()
+    status, runs, board, night = dash.status(), dash.runs(), dash.leaderboard(), dash.header()
     story = "".join(f"<li>{escape(line[2:])}</li>" for line in status.get("storyline_tail", []))
     boot = {"poll_seconds": status.get("poll_seconds", 3)}
     # A JSON island inside <script>: "</" would close the tag early
@@ -67,6 +73,8 @@ def render_page(dash: Dashboard) -> str:
 <body>
 <header><h1>llmloop</h1><div id="facts">{header_html(status)}</div></header>
 <main>
+<section id="provenance"><h2>Where these numbers come from</h2>
+<ul id="night-header">{night_header_items(night)}</ul></section>
 <section><h2>Best validation accuracy over cycles</h2>
 <div id="chart">{runs["chart_svg"]}</div>
 <p class="note">Every run is a point coloured by its strategy dimension (hover for label, trace and config

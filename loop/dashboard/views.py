@@ -23,6 +23,7 @@ from loop.dashboard.data import (
     storyline_tail,
 )
 from loop.report.data import ReportData
+from loop.report.header import night_header
 from loop.report.leaderboard import leaderboard_entries, metrics_summary
 from loop.util.secrets import known_secrets, looks_secret, url_secrets
 from loop.util.workspace import Workspace
@@ -119,6 +120,15 @@ class Dashboard:
                                "lineage_tail": data.lineage[-10:]})
 
         return self.reader.view("leaderboard", make)
+
+    def header(self) -> dict:
+        """Where the numbers come from: the paper report's header record, and its items as shown."""
+        def make(data: ReportData) -> dict:
+            found = night_header(data)
+            return self.scrub({**found.model_dump(mode="json"),
+                               "items": [{"key": k, "label": label, "text": text} for k, label, text in found.items()]})
+
+        return self.reader.view("header", make)
 
     def cycles(self, last: int) -> dict:
         """The last cycles, each with what a reader expands: decision, gate verdict, run outcome,

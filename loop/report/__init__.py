@@ -20,6 +20,9 @@ The sub-modules, one job each:
                   lineage, GEN_HEAD, state, finish-up request, storyline (ReportData, load_data)
   helpers.py      the report file names, the "no runs" sentence, and the small text and fact
                   helpers every writer shares (tables, span, improvements, failures, GEN_HEAD, ...)
+  deciders.py     who decided the cycles: the offline policy, an LLM (its models), or a mix (Deciders)
+  header.py       the paper's and the dashboard's header: machine, wall clock, seeds, compute, tokens,
+                  who decided, the selection split (NightHeader, night_header)
   story.py        final_condensed_story.md (condensed_story)
   paper.py        final_paper_report.md (paper_report and its sections)
   datasection.py  its Data section and the data-leak warning (from logs/data_report.json)

@@ -12,6 +12,7 @@ from typing import Any
 from loop.agents.usage import Usage
 from loop.journal.noise import KEEPS, wilson
 from loop.report.data import CycleRecord, ReportData, Run, base_label, dig, outcomes_of
+from loop.report.deciders import deciders
 from loop.run.judge import RunOutcome
 from loop.util.progress import format_seconds
 
@@ -72,13 +73,8 @@ def sources(data: ReportData) -> Counter:
 
 
 def policy_text(data: ReportData) -> str:
-    counts = sources(data)
-    if not counts:
-        return "no decisions recorded yet"
-    parts = ", ".join(f"{n} {src}" for src, n in counts.most_common()) + " decisions"
-    if set(counts) <= {"offline", "mentor"}:
-        return f"the embedded offline policy, no LLM endpoint ({parts})"
-    return f"an LLM Builder and Mentor ({parts})"
+    """Who decided: the offline policy, an LLM (its models), or a mix, with the counts."""
+    return deciders(data).text()
 
 
 def tokens_final(data: ReportData) -> dict[str, Usage]:

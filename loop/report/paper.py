@@ -11,6 +11,8 @@ from loop.journal.keeps import inside_noise, interval_text, noise_text, seed_gro
 from loop.journal.noise import pooled_seed_spread
 from loop.report.data import ReportData, Run, dig
 from loop.report.datasection import age_warning, data_section, leak_warning
+from loop.report.deciders import deciders
+from loop.report.header import night_header
 from loop.report.helpers import (
     NO_RUNS,
     PLOTS,
@@ -47,11 +49,15 @@ def paper_report(data: ReportData) -> str:
         lines += [f"> Note: {data.note}", ""]
     lines += [f"_Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from `{data.ws.root}`._",
               ""]
+    lines += [HEADER_TITLE, ""] + night_header(data).lines() + [""]
     lines += leak_warning(data) + age_warning(data)
     for section in (abstract, setup, data_section, method, experiments, results, mentor_section, failures_section,
                     limitations, reproduce, use_section):
         lines += section(data) + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+HEADER_TITLE = "**Where these numbers come from**"
 
 
 def paper_title(data: ReportData) -> str:
@@ -293,12 +299,13 @@ def limit_val_set(data: ReportData) -> str:
 
 
 def limit_policy(data: ReportData) -> str:
-    counts = sources(data)
-    if not counts:
-        return ""
-    if set(counts) <= {"offline", "mentor"}:
+    who = deciders(data)
+    if who.who == "offline":
         return "Decisions came from the offline policy, not an LLM: this shows the loop, not an LLM's research."
-    failed = counts.get("llm-failed", 0)
+    if who.who == "mix":
+        return (f"{who.by_offline} of {who.by_offline + who.by_llm} decisions came from the offline policy, not "
+                "the LLM: credit the results to both.")
+    failed = who.llm_failed
     return f"{plural(failed, 'Builder call')} failed and became waits." if failed else ""
 
 

@@ -189,9 +189,20 @@
   $("trace-apply").addEventListener("click", applyTrace);
   $("trace-clear").addEventListener("click", function () { $("trace").value = ""; applyTrace(); });
 
+  function renderHeader(h) {
+    replaceChildren($("night-header"), (h.items || []).map(function (i) {
+      var li = el("li");
+      li.id = "header-" + i.key;
+      li.appendChild(el("span", i.label, "k"));
+      li.appendChild(document.createTextNode(" " + i.text));
+      return li;
+    }));
+  }
+
   function refresh() {
     return Promise.all([
       getJSON("api/status").then(renderStatus),
+      getJSON("api/header").then(renderHeader),
       getJSON("api/runs").then(renderRuns),
       getJSON("api/leaderboard").then(function (b) { renderBoard(b); renderLineage(b); }),
       getJSON("api/cycles?last=30").then(renderCycles),
