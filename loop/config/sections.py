@@ -113,6 +113,9 @@ class PhaseConfig(StrictModel):
     resumes on PHASE's completion signal."""
 
     schedule: Literal["daily", "every_n_cycles", "off"] = "daily"
+    # who starts PHASE: the daemon at the window, or a systemd timer (`llmloop service install`), in
+    # which case the daemon only pauses for and ingests the run the timer started (one owner)
+    scheduler: Literal["daemon", "systemd"] = "daemon"
     daily_start: str = Field("03:00", pattern=r"^\d{2}:\d{2}$")    # local time
     daily_end: str = Field("07:00", pattern=r"^\d{2}:\d{2}$")
     every_n_cycles: int = Field(50, ge=1)

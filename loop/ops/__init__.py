@@ -1,0 +1,1 @@
+"""What a box that runs for days needs: service units (units.py, service.py)."""
