@@ -19,7 +19,7 @@ import yaml
 
 from loop.errors import ConfigError
 from loop.ops.units import RESTART_STEPS_SINCE, UnitSpec, exec_line, on_calendar, unit_files
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO
 
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 
