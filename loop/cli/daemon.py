@@ -238,13 +238,19 @@ def cmd_report(args, cfg, ws) -> int:
 
 
 def cmd_reset(args, cfg, ws) -> int:
-    from loop.daemon.reset import reset_workspace
+    from loop.daemon.reset import refuse_while_running, reset_workspace
+    from loop.dashboard import background
 
+    refuse_while_running(ws)                # before asking, and before stopping anything
     if not args.yes and sys.stdin.isatty():
         if input(f"Delete everything in {ws.root}? (yes/no) ").strip() != "yes":
             print("reset cancelled")
             return 1
-    removed = reset_workspace(ws, Path(cfg.credentials_file).expanduser(), args.keep_login, args.keep_data_link)
+    serving = background.stop(ws)           # it reads the folders about to go, and its pid file is among them
+    if serving is not None:
+        print(f"stopped the dashboard serving {ws.root} (pid {serving.pid}, {serving.url})")
+    removed = reset_workspace(ws, Path(cfg.credentials_file).expanduser(), args.keep_login, args.keep_data_link,
+                              say=print)
     print(f"workspace {ws.root} reset ({removed} entries removed)")
     return 0
 

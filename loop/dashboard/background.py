@@ -170,12 +170,24 @@ def stop(ws: Workspace, wait_seconds: float = STOP_WAIT_SECONDS) -> Serving | No
     try:
         proc = psutil.Process(serving.pid)
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(wait_seconds)
-        except psutil.TimeoutExpired:
+        if not ended(proc, wait_seconds):
             proc.kill()
-            proc.wait(5)
+            ended(proc, 5)
     except psutil.NoSuchProcess:
         pass
     forget(ws, serving.pid)
     return serving
+
+
+def ended(proc: psutil.Process, seconds: float) -> bool:
+    """Whether `proc` exits within `seconds`. A zombie has exited: its parent (a foreground daemon
+    that started it with `--dashboard`) reaps it, not us, and psutil's wait would wait for that."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
