@@ -5,21 +5,26 @@ no systemd as PID 1: systemctl calls that need a manager fail with "Failed to co
 the commands must say so plainly and still do what needs no manager (files, enable links)."""
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
 from loop.errors import ConfigError
+from loop.journal.events import EventLog
 from loop.ops.units import RESTART_STEPS_SINCE, UnitSpec, exec_line, on_calendar, unit_files
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_config_dict, wait_for
 
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 
@@ -238,3 +243,57 @@ def test_bad_names_and_system_without_root_are_refused(project):
         assert "User=nobody" in system.stdout and "WantedBy=multi-user.target" in system.stdout
     else:
         assert system.returncode == 2 and "needs root" in system.stderr
+
+
+# ------------------------------------------- a real manager, where there is one ----
+
+def transient_units_unavailable() -> str | None:
+    """Why `systemd-run --user` cannot start a transient unit on this machine, or None when it can."""
+    if shutil.which("systemd-run") is None:
+        return "systemd-run is not installed"
+    probe = subprocess.run(["systemd-run", "--user", "--quiet", "--collect", "--wait", "true"], capture_output=True,
+                           text=True, timeout=120)
+    if probe.returncode == 0:
+        return None
+    init = Path("/proc/1/comm").read_text().strip() if Path("/proc/1/comm").exists() else "?"
+    said = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else f"exit {probe.returncode}"
+    return f"systemd-run --user cannot start a transient unit here: {said} (PID 1 is {init!r})"
+
+
+@pytest.mark.slow
+def test_a_killed_daemon_comes_back_under_systemd_and_readopts_its_run(tmp_path):
+    """The daemon under a real transient user unit with the generated unit's restart and kill settings:
+    SIGKILL it mid-run; systemd starts it again, its run lived on (KillMode=process) and is re-adopted."""
+    why = transient_units_unavailable()
+    if why:
+        pytest.skip(why)
+    trainer = tmp_path / "long.yaml"               # a run that outlives the daemon's kill and restart
+    trainer.write_text(yaml.safe_dump(tiny_config_dict(data={"train_fraction": 1.0}, run={"epochs": 40})))
+    config = tmp_path / "daemon.yaml"
+    ws = tmp_path / "ws"
+    config.write_text(yaml.safe_dump({"workspace": str(ws), "default_trainer_config": str(trainer),
+                                      "sandbox": "optional", "default_monitor_seconds": 3,
+                                      "phase": {"schedule": "off"}, "adaptive_timer": {"max_seconds": 1},
+                                      "evolution": {"rules": {"per_class_accuracy_floor": None}}}))
+    spec = spec_for(REPO, daemon_config=str(config), workspace=str(ws), daily_start=None, restart_seconds=1)
+    service = unit_files(spec)[spec.daemon_unit].split("[Service]")[1].split("[Install]")[0]
+    settings = [line for line in service.strip().splitlines()
+                if line.split("=")[0] in ("Restart", "RestartSec", "KillMode", "RestartPreventExitStatus",
+                                          "TimeoutStopSec", "Environment", "WorkingDirectory")]
+    unit = f"llmloop-test-{uuid.uuid4().hex[:8]}"
+    argv = ["systemd-run", "--user", f"--unit={unit}", *(f"--property={s}" for s in settings), "--",
+            *shlex.split(key(service, "ExecStart")[0])]
+    assert subprocess.run(argv, capture_output=True, text=True, timeout=60).returncode == 0
+    state = ws / "state.json"
+    try:
+        wait_for(lambda: state.exists() and json.loads(state.read_text()).get("active_runs"), 180, "an active run")
+        run = json.loads(state.read_text())["active_runs"][0]
+        first = int((ws / "daemon.pid").read_text())
+        os.kill(first, signal.SIGKILL)
+        assert psutil.pid_exists(run["pid"])                 # KillMode=process: the run lives on
+        wait_for(lambda: sum(e["kind"] == "daemon_start" for e in EventLog(ws / "events.jsonl")) == 2, 120,
+                 "systemd to start the daemon again")
+        again = [e for e in EventLog(ws / "events.jsonl") if e["kind"] == "daemon_start"][-1]
+        assert again["pid"] != first and run["label"] in again["reaped"]["adopted_runs"]
+    finally:
+        subprocess.run(["systemctl", "--user", "stop", unit], capture_output=True, timeout=400)
