@@ -5,7 +5,6 @@ files are still written and enabled, and what could not be done is said with sys
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import shutil
 import subprocess
@@ -58,8 +57,8 @@ def build_spec(cfg: DaemonConfig, ws: Workspace, config_path: Path, scope: Scope
     if python is not None and not (Path(python).is_absolute() and Path(python).exists()):
         raise ServiceError(f"--python {python}: give the absolute path of an interpreter that exists")
     if scope == "system" and run_as is None:        # the project's owner, not root, unless root owns it
-        owner = pwd.getpwuid(cfg.root.stat().st_uid).pw_name
-        run_as = owner if owner != "root" else None
+        uid = cfg.root.stat().st_uid
+        run_as = _user_name(uid) if uid != 0 else None
     return UnitSpec(name=name, scope=scope, python=python or project_python(cfg.root),
                     package_parent=str(PACKAGE_PARENT), root=str(cfg.root.resolve()),
                     daemon_config=str(Path(config_path).expanduser().resolve()), workspace=str(ws.root.resolve()),
@@ -77,11 +76,11 @@ def systemd_version() -> int | None:
     return int(match[1]) if match else None
 
 
-def check_scope(scope: Scope) -> None:
+def check_scope(scope: Scope, writes: bool = True) -> None:
     if not sys.platform.startswith("linux"):
         raise ServiceError(f"systemd units are for Linux; this is {sys.platform} (Windows and macOS have no systemd): "
                            f"start the loop with scripts/startup.ps1 or `llmloop start` instead")
-    if scope == "system" and os.geteuid() != 0:
+    if writes and scope == "system" and os.geteuid() != 0:
         raise ServiceError("--system writes to /etc/systemd/system and needs root (sudo); --user needs no root")
 
 
@@ -118,10 +117,17 @@ def no_manager_hint(scope: Scope, outcome: Outcome) -> str:
 
 
 def _me() -> str:
+    return _user_name(os.geteuid())
+
+
+def _user_name(uid: int) -> str:
+    """The account's name, or its number (systemd's User= takes either). `pwd` is POSIX only."""
+    import pwd
+
     try:
-        return pwd.getpwuid(os.geteuid()).pw_name
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return str(os.geteuid())
+        return str(uid)
 
 
 # ---------------------------------------------------------------- install ----
@@ -178,7 +184,7 @@ def unit_names(name: str) -> list[str]:
 
 
 def status(scope: Scope, name: str) -> list[UnitState]:
-    check_scope(scope)
+    check_scope(scope, writes=False)
     folder, states = unit_dir(scope), []
     for unit in unit_names(name):
         path = folder / unit
