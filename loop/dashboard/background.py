@@ -180,14 +180,14 @@ def stop(ws: Workspace, wait_seconds: float = STOP_WAIT_SECONDS) -> Serving | No
 
 
 def ended(proc: psutil.Process, seconds: float) -> bool:
-    """Whether `proc` exits within `seconds`. A zombie has exited: its parent (a foreground daemon
-    that started it with `--dashboard`) reaps it, not us, and psutil's wait would wait for that."""
-    deadline = time.monotonic() + seconds
+    """Whether `proc` exits within `seconds`: gone (reaped), or still a zombie at the end. A zombie
+    has exited; only its parent reaps it (a foreground daemon started with `--dashboard` does not
+    until it exits), so psutil's wait, which waits for the reap, would time out on it."""
+    deadline, zombie = time.monotonic() + seconds, False
     while time.monotonic() < deadline:
         try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return True
+            zombie = proc.status() == psutil.STATUS_ZOMBIE
         except psutil.NoSuchProcess:
             return True
         time.sleep(0.05)
-    return False
+    return zombie
