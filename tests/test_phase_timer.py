@@ -137,3 +137,36 @@ def test_the_daemon_pauses_for_and_ingests_the_timers_phase(tmp_path, zoo):
     assert [d.name for d in (ws / "phase").iterdir() if d.is_dir()] == [run_id]    # the daemon started none
     log = (ws / "logs" / "daemon.log").read_text()                       # --tee-log: the workspace log too
     assert f"PHASE {run_id} (started by the systemd timer, pid {phase.pid})" in log
+
+
+def test_a_timer_phase_that_died_is_logged_once_and_one_that_ended_is_ingested(tmp_path):
+    """Found at a cycle boundary without a pause: a timer's PHASE that died without its signal (one
+    `phase_failed`, never again), then one that ended while the daemon was down (ingested)."""
+    from loop.config import DaemonConfig, validate
+    from loop.cycle.state import LoopState
+    from loop.daemon.phase_external import timer_phase_if_started
+    from loop.daemon.process import build_loop
+    from loop.phase.run import run_phase
+    from loop.util.workspace import workspace_of
+
+    cfg = validate(DaemonConfig, {"workspace": str(tmp_path / "ws"), "sandbox": "optional",
+                                  "phase": {"scheduler": "systemd", "epochs": 1, "slices": 2, "replicas": 1}}, "t")
+    ws = workspace_of(cfg).ensure()
+    loop = build_loop(cfg, ws, lambda: False, say=lambda *_: None)
+    gone = sleeper()
+    rec = record_of(gone, ws.root, "night-1")
+    gone.kill()
+    gone.wait()
+    state = timer_phase_if_started(loop, LoopState.load(ws.state))
+    state = timer_phase_if_started(loop, state)                        # the next boundary: nothing new
+    events = list(EventLog(ws.events))
+    assert [e["kind"] for e in events] == ["phase_failed"] and events[0]["run_id"] == "night-1"
+    assert "run-night-1" in LoopState.load(ws.state).phase_done
+
+    run_phase(cfg, ws.root, "night-2", progress=False)                  # an empty archive: results all the same
+    # its process is gone, its signal is there; its record is the newest
+    later = rec.model_copy(update={"run_id": "night-2", "started_utc": "2026-01-02T03:00:00Z"})
+    marker.started_path(ws.root, "night-2").write_text(later.model_dump_json())
+    state = timer_phase_if_started(loop, state)
+    kinds = [e["kind"] for e in EventLog(ws.events)]
+    assert kinds == ["phase_failed", "phase_integration"] and "run-night-2" in state.phase_done

@@ -47,13 +47,13 @@ def record_start(workspace: Path, run_id: str) -> PhaseStarted:
 
 def latest(workspace: Path) -> PhaseStarted | None:
     """The most recently started PHASE run's record (unreadable records are skipped), or None."""
-    found: list[tuple[float, PhaseStarted]] = []
+    found: list[tuple[int, PhaseStarted]] = []
     for path in phase_root(workspace).glob(f"{STARTED_PREFIX}*.json"):
         try:
-            found.append((path.stat().st_mtime, PhaseStarted.model_validate_json(path.read_text(encoding="utf-8"))))
+            found.append((path.stat().st_mtime_ns, PhaseStarted.model_validate_json(path.read_text(encoding="utf-8"))))
         except (OSError, ValidationError):
             continue
-    return max(found, key=lambda pair: (pair[0], pair[1].started_utc))[1] if found else None
+    return max(found, key=lambda pair: (pair[1].started_utc, pair[0]))[1] if found else None
 
 
 def is_alive(record: PhaseStarted) -> bool:
