@@ -1,4 +1,4 @@
-"""The notifier (loop/ops/notifier.py) against a real HTTP receiver on 127.0.0.1 and a real event
+"""The notifier (loop/notify/notifier.py) against a real HTTP receiver on 127.0.0.1 and a real event
 log: delivery, a receiver that is down (one notify_degraded, back-off, notify_restored), a bounded
 queue, and URL secrets that never reach an event or a log line."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from loop.config.sections import NotifyConfig
 from loop.daemon.recovery import crashed_before
 from loop.errors import ConfigError
 from loop.journal.events import EventLog
-from loop.ops.notifier import Notifier, clean_end, for_daemon
+from loop.notify.notifier import Notifier, clean_end, for_daemon
 from loop.util.secrets import public_url, redact, url_secrets
 from tests.conftest import wait_for
 from tests.notify_receiver import Receiver

@@ -1,4 +1,4 @@
-"""The event -> notification mapping (loop/ops/notify_map.py): records built by the models the
+"""The event -> notification mapping (loop/notify/mapping.py): records built by the models the
 daemon writes them with, read back as events.jsonl holds them."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from loop.config.sections import NOTIFY_EVENTS
 from loop.cycle.failures import Blocked
 from loop.cycle.record import CycleRecord, FinishUpEntry, KeepEntry
 from loop.journal.events import EventLog
-from loop.ops.notify_map import notifications
+from loop.notify.mapping import notifications
 from loop.run.failure import signature_of
 from loop.run.judge import RunOutcome
 
@@ -107,7 +107,7 @@ def test_every_configurable_event_has_a_mapping():
     """NOTIFY_EVENTS (what `notify.events` accepts) is exactly what the mapping can produce."""
     import inspect
 
-    import loop.ops.notify_map as mapping
+    import loop.notify.mapping as mapping
 
     source = inspect.getsource(mapping)
     assert all(f'"{name}"' in source for name in NOTIFY_EVENTS)

@@ -189,7 +189,8 @@ def test_start_with_the_dashboard(daemon_cfg, tmp_path):
 def test_powershell_scripts_mirror_the_bash_ones():
     """No pwsh on these machines: check each .ps1 exists beside its .sh and calls the same subcommand."""
     pairs = {"login": "login", "startup": "start", "stop_llm_daemon": "stop", "status": "status",
-             "watch_status": "watch", "request_finishup": "finishup", "clean_fresh": "reset", "rollback": "rollback"}
+             "watch_status": "watch", "request_finishup": "finishup", "clean_fresh": "reset", "rollback": "rollback",
+             "service": "service"}
     for name, sub in pairs.items():
         sh, ps1 = (REPO / "scripts" / f"{name}.sh").read_text(), (REPO / "scripts" / f"{name}.ps1").read_text()
         assert f" {sub}" in sh and f"& $llmloop {sub}" in ps1, name

@@ -34,6 +34,12 @@ def add_arguments(sub) -> None:
                    help="also serve the dashboard on 127.0.0.1 in the background (left running by `llmloop stop`; "
                         "`llmloop dashboard --stop` stops it)")
     p.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT, help="the dashboard's port (with --dashboard)")
+    p.add_argument("--phase-scheduler", choices=["daemon", "systemd"],
+                   help="who starts PHASE (overrides phase.scheduler): the daemon, or a systemd timer the daemon "
+                        "only pauses for (`llmloop service install` sets this)")
+    p.add_argument("--tee-log", action="store_true",
+                   help="with --foreground: also append the output to <workspace>/logs/daemon.log (a service's "
+                        "output goes to the journal)")
     p = common(sub.add_parser("stop", help="ask the daemon to finish its cycle and exit"))
     p.add_argument("--wait", type=float, default=0, help="seconds to wait until it has stopped")
     p = common(sub.add_parser("status", help="what the loop is doing"))
@@ -130,6 +136,12 @@ def cmd_start(args, cfg, ws) -> int:
         finishup.save(ws.finish_up, request)
         print(finishup.describe(request, finishup.now_utc()))
     config_path = args.daemon_config or cfg.root / DEFAULT_DAEMON_CONFIG
+    if args.phase_scheduler:
+        cfg.phase = cfg.phase.model_copy(update={"scheduler": args.phase_scheduler})
+    if args.foreground and args.tee_log:
+        from loop.cli.tee import tee_output
+
+        tee_output(ws.ensure().daemon_log)
     if args.foreground:
         if args.dashboard:          # first: the cycles hold this process until they stop
             start_dashboard(ws, config_path, cfg.root, args.dashboard_port, say=print)
@@ -142,6 +154,7 @@ def cmd_start(args, cfg, ws) -> int:
             return 1
         return 0
     extra = ["--max-cycles", str(args.max_cycles)] if args.max_cycles else []
+    extra += ["--phase-scheduler", args.phase_scheduler] if args.phase_scheduler else []
     pid = daemon.start_background(str(config_path), cfg.root, ws, extra)
     print(f"llmloop started (pid {pid}); log: {ws.daemon_log}; `llmloop status` shows it, `llmloop stop` stops it")
     if args.dashboard:              # its own process: a dashboard that fails to start is said, never fatal
@@ -225,13 +238,19 @@ def cmd_report(args, cfg, ws) -> int:
 
 
 def cmd_reset(args, cfg, ws) -> int:
-    from loop.daemon.reset import reset_workspace
+    from loop.daemon.reset import refuse_while_running, reset_workspace
+    from loop.dashboard import background
 
+    refuse_while_running(ws)                # before asking, and before stopping anything
     if not args.yes and sys.stdin.isatty():
         if input(f"Delete everything in {ws.root}? (yes/no) ").strip() != "yes":
             print("reset cancelled")
             return 1
-    removed = reset_workspace(ws, Path(cfg.credentials_file).expanduser(), args.keep_login, args.keep_data_link)
+    serving = background.stop(ws)           # it reads the folders about to go, and its pid file is among them
+    if serving is not None:
+        print(f"stopped the dashboard serving {ws.root} (pid {serving.pid}, {serving.url})")
+    removed = reset_workspace(ws, Path(cfg.credentials_file).expanduser(), args.keep_login, args.keep_data_link,
+                              say=print)
     print(f"workspace {ws.root} reset ({removed} entries removed)")
     return 0
 

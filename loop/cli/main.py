@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     from loop.cli.dashboard import add_arguments as add_dashboard_arguments
 
     add_dashboard_arguments(sub)
+    from loop.cli.service import add_arguments as add_service_arguments
+
+    add_service_arguments(sub)
     phase = sub.add_parser("phase", help="PHASE deep evaluation: `llmloop phase run [--workspace WS]`")
     phase.add_argument("phase_args", nargs=argparse.REMAINDER)
     return parser
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         from loop.phase.command import main as phase_main
 
         return phase_main(args.phase_args)
+    if args.command == "service":
+        from loop.cli.service import run as run_service
+
+        return run_service(args)
     if args.command in ("predict", "export"):
         from loop.cli.deploy import run as run_deploy
 

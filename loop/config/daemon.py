@@ -144,7 +144,7 @@ class DaemonConfig(StrictModel):
     adaptive_timer: AdaptiveTimerConfig = Field(default_factory=AdaptiveTimerConfig)
     # ---- experiment tracking: MLflow, TensorBoard (optional extras; loop/tracking/) ----
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    # ---- notifications through apprise (loop/ops/; README "Notifications") ----
+    # ---- notifications through apprise (loop/notify/; README "Notifications") ----
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
 
     @model_validator(mode="before")

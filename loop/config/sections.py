@@ -114,6 +114,9 @@ class PhaseConfig(StrictModel):
     resumes on PHASE's completion signal."""
 
     schedule: Literal["daily", "every_n_cycles", "off"] = "daily"
+    # who starts PHASE: the daemon at the window, or a systemd timer (`llmloop service install`), in
+    # which case the daemon only pauses for and ingests the run the timer started (one owner)
+    scheduler: Literal["daemon", "systemd"] = "daemon"
     daily_start: str = Field("03:00", pattern=r"^\d{2}:\d{2}$")    # local time
     daily_end: str = Field("07:00", pattern=r"^\d{2}:\d{2}$")
     every_n_cycles: int = Field(50, ge=1)
@@ -206,7 +209,7 @@ class TrackingConfig(StrictModel):
 
 
 # ---------------------------------------------------------- notifications ----
-# Sent through apprise (loop/ops/notifier.py) from what the event log records (loop/ops/notify_map.py).
+# Sent through apprise (loop/notify/notifier.py) from what the event log records (loop/notify/mapping.py).
 NOTIFY_URLS_ENV = "LLMLOOP_NOTIFY_URLS"      # more URLs, space or comma separated: tokens stay out of YAML
 NOTIFY_EVENTS = ("new_best", "blocked", "run_stalled", "run_timed_out", "disk_low", "disk_ok", "budget_spent",
                  "report_written", "crash_restart")

@@ -53,7 +53,8 @@ def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
     finally:
         if pool is not None:
             pool.release(holder)
-    state.phase_done = (state.phase_done + [key])[-50:]
+    # the run's own key too: a daemon later switched to `phase.scheduler: systemd` must not ingest it again
+    state.phase_done = (state.phase_done + [key, f"run-{run_id}"])[-50:]
     if outcome == "stopped":
         kill_tree(proc.pid, popen=proc, tag=f"phase:{run_id}")
         events.append("phase_interrupted", trace, run_id=run_id, reason="stop requested during the PHASE pause")

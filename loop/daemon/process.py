@@ -17,6 +17,7 @@ from filelock import FileLock, Timeout
 from loop.config import DaemonConfig, LLMRole
 from loop.cycle.cycle import Loop, run_cycle
 from loop.cycle.state import LoopState
+from loop.daemon.phase_external import timer_phase_if_started
 from loop.daemon.phase_pause import expire_recommendations, phase_if_due
 from loop.daemon.recovery import Degraded, crashed_before, recover
 from loop.domains.pixels import CACHE_ENV, workspace_cache
@@ -31,7 +32,7 @@ from loop.run.sandbox_setup import load_sandbox
 from loop.util.workspace import Workspace, workspace_of  # noqa: F401  (workspace_of: callers use it from here)
 
 if TYPE_CHECKING:        # imported when the daemon runs: status and stop need neither it nor torch
-    from loop.ops.notifier import Notifier
+    from loop.notify.notifier import Notifier
     from loop.tracking.tracker import Tracker
 
 # Where this package is imported from: child processes get it on PYTHONPATH so `python -m
@@ -163,7 +164,7 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         def should_stop() -> bool:
             return stop["requested"] or ws.stop_request.exists()
 
-        from loop.ops.notifier import for_daemon
+        from loop.notify.notifier import for_daemon
         from loop.tracking.tracker import Tracker
 
         notifier = for_daemon(cfg, EventLog(ws.events), say)   # reads from here on; sends off the cycles' path
@@ -213,7 +214,7 @@ def start_up(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> tuple[Loop, 
                         builder=mode, mentor="LLM" if loop.mentor is not None else "offline policy",
                         llm_models=models, machine=collect_machine().model_dump(mode="json"),
                         prompt_rules=rules, repaired_torn_event=torn, recovery=recovered, task_domain=task,
-                        sandbox=loop.sandbox.note, reaped=reaped,
+                        sandbox=loop.sandbox.note, reaped=reaped, phase_scheduler=cfg.phase.scheduler,
                         active_run=state.active_run.label if state.active_run else None,
                         active_runs=[r.label for r in state.active_runs],
                         active_run_alive=loop.runner().alive(state.active_run) if state.active_run else None,
@@ -254,7 +255,8 @@ def cycle_until_stopped(loop: Loop, state: LoopState, degraded: Degraded, should
             sleep_between_cycles(backoff, should_stop)
             continue
         try:
-            state = phase_if_due(loop, state)
+            # one owner: the daemon starts PHASE at its window, or a systemd timer does and the daemon pauses for it
+            state = (phase_if_due if loop.cfg.phase.scheduler == "daemon" else timer_phase_if_started)(loop, state)
             if should_stop() or state.stop_reason is not None:
                 break
             decision = timer_decision(loop, state)

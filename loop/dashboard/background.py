@@ -170,12 +170,24 @@ def stop(ws: Workspace, wait_seconds: float = STOP_WAIT_SECONDS) -> Serving | No
     try:
         proc = psutil.Process(serving.pid)
         proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(wait_seconds)
-        except psutil.TimeoutExpired:
+        if not ended(proc, wait_seconds):
             proc.kill()
-            proc.wait(5)
+            ended(proc, 5)
     except psutil.NoSuchProcess:
         pass
     forget(ws, serving.pid)
     return serving
+
+
+def ended(proc: psutil.Process, seconds: float) -> bool:
+    """Whether `proc` exits within `seconds`: gone (reaped), or still a zombie at the end. A zombie
+    has exited; only its parent reaps it (a foreground daemon started with `--dashboard` does not
+    until it exits), so psutil's wait, which waits for the reap, would time out on it."""
+    deadline, zombie = time.monotonic() + seconds, False
+    while time.monotonic() < deadline:
+        try:
+            zombie = proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return zombie

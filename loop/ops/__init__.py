@@ -1,1 +1,2 @@
-"""What a box running for days needs: service units, notifications, retention."""
+"""What a box that runs for days needs from the operating system: systemd units (units.py) and
+`llmloop service install | status | uninstall` (service.py)."""

@@ -4,4 +4,5 @@ picks GEN_HEAD and the archive's top-k, `evaluate.py` evaluates each with QTIME 
 `stats.py` gives the Student-t intervals, `collapse.py` turns each domain's results into fitness,
 insights, promoted/flagged variants and search-space recommendations, and `results.py` holds the
 typed records of phase_results.json and its completion signal and reads and writes them.
-`command.py` is the command line (`python -m loop.phase`, `llmloop phase`)."""
+`command.py` is the command line (`python -m loop.phase`, `llmloop phase`); `marker.py` is the
+record a PHASE run writes of itself at its start (who runs PHASE now, for a daemon that did not start it)."""

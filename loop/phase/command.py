@@ -8,6 +8,7 @@ import argparse
 
 from loop.config import add_daemon_config_arguments, load_daemon_config
 from loop.errors import exits_with_code
+from loop.phase.marker import record_start
 from loop.phase.results import default_run_id, read_results
 from loop.phase.run import run_phase
 from loop.util.workspace import workspace_of
@@ -29,7 +30,9 @@ def run_command(args: argparse.Namespace) -> int:
     cfg = load_daemon_config(args.daemon_config, root=args.root)
     workspace = workspace_of(cfg, args.workspace).root
     trust_from(cfg, workspace)     # the models' folders were written by runs
-    path = run_phase(cfg, workspace, args.run_id or default_run_id(), progress=not args.quiet)
+    run_id = args.run_id or default_run_id()
+    record_start(workspace, run_id)     # a daemon that did not start this run pauses for it (loop/phase/marker.py)
+    path = run_phase(cfg, workspace, run_id, progress=not args.quiet)
     results = read_results(path)
     for label in results.domains_tested:
         print(f"{label}: fitness {results.metrics[label].fitness:.4f}")

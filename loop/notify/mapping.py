@@ -1,6 +1,6 @@
 """What is worth telling someone, read off the event log: `notifications(event)` maps one
 events.jsonl record to the notifications it means (most to none). Pure: no clock, no I/O, so the
-mapping is tested on its own and the notifier (loop/ops/notifier.py) only delivers.
+mapping is tested on its own and the notifier (loop/notify/notifier.py) only delivers.
 
   new_best        a `cycle` event's keep with verdict first | gain (score, margin, noise band)
   blocked         a `blocked` event (the failure signature, how often, the next try)

@@ -1,4 +1,4 @@
-"""Delivery of notifications (loop/ops/notify_map.py) through apprise, off the cycle's path.
+"""Delivery of notifications (loop/notify/mapping.py) through apprise, off the cycle's path.
 
 The daemon feeds the notifier after each cycle and at start and stop (`feed` reads the event log
 from where it last stopped: a read of the new lines, no send). One background thread sends from a
@@ -23,7 +23,7 @@ from loop.config import DaemonConfig
 from loop.config.sections import NOTIFY_URLS_ENV, NotifyConfig, split_urls
 from loop.errors import ConfigError
 from loop.journal.events import EventLog
-from loop.ops.notify_map import Notification, notifications
+from loop.notify.mapping import Notification, notifications
 from loop.util.secrets import known_secrets, public_url, redact, url_secrets
 
 READ_LIMIT = 4 << 20            # a feed reads at most this much new log (a first feed after a long gap)
