@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -17,6 +18,9 @@ from loop.run.plan import RunPlan
 from loop.run.slots import DeviceSlot, SlotPool, plan_slots
 from loop.run.supervise import exit_code
 
+# A trace id of its own per test run: a run is killed with every process carrying its tag (trace:label),
+# and two test runs on one machine (a developer's and CI) must not kill each other's runs.
+UNIQUE_TRACE = f"t-{uuid.uuid4().hex[:8]}"
 
 def test_slots_are_planned_per_gpu_or_per_cpu_share():
     gpus = plan_slots("auto", None, gpus=2, cpus=16)
@@ -81,7 +85,7 @@ def test_acquire_waits_for_a_slot_and_gives_up_on_stop(tmp_path):
 
 
 def _plan(tmp_path: Path, name: str, code: str, walltime: float | None = None) -> RunPlan:
-    return RunPlan(name, "t1", "command", [sys.executable, "-c", code], tmp_path / name, walltime, None)
+    return RunPlan(name, UNIQUE_TRACE, "command", [sys.executable, "-c", code], tmp_path / name, walltime, None)
 
 
 def test_runs_get_their_slot_environment_and_never_exceed_the_pool(tmp_path):

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -28,6 +29,12 @@ TREE = "setsid sleep 300 & setsid sh -c 'sleep 301 & sleep 302' & sleep 303"
 PATIENCE_S = 120   # how long wait_for may poll: it returns as soon as true, so only a hang costs this
 
 
+# Tags of their own per test run: runs are killed by tag (owner, trace:label), and two test runs on one
+# machine must not kill each other's processes.
+UNIQUE = uuid.uuid4().hex[:8]
+TREE_OWNER = f"tree-test-{UNIQUE}"
+
+
 def tagged(key: str, value: str) -> list[int]:
     pids = []
     for proc in psutil.process_iter():
@@ -42,8 +49,8 @@ def tagged(key: str, value: str) -> list[int]:
 def start(tmp_path: Path, name: str, command: str, sandboxed: bool, **kw) -> ActiveRun:
     ws = tmp_path / "ws"
     sandbox = load_sandbox(DaemonConfig(), REPO, ws) if sandboxed else None
-    env = {**os.environ, "LLMLOOP_OWNER": "tree-test"} if not sandboxed else os.environ.copy()
-    return launch(name, "t0001", "command", ["bash", "-c", command], ws / "runs" / name, 1, REPO, env,
+    env = {**os.environ, "LLMLOOP_OWNER": TREE_OWNER} if not sandboxed else os.environ.copy()
+    return launch(name, f"t{UNIQUE}", "command", ["bash", "-c", command], ws / "runs" / name, 1, REPO, env,
                   sandbox=sandbox, **kw)
 
 
@@ -110,9 +117,9 @@ def test_restart_after_kill_9_reaps_leftovers_and_readopts_the_active_run(tmp_pa
     cfg = DaemonConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
     sandbox = load_sandbox(cfg, REPO, ws)
     runs = ws / "runs"
-    active = launch("active", "c00001-aaaaaa", "command", ["bash", "-c", "sleep 300"], runs / "active", 1, REPO,
+    active = launch("active", f"c00001-a{UNIQUE[:5]}", "command", ["bash", "-c", "sleep 300"], runs / "active", 1, REPO,
                     dict(os.environ), sandbox=sandbox)
-    stray = launch("stray", "c00001-bbbbbb", "command", ["bash", "-c", TREE], runs / "stray", 1, REPO,
+    stray = launch("stray", f"c00001-b{UNIQUE[:5]}", "command", ["bash", "-c", TREE], runs / "stray", 1, REPO,
                    dict(os.environ), sandbox=sandbox)
     try:
         wait_for(lambda: tree_started(stray, 4), PATIENCE_S, "the stray run's processes")
@@ -160,7 +167,7 @@ def test_readopting_keeps_the_runs_setsid_processes(tmp_path):
         wait_for(lambda: tree_started(run, 3), PATIENCE_S, "the run's processes")
         escaped = [p for p in tagged("LLMLOOP_RUN_TAG", run.run_tag)
                    if psutil.Process(p).cmdline()[:2] == ["sleep", "304"]]
-        reaped = reap_leftovers("tree-test", run.pid, run.create_time, run.run_tag)
+        reaped = reap_leftovers(TREE_OWNER, run.pid, run.create_time, run.run_tag)
         assert reaped["killed"] == [] and set(escaped) <= set(reaped["adopted"])
         assert all(psutil.pid_exists(p) for p in escaped)
     finally:
@@ -178,7 +185,7 @@ def test_readopting_a_run_that_is_making_processes_kills_none_of_them(tmp_path):
     try:
         wait_for(lambda: tree_started(run, 3), PATIENCE_S, "the run's processes")
         for _ in range(5):
-            reaped = reap_leftovers("tree-test", run.pid, run.create_time, run.run_tag)
+            reaped = reap_leftovers(TREE_OWNER, run.pid, run.create_time, run.run_tag)
             assert reaped["killed"] == [], reaped["killed"]
         assert is_alive(run)
     finally:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import psutil
@@ -26,6 +27,11 @@ from loop.run.supervise import exit_code  # noqa: E402
 from tests.conftest import REPO, tiny_config_dict, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.xdist_group("ray")]   # one cluster at a time
+
+
+# A trace id of its own per test run: a run is killed with every process carrying its tag (trace:label),
+# and two test runs on one machine (a developer's and CI) must not kill each other's runs.
+UNIQUE_TRACE = f"t-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +69,7 @@ def executor(cluster, tmp_path, shared=True, **extra) -> RayExecutor:
 
 
 def plan(tmp_path: Path, name: str, code: str, walltime: float | None = None, stall: float | None = None) -> RunPlan:
-    return RunPlan(name, "t1", "command", [sys.executable, "-c", code], tmp_path / "ws" / "runs" / name,
+    return RunPlan(name, UNIQUE_TRACE, "command", [sys.executable, "-c", code], tmp_path / "ws" / "runs" / name,
                    walltime, stall)
 
 

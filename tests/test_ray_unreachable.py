@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -36,6 +37,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("ray")]   # one Ray h
 
 RAY = str(Path(sys.executable).parent / "ray")
 
+
+# A trace id of its own per test run: a run is killed with every process carrying its tag (trace:label),
+# and two test runs on one machine (a developer's and CI) must not kill each other's runs.
+UNIQUE_TRACE = f"t-{uuid.uuid4().hex[:8]}"
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -108,7 +113,8 @@ def executor(address: str, tmp_path: Path, **extra) -> RayExecutor:
 
 
 def plan(tmp_path: Path, name: str, code: str) -> RunPlan:
-    return RunPlan(name, "t1", "command", [sys.executable, "-c", code], tmp_path / "ws" / "runs" / name, None, None)
+    return RunPlan(name, UNIQUE_TRACE, "command", [sys.executable, "-c", code], tmp_path / "ws" / "runs" / name,
+                   None, None)
 
 
 def events(ws: Path, kind: str) -> list[dict]:
