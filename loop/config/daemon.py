@@ -21,6 +21,7 @@ from loop.config.sections import (
     LLMRole,
     ModelPrice,
     PhaseConfig,
+    RetentionConfig,
     TrackingConfig,
 )
 
@@ -143,6 +144,8 @@ class DaemonConfig(StrictModel):
     adaptive_timer: AdaptiveTimerConfig = Field(default_factory=AdaptiveTimerConfig)
     # ---- experiment tracking: MLflow, TensorBoard (optional extras; loop/tracking/) ----
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # ---- a disk that never fills: the sweep after each cycle, the free-space floor (loop/ops/) ----
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @model_validator(mode="before")
     @classmethod
