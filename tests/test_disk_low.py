@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import yaml
 
 from loop.cycle.state import LoopState
 from loop.journal.events import EventLog
-from tests.conftest import run_cli, tiny_config_dict, wait_for
+from tests.conftest import REPO, tiny_config_dict, wait_for
 
 TMPFS_MB = 24
 FLOOR_MB = 8
@@ -52,6 +53,21 @@ def free_mb(disk: Path) -> float:
     return st.f_bavail * st.f_frsize / 1e6
 
 
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """`llmloop ARGS` with the pixel cache left to the daemon's default, the workspace's cache/pixels
+    on the tmpfs (a session cache under pytest's 0700 folder is another disk, and slower to reach)."""
+    env = {k: v for k, v in os.environ.items() if k != "LLMLOOP_PIXEL_CACHE"} | {"PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "loop.cli.main", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+def log_tail(ws: Path) -> str:
+    try:
+        return (ws / "logs" / "daemon.log").read_text()[-3000:]
+    except OSError:
+        return ""
+
+
 def kinds(ws: Path) -> list[str]:
     return [e["kind"] for e in EventLog(ws / "events.jsonl")]
 
@@ -72,6 +88,7 @@ def disk(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_path, disk):
     ws = disk / "ws"
     trainer = tmp_path / "tiny.yaml"
@@ -89,21 +106,24 @@ def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_p
 
     # ---- under the floor from the start: no cycle, one disk_low, status says why ----
     filler = fill(disk, leave_mb=FLOOR_MB / 2)
-    started = run_cli("start", "--daemon-config", str(cfg), timeout=120)
+    started = cli("start", "--daemon-config", str(cfg))
     assert started.returncode == 0, started.stdout + started.stderr
     wait_for(lambda: "disk_low" in kinds(ws), 120, "a disk_low event")
     time.sleep(1.0)                                       # a few polls: still one event, still no cycle
     assert kinds(ws).count("disk_low") == 1 and "cycle" not in kinds(ws)
     low = next(e for e in EventLog(ws / "events.jsonl") if e["kind"] == "disk_low")
     assert low["path"] == str(ws) and low["min_free_gb"] == FLOOR_MB / 1000 and low["free_gb"] < FLOOR_MB / 1000
-    status = run_cli("status", "--daemon-config", str(cfg))
+    status = cli("status", "--daemon-config", str(cfg))
     assert "WAITING: disk low" in status.stdout and "retention.min_free_gb" in status.stdout, status.stdout
 
     # ---- space back: disk_ok, cycles train, the sweep prunes past the top 1 ----
     filler.unlink()
     wait_for(lambda: "disk_ok" in kinds(ws), 60, "a disk_ok event")
-    wait_for(lambda: "retention_sweep" in kinds(ws), 600, "a retention sweep after two trained runs", poll=0.5)
-    assert "WAITING" not in run_cli("status", "--daemon-config", str(cfg)).stdout
+    try:
+        wait_for(lambda: "retention_sweep" in kinds(ws), 600, "a retention sweep after two trained runs", poll=0.5)
+    except AssertionError:
+        raise AssertionError(f"no retention sweep; the daemon's log ends:\n{log_tail(ws)}") from None
+    assert "WAITING" not in cli("status", "--daemon-config", str(cfg)).stdout
     sweep = next(e for e in EventLog(ws / "events.jsonl") if e["kind"] == "retention_sweep")
     assert sweep["pruned"] and sweep["bytes_freed"] > 0
     assert all("top 1" in p["reason"] for p in sweep["pruned"])
@@ -115,7 +135,7 @@ def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_p
     with open(full, "r+b") as fh:
         fh.truncate(max(0, full.stat().st_size - int(FLOOR_MB / 2 * 1e6)))
     wait_for(lambda: kinds(ws).count("disk_low") == 2, 120, "a second disk_low once there is room to write it")
-    assert "WAITING: disk low" in run_cli("status", "--daemon-config", str(cfg)).stdout
+    assert "WAITING: disk low" in cli("status", "--daemon-config", str(cfg)).stdout
 
     # ---- nothing torn, nothing half-written ----
     state = LoopState.model_validate_json((ws / "state.json").read_text())
@@ -127,8 +147,8 @@ def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_p
             json.loads(line)
     strays = [str(p) for p in ws.rglob(".*.tmp") if "/runs/" not in str(p)]
     assert strays == []
-    verified = run_cli("archive", "verify", "--daemon-config", str(cfg))
+    verified = cli("archive", "verify", "--daemon-config", str(cfg))
     assert verified.returncode == 0, verified.stdout
-    stopped = run_cli("stop", "--wait", "60", "--daemon-config", str(cfg), timeout=120)
+    stopped = cli("stop", "--wait", "60", "--daemon-config", str(cfg))
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert kinds(ws)[-1] == "daemon_stop"
