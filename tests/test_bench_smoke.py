@@ -33,6 +33,7 @@ SMOKES = {
     "search_efficiency": ([PY, "bench/search_efficiency.py", "--smoke"], WRITES),
     "scale_out": ([PY, "bench/scale_out.py", "--smoke"], WRITES),
     "reliability": ([PY, "bench/reliability.py", "--smoke"], WRITES),
+    "retention": ([PY, "bench/retention.py", "--smoke"], WRITES),
     "gpu_check": (["bash", "bench/gpu_check.sh", "--cpu-dry-run"], '{"failed": []}'),
     "llm_compat": ([PY, "bench/llm_compat.py", "--smoke"], "wrote "),
     "llama_server": ([PY, "bench/llama_server.py", "--probe", "--max-tokens", "16"], "--- e garbage type"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 from loop.agents.schema import Decision
+from loop.archive.pruned import run_pruned
 from loop.errors import ConfigError
 from loop.journal.history import RunRecord
 
@@ -39,6 +40,7 @@ def promotable(history: list[RunRecord], in_flight: set[str] = frozenset()) -> l
     is what they were for), then screens in the top 1/ETA of all screens of their rung (ASHA), best
     first; none continued yet. `in_flight`: run folders of continuations still training."""
     done = continued(history) | set(in_flight)
+    done |= {r.run_dir for r in history if r.ok and r.run_dir and run_pruned(r.run_dir)}   # no checkpoint left
     capped = [r for r in history if r.ok and r.stopped_at_cap and r.run_dir not in done]
     rung = screens(history)
     if len(rung) < ETA:              # a top third needs a rung of at least ETA screens

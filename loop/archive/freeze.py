@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from loop.archive.lineage import LineageRow, read_lineage, upsert_lineage
 from loop.archive.paths import ModelPaths
+from loop.archive.pruned import MARKER, read_marker
 from loop.errors import ArchiveTampered
 from loop.util.faults import fault_point
 from loop.util.fsutil import atomic_write_text, read_regular_bytes, sha256_file
@@ -186,9 +187,15 @@ def verify_entry(folder: Path, expected_hashes_sha: str | None = None) -> list[s
     recorded, malformed = _recorded_hashes(text)
     if malformed:
         problems.append(f"{folder.name}: {HASHES} has {malformed} malformed row(s)")
-    present = {p.name for p in folder.iterdir() if p.name != HASHES}
+    marker = read_marker(folder)          # retention took some files: absent as recorded, not missing
+    pruned = {f.name: f.sha256 for f in marker.files} if marker else {}
+    present = {p.name for p in folder.iterdir() if p.name != HASHES and not (marker and p.name == MARKER)}
+    for fname, sha in sorted(pruned.items()):
+        if recorded.get(fname) != sha:
+            problems.append(f"{folder.name}: {MARKER} names {fname}, which {HASHES} does not record with that sha256")
     for fname in sorted(set(recorded) - present):
-        problems.append(f"{folder.name}: {fname} is missing")
+        if recorded[fname] != pruned.get(fname):
+            problems.append(f"{folder.name}: {fname} is missing")
     for fname in sorted(present - set(recorded)):
         problems.append(f"{folder.name}: {fname} was added")
     for fname in sorted(set(recorded) & present):
@@ -246,4 +253,8 @@ def require_intact(paths: ModelPaths, name: str) -> Path:
     problems = entry.problems()
     if problems:
         raise ArchiveTampered("; ".join(problems))
+    marker = read_marker(entry.path)
+    if marker is not None and marker.weights_gone:
+        raise ArchiveTampered(f"{name}: its weights were pruned by retention at {marker.pruned_at} "
+                              f"({marker.reason}); the entry keeps its metrics, config and log only")
     return entry.path

@@ -90,14 +90,23 @@ def run(args: argparse.Namespace) -> int:
             head = paths.head_name()
             for row in read_lineage(paths.lineage):
                 mark = "HEAD " if row.name == head else ("prom " if row.promoted else "     ")
-                print(f"{mark}{row.name}  {row.score:.4f}  {row.status}")
+                print(f"{mark}{row.name}  {row.score:.4f}  {row.status}{pruned_note(paths.entry(row.name))}")
             return 0
         report = verify_archive(paths)
         bad = {name: probs for name, probs in report.items() if probs}
         for name in report:
-            print(f"{'FAIL' if name in bad else 'ok  '} {name}")
+            print(f"{'FAIL' if name in bad else 'ok  '} {name}{pruned_note(paths.entry(name))}")
             for problem in bad.get(name, []):
                 print(f"     {problem}")
         print(f"{len(report) - len(bad)} of {len(report)} archive entries intact")
         return ArchiveTampered.exit_code if bad else 0
     return 0
+
+
+def pruned_note(folder) -> str:
+    """'  [pruned: model.safetensors by retention at ...]' for an entry retention pruned, else ''."""
+    from loop.archive.pruned import read_marker
+
+    marker = read_marker(folder)
+    return "" if marker is None else \
+        f"  [pruned: {', '.join(sorted(marker.names()))} by retention at {marker.pruned_at}]"

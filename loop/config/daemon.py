@@ -22,6 +22,7 @@ from loop.config.sections import (
     ModelPrice,
     NotifyConfig,
     PhaseConfig,
+    RetentionConfig,
     TrackingConfig,
 )
 
@@ -146,6 +147,8 @@ class DaemonConfig(StrictModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     # ---- notifications through apprise (loop/notify/; README "Notifications") ----
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    # ---- a disk that never fills: the sweep after each cycle, the free-space floor (loop/retention/) ----
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -241,3 +241,17 @@ class NotifyConfig(StrictModel):
         """The configured URLs, then those of LLMLOOP_NOTIFY_URLS, each once."""
         env = os.environ if environ is None else environ
         return list(dict.fromkeys([*self.urls, *split_urls(env.get(NOTIFY_URLS_ENV, ""))]))
+# ---------------------------------------------------------- retention ----
+# A disk that never fills (loop/retention/sweep.py, loop/retention/disk.py). The defaults keep a week of
+# nights on a laptop disk and prune nothing in a small workspace (20 runs and 20 PASS entries or
+# fewer, no failure older than a week). None switches a rule off.
+
+class RetentionConfig(StrictModel):
+    """What the sweep after each cycle may remove (weights and checkpoints, never metrics, configs
+    or logs), and the free space below which the daemon starts no new run."""
+
+    max_workspace_gb: float | None = Field(50.0, gt=0)     # over it: the sweep prunes past keep_top_k too
+    keep_top_k: int | None = Field(20, ge=1)                # ok runs and PASS entries kept whole, by score
+    keep_failed_runs_days: float | None = Field(7.0, ge=0)  # failed runs and FAIL entries keep weights this long
+    min_free_gb: float | None = Field(1.0, ge=0)            # free space on the workspace's disk; below: wait
+    disk_poll_seconds: float = Field(30.0, gt=0)            # while waiting: how often free space is checked

@@ -33,6 +33,7 @@ from loop.util.workspace import Workspace, workspace_of  # noqa: F401  (workspac
 
 if TYPE_CHECKING:        # imported when the daemon runs: status and stop need neither it nor torch
     from loop.notify.notifier import Notifier
+    from loop.retention.upkeep import Upkeep
     from loop.tracking.tracker import Tracker
 
 # Where this package is imported from: child processes get it on PYTHONPATH so `python -m
@@ -173,7 +174,11 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
             notifier.feed()                  # a start after a crash says so at once
         tracker = Tracker(cfg, ws.root, loop.events, loop.secrets, say)     # MLflow / TensorBoard, best-effort
         tracker.start(state.cycle + 1)
-        state, done = cycle_until_stopped(loop, state, degraded, should_stop, max_cycles, say, tracker, notifier)
+        from loop.retention.upkeep import Upkeep
+
+        upkeep = Upkeep(cfg.retention, ws, loop.events, say)    # the retention sweep, the free-space floor
+        state, done = cycle_until_stopped(loop, state, degraded, should_stop, max_cycles, say, tracker, notifier,
+                                          upkeep)
         tracker.stop(f"stop-{state.cycle:05d}")
         reason = state.stop_reason or ("stop requested" if should_stop() else f"{done} cycle(s) done")
         append_daemon_event(degraded, state, say, "daemon_stop", f"stop-{state.cycle:05d}", reason=reason,
@@ -232,10 +237,16 @@ def start_up(cfg: DaemonConfig, ws: Workspace, should_stop, say) -> tuple[Loop, 
 
 
 def cycle_until_stopped(loop: Loop, state: LoopState, degraded: Degraded, should_stop, max_cycles: int | None,
-                        say, tracker: Tracker | None = None, notifier: Notifier | None = None) -> tuple[LoopState, int]:
-    """Cycles, PHASE when due, and the adaptive pause between them; a full disk backs off, never exits."""
+                        say, tracker: Tracker | None = None, notifier: Notifier | None = None,
+                        upkeep: Upkeep | None = None) -> tuple[LoopState, int]:
+    """Cycles, PHASE when due, and the adaptive pause between them; a full disk backs off, never exits;
+    under the free-space floor no cycle starts (waits don't count as cycles); a sweep after each cycle."""
     done = 0
     while not should_stop() and state.stop_reason is None and (max_cycles is None or done < max_cycles):
+        wait = upkeep.disk_wait(state) if upkeep is not None else None
+        if wait is not None:
+            sleep_between_cycles(wait, should_stop)
+            continue
         try:
             degraded.flush()                  # `degraded` events a full disk held back
             state = run_cycle(loop, state)
@@ -248,6 +259,8 @@ def cycle_until_stopped(loop: Loop, state: LoopState, degraded: Degraded, should
             tracker.sync(loop.current.get("trace", "-"))   # the cycle's runs into the trackers; never raises
         if notifier is not None:
             notifier.feed()                   # queues what the cycle's events mean; never sends here
+        if upkeep is not None and backoff is None:
+            upkeep.after_cycle(state)         # weights and checkpoints past retention; never raises
         done += 1
         if max_cycles is not None and done >= max_cycles:
             break

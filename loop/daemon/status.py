@@ -91,6 +91,19 @@ def pending_proposal(models: ModelPaths) -> str | None:
     return proposal.proposed_head if proposal else None
 
 
+def disk_wait(ws: Workspace) -> str | None:
+    """Why the daemon waits, when its last disk event is `disk_low` (loop/retention/disk.py), else None."""
+    from loop.retention.disk import DISK_LOW, DiskLow, last_disk_event
+
+    last = last_disk_event(EventLog(ws.events))
+    if not last or last.get("kind") != DISK_LOW:
+        return None
+    try:
+        return DiskLow.model_validate({k: last.get(k) for k in DiskLow.model_fields}).text()
+    except ValueError:                     # a hand-edited event: the wait stands, its figures do not
+        return "disk low (see the last disk_low event in events.jsonl)"
+
+
 def status_info(cfg: DaemonConfig, ws: Workspace) -> dict:
     from loop.daemon.process import builder_role, mentor_role
 
@@ -124,6 +137,7 @@ def status_info(cfg: DaemonConfig, ws: Workspace) -> dict:
         "last_outcome": state.last_outcome.model_dump() if state.last_outcome else None,
         "blocked": ({**state.blocked.model_dump(mode="json"), "text": state.blocked.text()}
                     if state.blocked else None),
+        "disk_low": disk_wait(ws) if pid is not None else None,
         "leaderboard_top3": leaderboard(ws), "gen_head": models.head_name(),
         "proposal_pending": pending_proposal(models),
         "finish_up": None if request is None else {
@@ -144,6 +158,8 @@ def render(info: dict) -> str:
         state += " - heartbeat stale and no log progress: check logs/daemon.log"
     age = info["heartbeat_age_seconds"]
     lines = [f"llmloop: {state}"]
+    if info.get("disk_low"):
+        lines.append(f"WAITING: {info['disk_low']}; free space, or lower retention.min_free_gb")
     if info.get("blocked"):           # first, so it is the line nobody misses
         lines.append(f"{info['blocked']['text']} - `llmloop unblock` clears it once the cause is fixed")
     lines.append(f"cycle {info['cycle']}; heartbeat {'-' if age is None else f'{age:.0f}s ago'}; "

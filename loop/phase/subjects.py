@@ -1,5 +1,6 @@
-"""What PHASE evaluates: GEN_HEAD and the archive's top-k intact PASS entries (by lineage score),
-grouped by the SPICA domain each belongs to, every domain built once."""
+"""What PHASE evaluates: GEN_HEAD and the archive's top-k intact PASS entries (by lineage score; an
+entry whose weights retention pruned is no candidate), grouped by the SPICA domain each belongs to,
+every domain built once."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +11,7 @@ from pathlib import Path
 from loop.archive.freeze import require_intact
 from loop.archive.lineage import read_lineage
 from loop.archive.paths import ModelPaths
+from loop.archive.pruned import weights_pruned
 from loop.domains import SpicaDomain, require_spica, resolve_domain
 from loop.errors import ArchiveTampered, ConfigError
 from loop.trainer.models import read_model_config
@@ -34,8 +36,8 @@ def select_models(paths: ModelPaths, top_k: int, insights: list[str]) -> list[Su
             subjects.append(Subject(head, require_intact(paths, head), is_head=True))
         except ArchiveTampered as exc:
             insights.append(f"GEN_HEAD ({head}) failed archive verification and was skipped: {exc}")
-    rows = sorted((r for r in read_lineage(paths.lineage) if r.status.strip() == "PASS" and r.name != head),
-                  key=lambda r: (-r.score, r.name))
+    rows = sorted((r for r in read_lineage(paths.lineage) if r.status.strip() == "PASS" and r.name != head
+                   and not weights_pruned(paths.entry(r.name))), key=lambda r: (-r.score, r.name))
     picked = 0
     for row in rows:
         if picked >= top_k:
