@@ -155,7 +155,9 @@ def cmd_start(args, cfg, ws) -> int:
         return 0
     extra = ["--max-cycles", str(args.max_cycles)] if args.max_cycles else []
     extra += ["--phase-scheduler", args.phase_scheduler] if args.phase_scheduler else []
-    pid = daemon.start_background(str(config_path), cfg.root, ws, extra)
+    from loop.daemon.control import start_background
+
+    pid = start_background(str(config_path), cfg.root, ws, extra)
     print(f"llmloop started (pid {pid}); log: {ws.daemon_log}; `llmloop status` shows it, `llmloop stop` stops it")
     if args.dashboard:              # its own process: a dashboard that fails to start is said, never fatal
         start_dashboard(ws, config_path, cfg.root, args.dashboard_port, say=print)
@@ -167,7 +169,9 @@ def cmd_stop(args, cfg, ws) -> int:
     if daemon.running_pid(ws) is None:
         print("llmloop is not running")
         return 0
-    stopped = daemon.request_stop(ws, args.wait)
+    from loop.daemon.control import request_stop
+
+    stopped = request_stop(ws, args.wait)
     print("llmloop stopped" if stopped else "stop requested: the daemon exits after its current cycle")
     return 0
 

@@ -67,7 +67,9 @@ def stop(cfg: DaemonConfig, ws: Workspace, params: dict, trace: str) -> ActionRe
 
     if daemon.running_pid(ws) is None:
         return ActionResult(True, "stop", "llmloop is not running")
-    stopped = daemon.request_stop(ws, 0)
+    from loop.daemon.control import request_stop
+
+    stopped = request_stop(ws, 0)
     return ActionResult(True, "stop", "llmloop stopped" if stopped
                         else "stop requested: the daemon exits after its current cycle")
 
