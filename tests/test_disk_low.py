@@ -90,7 +90,10 @@ def disk(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_path, disk):
+    from tests.notify_receiver import Receiver
+
     ws = disk / "ws"
+    receiver = Receiver()                                  # disk_low must reach a person while the daemon waits
     trainer = tmp_path / "tiny.yaml"
     trainer.write_text(yaml.safe_dump(tiny_config_dict(model={"name": "test_efficientnet"},
                                                        data={"train_fraction": 0.05})))
@@ -101,7 +104,8 @@ def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_p
         "adaptive_timer": {"min_seconds": 0, "max_seconds": 0.2},
         "evolution": {"rules": {"per_class_accuracy_floor": None}},
         "retention": {"min_free_gb": FLOOR_MB / 1000, "keep_top_k": 1, "max_workspace_gb": None,
-                      "disk_poll_seconds": 0.2}}))
+                      "disk_poll_seconds": 0.2},
+        "notify": {"urls": [receiver.url()], "events": ["disk_low", "disk_ok"], "retry_seconds": 0.5}}))
     ws.mkdir()
 
     # ---- under the floor from the start: no cycle, one disk_low, status says why ----
@@ -115,6 +119,7 @@ def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_p
     assert low["path"] == str(ws) and low["min_free_gb"] == FLOOR_MB / 1000 and low["free_gb"] < FLOOR_MB / 1000
     status = cli("status", "--daemon-config", str(cfg))
     assert "WAITING: disk low" in status.stdout and "retention.min_free_gb" in status.stdout, status.stdout
+    wait_for(lambda: "disk_low" in receiver.events(), 60, "the disk_low notification, sent while it waits")
 
     # ---- space back: disk_ok, cycles train, the sweep prunes past the top 1 ----
     filler.unlink()
@@ -152,3 +157,5 @@ def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_p
     stopped = cli("stop", "--wait", "60", "--daemon-config", str(cfg))
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert kinds(ws)[-1] == "daemon_stop"
+    assert "disk_ok" in receiver.events()
+    receiver.close()

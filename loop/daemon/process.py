@@ -244,6 +244,8 @@ def cycle_until_stopped(loop: Loop, state: LoopState, degraded: Degraded, should
     while not should_stop() and state.stop_reason is None and (max_cycles is None or done < max_cycles):
         wait = upkeep.disk_wait(state) if upkeep is not None else None
         if wait is not None:
+            if notifier is not None:
+                notifier.feed()               # disk_low goes out while the daemon waits, not after
             sleep_between_cycles(wait, should_stop)
             continue
         try:
