@@ -207,3 +207,20 @@ def record_reliability(name: str, **figures) -> None:
         return
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"{name}.json").write_text(json.dumps({"tier": fault_tier(), **figures}, indent=2) + "\n")
+
+
+@pytest.fixture
+def receiver():
+    """`receiver(up=True)`: a real notification receiver on 127.0.0.1 (tests/notify_receiver.py);
+    every one made is closed after the test."""
+    from tests.notify_receiver import Receiver
+
+    made = []
+
+    def make(up: bool = True) -> Receiver:
+        made.append(Receiver(up=up))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()

@@ -15,22 +15,9 @@ from loop.journal.events import EventLog
 from loop.notify.notifier import Notifier, clean_end, for_daemon
 from loop.util.secrets import public_url, redact, url_secrets
 from tests.conftest import wait_for
-from tests.notify_receiver import Receiver
 
 FAST = {"retry_seconds": 0.05, "max_retry_seconds": 0.2}
 
-
-@pytest.fixture
-def receiver():
-    made = []
-
-    def make(up: bool = True) -> Receiver:
-        made.append(Receiver(up=up))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.close()
 
 
 def disk_low(log: EventLog, free: float) -> None:

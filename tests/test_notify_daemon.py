@@ -20,23 +20,10 @@ from loop.cycle import finishup
 from loop.daemon.process import run_daemon, running_pid, workspace_of
 from loop.journal.events import EventLog
 from tests.conftest import REPO, tiny_config_dict, wait_for
-from tests.notify_receiver import Receiver
 from tests.test_daemon import kill_daemon_of
 
 RETRY = {"retry_seconds": 0.2, "max_retry_seconds": 1.0}
 
-
-@pytest.fixture
-def receiver():
-    made = []
-
-    def make(up: bool = True) -> Receiver:
-        made.append(Receiver(up=up))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.close()
 
 
 def daemon_data(tmp_path: Path, trainer: dict | None = None, **extra) -> dict:
