@@ -30,10 +30,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from loop.config import DaemonConfig, validate  # noqa: E402
 from loop.domains import resolve_domain  # noqa: E402
-from loop.run.executor import Executor, run_all  # noqa: E402
+from loop.run.local_executor import LocalExecutor  # noqa: E402
 from loop.run.plan import RunPlan  # noqa: E402
 from loop.run.sandbox_setup import load_sandbox  # noqa: E402
 from loop.run.slots import SlotPool, plan_slots  # noqa: E402
+from loop.run.supervise import run_all  # noqa: E402
 from loop.trainer.config import TrainerConfig  # noqa: E402
 from loop.trainer.data import ImageDataset  # noqa: E402
 from loop.trainer.train import train  # noqa: E402
@@ -65,10 +66,10 @@ def step_trainer() -> tuple[str, str]:
     return m.status, f"val acc {m.eval.accuracy:.4f}, {m.images_per_second:.0f} img/s on {m.device}"
 
 
-def executor(tmp: Path, gpus: list[int] | None) -> Executor:
+def executor(tmp: Path, gpus: list[int] | None) -> LocalExecutor:
     cfg = validate(DaemonConfig, {"workspace": str(tmp / "ws"), "sandbox": "optional"}, "<gpu_check>")
     slots = plan_slots(gpus if gpus is not None else "auto", 1)
-    return Executor(ROOT, load_sandbox(cfg, ROOT, tmp / "ws"), SlotPool(tmp / "ws" / "slots", slots))
+    return LocalExecutor(ROOT, load_sandbox(cfg, ROOT, tmp / "ws"), SlotPool(tmp / "ws" / "slots", slots))
 
 
 def probe_runs(n: int) -> tuple[str, str]:

@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loop.config import DaemonConfig, ExecutorConfig, validate  # noqa: E402
-from loop.run.executor import Executor, run_all  # noqa: E402
+from loop.run.local_executor import LocalExecutor  # noqa: E402
 from loop.run.plan import RunPlan  # noqa: E402
 from loop.run.sandbox_setup import load_sandbox  # noqa: E402
 from loop.run.slots import SlotPool, plan_slots  # noqa: E402
-from loop.run.supervise import exit_code  # noqa: E402
+from loop.run.supervise import exit_code, run_all  # noqa: E402
 
 TASKS = 6
 CYCLES = 10
@@ -105,7 +105,7 @@ def through(executor, folder: Path, mode: str, parallel: int) -> dict:
 
 def local(folder: Path, slots: int) -> dict:
     cfg = validate(DaemonConfig, {"workspace": str(folder / "ws"), "sandbox": "optional"}, "<scale_out>")
-    ex = Executor(ROOT, load_sandbox(cfg, ROOT, folder / "ws"),
+    ex = LocalExecutor(ROOT, load_sandbox(cfg, ROOT, folder / "ws"),
                   SlotPool(folder / f"slots{slots}", plan_slots("auto", slots, gpus=0, cpus=2)))
     return through(ex, folder, f"local{slots}", slots)
 

@@ -77,7 +77,7 @@ from loop.cycle.watch import measured  # noqa: E402
 from loop.domains import resolve_domain  # noqa: E402
 from loop.journal.events import EventLog  # noqa: E402
 from loop.journal.history import HistoryReader, RunRecord  # noqa: E402
-from loop.journal.keeps import judge_run  # noqa: E402
+from loop.journal.keeps import verdict_against_best  # noqa: E402
 from loop.journal.noise import Score, compare, pooled_seed_sd, unpack_correct  # noqa: E402
 from loop.trainer.config import TrainerConfig  # noqa: E402
 from loop.trainer.metrics import RunMetrics  # noqa: E402
@@ -199,7 +199,7 @@ def offline_search(task: Task, seed: int) -> Search:
         rec = RunRecord(d.run_label, cycle, read_args(out), trial.score > 0, trial.score, d.strategy_dimension,
                         minutes=None, run_dir=str(out))
         rec = measured(rec, out, base)
-        verdict = judge_run(history, rec)
+        verdict = verdict_against_best(history, rec)
         rec.verdict, rec.margin, rec.band = verdict.verdict, verdict.margin, verdict.band
         history.append(rec)
     search.kept = [i for i, r in enumerate(history) if r.verdict in ("first", "gain")]

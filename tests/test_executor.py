@@ -13,10 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from loop.run.executor import Executor, monitor, run_all
+from loop.run.local_executor import LocalExecutor
 from loop.run.plan import RunPlan
 from loop.run.slots import DeviceSlot, SlotPool, plan_slots
-from loop.run.supervise import exit_code
+from loop.run.supervise import exit_code, monitor, run_all
 
 # A trace id of its own per test run: a run is killed with every process carrying its tag (trace:label),
 # and two test runs on one machine (a developer's and CI) must not kill each other's runs.
@@ -90,7 +90,7 @@ def _plan(tmp_path: Path, name: str, code: str, walltime: float | None = None) -
 
 def test_runs_get_their_slot_environment_and_never_exceed_the_pool(tmp_path):
     pool = SlotPool(tmp_path / "slots", [DeviceSlot(0, None, 3)])
-    ex = Executor(Path.cwd(), sandbox=None, pool=pool)
+    ex = LocalExecutor(Path.cwd(), sandbox=None, pool=pool)
     code = ("import os, time; from pathlib import Path; "
             "Path('env.txt').write_text(os.environ['OMP_NUM_THREADS'] + ' ' + os.environ['LLMLOOP_DEVICE'] + ' ' + "
             "repr(os.environ['CUDA_VISIBLE_DEVICES'])); "
@@ -116,7 +116,7 @@ def test_runs_get_their_slot_environment_and_never_exceed_the_pool(tmp_path):
 
 def test_a_run_past_its_walltime_is_killed_and_its_slot_freed(tmp_path):
     pool = SlotPool(tmp_path / "slots", [DeviceSlot(0, None, 1)])
-    ex = Executor(Path.cwd(), sandbox=None, pool=pool)
+    ex = LocalExecutor(Path.cwd(), sandbox=None, pool=pool)
     run = ex.submit(_plan(tmp_path, "slow", "import time; time.sleep(60)", walltime=0.5), cycle=1)
     assert [lease.pid for lease in pool.leases()] == [run.pid]
     assert monitor(ex, run, 30, lambda: False, poll_seconds=0.05) == "timed_out"
@@ -183,3 +183,20 @@ def test_the_sandbox_shows_a_run_only_its_own_gpu_node():
         assert len(gpu_device_nodes(None)) == 6
     finally:
         sandbox.glob.glob = real
+
+
+def test_the_local_and_the_ray_executor_keep_the_executor_contract():
+    """`Executor` (loop/run/supervise.py) is a Protocol: both executors have each of its methods,
+    with the same parameters, and its `kind`."""
+    import inspect
+
+    from loop.run.ray_executor import RayExecutor
+    from loop.run.supervise import Executor
+
+    methods = [name for name, value in vars(Executor).items() if callable(value) and not name.startswith("_")]
+    assert {"submit", "alive", "kill", "collect", "adopt", "cancel_strays", "describe"} <= set(methods)
+    for cls in (LocalExecutor, RayExecutor):
+        assert cls.kind in ("local", "ray")
+        for name in methods:
+            wanted = list(inspect.signature(getattr(Executor, name)).parameters)
+            assert list(inspect.signature(getattr(cls, name)).parameters) == wanted, (cls.__name__, name)

@@ -16,7 +16,7 @@ from loop.cycle.cycle import Loop
 from loop.cycle.state import LoopState
 from loop.daemon.phase_pause import collapse_phase, expire_recommendations, in_force
 from loop.journal.events import EventLog
-from loop.phase.collapse import judge, recommendations
+from loop.phase.collapse import collapse_domain, recommendations
 from loop.phase.results import ModelResult, PhaseResults
 from loop.util.workspace import Workspace
 from tests.conftest import REPO, tiny_config_dict
@@ -32,13 +32,13 @@ def result(ci: tuple[float, float], head: bool = False) -> ModelResult:
 
 
 def phase_of(tmp_path: Path, models: dict[str, tuple[tuple[float, float], dict]]):
-    """judge + recommendations over `models` (name -> (CI, trainer-config overlay)), as run_phase does."""
+    """collapse_domain + recommendations over `models` (name -> (CI, trainer-config overlay)), as run_phase does."""
     folders = {}
     for name, (_, overlay) in models.items():
         folders[name] = tmp_path / name
         folders[name].mkdir()
         (folders[name] / "train_args.json").write_text(json.dumps(deep_merge(tiny_config_dict(), overlay)))
-    metrics, promoted, flagged = judge("digits", {n: result(ci) for n, (ci, _) in models.items()}, 0.95)
+    metrics, promoted, flagged = collapse_domain("digits", {n: result(ci) for n, (ci, _) in models.items()}, 0.95)
     return recommendations({"digits": metrics}, promoted, flagged, folders), promoted, flagged
 
 

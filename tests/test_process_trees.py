@@ -20,9 +20,10 @@ from conftest import REPO, wait_for
 from loop.config import DaemonConfig
 from loop.cycle.state import LoopState
 from loop.journal.events import EventLog
-from loop.run.executor import Executor, monitor
+from loop.run.local_executor import LocalExecutor
+from loop.run.plan import RunPlan
 from loop.run.sandbox_setup import find_bwrap, load_sandbox
-from loop.run.supervise import ActiveRun, is_alive, kill_run, launch
+from loop.run.supervise import ActiveRun, is_alive, kill_run, launch, monitor
 
 HAS_BWRAP = shutil.which("bwrap") is not None and find_bwrap(os.geteuid() == 0)[1] is None
 TREE = "setsid sleep 300 & setsid sh -c 'sleep 301 & sleep 302' & sleep 303"
@@ -46,12 +47,18 @@ def tagged(key: str, value: str) -> list[int]:
     return pids
 
 
-def start(tmp_path: Path, name: str, command: str, sandboxed: bool, **kw) -> ActiveRun:
+def command_plan(name: str, trace: str, command: str, run_dir: Path, walltime: float | None = None,
+                 stall: float | None = None) -> RunPlan:
+    return RunPlan(name, trace, "command", ["bash", "-c", command], run_dir, walltime, stall)
+
+
+def start(tmp_path: Path, name: str, command: str, sandboxed: bool, walltime: float | None = None,
+          stall: float | None = None) -> ActiveRun:
     ws = tmp_path / "ws"
     sandbox = load_sandbox(DaemonConfig(), REPO, ws) if sandboxed else None
     env = {**os.environ, "LLMLOOP_OWNER": TREE_OWNER} if not sandboxed else os.environ.copy()
-    return launch(name, f"t{UNIQUE}", "command", ["bash", "-c", command], ws / "runs" / name, 1, REPO, env,
-                  sandbox=sandbox, **kw)
+    return launch(command_plan(name, f"t{UNIQUE}", command, ws / "runs" / name, walltime, stall), 1, REPO, env,
+                  sandbox=sandbox)
 
 
 def tree_started(run: ActiveRun, count: int) -> bool:
@@ -62,9 +69,9 @@ def tree_started(run: ActiveRun, count: int) -> bool:
                                        False])
 @pytest.mark.slow
 def test_walltime_kills_the_whole_tree_setsid_grandchildren_included(tmp_path, sandboxed):
-    run = start(tmp_path, f"timeout-{sandboxed}", TREE, sandboxed, walltime_limit_seconds=3)
+    run = start(tmp_path, f"timeout-{sandboxed}", TREE, sandboxed, walltime=3)
     wait_for(lambda: tree_started(run, 4), PATIENCE_S, "the run's processes")
-    assert monitor(Executor(REPO), run, 30, lambda: False) == "timed_out"
+    assert monitor(LocalExecutor(REPO), run, 30, lambda: False) == "timed_out"
     wait_for(lambda: not tagged("LLMLOOP_RUN_TAG", run.run_tag), PATIENCE_S, "every process of the run to be gone")
     assert not is_alive(run)
 
@@ -75,26 +82,26 @@ def test_walltime_kills_the_whole_tree_setsid_grandchildren_included(tmp_path, s
 def test_stop_kills_the_whole_tree(tmp_path, sandboxed):
     run = start(tmp_path, f"stop-{sandboxed}", TREE, sandboxed)
     wait_for(lambda: tree_started(run, 4), PATIENCE_S, "the run's processes")
-    assert monitor(Executor(REPO), run, 0.5, lambda: True) == "stopping"
+    assert monitor(LocalExecutor(REPO), run, 0.5, lambda: True) == "stopping"
     kill_run(run)
     wait_for(lambda: not tagged("LLMLOOP_RUN_TAG", run.run_tag), PATIENCE_S, "every process of the run to be gone")
 
 
 @pytest.mark.slow
 def test_a_run_that_stops_making_progress_is_killed_as_stalled(tmp_path):
-    from loop.run.judge import judge
+    from loop.run.judge import outcome_of
 
-    run = start(tmp_path, "stall", "echo started; sleep 300", HAS_BWRAP, stall_seconds=1.5)
+    run = start(tmp_path, "stall", "echo started; sleep 300", HAS_BWRAP, stall=1.5)
     # the bound is the monitor's own window: without stall detection it would answer "running" at its end
-    assert monitor(Executor(REPO), run, 60, lambda: False, poll_seconds=0.1) == "stalled"
+    assert monitor(LocalExecutor(REPO), run, 60, lambda: False, poll_seconds=0.1) == "stalled"
     assert not tagged("LLMLOOP_RUN_TAG", run.run_tag)
-    assert judge(run, "stalled").status == "stalled"
+    assert outcome_of(run, "stalled").status == "stalled"
 
 
 @pytest.mark.slow
 def test_a_run_that_keeps_writing_is_not_stalled(tmp_path):
-    run = start(tmp_path, "busy", "for i in $(seq 1 12); do echo tick $i; sleep 0.25; done", False, stall_seconds=1.5)
-    assert monitor(Executor(REPO), run, 30, lambda: False, poll_seconds=0.1) == "finished"
+    run = start(tmp_path, "busy", "for i in $(seq 1 12); do echo tick $i; sleep 0.25; done", False, stall=1.5)
+    assert monitor(LocalExecutor(REPO), run, 30, lambda: False, poll_seconds=0.1) == "finished"
 
 
 def write_config(tmp_path: Path) -> Path:
@@ -117,9 +124,9 @@ def test_restart_after_kill_9_reaps_leftovers_and_readopts_the_active_run(tmp_pa
     cfg = DaemonConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
     sandbox = load_sandbox(cfg, REPO, ws)
     runs = ws / "runs"
-    active = launch("active", f"c00001-a{UNIQUE[:5]}", "command", ["bash", "-c", "sleep 300"], runs / "active", 1, REPO,
+    active = launch(command_plan("active", f"c00001-a{UNIQUE[:5]}", "sleep 300", runs / "active"), 1, REPO,
                     dict(os.environ), sandbox=sandbox)
-    stray = launch("stray", f"c00001-b{UNIQUE[:5]}", "command", ["bash", "-c", TREE], runs / "stray", 1, REPO,
+    stray = launch(command_plan("stray", f"c00001-b{UNIQUE[:5]}", TREE, runs / "stray"), 1, REPO,
                    dict(os.environ), sandbox=sandbox)
     try:
         wait_for(lambda: tree_started(stray, 4), PATIENCE_S, "the stray run's processes")

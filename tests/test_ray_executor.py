@@ -20,10 +20,9 @@ import yaml
 ray = pytest.importorskip("ray", reason="the cluster extra is not installed (pip install -e '.[cluster]')")
 
 from loop.config import DaemonConfig, ExecutorConfig, validate  # noqa: E402
-from loop.run.executor import monitor  # noqa: E402
 from loop.run.plan import RunPlan  # noqa: E402
 from loop.run.ray_executor import RayExecutor, unpack  # noqa: E402
-from loop.run.supervise import exit_code  # noqa: E402
+from loop.run.supervise import exit_code, monitor  # noqa: E402
 from tests.conftest import REPO, tiny_config_dict, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.xdist_group("ray")]   # one cluster at a time

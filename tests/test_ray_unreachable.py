@@ -25,12 +25,11 @@ import yaml
 pytest.importorskip("ray", reason="the cluster extra is not installed (pip install -e '.[cluster]')")
 
 from loop.config import ExecutorConfig  # noqa: E402
-from loop.run.executor import monitor  # noqa: E402
 from loop.run.kill import RUN_TAG, tagged_processes  # noqa: E402
 from loop.run.plan import RunPlan  # noqa: E402
 from loop.run.ray_executor import RayExecutor  # noqa: E402
 from loop.run.ray_link import RayUnavailable  # noqa: E402
-from loop.run.supervise import exit_code  # noqa: E402
+from loop.run.supervise import exit_code, monitor  # noqa: E402
 from tests.conftest import REPO, tiny_config_dict, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("ray")]   # one Ray head at a time

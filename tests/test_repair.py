@@ -16,16 +16,11 @@ import pytest
 import yaml
 
 from loop.config import CloneSpec, DaemonConfig
-from loop.run.repair import (
-    CONFIGS_DIR,
-    REPOS_DIR,
-    Failure,
-    auto_repair,
-    checkout_clone,
-    clone_dir,
-    diagnose,
-    plan_repair,
-)
+from loop.run.repair import auto_repair
+from loop.run.repair.clone import REPOS_DIR, checkout_clone, clone_dir
+from loop.run.repair.diagnose import Failure, diagnose
+from loop.run.repair.fallback import CONFIGS_DIR
+from loop.run.repair.steps import plan_repair
 from tests.conftest import REPO, tiny_config_dict
 
 OFFLINE_PIP = ["--no-build-isolation", "--no-index"]

@@ -273,7 +273,7 @@ def test_the_daemon_never_follows_a_runs_symlinks(box, tmp_path):
     root can read gets neither the content into the judgement nor the file into the archive."""
     from loop.archive import freeze as archive
     from loop.archive.paths import ModelPaths
-    from loop.run.judge import judge
+    from loop.run.judge import outcome_of
     from loop.run.supervise import ActiveRun
 
     secret = tmp_path / "root-only.txt"
@@ -285,7 +285,7 @@ def test_the_daemon_never_follows_a_runs_symlinks(box, tmp_path):
     run = ActiveRun(label="x", trace_id="t", kind="train", argv=["x"], run_dir=str(run_dir),
                     log_path=str(run_dir / "run.log"), exit_file=str(run_dir / "exit_code"), pid=1,
                     create_time=0.0, started_at=0.0, cycle_started=1)
-    outcome = judge(run, "finished")
+    outcome = outcome_of(run, "finished")
     assert outcome.status == "failed" and CANARY not in outcome.model_dump_json()
     paths = ModelPaths(box.ws)
     paths.archive.mkdir(parents=True, exist_ok=True)

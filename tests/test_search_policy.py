@@ -18,7 +18,7 @@ from loop.archive.gates import ProbeMetrics, check_gates
 from loop.config import deep_merge, read_yaml, validate
 from loop.errors import ConfigError
 from loop.journal.history import RunRecord
-from loop.journal.keeps import incumbent, inside_noise, judge_run, judging_sd, ranked, recipe_key, seed_sd
+from loop.journal.keeps import incumbent, inside_noise, judging_sd, ranked, recipe_key, seed_sd, verdict_against_best
 from loop.journal.noise import Score, beats_by, compare, mcnemar_p, pack_correct, unpack_correct, wilson
 from loop.trainer.config import TrainerConfig
 from loop.util.workspace import Workspace
@@ -87,7 +87,7 @@ def rec(label: str, score: float, cycle: int, config: dict | None = None, fideli
 def judged(history: list[RunRecord], r: RunRecord, correct: np.ndarray | None = None,
            best_correct: np.ndarray | None = None) -> RunRecord:
     best = incumbent(history)
-    j = judge_run(history, r, Score(r.score, r.val_count, correct),
+    j = verdict_against_best(history, r, Score(r.score, r.val_count, correct),
                   Score(best.score, best.val_count, best_correct) if best else None)
     r.verdict, r.margin, r.band = j.verdict, j.margin, j.band
     history.append(r)

@@ -56,9 +56,10 @@ def test_canaries_never_leak(tmp_path, llm_server, monkeypatch):
 
     # ---- a child's environment: read it from /proc while the child runs ----
     loop = build_loop(cfg, ws.ensure(), lambda: False, lambda *_: None)
-    from loop.run.plan import child_env
-    run = launch("envcheck", "t", "command", ["python3", "-c", "import time; time.sleep(3)"], tmp_path / "envrun", 0,
-                 REPO, child_env(loop.repo_root))
+    from loop.run.plan import RunPlan, child_env
+    plan = RunPlan("envcheck", "t", "command", ["python3", "-c", "import time; time.sleep(3)"], tmp_path / "envrun",
+                   None, None)
+    run = launch(plan, 0, REPO, child_env(loop.repo_root))
     try:
         time.sleep(0.5)
         environ = Path(f"/proc/{run.pid}/environ").read_bytes()

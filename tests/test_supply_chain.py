@@ -14,7 +14,9 @@ import pytest
 
 from loop.config import DaemonConfig, validate
 from loop.errors import ConfigError
-from loop.run.repair import REPOS_DIR, auto_repair, diagnose
+from loop.run.repair import auto_repair
+from loop.run.repair.clone import REPOS_DIR
+from loop.run.repair.diagnose import diagnose
 from tests.conftest import REPO
 
 MAP = {"cv2": "opencv-python-headless==4.10.0.84", "yaml": "pyyaml==6.0.2", "sklearn": "scikit-learn==1.5.2",

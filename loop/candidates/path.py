@@ -68,7 +68,8 @@ class PathResult(BaseModel):
 
 
 @dataclass
-class Judged:
+class GatedCandidate:
+    """A training after PROBE and GATES: its metrics, its probes, the five gates' result, its status."""
     training: Training
     train: RunMetrics | None
     probes: ProbeMetrics | None
@@ -87,10 +88,10 @@ def take_candidates(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStore,
         enter(store, t.name, paths, trace_id)
     head_model = LoadedModel(paths.head.resolve(), domain) if head else None
     head_probes = run_probes(head_model, None, cfg.evolution.rules) if head_model else None
-    judged = sorted((judge(cfg, t, head_model, head_probes, domain) for t in trainings),
+    gated = sorted((gate_candidate(cfg, t, head_model, head_probes, domain) for t in trainings),
                     key=lambda j: j.gates.score, reverse=True)
     ranking = [archive_candidate(cfg, paths, store, j, rank, head, head_probes, trace_id, source, say)
-               for rank, j in enumerate(judged, start=1)]
+               for rank, j in enumerate(gated, start=1)]
     if source:
         proposal = propose_lone(paths, store, ranking, head, head_probes, trace_id)
     else:
@@ -113,17 +114,17 @@ def enter(store: LifecycleStore, name: str, paths: ModelPaths, trace_id: str) ->
         move(store, name, state, paths, trace_id)
 
 
-def judge(cfg: DaemonConfig, t: Training, head_model: LoadedModel | None, head_probes: ProbeMetrics | None,
-          domain: SpicaDomain | None) -> Judged:
+def gate_candidate(cfg: DaemonConfig, t: Training, head_model: LoadedModel | None,
+                   head_probes: ProbeMetrics | None, domain: SpicaDomain | None) -> GatedCandidate:
     """PROBE and GATES: a run without metrics, or one that did not finish ok, gets no probes."""
     train = RunMetrics.read(t.run_dir) if (t.run_dir / "metrics.json").exists() else None
     ok = train is not None and train.status == "ok"
     probes = run_probes(LoadedModel(t.run_dir, domain), head_model, cfg.evolution.rules) if ok else None
     gates = check_gates(probes, head_probes, ok, cfg.epsilon, cfg.delta, cfg.theta)
-    return Judged(t, train, probes, gates, cards.status_line(gates, train, t.returncode))
+    return GatedCandidate(t, train, probes, gates, cards.status_line(gates, train, t.returncode))
 
 
-def archive_candidate(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStore, j: Judged, rank: int,
+def archive_candidate(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStore, j: GatedCandidate, rank: int,
                       head: str | None, head_probes: ProbeMetrics | None, trace_id: str, source: str,
                       say: Callable[..., None]) -> CandidateOutcome:
     """ARCHIVE + LINEAGE + LIFECYCLE for one judged candidate, pass or fail."""
@@ -148,7 +149,7 @@ def archive_candidate(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStor
                             probes=j.probes, archive_path=str(entry.path))
 
 
-def entry_texts(cfg: DaemonConfig, paths: ModelPaths, j: Judged, rank: int, head: str | None,
+def entry_texts(cfg: DaemonConfig, paths: ModelPaths, j: GatedCandidate, rank: int, head: str | None,
                 head_probes: ProbeMetrics | None) -> dict[str, str]:
     """The written files of the candidate's entry (freeze.WRITTEN)."""
     t = j.training

@@ -25,10 +25,10 @@ from loop.candidates.scheduler import CandidateSpec, spawn_candidates
 from loop.config import DaemonConfig, deep_merge, read_yaml
 from loop.domains import resolve_domain, task_domain
 from loop.journal.fingerprint import recipe
-from loop.run.executor import Executor, executor_for, run_all
+from loop.run.executor import executor_for
 from loop.run.plan import RunPlan, plan_for, trainer_config
 from loop.run.sandbox_setup import load_sandbox
-from loop.run.supervise import ActiveRun, exit_code
+from loop.run.supervise import ActiveRun, Executor, exit_code, run_all
 from loop.tracking.tensorboard_links import keep_candidate_boards
 from loop.trainer.config import resolved
 from loop.util.fsutil import read_regular_text

@@ -39,7 +39,7 @@ from loop.cycle.watch import evolution_window, follow_runs, start, watch_and_jud
 from loop.domains import task_domain
 from loop.errors import ConfigError, DomainError
 from loop.journal.notes import WORKPAD_SECTIONS, add_todos, append_storyline, append_workpad, resolve_todos
-from loop.run.judge import judge
+from loop.run.judge import outcome_of
 from loop.run.plan import RunPlan, command_plan, plan_for, run_label, trainer_config
 from loop.trainer.config import resolved
 from loop.util.secrets import redact, workspace_secrets
@@ -199,7 +199,7 @@ def finish_up(loop: Loop, state: LoopState, rec: CycleRecord) -> Decision | str 
         return None
     for run in list(state.active_runs):                   # out of time: the runs cannot finish
         loop.runner().kill(run)
-        rec.run_outcome = judge(run, "stopping").model_copy(update={"error": "finish-up deadline reached"})
+        rec.run_outcome = outcome_of(run, "stopping").model_copy(update={"error": "finish-up deadline reached"})
         state.drop_run(run)
     from loop.report import generate_reports
 

@@ -34,7 +34,7 @@ class Loop:
     current: dict = field(default_factory=dict)      # {"trace": id of the cycle running now}
     history: HistoryReader | None = None
     sandbox: object | None = None                    # loop.run.sandbox.Sandbox; None: no OS boundary (tests)
-    executor: object | None = None                   # loop.run.executor.Executor; made on first use
+    executor: object | None = None                   # a loop.run.supervise.Executor; made on first use
     spend_cap: object | None = None                  # loop.agents.usage.SpendCap shared by both roles
     # ---- know the data (loop/cycle/dataprofile.py) ----
     data_report: DataReport | None = None            # the task's data report, once built or read back

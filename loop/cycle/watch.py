@@ -17,12 +17,11 @@ from loop.cycle.state import LoopState
 from loop.errors import LoopError
 from loop.journal.fingerprint import fingerprint, recipe
 from loop.journal.history import RunRecord, append_history
-from loop.journal.keeps import judge_run
+from loop.journal.keeps import verdict_against_best
 from loop.journal.notes import WORKPAD_SECTIONS, append_workpad
-from loop.run.executor import monitor, monitor_many
-from loop.run.judge import RunOutcome, judge
+from loop.run.judge import RunOutcome, outcome_of
 from loop.run.plan import RunPlan, reads_of, retry_plan
-from loop.run.supervise import ActiveRun
+from loop.run.supervise import ActiveRun, monitor, monitor_many
 from loop.trainer.config import resolved
 from loop.util.fsutil import read_regular_text
 from loop.util.secrets import redact
@@ -38,9 +37,8 @@ def start(loop: Loop, plan: RunPlan, cycle: int, retry_of: str | None = None,
         loop.say(f"{time.strftime('%H:%M:%S')} `{plan.label}` waits for a free device slot")
 
     run = loop.runner().submit(plan, cycle, retry_of=retry_of, should_stop=loop.should_stop, on_wait=waiting)
-    # what it trains, for the repeat gate while it is in flight
-    return None if run is None else run.model_copy(update={"fingerprint": plan.fingerprint, "recipe": plan.recipe,
-                                                          "resume_from": plan.resume_from, "dimension": dimension})
+    # the run carries what it trains (from its plan); its decision's dimension is the cycle's to add
+    return None if run is None else run.model_copy(update={"dimension": dimension})
 
 
 def monitor_seconds(cfg: DaemonConfig, decision: Decision | None) -> float:
@@ -66,7 +64,7 @@ def settle(loop: Loop, state: LoopState, run: ActiveRun, status: str, rec: Cycle
     on. Returns (its own outcome, the outcome that counts: the retry's when there was one)."""
     if status == "stopping":
         loop.runner().kill(run)
-    first = outcome = judge(run, status)
+    first = outcome = outcome_of(run, status)
     state.drop_run(run)
     rec.run_outcome = first
     if not outcome.ok and status != "stopping" and run.retry_of is None:
@@ -110,7 +108,7 @@ def repair_and_retry(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunO
         return rec.run_outcome_retry
     if status == "stopping":
         loop.runner().kill(retry_run)
-    retry = judge(retry_run, status)
+    retry = outcome_of(retry_run, status)
     state.drop_run(retry_run)
     rec.run_outcome_retry = retry
     return retry
@@ -136,7 +134,7 @@ def follow_runs(loop: Loop, state: LoopState, rec: CycleRecord) -> list[RunOutco
             outcomes.append(settle(loop, state, run, status, rec)[1])
         elif run.monitor_cycles >= loop.cfg.stale_orphan_idle_cycles and not log_growing(run):
             loop.runner().kill(run)
-            outcome = judge(run, "timed_out").model_copy(update={
+            outcome = outcome_of(run, "timed_out").model_copy(update={
                 "status": "stale_orphan", "error": f"no log progress for {run.monitor_cycles} cycles"}).signed()
             state.drop_run(run)
             finish_run(loop, state, run, outcome, rec)
@@ -171,7 +169,7 @@ def finish_run(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunOutcome
                        recipe=recipe(config) if config else run.recipe,
                        failure=outcome.signature.model_dump() if outcome.signature else None)
     record = measured(record, out_dir, loop.base_config())
-    verdict = judge_run(loop.run_history(), record)
+    verdict = verdict_against_best(loop.run_history(), record)
     record.verdict, record.margin, record.band = verdict.verdict, verdict.margin, verdict.band
     append_history(loop.ws, record)
     test = verdict.test + ("; stopped at its walltime cap with a checkpoint: continuable" if record.stopped_at_cap

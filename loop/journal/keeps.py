@@ -83,8 +83,8 @@ class Judgement:
     test: str = ""
 
 
-def judge_run(history: list[RunRecord], new: RunRecord, score: Score | None = None,
-              best_score: Score | None = None) -> Judgement:
+def verdict_against_best(history: list[RunRecord], new: RunRecord, score: Score | None = None,
+                         best_score: Score | None = None) -> Judgement:
     """The verdict of a finished run against the incumbent of `history` (the runs before it)."""
     if not new.ok:
         return Judgement("failed")

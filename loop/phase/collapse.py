@@ -22,8 +22,8 @@ def who(name: str, result: ModelResult) -> str:
     return f"GEN_HEAD ({name})" if result.is_head else name
 
 
-def judge(label: str, models: dict[str, ModelResult], confidence: float
-          ) -> tuple[DomainMetrics, list[str], list[str]]:
+def collapse_domain(label: str, models: dict[str, ModelResult], confidence: float
+                    ) -> tuple[DomainMetrics, list[str], list[str]]:
     """Fitness, insights, promoted (tied with the best, best first) and flagged (CI below the best's)."""
     best_name = max(models, key=lambda k: (models[k].accuracy_mean, models[k].is_head, k))   # ties: HEAD
     best = models[best_name]

@@ -13,7 +13,7 @@ from loop.archive.paths import ModelPaths
 from loop.archive.probes import LoadedModel
 from loop.config import DaemonConfig, PhaseConfig
 from loop.errors import ConfigError, UnsupportedModelError
-from loop.phase.collapse import judge, recommendations
+from loop.phase.collapse import collapse_domain, recommendations
 from loop.phase.evaluate import evaluate, evaluation_set
 from loop.phase.results import (
     RUN_ID_PATTERN,
@@ -98,7 +98,7 @@ def run_groups(groups: list[DomainGroup], qt: PhaseConfig, log: ProgressLog, ins
             log.line(f"{current}: accuracy {r.accuracy_mean:.4f} +- {r.accuracy_std:.4f} "
                      f"(CI {r.ci_low:.4f}-{r.ci_high:.4f}, n={r.n})")
         if models:
-            metrics[group.label], best_tied, below = judge(group.label, models, qt.confidence)
+            metrics[group.label], best_tied, below = collapse_domain(group.label, models, qt.confidence)
             promoted += best_tied
             flagged += below
     return metrics, promoted, flagged

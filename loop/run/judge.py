@@ -1,5 +1,6 @@
-"""What became of a run: its exit code, its metrics.json (read without following links: the run
-wrote it, so it may be anything), and the supervisor's verdict (timed out, stalled, stopped)."""
+"""What became of a run (`outcome_of`): its exit code, its metrics.json (read without following
+links: the run wrote it, so it may be anything), and what the supervisor saw (timed out, stalled,
+stopped). Whether it beat the best is another judgement: loop/journal/keeps.py `verdict_against_best`."""
 from __future__ import annotations
 
 import json
@@ -47,13 +48,14 @@ class RunOutcome(BaseModel):
                                                                   self.error)})
 
 
-def judge(run: ActiveRun, monitor_status: str) -> RunOutcome:
+def outcome_of(run: ActiveRun, monitor_status: str) -> RunOutcome:
     """The outcome of `run` once the supervisor has stopped watching it with `monitor_status`,
     a failure with its signature."""
-    return verdict_of(run, monitor_status).signed()
+    return plain_outcome(run, monitor_status).signed()
 
 
-def verdict_of(run: ActiveRun, monitor_status: str) -> RunOutcome:
+def plain_outcome(run: ActiveRun, monitor_status: str) -> RunOutcome:
+    """The outcome from the supervisor's status, the run's metrics.json or its exit code (unsigned)."""
     out = dict(label=run.label, kind=run.kind, exit_code=exit_code(run), log_path=run.log_path,
                run_dir=run.run_dir, seconds=round(time.time() - run.started_at, 1))
     if monitor_status == "timed_out" or hit_walltime(run):     # the daemon's watch, or the run's own wrapper
@@ -66,14 +68,15 @@ def verdict_of(run: ActiveRun, monitor_status: str) -> RunOutcome:
     if run.kind == "train":
         metrics_path = Path(run.run_dir) / "out" / "metrics.json"
         if metrics_path.exists() or metrics_path.is_symlink():
-            return judge_metrics(metrics_path, out)
+            return outcome_from_metrics(metrics_path, out)
     code = out["exit_code"]
     if code is None:
         return RunOutcome(**out, status="killed", error="the run died without an exit code")
     return RunOutcome(**out, status="ok" if code == 0 else "failed", error=None if code == 0 else f"exit {code}")
 
 
-def judge_metrics(metrics_path: Path, out: dict) -> RunOutcome:
+def outcome_from_metrics(metrics_path: Path, out: dict) -> RunOutcome:
+    """What the trainer said of its own run (metrics.json status, accuracy, a budget breach)."""
     try:
         metrics = json.loads(read_regular_text(metrics_path, within=metrics_path.parent.parent))
     except (OSError, ValueError) as exc:

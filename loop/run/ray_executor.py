@@ -37,9 +37,10 @@ from typing import Callable
 from loop.errors import ConfigError, LoopError
 from loop.journal.events import EventLog
 from loop.run.kill import RUN_TAG, kill_tree
+from loop.run.local_executor import LocalExecutor
 from loop.run.plan import RunPlan, child_env
 from loop.run.ray_link import FETCH_CALL_TIMEOUT_S, RayCallError, RayLink, RayUnavailable
-from loop.run.supervise import ActiveRun, is_alive, kill_run, prepare_run
+from loop.run.supervise import ActiveRun, is_alive, kill_run, prepare_run, record_placement
 
 PLACEMENT_POLL_S = 1.0       # how often a run waiting for room (or for the cluster) checks for a stop
 STRAYS_TIMEOUT_S = 120.0     # cancelling a restart's leftovers: one bounded Ray call per actor
@@ -64,12 +65,14 @@ def unpack(data: bytes, digest: str, run_dir: Path) -> None:
 
 
 class RayExecutor:
-    """Runs as detached named actors on a Ray cluster (see the module docstring)."""
+    """Runs as detached named actors on a Ray cluster (see the module docstring); keeps the
+    `Executor` contract of loop/run/supervise.py."""
 
     kind = "ray"
 
-    def __init__(self, cfg, repo_root: Path, ws_root: Path, sandbox=None, local: Callable[[], object] | None = None,
-                 wait_seconds: float = 60.0, say: Callable[[str], None] = print):
+    def __init__(self, cfg, repo_root: Path, ws_root: Path, sandbox=None,
+                 local: Callable[[], LocalExecutor] | None = None, wait_seconds: float = 60.0,
+                 say: Callable[[str], None] = print):
         import_ray()
         self.cfg = cfg
         self.repo_root = Path(repo_root)
@@ -95,13 +98,13 @@ class RayExecutor:
     def name_of(self, run_tag: str) -> str:
         return f"llmloop-{self.owner}-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", run_tag)
 
-    def local(self):
+    def local(self) -> LocalExecutor:
         """The local executor runs fall back to (`when_unavailable: local`)."""
         if self._local is None:
             self._local = self._make_local()
         return self._local
 
-    # ---- the interface ----
+    # ---- the contract ----
     def submit(self, plan: RunPlan, cycle: int, retry_of: str | None = None, should_stop=lambda: False,
                on_wait=None, wait: bool = True) -> ActiveRun | None:
         for _attempt in range(2):          # the link may go down during the submit: then wait once more
@@ -214,16 +217,9 @@ class RayExecutor:
             self._end(name)
             raise LoopError(f"{plan.label}: the Ray actor for this run did not start: {exc}") from None
         device = f"{'cuda' if self.cfg.num_gpus_per_run else 'cpu'}@{started['host']}"
-        run = ActiveRun(label=plan.label, trace_id=plan.trace_id, kind=plan.kind, argv=plan.argv,
-                        run_dir=str(plan.run_dir), log_path=str(prepared.log_path), exit_file=str(prepared.exit_file),
-                        pid=started["pid"], create_time=started["create_time"], started_at=time.time(),
-                        cycle_started=cycle, config_path=plan.config_path, retry_of=retry_of,
-                        walltime_limit_seconds=plan.walltime_limit_seconds,
-                        stall_seconds=plan.stall_seconds if self.cfg.shared_storage else None,
-                        run_tag=prepared.run_tag, executor=self.kind, device=device, task=name,
-                        sandbox="bubblewrap" if self.sandbox is not None and self.sandbox.active else "none")
-        from loop.run.executor import record_placement
-
+        run = ActiveRun.started(plan, prepared, started["pid"], started["create_time"], cycle, retry_of, self.sandbox,
+                                executor=self.kind, device=device, task=name,
+                                stall_seconds=plan.stall_seconds if self.cfg.shared_storage else None)
         record_placement(run)
         return run
 
@@ -241,10 +237,8 @@ class RayExecutor:
         except (RayUnavailable, RayCallError):
             pass                          # out of reach: it went with its cluster, or ends on reconnect
 
-    def _default_local(self):
-        from loop.run.executor import Executor
-
-        return Executor(self.repo_root, self.sandbox)
+    def _default_local(self) -> LocalExecutor:
+        return LocalExecutor(self.repo_root, self.sandbox)
 
     def _event(self, kind: str, fields: dict) -> None:
         """executor_degraded / executor_restored: into events.jsonl and the daemon's log."""

@@ -1,22 +1,7 @@
-"""Auto-repair: one recovery pass for a failed run (seed README, "Auto Repair (Install + Retry)").
-
-This is the entry: `auto_repair` diagnoses, plans and applies; `apply_repair` runs the steps and
-returns the evidence the daemon writes into its `auto_repair` event, plus the command to retry once
-(the retry itself is the daemon's job). Installs go into the training venv (`auto_repair_python_exe`,
-else this interpreter). One job per module:
-
-  repair_diagnose.py  reading the failure: a missing module, a model name the trainer refused, or
-                      loader workers that cannot run here
-  repair_plan.py      the config maps -> steps, in the seed's order (and the step records)
-  repair_install.py   package pins and pip installs: pinned only, one index, wheels only, hashes
-  repair_clone.py     allowlisted clones at a full commit sha, in <workspace>/autofix_repos/
-  repair_fallback.py  a setting for the retry (data.num_workers=0), model-name fallbacks: a patched
-                      config copy in <workspace>/autofix_configs/
-  repair_command.py   the retry command: reading and rewriting its options
-
-Supply-chain rules, since the commands that fail were written by an LLM: never a pip install of a
-module name itself, only pinned map entries, from exactly one index; clones only from an allowlisted
-URL prefix at a commit sha. The names below are the public API; callers import them from here.
+"""Auto-repair, the pass itself: `auto_repair` diagnoses (diagnose.py), plans (steps.py) and
+applies; `apply_repair` runs the steps and returns the evidence the daemon writes into its
+`auto_repair` event, plus the command to retry once (the retry itself is the daemon's job). Installs
+go into the training venv (`auto_repair_python_exe`, else this interpreter).
 """
 from __future__ import annotations
 
@@ -27,17 +12,12 @@ from typing import Any, Sequence
 from pydantic import BaseModel, Field
 
 from loop.config import DaemonConfig
-from loop.run.repair_clone import REPOS_DIR, checkout_clone, clone_dir, clone_refusal, clone_step
-from loop.run.repair_command import Command, option_values, rewrite_option
-from loop.run.repair_diagnose import Failure, diagnose
-from loop.run.repair_fallback import CONFIGS_DIR, fallback_step, setting_step, write_patched_config
-from loop.run.repair_install import DETAIL_LINES, PIP_TIMEOUT_S, last_line, pip_env, pip_install, pip_step, single_index
-from loop.run.repair_plan import RepairAction, RepairStep, StepContext, no_plan_reason, plan_repair
-
-__all__ = ["CONFIGS_DIR", "DETAIL_LINES", "PIP_EXTRA_ARGS", "PIP_TIMEOUT_S", "REPOS_DIR", "Command", "Failure",
-           "RepairAction", "RepairOutcome", "RepairStep", "apply_repair", "auto_repair", "checkout_clone",
-           "clone_dir", "clone_refusal", "diagnose", "option_values", "pip_env", "pip_install", "plan_repair",
-           "python_exe", "rewrite_option", "write_patched_config"]
+from loop.run.repair.clone import clone_step
+from loop.run.repair.command import Command
+from loop.run.repair.diagnose import Failure, diagnose
+from loop.run.repair.fallback import fallback_step, setting_step
+from loop.run.repair.install import last_line, pip_step, single_index
+from loop.run.repair.steps import RepairAction, RepairStep, StepContext, no_plan_reason, plan_repair
 
 # Extra `pip install` arguments for every install. Empty in production; tests pass offline flags
 # through `pip_args` instead. Any extra index or find-links source in either is dropped, and pip's

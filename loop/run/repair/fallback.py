@@ -12,8 +12,8 @@ import yaml
 
 from loop.config import read_yaml
 from loop.errors import ConfigError
-from loop.run.repair_command import Command, command_tokens, option_values, rewrite_option
-from loop.run.repair_plan import RepairAction, RepairStep, StepContext
+from loop.run.repair.command import Command, command_tokens, option_values, rewrite_option
+from loop.run.repair.steps import RepairAction, RepairStep, StepContext
 from loop.util.fsutil import atomic_write_text
 
 CONFIGS_DIR = "autofix_configs"

@@ -11,8 +11,8 @@ from typing import Sequence
 
 import git
 
-from loop.run.repair_install import pip_install
-from loop.run.repair_plan import RepairAction, RepairStep, StepContext
+from loop.run.repair.install import pip_install
+from loop.run.repair.steps import RepairAction, RepairStep, StepContext
 
 REPOS_DIR = "autofix_repos"
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from loop.config import CloneSpec, DaemonConfig, PackagePin
-from loop.run.repair_diagnose import Failure
+from loop.run.repair.diagnose import Failure
 
 
 class RepairStep(BaseModel):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from loop.config import check_package_pin
-from loop.run.repair_plan import RepairAction, RepairStep, StepContext
+from loop.run.repair.steps import RepairAction, RepairStep, StepContext
 
 PIP_TIMEOUT_S = 1800          # a source build of a model package can be slow, but must not hang a cycle
 DETAIL_LINES = 12             # lines of pip/git output kept as evidence
