@@ -19,7 +19,7 @@ from loop.archive.pruned import read_marker, run_pruned
 from loop.config import load_daemon_config, validate
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord, append_history, read_history
-from loop.journal.keeps import judge_run
+from loop.journal.keeps import verdict_against_best
 from loop.retention.upkeep import Upkeep
 from loop.trainer.metrics import RunMetrics
 from loop.util.fsutil import folder_size_bytes
@@ -71,7 +71,7 @@ def hand_in(cfg, ws: Workspace, model: Path, cycle: int) -> tuple[str, dict]:
     record = RunRecord(label=f"cand{cycle}", cycle=cycle, config=tiny_config_dict(), ok=True,
                        score=metrics.eval.accuracy, trace=trace, run_dir=str(folder / "out"),
                        val_count=metrics.eval.count)
-    verdict = judge_run(read_history(ws), record)
+    verdict = verdict_against_best(read_history(ws), record)
     record.verdict, record.margin, record.band = verdict.verdict, verdict.margin, verdict.band
     append_history(ws, record)
     return record.label, submit_run(cfg, ws.root, folder / "out", cycle, trace)
