@@ -81,7 +81,7 @@ def serve(cfg: DaemonConfig, ws: Workspace, options: ServeOptions, say: Callable
                              f"is in {serving.token_file}): open that one, or stop it with `llmloop dashboard --stop`")
     ws.root.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    token_path = Path(options.token_file) if options.token_file else ws.root / "logs" / TOKEN_FILE
+    token_path = Path(options.token_file) if options.token_file else ws.logs / TOKEN_FILE
     write_token(token_path, token)
     settings = DashboardSettings(cfg=cfg, ws=ws, token=token, secrets=collect_secrets(cfg, token),
                                  poll_seconds=options.poll_seconds,
