@@ -12,7 +12,7 @@ from typing import Callable
 
 from loop.config import DaemonConfig
 from loop.dashboard import background
-from loop.errors import LoopError
+from loop.errors import ExitCode, LoopError
 from loop.util.workspace import Workspace
 
 TOKEN_FILE = "dashboard.token"      # under <workspace>/logs/ unless --token-file
@@ -20,7 +20,7 @@ DEFAULT_PORT = 8765                 # `llmloop dashboard` and `llmloop start --d
 
 
 class DashboardError(LoopError):
-    exit_code = 2
+    exit_code = ExitCode.CONFIG
 
 
 @dataclass

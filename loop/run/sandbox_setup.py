@@ -19,7 +19,7 @@ from pathlib import Path
 
 from loop.config import DaemonConfig
 from loop.domains.pixels import CACHE_ENV, workspace_cache
-from loop.errors import ConfigError, SandboxUnavailable
+from loop.errors import ConfigError, ExitCode, SandboxUnavailable
 from loop.run.sandbox import (
     HOME_CREDENTIALS,
     INSTALL_HINT,
@@ -240,4 +240,4 @@ def run_by_hand(cfg: DaemonConfig, repo_root: Path, ws_root: Path, command: str,
                               stdin=subprocess.DEVNULL, timeout=timeout).returncode
     except subprocess.TimeoutExpired:
         print(f"timed out after {timeout:g}s", file=sys.stderr)
-        return 124
+        return ExitCode.WALLTIME
