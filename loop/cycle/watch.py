@@ -17,7 +17,6 @@ from loop.cycle.state import LoopState
 from loop.errors import LoopError
 from loop.journal.fingerprint import fingerprint, recipe
 from loop.journal.history import RunRecord, append_history
-from loop.journal.keeps import judge_run
 from loop.journal.notes import WORKPAD_SECTIONS, append_workpad
 from loop.run.executor import monitor, monitor_many
 from loop.run.judge import RunOutcome, judge
@@ -26,6 +25,7 @@ from loop.run.supervise import ActiveRun
 from loop.trainer.config import resolved
 from loop.util.fsutil import read_regular_text
 from loop.util.secrets import redact
+from loop.verdict.keeps import judge_run
 
 RETRY_MIN_MONITOR_SECONDS = 60.0
 

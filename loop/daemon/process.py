@@ -24,12 +24,12 @@ from loop.domains.pixels import CACHE_ENV, workspace_cache
 from loop.errors import ConfigError, ExitCode, LoopError
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord
-from loop.journal.keeps import incumbent
 from loop.journal.machine import collect_machine
 from loop.run.executor import check_executor
 from loop.run.reaper import reap_leftovers
 from loop.run.sandbox_setup import load_sandbox
 from loop.util.workspace import Workspace, workspace_of  # noqa: F401  (workspace_of: callers use it from here)
+from loop.verdict.keeps import incumbent
 
 if TYPE_CHECKING:        # imported when the daemon runs: status and stop need neither it nor torch
     from loop.notify.notifier import Notifier
