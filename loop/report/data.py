@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from loop.archive.paths import ModelPaths
 from loop.cycle.record import CycleRecord
-from loop.domains.report import DataReport, load_data_report
+from loop.domains.datareport import DataReport, load_data_report
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord, read_history
 from loop.run.judge import RunOutcome
