@@ -53,9 +53,9 @@ from loop.daemon.process import running_pid  # noqa: E402
 from loop.domains.shapes import write_shapes_files  # noqa: E402
 from loop.journal.events import EventLog  # noqa: E402
 from loop.journal.history import RunRecord, read_history  # noqa: E402
-from loop.journal.keeps import incumbent, inside_noise  # noqa: E402
-from loop.journal.noise import wilson  # noqa: E402
 from loop.util.workspace import Workspace  # noqa: E402
+from loop.verdict.keeps import incumbent, inside_noise  # noqa: E402
+from loop.verdict.noise import wilson  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LLMLOOP = [sys.executable, "-m", "loop.cli.main"]

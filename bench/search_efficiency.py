@@ -30,7 +30,7 @@ method given the same CPU-seconds.
 - reported: at 4 budget points, the mean over seeds of the best full-fidelity validation accuracy
   (max over the runs that trained every epoch; the same rule for every method), its spread, and
   the number of kept improvements inside the noise: each time a method's best rose, was the rise
-  a real gain under loop/journal/noise.py's rule (paired McNemar on the same validation images,
+  a real gain under loop/verdict/noise.py's rule (paired McNemar on the same validation images,
   and above the seed band measured from the default config's three seeds)?
 
 Run from the repo root: .venv/bin/python bench/search_efficiency.py [--task digits|shapes|both]
@@ -77,12 +77,12 @@ from loop.cycle.watch import measured  # noqa: E402
 from loop.domains import resolve_domain  # noqa: E402
 from loop.journal.events import EventLog  # noqa: E402
 from loop.journal.history import HistoryReader, RunRecord  # noqa: E402
-from loop.journal.keeps import verdict_against_best  # noqa: E402
-from loop.journal.noise import Score, compare, pooled_seed_sd, unpack_correct  # noqa: E402
 from loop.trainer.config import TrainerConfig  # noqa: E402
 from loop.trainer.metrics import RunMetrics  # noqa: E402
 from loop.trainer.train import train  # noqa: E402
 from loop.util.workspace import Workspace  # noqa: E402
+from loop.verdict.keeps import verdict_against_best  # noqa: E402
+from loop.verdict.noise import Score, compare, pooled_seed_sd, unpack_correct  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)

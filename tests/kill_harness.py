@@ -35,7 +35,7 @@ from loop.archive.store import load_store, save_store  # noqa: E402
 from loop.config import DaemonConfig, validate  # noqa: E402
 from loop.cycle.state import LoopState  # noqa: E402
 from loop.daemon.process import run_daemon  # noqa: E402
-from loop.daemon.recovery import STATE_FOLDERS, is_temp_name  # noqa: E402
+from loop.daemon.recovery import is_temp_name  # noqa: E402
 from loop.journal.events import EventLog  # noqa: E402
 from loop.util.workspace import Workspace  # noqa: E402
 from tests.llm_server import LLMServer  # noqa: E402
@@ -149,9 +149,9 @@ def check(ok: bool, what: str) -> None:
 
 def stray_temps(root: Path) -> list[str]:
     found = []
-    for folder in STATE_FOLDERS:
-        if (root / folder).is_dir():
-            found += [str(p) for p in (root / folder).iterdir() if is_temp_name(p.name)]
+    for folder in Workspace(root).state_folders():
+        if folder.is_dir():
+            found += [str(p) for p in folder.iterdir() if is_temp_name(p.name)]
     return found
 
 

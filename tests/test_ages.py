@@ -15,7 +15,7 @@ from PIL import Image
 from loop.domains import SPLIT_NAMES, resolve_domain
 from loop.domains.ages import CONFOUNDED_V, AgeCheck, cramers_v, stratified_draw
 from loop.domains.base import SplitFractions, make_splits
-from loop.domains.report import build_data_report, load_data_report, save_data_report
+from loop.domains.datareport import build_data_report, load_data_report, save_data_report
 from loop.report.datasection import age_warning, data_section
 
 T0 = 1_700_000_000

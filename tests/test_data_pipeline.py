@@ -249,7 +249,7 @@ def test_the_daemon_trains_a_folder_task_and_its_csv_copy(tmp_path, kind):
 
 
 def test_the_data_report_reads_the_cache_facts_and_agrees_with_decoding(task, own_cache):
-    from loop.domains.report import build_data_report, cached_facts
+    from loop.domains.datareport import build_data_report, cached_facts
 
     tree, _, _ = task
     for i in range(6):      # copies across classes: some land in train and in a held-out split

@@ -1,4 +1,4 @@
-"""Know the data: the data report (loop/domains/report.py) on real image folders and the digits,
+"""Know the data: the data report (loop/domains/datareport.py) on real image folders and the digits,
 its JSON and fingerprint, the cycle step that announces it (workpad, events) and the report's Data
 section, and the offline policy's task-aware search space."""
 from __future__ import annotations
@@ -24,7 +24,7 @@ from loop.cycle.record import CycleRecord
 from loop.cycle.state import LoopState
 from loop.daemon.process import build_loop, workspace_of
 from loop.domains import DigitsDomain, ImageFolderDomain
-from loop.domains.report import (
+from loop.domains.datareport import (
     build_data_report,
     domain_fingerprint,
     ensure_data_report,

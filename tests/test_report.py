@@ -21,10 +21,10 @@ from loop.agents.usage import Usage
 from loop.archive.lineage import LineageRow, write_lineage
 from loop.cycle.record import CycleRecord, DecisionEntry, GateEntry, MentorEntry, PolicyEntry, RepairEntry, RunStart
 from loop.journal.history import RunRecord
-from loop.journal.noise import wilson
 from loop.report import generate_reports
 from loop.run.judge import RunOutcome
 from loop.trainer.metrics import EvalMetrics, RunMetrics
+from loop.verdict.noise import wilson
 from tests.conftest import REAL_DAEMON_CYCLES, REPO
 
 SECTIONS = ["## Abstract", "## Setup", "## Data", "## Method", "## Experiments", "## Results",
@@ -279,7 +279,7 @@ def test_the_accuracy_axis_zooms_to_the_successful_runs_and_the_band_is_binomial
     lo, hi = accuracy_limits([0.975, 0.984, 0.979])
     assert 0.96 <= lo < 0.975 and 0.984 < hi <= 1.0 and hi - lo < 0.05     # 0.975 and 0.984 stay apart
     assert accuracy_limits([]) == (0.0, 1.0) and accuracy_limits([0.999])[1] == 1.0
-    lo, hi = wilson(0.98, 270)          # the band is half the Wilson interval: one definition (journal/noise)
+    lo, hi = wilson(0.98, 270)          # the band is half the Wilson interval: one definition (verdict/noise)
     assert abs(noise_half_width(0.98, 270) - (hi - lo) / 2) < 1e-12 and 0.015 < noise_half_width(0.98, 270) < 0.02
     assert noise_half_width(0.98, None) is None
 

@@ -19,11 +19,11 @@ from loop.archive.pruned import read_marker, run_pruned
 from loop.config import load_daemon_config, validate
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord, append_history, read_history
-from loop.journal.keeps import verdict_against_best
 from loop.retention.upkeep import Upkeep
 from loop.trainer.metrics import RunMetrics
 from loop.util.fsutil import folder_size_bytes
 from loop.util.workspace import Workspace
+from loop.verdict.keeps import verdict_against_best
 from tests.conftest import run_cli, tiny_config_dict
 
 CANDIDATES = 30

@@ -527,3 +527,41 @@ def test_a_cache_file_changed_after_its_build_is_never_read_but_rebuilt_and_said
     again = resolve_domain("image_folder", {"root": str(data), "mode": "L"})
     assert np.array_equal(np.array(again.splits.train.view(16).numpy(slice(None))), original)
     assert heard and heard[0][0] == array and "digest" in heard[0][1]
+
+
+@needs_sandbox
+def test_a_run_that_may_write_the_runs_folder_cannot_write_the_runs_index(tmp_path):
+    """`sandbox_writable_paths: [runs]`: the run writes beside its own folder, but the runs index (the
+    history that decides the kept best) stays the daemon's: not rewritten, appended to, moved or
+    removed, and not planted either when no run has finished yet."""
+    row = '{"run_id": "r1", "val_accuracy": 0.5}\n'
+    attack = ("echo forged > {i}; echo forged >> {i}; mv {i} {i}.moved; rm -f {i}; ln -sf /dev/null {i}; "
+              "echo ok > {runs}/scratch.txt; echo own > $HOME/../out/mine.txt; true")
+    for before in (row, None):
+        ws = tmp_path / ("with-history" if before else "fresh")
+        (ws / "runs").mkdir(parents=True)
+        index = ws / "runs" / "index.jsonl"
+        if before:
+            index.write_text(before)
+        run_dir = sandboxed(ws, attack.format(i=index, runs=ws / "runs"), sandbox_writable_paths=["runs"])
+        assert index.is_file() and not index.is_symlink() and index.read_text() == (before or ""), run_dir
+        assert not (ws / "runs" / "index.jsonl.moved").exists()
+        assert (ws / "runs" / "scratch.txt").read_text() == "ok\n"       # the named folder is writable
+        assert (run_dir / "out" / "mine.txt").read_text() == "own\n"     # and so is the run's own
+
+
+def test_the_sandbox_keeps_every_record_the_workspace_names_from_runs(tmp_path):
+    """The protected set is the workspace layout's own list: the history, the finish-up and stop
+    requests, the evolution log are in it, and a writable path holding any record but a pinned one
+    is refused, naming it."""
+    from loop.util.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    cfg = DaemonConfig.model_validate({"sandbox": "optional"})
+    sandbox = load_sandbox(cfg, REPO, ws.root)
+    for record in (ws.runs_index, ws.finish_up, ws.stop_request, ws.models.log, ws.state, ws.models.head):
+        assert record.resolve() in sandbox.protected, record
+    for folder in ("slots", "reports", "models", "autofix_configs"):
+        with pytest.raises(ConfigError, match=f"sandbox_writable_paths: .*{folder}"):
+            load_sandbox(DaemonConfig.model_validate({"sandbox": "optional", "sandbox_writable_paths": [folder]}),
+                         REPO, ws.root)

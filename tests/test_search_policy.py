@@ -18,10 +18,10 @@ from loop.archive.gates import ProbeMetrics, check_gates
 from loop.config import deep_merge, read_yaml, validate
 from loop.errors import ConfigError
 from loop.journal.history import RunRecord
-from loop.journal.keeps import incumbent, inside_noise, judging_sd, ranked, recipe_key, seed_sd, verdict_against_best
-from loop.journal.noise import Score, beats_by, compare, mcnemar_p, pack_correct, unpack_correct, wilson
 from loop.trainer.config import TrainerConfig
 from loop.util.workspace import Workspace
+from loop.verdict.keeps import incumbent, inside_noise, judging_sd, ranked, recipe_key, seed_sd, verdict_against_best
+from loop.verdict.noise import Score, beats_by, compare, mcnemar_p, pack_correct, unpack_correct, wilson
 from tests.conftest import REPO
 
 BASE = read_yaml(REPO / "config/trainer/digits.yaml")

@@ -19,9 +19,9 @@ from loop.agents.ladder import ladder_text
 from loop.agents.offline import best_run, stagnating
 from loop.agents.space import TaskProfile, space_text
 from loop.journal.history import RunRecord
-from loop.journal.keeps import interval_text, noise_text, ranked
 from loop.journal.notes import tail_text, todo_summary
 from loop.util.workspace import Workspace
+from loop.verdict.keeps import interval_text, noise_text, ranked
 
 WORKPAD_TAIL_CHARS = 1500
 MENTOR_TAIL_CHARS = 1000

@@ -31,9 +31,9 @@ from loop.agents.space import SPACE, TaskProfile, overlay_of, params_of, restric
 from loop.config import deep_merge
 from loop.journal.fingerprint import Trained, repeat_reason
 from loop.journal.history import RunRecord
-from loop.journal.keeps import incumbent, recipe_key, seed_sd
-from loop.journal.noise import KEEPS
 from loop.trainer.config import resolved
+from loop.verdict.keeps import incumbent, recipe_key, seed_sd
+from loop.verdict.noise import KEEPS
 
 REPLICA_AFTER_RUNS = 3          # runs after a new best before its seed replica (the first best: at once)
 UNTRIED_TRIES = 60              # candidate points looked at for one that was never trained
@@ -67,7 +67,7 @@ class PolicyInput:
 # ------------------------------------------------------------- Builder ----
 
 def best_run(history: list[RunRecord]) -> RunRecord | None:
-    """The incumbent: the last run kept as a real gain (loop/journal/keeps.py), never a tie."""
+    """The incumbent: the last run kept as a real gain (loop/verdict/keeps.py), never a tie."""
     return incumbent(history)
 
 

@@ -1,6 +1,6 @@
 """The five gates (evolution_scheduler.md), all of which a candidate must pass:
   1. recall      >= HEAD's recall - epsilon
-  2. generalize  >= HEAD's generalize + delta (delta > 0: and outside the noise, loop/journal/noise.py:
+  2. generalize  >= HEAD's generalize + delta (delta > 0: and outside the noise, loop/verdict/noise.py:
                  a delta met inside the noise band is a tie, not a pass)
   3. drift       <= theta
   4. violations  == 0
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from loop.journal.noise import Score, beats_by, unpack_correct
+from loop.verdict.noise import Score, beats_by, unpack_correct
 
 GATE_NAMES = ("recall", "generalize", "drift", "violations", "budget")
 

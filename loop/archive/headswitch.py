@@ -22,7 +22,7 @@ def cutover(paths: ModelPaths, target: str | None) -> None:
     A target that fails verification raises ArchiveTampered before anything changes."""
     if target is not None:
         archive.require_intact(paths, target)
-    tmp = paths.root / ".GEN_HEAD.next"
+    tmp = paths.next_head
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     if target is None:

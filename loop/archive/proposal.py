@@ -15,12 +15,12 @@ from loop.archive.lineage import log_event
 from loop.archive.paths import ModelPaths
 from loop.archive.store import move
 from loop.config import describe_validation_error
-from loop.errors import LoopError
+from loop.errors import ExitCode, LoopError
 from loop.util.fsutil import atomic_write_text
 
 
 class PromotionError(LoopError):
-    exit_code = 9
+    exit_code = ExitCode.PROMOTION
 
 
 # ------------------------------------------------------------- proposal ----

@@ -86,7 +86,7 @@ def initial_weights(model_cfg: dict) -> str:
 def manifest(spec: CandidateSpec, name: str, run_cfg: dict, paths: ModelPaths, head: str | None,
              grandparent: str, replay: list[str], cfg: DaemonConfig) -> dict:
     """evo_manifest.json: the frozen evolution request."""
-    from loop.trainer.train import take_fraction
+    from loop.trainer.setup import take_fraction
 
     data = run_cfg.get("data", {})
     domain = task_domain(cfg)          # the daemon's task: a run's config may name anything

@@ -6,13 +6,13 @@ import time
 
 from pydantic import BaseModel
 
-from loop.errors import LoopError
+from loop.errors import ExitCode, LoopError
 
 BASE_SEED = 424242
 
 
 class EvolutionError(LoopError):
-    exit_code = 8
+    exit_code = ExitCode.EVOLUTION
 
 
 class CandidateSpec(BaseModel):

@@ -125,7 +125,7 @@ def distill(cfg: DaemonConfig, paths: ModelPaths, store: LifecycleStore, plans: 
     for plan in plans:
         move(store, plan.label, Lifecycle.TRAINING, paths, trace_id)
     save_store(paths, store)
-    progress = ProgressLog(paths.root / "evolution.log", f"generation {gen_id}", total=len(plans), every_seconds=30)
+    progress = ProgressLog(paths.progress_log, f"generation {gen_id}", total=len(plans), every_seconds=30)
     progress.line(f"window at cycle {cycle}: training {len(plans)} candidate(s) of generation {gen_id}")
     codes: dict[str, int] = {}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from loop.config import DEFAULT_DAEMON_CONFIG, add_daemon_config_arguments, load_daemon_config
 from loop.dashboard.server import DEFAULT_PORT as DASHBOARD_PORT
-from loop.errors import exits_with_code
+from loop.errors import ExitCode, exits_with_code
 
 COMMANDS = ("start", "stop", "status", "watch", "unblock", "finishup", "report", "reset", "policy", "sandbox", "login",
             "llm")
@@ -269,7 +269,7 @@ def cmd_policy(args, cfg, ws) -> int:
 
     if not args.cmd:            # split_command_options already took the `--` off
         print("usage: llmloop policy check -- COMMAND", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     return policy_check(shell_line(args.cmd), cfg, ws.root)
 
 
@@ -279,12 +279,12 @@ def cmd_sandbox(args, cfg, ws) -> int:
 
     if not args.cmd:
         print("usage: llmloop sandbox run [--policy] -- COMMAND", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     # One word is the shell line itself (`-- "ls | wc"`); several words are an argv whose own
     # quoting must survive (`-- bash -c "echo inside"`), so quote them back into one line.
     command = shell_line(args.cmd)
     if args.policy and policy_check(command, cfg, ws.root) != 0:
-        return 6
+        return ExitCode.POLICY
     return run_by_hand(cfg, cfg.root, ws.root, command, args.timeout)
 
 
@@ -314,7 +314,7 @@ def cmd_login(args, cfg, ws) -> int:
                 write_credentials(path, field, value)
     if not key and not args.base_url:
         print("nothing to store: give a key and/or --base-url", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     print(f"stored {'key ' + env_name if key else ''}{' and ' if key and args.base_url else ''}"
           f"{'endpoint ' + args.base_url if args.base_url else ''} in {path} (mode 0600)")
     return 0

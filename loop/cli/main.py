@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from loop.errors import ExitCode
+
 
 def build_parser() -> argparse.ArgumentParser:
     from loop.trainer.command import add_train_arguments
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         from loop.cli.daemon import run as run_daemon_command
 
         return run_daemon_command(args)
-    return 2
+    return ExitCode.CONFIG
 
 
 if __name__ == "__main__":

@@ -5,4 +5,5 @@
 judges it, repairs and retries it once, and hands a finished training to the candidate path;
 `record.py` is the cycle's typed record (the `cycle` event); `loop.py` is what every cycle needs;
 `state.py` is what the daemon remembers between cycles (state.json, heartbeat); `finishup.py` is
-the deadline that turns the loop into its last round and the final reports."""
+the deadline that turns the loop into its last round and the final reports; `dataprofile.py` builds
+the data report when the task's data is new; `failures.py` counts failures in a row and blocks."""

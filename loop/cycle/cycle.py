@@ -39,7 +39,7 @@ from loop.cycle.watch import evolution_window, follow_runs, start, watch_and_jud
 from loop.domains import task_domain
 from loop.errors import ConfigError, DomainError
 from loop.journal.notes import WORKPAD_SECTIONS, add_todos, append_storyline, append_workpad, resolve_todos
-from loop.run.judge import outcome_of
+from loop.run.judge import RunOutcome, outcome_of
 from loop.run.plan import RunPlan, command_plan, plan_for, run_label, trainer_config
 from loop.trainer.config import resolved
 from loop.util.secrets import redact, workspace_secrets
@@ -67,21 +67,52 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
         return finish_cycle(loop, state, rec, t0, line="finish-up: final reports written; stopping")
 
     if state.active_runs:                                   # runs from earlier cycles
-        followed = follow_runs(loop, state, rec)
-        rec.followed_runs = followed
-        rec.followed_run = followed[0]
-        line = "; ".join(f"monitor `{f.label}` -> {f.status}" + (f" val_acc {f.val_accuracy:.4f}" if f.val_accuracy
-                                                                   else "") for f in followed)
-        # a decision only while a slot for a daemon run is free (with one run at a time: next cycle)
-        if loop.cfg.max_concurrent_runs == 1 or len(state.active_runs) >= loop.cfg.max_concurrent_runs \
-                or loop.should_stop():
-            evolution_window(loop, state, rec)
+        line = follow_active(loop, state, rec)
+        if line is not None:
             return finish_cycle(loop, state, rec, t0, line=line)
 
     # ---- know the data: the first cycle on a task, and again when its data changes ----
     refresh_data_report(loop, rec)
 
-    # ---- decide ----
+    # ---- decide, review ----
+    decision, source = decide_and_review(loop, state, rec, forced)
+
+    # ---- gate ----
+    decision, plan = gate(loop, state, decision, rec)
+    count_gate_refusals(loop, state, source, rec)
+
+    # ---- run, judge ----
+    outcome = run_and_judge(loop, state, decision, plan, rec)
+
+    # ---- record ----
+    housekeeping(loop, decision, rec)
+    evolution_window(loop, state, rec)
+    state.note_action(decision.action)
+    state.idle_streak = 0 if plan is not None else state.idle_streak + 1
+    state.last_decision = {"action": decision.action, "label": decision.run_label, "source": source,
+                           "dimension": decision.strategy_dimension, "gate_ok": rec.quality_gate.ok,
+                           "gate_reasons": rec.quality_gate.reasons}
+    return finish_cycle(loop, state, rec, t0, line=cycle_line(decision, source, outcome))
+
+
+def follow_active(loop: Loop, state: LoopState, rec: CycleRecord) -> str | None:
+    """Follow the runs of earlier cycles. Returns the cycle's line when no slot is free for a new
+    decision (the cycle ends there; with one run at a time: the next cycle decides), else None."""
+    followed = follow_runs(loop, state, rec)
+    rec.followed_runs = followed
+    rec.followed_run = followed[0]
+    line = "; ".join(f"monitor `{f.label}` -> {f.status}" + (f" val_acc {f.val_accuracy:.4f}" if f.val_accuracy
+                                                               else "") for f in followed)
+    if loop.cfg.max_concurrent_runs == 1 or len(state.active_runs) >= loop.cfg.max_concurrent_runs \
+            or loop.should_stop():
+        evolution_window(loop, state, rec)
+        return line
+    return None
+
+
+def decide_and_review(loop: Loop, state: LoopState, rec: CycleRecord,
+                      forced: Decision | str | None) -> tuple[Decision, str]:
+    """The Builder's decision (or finish-up's), then the Mentor's review when due: (decision, source)."""
     history = loop.run_history()
     context = build_context(loop.ws, rec.cycle, history, state.recent_actions,
                             state.last_outcome.model_dump() if state.last_outcome else None,
@@ -99,7 +130,6 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     decision = scrub(decision, loop.secrets)       # an LLM that echoes a secret: nothing downstream sees it
     rec.decision = DecisionEntry(source=source, **decision.model_dump())
 
-    # ---- review ----
     due, why = mentor_due(loop.cfg, rec.cycle, state)
     if due and source != "finish-up":
         review = review_decision(loop, context_text, decision, history, why, rec)
@@ -110,34 +140,31 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
             rec.mentor.challenge_applied = applied
             if applied:
                 decision, source = review.challenge, "mentor"
-    decision = stuck_wait_recovery(loop, state, decision, history, rec)
+    return stuck_wait_recovery(loop, state, decision, history, rec), source
 
-    # ---- gate ----
-    decision, plan = gate(loop, state, decision, rec)
-    count_gate_refusals(loop, state, source, rec)
 
-    # ---- run, judge ----
-    outcome = None
-    if plan is not None:
-        run = start(loop, plan, rec.cycle, dimension=decision.strategy_dimension)
-        if run is not None:
-            state.active_runs.append(run)
-            if loop.cfg.max_concurrent_runs == 1:
-                outcome = watch_and_judge(loop, state, run, decision, rec)
-            else:                 # several in flight: every one is followed together from the next cycle
-                rec.run = RunStart(label=run.label, pid=run.pid, kind=run.kind, log_path=run.log_path,
-                                   monitor="started", sandbox=run.sandbox, device=run.device, executor=run.executor)
-    elif decision.action == "finish":
-        state.stop_reason = "the Builder chose finish"
+def run_and_judge(loop: Loop, state: LoopState, decision: Decision, plan: RunPlan | None,
+                  rec: CycleRecord) -> RunOutcome | None:
+    """Start the gated plan; with one run at a time, watch and judge it now (its outcome), else it is
+    followed from the next cycle (None)."""
+    if plan is None:
+        if decision.action == "finish":
+            state.stop_reason = "the Builder chose finish"
+        return None
+    run = start(loop, plan, rec.cycle, dimension=decision.strategy_dimension)
+    if run is None:
+        return None
+    state.active_runs.append(run)
+    if loop.cfg.max_concurrent_runs == 1:
+        return watch_and_judge(loop, state, run, decision, rec)
+    # several in flight: every one is followed together from the next cycle
+    rec.run = RunStart(label=run.label, pid=run.pid, kind=run.kind, log_path=run.log_path,
+                       monitor="started", sandbox=run.sandbox, device=run.device, executor=run.executor)
+    return None
 
-    # ---- record ----
-    housekeeping(loop, decision, rec)
-    evolution_window(loop, state, rec)
-    state.note_action(decision.action)
-    state.idle_streak = 0 if plan is not None else state.idle_streak + 1
-    state.last_decision = {"action": decision.action, "label": decision.run_label, "source": source,
-                           "dimension": decision.strategy_dimension, "gate_ok": rec.quality_gate.ok,
-                           "gate_reasons": rec.quality_gate.reasons}
+
+def cycle_line(decision: Decision, source: str, outcome: RunOutcome | None) -> str:
+    """The cycle's one line (daemon log, workpad): what was decided and how the run ended."""
     line = f"{decision.action} `{decision.run_label}`" + (f" ({decision.strategy_dimension})"
                                                            if decision.strategy_dimension else "")
     if source == "offline-fallback":
@@ -145,7 +172,7 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     if outcome:
         line += f" -> {outcome.status}" + (f" val_acc {outcome.val_accuracy:.4f}" if outcome.val_accuracy else "")
         line += f" ({outcome.signature.text()})" if outcome.signature else ""
-    return finish_cycle(loop, state, rec, t0, line=line)
+    return line
 
 
 def gate_section(state: LoopState) -> dict[str, str]:

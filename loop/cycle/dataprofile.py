@@ -1,5 +1,5 @@
 """Know the data, as a cycle step: at the first cycle on a task, and again whenever its data changes
-(a new fingerprint), the data report (loop/domains/report.py) is built and goes
+(a new fingerprint), the data report (loop/domains/datareport.py) is built and goes
 
   - into the workpad's `## Data Exploration`, one entry per summary line;
   - into the events: `data_report` with the main figures, and a loud `data_leak` (level error) when
@@ -21,7 +21,7 @@ from loop.config import DaemonConfig, read_yaml
 from loop.cycle.loop import Loop
 from loop.cycle.record import CycleRecord
 from loop.domains import resolve_domain
-from loop.domains.report import DataReport, cached_facts, ensure_data_report, save_data_report
+from loop.domains.datareport import DataReport, cached_facts, ensure_data_report, save_data_report
 from loop.journal.notes import WORKPAD_SECTIONS, append_workpad
 from loop.trainer.config import ModelConfig
 from loop.util.secrets import redact

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from loop.errors import ConfigError, LoopError
+from loop.errors import ConfigError, ExitCode, LoopError
 from loop.util.fsutil import atomic_write_text
 
 UTC = dt.timezone.utc
@@ -26,7 +26,7 @@ REPORT_MARGIN_MINUTES = 3.0        # time kept for writing the reports before th
 
 
 class FinishUpError(LoopError):
-    exit_code = 12
+    exit_code = ExitCode.FINISH_UP
 
 
 class FinishUpRequest(BaseModel):

@@ -8,7 +8,7 @@ from typing import Callable
 
 from loop.agents.space import TaskProfile
 from loop.config import DaemonConfig
-from loop.domains.report import DataReport
+from loop.domains.datareport import DataReport
 from loop.errors import LoopError
 from loop.journal.events import EventLog
 from loop.journal.history import HistoryReader, RunRecord

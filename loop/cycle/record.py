@@ -90,7 +90,7 @@ class RepairEntry(_Entry):
 
 
 class KeepEntry(_Entry):
-    """A finished training run judged against the best (loop/journal/keeps.py)."""
+    """A finished training run judged against the best (loop/verdict/keeps.py)."""
 
     label: str
     verdict: str                 # first | gain | tie | below | replica | screen | failed

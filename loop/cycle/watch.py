@@ -17,7 +17,6 @@ from loop.cycle.state import LoopState
 from loop.errors import LoopError
 from loop.journal.fingerprint import fingerprint, recipe
 from loop.journal.history import RunRecord, append_history
-from loop.journal.keeps import verdict_against_best
 from loop.journal.notes import WORKPAD_SECTIONS, append_workpad
 from loop.run.judge import RunOutcome, outcome_of
 from loop.run.plan import RunPlan, reads_of, retry_plan
@@ -25,6 +24,7 @@ from loop.run.supervise import ActiveRun, monitor, monitor_many
 from loop.trainer.config import resolved
 from loop.util.fsutil import read_regular_text
 from loop.util.secrets import redact
+from loop.verdict.keeps import verdict_against_best
 
 RETRY_MIN_MONITOR_SECONDS = 60.0
 

@@ -48,7 +48,7 @@ def timer_phase_if_started(loop: Loop, state: LoopState) -> LoopState:
     state.phase_done = (state.phase_done + [run_key(record.run_id)])[-DONE_LIMIT:]
     if outcome == "phase_failed":
         events.append("phase_failed", trace, run_id=record.run_id, exit_code=None, scheduler="systemd",
-                      log=str(ws.root / "phase" / record.run_id / "phase.log"),
+                      log=str(ws.phase / record.run_id / "phase.log"),
                       reason="the timer's PHASE process ended without its completion signal (its output is in "
                              "the journal: journalctl --user -u <name>-phase.service)")
         loop.say(f"PHASE {record.run_id} (systemd timer) ended without its completion signal; resuming")

@@ -24,6 +24,7 @@ def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
     import datetime as dt
 
     from loop.phase import window as phase_window
+    from loop.phase.results import completion_signal
     cfg, ws, events = loop.cfg, loop.ws, loop.events
     expire_recommendations(loop, state)
     key = phase_window.window_due(cfg.phase, state.cycle, dt.datetime.now(), state.phase_done)
@@ -31,7 +32,7 @@ def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
         return state
     run_id = f"{key}-{time.strftime('%H%M%S')}"
     trace = f"phase-{run_id}"
-    run_dir = ws.root / "phase" / run_id
+    run_dir = ws.phase / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     config_copy = run_dir / "daemon_config.json"        # PHASE reads exactly the config the daemon runs
     config_copy.write_text(cfg.model_dump_json(indent=2))
@@ -48,7 +49,7 @@ def phase_if_due(loop: Loop, state: LoopState) -> LoopState:
                                         extra_env=slot.env() if slot else None)
         if slot is not None:
             pool.bind(slot, holder, proc.pid, psutil.Process(proc.pid).create_time())
-        signal_path = ws.root / "phase" / f"phase_complete_{run_id}.json"
+        signal_path = completion_signal(ws.root, run_id)
         outcome = phase_window.wait_for_signal(signal_path, proc, loop.should_stop, cfg.phase.sleep_chunk_seconds)
     finally:
         if pool is not None:
@@ -129,7 +130,7 @@ def warm_archive_sizes(loop: Loop) -> None:
     from loop.domains import task_domain
 
     sizes = set()
-    for config in (loop.ws.root / "models" / "archive").glob("*/config.json"):
+    for config in loop.ws.models.archive.glob("*/config.json"):
         try:
             size = json.loads(read_regular_text(config)).get("image_size")
         except (OSError, ValueError, AttributeError):

@@ -20,15 +20,15 @@ from loop.daemon.phase_external import timer_phase_if_started
 from loop.daemon.phase_pause import expire_recommendations, phase_if_due
 from loop.daemon.recovery import Degraded, crashed_before, recover
 from loop.domains.pixels import CACHE_ENV, workspace_cache
-from loop.errors import ConfigError, LoopError
+from loop.errors import ConfigError, ExitCode, LoopError
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord
-from loop.journal.keeps import incumbent
 from loop.journal.machine import collect_machine
 from loop.run.executor import check_executor
 from loop.run.reaper import reap_leftovers
 from loop.run.sandbox_setup import load_sandbox
 from loop.util.workspace import Workspace, workspace_of  # noqa: F401  (workspace_of: callers use it from here)
+from loop.verdict.keeps import incumbent
 
 if TYPE_CHECKING:        # imported when the daemon runs: status and stop need neither it nor torch
     from loop.notify.notifier import Notifier
@@ -41,7 +41,7 @@ PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
 class AlreadyRunning(LoopError):
-    exit_code = 11
+    exit_code = ExitCode.ALREADY_RUNNING
 
 
 def running_pid(ws: Workspace) -> int | None:

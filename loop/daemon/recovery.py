@@ -36,7 +36,6 @@ from loop.journal.events import EventLog, repair_torn_tail
 from loop.util.fsutil import TEMP_SUFFIX
 from loop.util.workspace import Workspace
 
-STATE_FOLDERS = ("", "logs", "notes", "reports", "autofix_configs", "models", "models/lifecycle", "runs")
 DAEMON_FILES_IN_RUN_FOLDERS = ("run.yaml",)     # a run folder's other files belong to the run itself
 BACKOFF_SECONDS = (0.5, 30.0)                     # first pause after a failed cycle, and the cap
 
@@ -46,10 +45,10 @@ BACKOFF_SECONDS = (0.5, 30.0)                     # first pause after a failed c
 def recover(ws: Workspace, events: EventLog) -> dict:
     """Clean what a crash can leave behind; returns what was done (for the daemon_start event)."""
     temp_files = sweep_temp_files(ws.root)
-    staging = sweep_archive_staging(ModelPaths(ws.root))
+    staging = sweep_archive_staging(ws.models)
     return {"temp_files_removed": temp_files, "archive_staging_removed": staging,
-            "archive_freezes_completed": complete_interrupted_freezes(ModelPaths(ws.root)),
-            "archive_entries_quarantined": quarantine_unregistered(ModelPaths(ws.root)),
+            "archive_freezes_completed": complete_interrupted_freezes(ws.models),
+            "archive_entries_quarantined": quarantine_unregistered(ws.models),
             "runs_index_torn_tail_cut": repair_torn_tail(ws.runs_index),
             "cycle_reconciled": reconcile_cycle(ws, events)}
 
@@ -70,9 +69,10 @@ def is_temp_name(name: str) -> bool:
 
 def sweep_temp_files(root: Path) -> list[str]:
     removed = []
-    for folder in STATE_FOLDERS:
-        removed += _remove_temps(root / folder, lambda name: True)
-    runs = root / "runs"
+    ws = Workspace(root)
+    for folder in ws.state_folders():
+        removed += _remove_temps(folder, lambda name: True)
+    runs = ws.runs
     if runs.is_dir():
         for run_dir in (p for p in runs.iterdir() if p.is_dir() and not p.is_symlink()):
             removed += _remove_temps(run_dir, lambda name: any(name.startswith(f".{f}.")
@@ -101,7 +101,7 @@ def sweep_archive_staging(paths: ModelPaths) -> list[str]:
                 make_writable(staging)
                 shutil.rmtree(staging)
                 removed.append(staging.name)
-    next_link = paths.root / ".GEN_HEAD.next"
+    next_link = paths.next_head
     if next_link.is_symlink() or next_link.exists():
         next_link.unlink()
         removed.append(next_link.name)
@@ -119,7 +119,7 @@ def quarantine_unregistered(paths: ModelPaths) -> list[str]:
     for entry in sorted(p for p in paths.archive.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if entry.name in registered or entry.is_symlink():
             continue
-        target = paths.root / "quarantine" / f"{entry.name}-{int(time.time())}"
+        target = paths.quarantine / f"{entry.name}-{int(time.time())}"
         target.parent.mkdir(parents=True, exist_ok=True)
         mode = entry.stat().st_mode
         entry.chmod(mode | 0o200)          # moving a folder to a new parent rewrites its `..`

@@ -44,11 +44,11 @@ class Serving:
 
 
 def pid_path(ws: Workspace) -> Path:
-    return ws.root / "logs" / PID_FILE
+    return ws.logs / PID_FILE
 
 
 def log_path(ws: Workspace) -> Path:
-    return ws.root / "logs" / LOG_FILE
+    return ws.logs / LOG_FILE
 
 
 def record(ws: Workspace, url: str, token_file: Path) -> Serving:
@@ -115,7 +115,7 @@ def start_detached(ws: Workspace, config_path: str | Path, root: Path, port: int
 
 
 def spawn(ws: Workspace, config_path: str | Path, root: Path, port: int) -> subprocess.Popen:
-    ws.root.joinpath("logs").mkdir(parents=True, exist_ok=True)
+    ws.logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT))
     # 0600: the server prints its token once, and here that print lands in this file
     fd = os.open(log_path(ws), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

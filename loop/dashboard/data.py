@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from loop.archive.paths import ModelPaths
 from loop.cycle.record import CycleRecord
-from loop.domains.report import load_data_report
+from loop.domains.datareport import load_data_report
 from loop.report.data import ReportData, Run, load_runs, read_json, read_lineage_rows, read_text
 from loop.report.helpers import improvements, noise_half_width, val_count
 from loop.util.secrets import MIN_SECRET_LEN, redact

@@ -12,7 +12,7 @@ from typing import Callable
 
 from loop.config import DaemonConfig
 from loop.dashboard import background
-from loop.errors import LoopError
+from loop.errors import ExitCode, LoopError
 from loop.util.workspace import Workspace
 
 TOKEN_FILE = "dashboard.token"      # under <workspace>/logs/ unless --token-file
@@ -20,7 +20,7 @@ DEFAULT_PORT = 8765                 # `llmloop dashboard` and `llmloop start --d
 
 
 class DashboardError(LoopError):
-    exit_code = 2
+    exit_code = ExitCode.CONFIG
 
 
 @dataclass
@@ -81,7 +81,7 @@ def serve(cfg: DaemonConfig, ws: Workspace, options: ServeOptions, say: Callable
                              f"is in {serving.token_file}): open that one, or stop it with `llmloop dashboard --stop`")
     ws.root.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    token_path = Path(options.token_file) if options.token_file else ws.root / "logs" / TOKEN_FILE
+    token_path = Path(options.token_file) if options.token_file else ws.logs / TOKEN_FILE
     write_token(token_path, token)
     settings = DashboardSettings(cfg=cfg, ws=ws, token=token, secrets=collect_secrets(cfg, token),
                                  poll_seconds=options.poll_seconds,

@@ -15,7 +15,13 @@ import torch
 
 from loop.deploy.resolve import ModelRef
 from loop.deploy.testset import ImageSetSpec, TruthLabels, read_test_set, truth_labels
-from loop.deploy.writing import AccuracyEstimate, check_columns, wilson, write_probabilities, write_submission
+from loop.deploy.writing import (
+    AccuracyEstimate,
+    accuracy_estimate,
+    check_columns,
+    write_probabilities,
+    write_submission,
+)
 from loop.domains.listing import BadImage
 from loop.domains.pixels import PixelSource, PixelView
 from loop.errors import ConfigError
@@ -158,7 +164,7 @@ def predict(request: PredictRequest, say: Callable[[str], None] = print) -> Pred
                                 val_accuracies={m.ref.label: m.ref.val_accuracy for m in members
                                                 if m.ref.val_accuracy is not None})
     if truth.indices is not None:
-        summary.accuracy = wilson(int((predicted == truth.indices).sum()), len(truth.indices))
+        summary.accuracy = accuracy_estimate(int((predicted == truth.indices).sum()), len(truth.indices))
     for line in summary.lines():
         say(line)
     return summary

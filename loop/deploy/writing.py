@@ -11,6 +11,7 @@ import numpy as np
 
 from loop.errors import ConfigError
 from loop.util.fsutil import atomic_write_text
+from loop.verdict.noise import wilson
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,10 @@ class AccuracyEstimate:
     high: float
 
 
-def wilson(correct: int, total: int, confidence: float = 0.95) -> AccuracyEstimate:
-    from scipy.stats import binomtest
-
-    ci = binomtest(correct, total).proportion_ci(confidence_level=confidence, method="wilson")
-    return AccuracyEstimate(correct=correct, total=total, accuracy=correct / total,
-                            low=float(ci.low), high=float(ci.high))
+def accuracy_estimate(correct: int, total: int) -> AccuracyEstimate:
+    """`correct` of `total` test images, with the one Wilson interval (loop/verdict/noise.py)."""
+    low, high = wilson(correct / total, total)
+    return AccuracyEstimate(correct=correct, total=total, accuracy=correct / total, low=low, high=high)
 
 
 def _csv_text(header: list[str], rows) -> str:

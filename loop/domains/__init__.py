@@ -3,7 +3,11 @@
 A `package.module:Class` spec imports code, so once a process says which it trusts
 (`trust_domains`: the daemon, PHASE and the CLI commands that read run-written model folders, from
 the daemon config's `trusted_domains`), any other spec is refused before anything is imported, and
-so is a trusted one whose package lives where runs write (the workspace)."""
+so is a trusted one whose package lives where runs write (the workspace).
+
+`base.py` (SpicaDomain, splits, sample sets), the tasks (`digits.py`, `shapes.py`, `image_folder.py`,
+`csv_labels.py`), `listing.py` (file listings), `ages.py` (age-based splits), `pixels.py` (the
+decoded-pixel cache), `datareport.py` and `summary.py` (the data report and its summary)."""
 from __future__ import annotations
 
 import functools

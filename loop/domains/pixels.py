@@ -31,6 +31,7 @@ import numpy as np
 
 from loop.errors import DomainError
 from loop.util.fsutil import atomic_write_text, sha256_file
+from loop.util.workspace import Workspace
 
 CACHE_ENV = "LLMLOOP_PIXEL_CACHE"
 CACHE_FORMAT = 1            # bump when the cache's layout or decoding changes
@@ -48,7 +49,7 @@ def workspace_cache(ws_root: Path) -> Path:
     """The pixel cache a daemon and its runs share: `LLMLOOP_PIXEL_CACHE` when set, else the
     workspace's cache/pixels (writable inside the run sandbox)."""
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path(ws_root) / "cache" / "pixels"
+    return Path(env).expanduser() if env else Workspace(ws_root).pixel_cache
 
 
 def load_image_file(path: str, channels: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from loop.domains.report import DataReport
+    from loop.domains.datareport import DataReport
 
 
 def _hw(hw: tuple[int, int]) -> str:

@@ -26,7 +26,7 @@ class RunRecord:
     trace: str = ""                # the cycle_trace_id of the cycle that judged it
     run_dir: str = ""              # the trainer's output folder
     fidelity: float = 1.0          # share of its epochs and of the base config's data it trained (1: full)
-    verdict: str | None = None     # against the best when it was judged (loop/journal/keeps.py); None: old row
+    verdict: str | None = None     # against the best when it was judged (loop/verdict/keeps.py); None: old row
     margin: float | None = None    # its score minus the best's then
     band: float | None = None      # the noise band it was judged with
     val_count: int | None = None   # validation images it was scored on

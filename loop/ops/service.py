@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from loop.config import DaemonConfig
-from loop.errors import LoopError
+from loop.errors import ExitCode, LoopError
 from loop.ops.units import NAME_PATTERN, UnitSpec, unit_files
 from loop.util.fsutil import atomic_write_text
 from loop.util.workspace import Workspace
@@ -28,7 +28,7 @@ NO_MANAGER = ("Failed to connect to bus", "System has not been booted with syste
 
 
 class ServiceError(LoopError):
-    exit_code = 2
+    exit_code = ExitCode.CONFIG
 
 
 # ------------------------------------------------------------------ where ----

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from loop.config import StrictModel
 from loop.errors import ConfigError
+from loop.util.workspace import Workspace
 
 Section = tuple[str, list[tuple[str, str]]]
 
@@ -134,7 +135,7 @@ def _process_lines(spec: UnitSpec, pixel_cache: bool = False) -> list[tuple[str,
               ("Environment", environment("PYTHONPATH", spec.package_parent)),
               ("Environment", environment("PYTHONUNBUFFERED", "1"))]     # lines reach the journal as printed
     if pixel_cache:                 # the cache the daemon and its runs share (loop/domains/pixels.py)
-        cache = Path(spec.workspace) / "cache" / "pixels"
+        cache = Workspace(spec.workspace).pixel_cache
         lines.append(("Environment", environment("LLMLOOP_PIXEL_CACHE", str(cache))))
     return lines
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from loop.errors import ConfigError
 from loop.util.fsutil import atomic_write_text
+from loop.util.workspace import Workspace
 
 RESULTS_FILE = "phase_results.json"
 SIGNAL_PREFIX = "phase_complete_"
@@ -109,7 +110,7 @@ class PhaseSignal(BaseModel):
 # ------------------------------------------------------------------- paths ----
 
 def phase_root(workspace: Path) -> Path:
-    return Path(workspace) / "phase"
+    return Workspace(workspace).phase
 
 
 def results_path(workspace: Path, run_id: str) -> Path:

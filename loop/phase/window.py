@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 from loop.config import PhaseConfig
+from loop.phase.results import phase_root
+from loop.util.workspace import ModelPaths
 
 
 def _minutes(hhmm: str) -> int:
@@ -65,7 +67,7 @@ def start_phase(daemon_config: str | None, workspace: Path, run_id: str, repo_ro
                 sandbox=None, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """PHASE as its own process (its own session), so a daemon crash does not take it down; inside
     the run sandbox (a loop.run.sandbox.Sandbox) when one is given, able to write only <workspace>/phase."""
-    phase_dir = workspace / "phase"
+    phase_dir = phase_root(workspace)
     log_dir = phase_dir / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "loop.phase", "run", "--workspace", str(workspace), "--run-id", run_id,
@@ -76,7 +78,7 @@ def start_phase(daemon_config: str | None, workspace: Path, run_id: str, repo_ro
     if sandbox is not None:
         sandbox.prepare(phase_dir, (phase_dir,))      # PHASE writes its results folder in it
         # it reads the archive, the lineage and GEN_HEAD; of the rest of the workspace, nothing
-        argv = sandbox.command(argv, phase_dir, repo_root, die_with_parent=False, reads=(workspace / "models",))
+        argv = sandbox.command(argv, phase_dir, repo_root, die_with_parent=False, reads=(ModelPaths(workspace).root,))
         # No LLMLOOP_OWNER: PHASE outlives a daemon crash on purpose, and a restart must not reap it.
         env = {k: v for k, v in sandbox.env(phase_dir, f"phase:{run_id}").items() if k != "LLMLOOP_OWNER"}
     env.update(extra_env or {})         # its device slot: one GPU or a share of the CPU threads

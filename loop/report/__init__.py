@@ -28,6 +28,7 @@ The sub-modules, one job each:
   datasection.py  its Data section and the data-leak warning (from logs/data_report.json)
   leaderboard.py  final_leaderboard_top{k}.json and .md (leaderboard_json, leaderboard_md)
   plots.py        the plot_*.png files (plot_best_over_cycles, ..., matplotlib Agg, no pyplot)
+  usage.py        the "Use the model" section: the predict and export commands
   generate.py     the orchestration: generate_reports, with its progress in report.log
   cli.py          the command-line entry: report_command, add_arguments, run_args
 """

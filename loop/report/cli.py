@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from loop.errors import ExitCode
 from loop.report.generate import generate_reports
 
 
@@ -14,10 +15,10 @@ def report_command(workspace_root: Path, top_k: int, workspace: Path | None = No
     if not ws.is_dir():
         print(f"error: workspace {ws} does not exist (give --workspace, or a --workspace-root with artifacts/)",
               file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     if top_k < 1:
         print(f"error: --top-k must be at least 1, not {top_k}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     paths = generate_reports(ws, top_k=top_k, note=note)
     for path in paths.values():
         print(path)

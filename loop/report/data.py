@@ -17,12 +17,12 @@ from pydantic import ValidationError
 
 from loop.archive.paths import ModelPaths
 from loop.cycle.record import CycleRecord
-from loop.domains.report import DataReport, load_data_report
+from loop.domains.datareport import DataReport, load_data_report
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord, read_history
-from loop.journal.keeps import incumbent, ranked
 from loop.run.judge import RunOutcome
 from loop.util.workspace import Workspace
+from loop.verdict.keeps import incumbent, ranked
 
 __all__ = ["CycleRecord", "ReportData", "Run", "load_data"]
 
@@ -94,7 +94,7 @@ class ReportData:
 
     @property
     def best(self) -> Run | None:
-        """The kept best (a tie never replaces it; loop/journal/keeps.py)."""
+        """The kept best (a tie never replaces it; loop/verdict/keeps.py)."""
         return incumbent(self.runs)
 
     @property

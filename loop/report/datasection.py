@@ -4,7 +4,7 @@ files, duplicates, and prominent warnings when train images leak into val or a p
 the ages that pick the recall and delta probes only mirror the class order."""
 from __future__ import annotations
 
-from loop.domains.report import DataReport
+from loop.domains.datareport import DataReport
 from loop.report.data import ReportData
 from loop.report.helpers import plural, table
 

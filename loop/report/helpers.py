@@ -10,11 +10,11 @@ from collections import Counter
 from typing import Any
 
 from loop.agents.usage import Usage
-from loop.journal.noise import KEEPS, wilson
 from loop.report.data import CycleRecord, ReportData, Run, base_label, dig, outcomes_of
 from loop.report.deciders import deciders
 from loop.run.judge import RunOutcome
 from loop.util.progress import format_seconds
+from loop.verdict.noise import KEEPS, wilson
 
 STORY_FILE = "final_condensed_story.md"
 PAPER_FILE = "final_paper_report.md"

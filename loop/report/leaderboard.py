@@ -6,9 +6,9 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from loop.journal.noise import wilson
 from loop.report.data import ReportData
 from loop.report.helpers import NO_RUNS, acc, head_text, table
+from loop.verdict.noise import wilson
 
 
 def leaderboard_entries(data: ReportData) -> list[dict]:

@@ -7,8 +7,6 @@ import datetime as dt
 from collections import Counter
 from pathlib import Path
 
-from loop.journal.keeps import inside_noise, interval_text, noise_text, seed_groups
-from loop.journal.noise import pooled_seed_spread
 from loop.report.data import ReportData, Run, dig
 from loop.report.datasection import age_warning, data_section, leak_warning
 from loop.report.deciders import deciders
@@ -41,6 +39,8 @@ from loop.report.helpers import (
 )
 from loop.report.leaderboard import leaderboard_table
 from loop.report.usage import use_section
+from loop.verdict.keeps import inside_noise, interval_text, noise_text, seed_groups
+from loop.verdict.noise import pooled_seed_spread
 
 
 def paper_report(data: ReportData) -> str:

@@ -31,11 +31,11 @@ from loop.archive.proposal import PromotionError, read_proposal
 from loop.archive.pruned import MARKER
 from loop.config.sections import RetentionConfig
 from loop.journal.history import RunRecord, read_history
-from loop.journal.keeps import incumbent
 from loop.retention.prune import UnsafePath, finish_interrupted, present_files, prune_entry, prune_run
 from loop.run.supervise import ActiveRun
 from loop.util.fsutil import folder_size_bytes, read_regular_text
 from loop.util.workspace import Workspace
+from loop.verdict.keeps import incumbent
 
 GB = 1e9
 ENTRY_WEIGHTS = ("model.safetensors",)

@@ -20,11 +20,14 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from loop.errors import BudgetExceeded, ConfigError, DomainError, UnsupportedModelError
+
 Category = Literal["infrastructure", "configuration", "budget", "unknown"]
 TAIL_BYTES = 20_000              # the end of a log holds the traceback that ended the run
 
 # the trainer's exit codes (loop/errors.py) when it printed `error: <message>` instead of a traceback
-EXIT_TYPES = {2: "ConfigError", 3: "UnsupportedModelError", 4: "BudgetExceeded", 5: "DomainError"}
+EXIT_TYPES = {int(error.exit_code): error.__name__
+              for error in (ConfigError, UnsupportedModelError, BudgetExceeded, DomainError)}
 INFRA_TYPES = {"PermissionError", "MemoryError", "OSError", "IOError", "FileNotFoundError", "NotADirectoryError",
                "IsADirectoryError", "ConnectionError", "BrokenPipeError", "ConnectionResetError", "TimeoutError",
                "ModuleNotFoundError", "ImportError", "OutOfMemoryError", "SandboxError", "Killed", "Stalled",

@@ -1,6 +1,6 @@
 """What became of a run (`outcome_of`): its exit code, its metrics.json (read without following
 links: the run wrote it, so it may be anything), and what the supervisor saw (timed out, stalled,
-stopped). Whether it beat the best is another judgement: loop/journal/keeps.py `verdict_against_best`."""
+stopped). Whether it beat the best is another judgement: loop/verdict/keeps.py `verdict_against_best`."""
 from __future__ import annotations
 
 import json

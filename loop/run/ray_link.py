@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable
 
-from loop.errors import LoopError
+from loop.errors import ExitCode, LoopError
 from loop.run.ray_driver import FETCH_TIMEOUT_S, RAY_TIMEOUT_S
 
 PROBE_TIMEOUT_S = 3.0        # a TCP connect to the GCS port: refused at once when no head listens
@@ -40,7 +40,7 @@ FIX = ("start a head with `ray start --head --node-ip-address 127.0.0.1 --port 6
 class RayUnavailable(LoopError):
     """The Ray cluster cannot be reached (at start: nothing runs; mid-night: the executor degrades)."""
 
-    exit_code = 14
+    exit_code = ExitCode.RAY_UNAVAILABLE
 
 
 class RayCallError(Exception):

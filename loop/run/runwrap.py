@@ -17,12 +17,13 @@ import sys
 
 import psutil
 
+from loop.errors import ExitCode
 from loop.run.cgroup import Caps, Group, make
 from loop.util.fsutil import atomic_write_text
 
 LIMITS = {"fsize": resource.RLIMIT_FSIZE, "nofile": resource.RLIMIT_NOFILE, "nproc": resource.RLIMIT_NPROC,
           "core": resource.RLIMIT_CORE}
-WALLTIME_CODE = 124
+WALLTIME_CODE = ExitCode.WALLTIME
 
 
 CAPS = {"memory": ("memory_bytes", int), "tasks": ("tasks", int), "cpus": ("cpus", float)}
@@ -99,7 +100,7 @@ def main() -> int:
             print(f"runwrap: walltime of {walltime:g}s reached: the run was killed", file=sys.stderr, flush=True)
     except OSError as exc:
         print(f"cannot start {argv[0]}: {exc}", file=sys.stderr)
-        code = 127
+        code = ExitCode.NOT_STARTED
     finally:
         if group is not None:
             if group.oom_killed() and not note:
@@ -107,7 +108,7 @@ def main() -> int:
                 print(f"runwrap: the run reached its memory cap of {caps.memory_bytes / (1 << 30):.2f} GB "
                       "(sandbox_memory_gb) and was killed", file=sys.stderr, flush=True)
             group.remove()
-    atomic_write_text(exit_file, f"{code}{note}\n")
+    atomic_write_text(exit_file, f"{int(code)}{note}\n")
     return code
 
 

@@ -37,9 +37,6 @@ HOME_CREDENTIALS = (".ssh", ".aws", ".azure", ".kube", ".docker", ".gnupg", ".ne
 HOST_SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/sys")
 # Where host Unix sockets live; each becomes an empty private tmpfs in the sandbox.
 SOCKET_FOLDERS = (Path("/tmp"), Path("/var/tmp"), Path("/run"), Path("/var/run"))
-PROTECTED_IN_WORKSPACE = ("notes", "logs", "state.json", "events.jsonl", "daemon.lock", "daemon.pid",
-                          "models/archive", "models/GEN_HEAD", "models/lineage.csv", "models/lifecycle",
-                          "models/PROMOTION_PROPOSAL.json")
 DROP_PRIVILEGES = ("--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs")
 RUN_OPEN_FILES = 16384     # loader workers pass tensors as descriptors: generous, but not unbounded
 RUN_PROCESSES = 4096       # per uid: every run shares the sandbox user, so this bounds them all together
@@ -167,9 +164,9 @@ class Sandbox:
         needed = sorted({*self.readonly, Path(cwd), *writable, *reads}, key=lambda p: len(p.parts))
         args += self.reach_args(needed, set(writable))
         # A protected path needs its own read-only bind only inside a writable one (check_writable
-        # refuses that today; this is the second line). Binding it regardless would race with files
-        # that come and go (daemon.pid, the proposal): gone between bwrap's check and its mount, the
-        # run fails to start.
+        # allows that only for a pinned record, the runs index, which always exists; for the rest this
+        # is the second line). Binding it regardless would race with files that come and go
+        # (daemon.pid, the proposal): gone between bwrap's check and its mount, the run fails to start.
         for path in self.protected:
             if any(path.is_relative_to(w) for w in writable):
                 args += ["--ro-bind-try", str(path), str(path)]

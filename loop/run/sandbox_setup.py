@@ -19,15 +19,15 @@ from pathlib import Path
 
 from loop.config import DaemonConfig
 from loop.domains.pixels import CACHE_ENV, workspace_cache
-from loop.errors import ConfigError, SandboxUnavailable
+from loop.errors import ConfigError, ExitCode, SandboxUnavailable
 from loop.run.sandbox import (
     HOME_CREDENTIALS,
     INSTALL_HINT,
     OFFLINE_ENV,
-    PROTECTED_IN_WORKSPACE,
     Sandbox,
 )
 from loop.util.secrets import looks_secret
+from loop.util.workspace import Workspace
 
 
 def uid_mapped(uid: int) -> bool:
@@ -105,12 +105,13 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
     # so no run can replace, rewrite or pre-plant what later runs and probes are scored on
     readonly = {repo_root, pixel_cache, *interpreter_paths(), *data,
                 *(workspace_path(ws_root, p) for p in cfg.sandbox_readonly_paths)}
-    # Never writable: history, notes, the daemon's own state, the models. (Also bound read-only last,
-    # as a second line.)
-    protected = {repo_root / ".git", *(ws_root / name for name in PROTECTED_IN_WORKSPACE)}
+    # Never writable: history, notes, the daemon's own state, the models, as the workspace layout
+    # names them. (Also bound read-only last, as a second line.)
+    ws = Workspace(ws_root)
+    protected = {repo_root / ".git", *ws.daemon_records()}
     pixel_cache.mkdir(parents=True, exist_ok=True)
     writable = tuple(sorted({workspace_path(ws_root, p) for p in cfg.sandbox_writable_paths}))
-    check_writable(writable, protected | {repo_root, ws_root})
+    check_writable(writable, protected | {repo_root, ws_root}, set(ws.pinned_records()))
     hidden = credential_paths(cfg) - readonly
     note = ("sandbox: bubblewrap" + (f", runs as {cfg.sandbox_user}" if user else "")
             + (", network on" if cfg.sandbox_network else ", network off")) if bwrap else \
@@ -126,7 +127,7 @@ def load_sandbox(cfg: DaemonConfig, repo_root: Path, ws_root: Path) -> Sandbox:
                       no_nested_userns=bool(bwrap) and not problem and can_disable_userns(bwrap, user),
                       memory_bytes=int(cfg.sandbox_memory_gb * (1 << 30)) if cfg.sandbox_memory_gb else None,
                       cpus=cfg.sandbox_cpus)
-    grant_writable(sandbox)
+    grant_writable(sandbox, ws.pinned_records())
     return sandbox
 
 
@@ -164,21 +165,28 @@ def check_readable(folders: set[Path], uid: int, gid: int, user: str) -> None:
                               f"make it readable (chmod o+rx {folder}, and its files o+r) or set sandbox_user")
 
 
-def check_writable(writable: tuple[Path, ...], never: set[Path]) -> None:
+def check_writable(writable: tuple[Path, ...], never: set[Path], pinned: set[Path] = frozenset()) -> None:
     """A writable path may not be, or contain, what runs must never write (a path that does not
-    exist yet, like GEN_HEAD before the first promotion, could not be protected inside it)."""
+    exist yet, like GEN_HEAD before the first promotion, could not be protected inside it). A
+    `pinned` record (a file only appended to, never replaced: the runs index) may sit inside one:
+    `grant_writable` makes it exist, and its own read-only bind holds."""
     for path in writable:
-        clash = sorted(p for p in never if p.is_relative_to(path))
+        clash = sorted(p for p in never if p.is_relative_to(path) and not (p in pinned and p != path))
         if clash:
             raise ConfigError(f"sandbox_writable_paths: {path} contains {clash[0]}, which runs must never "
                               "write; name a folder beside it instead")
 
 
-def grant_writable(sandbox: Sandbox) -> None:
+def grant_writable(sandbox: Sandbox, pinned: tuple[Path, ...] = ()) -> None:
     """Config-named writable paths exist, and the sandbox user may create files in them (each
-    folder itself is handed over, not what it holds: protected files inside stay the daemon's)."""
+    folder itself is handed over, not what it holds: protected files inside stay the daemon's). A
+    pinned record inside one is created now, empty and the daemon's, so that a run finds it bound
+    read-only instead of a free name it could plant a file under."""
     for path in sandbox.writable:
         path.mkdir(parents=True, exist_ok=True)
+        for record in (p for p in pinned if p.is_relative_to(path) and p != path):
+            record.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(record, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))   # no write: mtime kept
         if sandbox.user and sandbox.active:
             os.chown(path, *sandbox.user)
 
@@ -232,4 +240,4 @@ def run_by_hand(cfg: DaemonConfig, repo_root: Path, ws_root: Path, command: str,
                               stdin=subprocess.DEVNULL, timeout=timeout).returncode
     except subprocess.TimeoutExpired:
         print(f"timed out after {timeout:g}s", file=sys.stderr)
-        return 124
+        return ExitCode.WALLTIME

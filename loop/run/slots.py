@@ -23,6 +23,7 @@ from filelock import FileLock
 
 from loop.run.kill import same_process
 from loop.util.fsutil import atomic_write_text
+from loop.util.workspace import Workspace
 
 RESERVE_SECONDS = 120.0      # a lease taken but never bound to a process is stale after this
 
@@ -164,4 +165,4 @@ class SlotPool:
 
 def pool_for(cfg, ws_root: str | Path) -> SlotPool:
     """The workspace's pool for this config (`devices`, `cpu_slots`)."""
-    return SlotPool(Path(ws_root) / "slots", plan_slots(cfg.devices, cfg.cpu_slots))
+    return SlotPool(Workspace(ws_root).slots, plan_slots(cfg.devices, cfg.cpu_slots))

@@ -58,7 +58,7 @@ def training_run(key: str, record: RunRecord, row: LineageRow | None, paths: Mod
     tags = {"llmloop.kind": "training", "llmloop.trace_id": record.trace, "llmloop.cycle": str(record.cycle),
             "llmloop.label": record.label, "llmloop.ok": str(record.ok).lower(),
             "llmloop.dimension": record.dimension or "", "llmloop.status": metrics.status if metrics else "missing",
-            # against the best of its time (loop/journal/keeps.py): a tie is not a new best
+            # against the best of its time (loop/verdict/keeps.py): a tie is not a new best
             "llmloop.keep": record.verdict or "", "llmloop.fidelity": f"{record.fidelity:.2f}"}
     run = TrackedRun(key=key, kind="training", name=record.label, trace=record.trace, cycle=record.cycle,
                      params=flatten(record.config), ok=record.ok, tags=tags | entry.get("tags", {}),

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from loop.config import BudgetCaps
-from loop.journal.noise import pack_correct, unpack_correct  # noqa: F401 (re-exported)
 from loop.trainer.budget import BudgetBreach, BudgetUsed
 from loop.util.fsutil import atomic_write_text, read_regular_text
+from loop.verdict.noise import pack_correct, unpack_correct  # noqa: F401 (re-exported)
 
 METRICS_FILE = "metrics.json"
 
@@ -24,7 +24,7 @@ class EvalMetrics(BaseModel):
     count: int
     per_class_accuracy: dict[str, float] = Field(default_factory=dict)
     # which images were right (np.packbits, hex; sample order), so two runs can be compared image by
-    # image (a paired test, loop/journal/noise.py); '' when not recorded
+    # image (a paired test, loop/verdict/noise.py); '' when not recorded
     correct: str = ""
 
 

@@ -44,10 +44,10 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
 def workspace_secrets(ws_root) -> list[str]:
     """Secrets that live in the workspace: the dashboard's action token (a new one per start, so read
     again each cycle)."""
-    from pathlib import Path
+    from loop.util.workspace import Workspace
 
     try:
-        token = (Path(ws_root) / "logs" / "dashboard.token").read_text().strip()
+        token = (Workspace(ws_root).logs / "dashboard.token").read_text().strip()
     except OSError:
         return []
     return [token] if len(token) >= MIN_SECRET_LEN else []

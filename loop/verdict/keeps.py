@@ -1,5 +1,5 @@
 """Which runs are kept as the best: each finished run is judged once, against the incumbent of its
-time, with the noise band of loop/journal/noise.py, and its verdict lands in the runs index.
+time, with the noise band of loop/verdict/noise.py, and its verdict lands in the runs index.
 
   first    the first full-fidelity success: the incumbent
   gain     beat the incumbent outside the noise: the new incumbent
@@ -18,7 +18,8 @@ from pathlib import Path
 
 from loop.journal.fingerprint import recipe
 from loop.journal.history import RunRecord
-from loop.journal.noise import (
+from loop.util.fsutil import read_regular_text
+from loop.verdict.noise import (
     KEEPS,
     Comparison,
     Score,
@@ -30,7 +31,6 @@ from loop.journal.noise import (
     unpack_correct,
     wilson,
 )
-from loop.util.fsutil import read_regular_text
 
 
 def recipe_key(config: dict) -> str:

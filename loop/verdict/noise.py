@@ -8,7 +8,7 @@ Two sources of noise, both measured:
     standard deviation s; a gain must also exceed 1.96 * sqrt(2) * s (a difference of two runs).
 A new best must clear both; otherwise it is a tie and the incumbent stays. One definition, used by
 the cycle when it records a run, the offline policy, the context, the reports, the leaderboard,
-the dashboard and the generalize gate.
+the dashboard and the generalize gate; `wilson` is also the test-set estimate of `llmloop predict`.
 """
 from __future__ import annotations
 
