@@ -33,6 +33,7 @@ from loop.archive.paths import ModelPaths  # noqa: E402
 from loop.archive.proposal import read_proposal  # noqa: E402
 from loop.archive.store import load_store, save_store  # noqa: E402
 from loop.config import DaemonConfig, validate  # noqa: E402
+from loop.config.sections import RetentionConfig  # noqa: E402
 from loop.cycle.state import LoopState  # noqa: E402
 from loop.daemon.process import run_daemon  # noqa: E402
 from loop.daemon.recovery import is_temp_name  # noqa: E402
@@ -564,7 +565,10 @@ def fill_disk(folder: Path) -> Path:
 
 def tmpfs_daemon_case(mount: Path, base_url: str) -> dict:
     """The daemon on a tmpfs that fills up mid-run, then gets space back."""
-    cfg = daemon_config(mount.parent, base_url).model_copy(update={"workspace": str(mount / "ws")})
+    # no free-space floor on a 4 MB disk: these cases are about writes that fail, not about waiting for room
+    # (the floor has its own test, tests/test_disk_low.py)
+    cfg = daemon_config(mount.parent, base_url).model_copy(
+        update={"workspace": str(mount / "ws"), "retention": RetentionConfig(min_free_gb=None)})
     ws = Workspace(Path(cfg.workspace)).ensure()
     stderr = mount.parent / "tmpfs_daemon.stderr"
     pid = fork(child_disk_daemon, cfg, stderr, {})
@@ -690,7 +694,11 @@ def disk_main(workdir: Path, tmpfs: Path | None) -> dict:
 
 
 def warm_up(cfg: DaemonConfig) -> None:
-    """Import and load in the parent what every child needs, so a fork starts the daemon at once."""
+    """Import and load in the parent what every child needs, so a fork starts the daemon at once (torch
+    too: the start counts the device slots before its start record, and no longer imports torch through
+    the modules below)."""
+    import torch  # noqa: F401
+
     import loop.agents.context  # noqa: F401
     import loop.agents.llm  # noqa: F401
     import loop.gate.policy  # noqa: F401

@@ -156,6 +156,10 @@ def test_a_start_after_a_crash_is_one_whose_last_start_has_no_stop(tmp_path):
     assert crashed_before(log)
     log.append("daemon_stop", "x")
     assert not crashed_before(log)
+    log.append("daemon_start", "s2")             # far back: found past the end of the log it reads first
+    with open(log.path, "a", encoding="utf-8") as fh:
+        fh.writelines(f'{{"kind": "cycle", "cycle_trace_id": "c{i}"}}\n' for i in range(5000))
+    assert crashed_before(log)
 
 
 def test_clean_end_stops_before_a_torn_last_line(tmp_path):

@@ -56,11 +56,12 @@ def recover(ws: Workspace, events: EventLog) -> dict:
 def crashed_before(events: EventLog) -> bool:
     """Whether the last daemon start recorded in the log has no clean stop after it (a kill -9, a
     power cut, an OOM kill): read before this start's own daemon_start is written."""
-    last = None
-    for record in events:
-        if record.get("kind") in ("daemon_start", "daemon_stop"):
-            last = record["kind"]
-    return last == "daemon_start"
+    window = 4096                       # the end of the log; the whole log only when no start or stop is there
+    recent = events.tail(window)
+    marks = [r["kind"] for r in recent if r.get("kind") in ("daemon_start", "daemon_stop")]
+    if not marks and len(recent) >= window:
+        marks = [r["kind"] for r in events if r.get("kind") in ("daemon_start", "daemon_stop")]
+    return bool(marks) and marks[-1] == "daemon_start"
 
 
 def is_temp_name(name: str) -> bool:

@@ -239,13 +239,13 @@ def quiet_apprise() -> None:
 def for_daemon(cfg: DaemonConfig, events: EventLog, say=print) -> Notifier | None:
     """The daemon's notifier, or None when no URL is configured. A URL apprise does not know is a
     ConfigError naming where it came from (and only its scheme)."""
-    import apprise
-
     named = [(f"notify.urls[{i}]", url) for i, url in enumerate(cfg.notify.urls)]
     from_env = split_urls(os.environ.get(NOTIFY_URLS_ENV, ""))
     named += [(f"{NOTIFY_URLS_ENV} (item {i + 1})", url) for i, url in enumerate(from_env)]
     if not named:
         return None
+    import apprise  # only when something is sent: its import costs a daemon start about 0.1 s
+
     for where, url in named:
         if apprise.Apprise.instantiate(url, suppress_exceptions=True) is None:
             scheme = url.split("://", 1)[0] if "://" in url else "(no scheme)"
