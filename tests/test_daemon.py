@@ -333,6 +333,11 @@ def test_finish_up_runs_a_final_round_then_reports_and_stops(tmp_path):
                  "final_leaderboard_top3.md"):
         assert (ws.root / "reports" / name).exists(), name
     assert finishup.load(ws.finish_up).status == "done"
+    # the daemon writes the reports once the deadline's cycle is recorded, and says so in an event
+    kinds = [json.loads(line)["kind"] for line in ws.events.open()]
+    assert kinds.index("final_reports") > max(i for i, k in enumerate(kinds) if k == "cycle")
+    written = next(json.loads(line) for line in ws.events.open() if '"final_reports"' in line)
+    assert written["reports"]["paper"] == str(ws.root / "reports" / "final_paper_report.md")
     # a night with no endpoint: the offline policy decided, finish-up forced the rest (never "an LLM")
     sources = [e["decision"]["source"] for e in events if "decision" in e]
     offline, forced = sources.count("offline"), sources.count("finish-up")
