@@ -316,6 +316,23 @@ def test_evolution_window_opens_on_the_cycle_clock(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_crash_between_the_deadlines_cycle_and_its_reports_writes_them_at_the_next_start(tmp_path):
+    """The request was left `reporting` (the daemon died after recording the deadline's cycle, before
+    the reports): the next start's first cycle asks for them again and the daemon writes them."""
+    from loop.cycle import finishup
+
+    cfg = make_cfg(tmp_path, None)
+    ws = workspace_of(cfg).ensure()
+    request = finishup.schedule(finishup.now_utc(), force_report_now=True, top_k=3)
+    finishup.save(ws.finish_up, request.model_copy(update={"status": "reporting"}))
+    _, state = run(cfg, 3)
+    assert state.stop_reason == "finish-up complete: final reports written" and state.cycle == 1
+    assert finishup.load(ws.finish_up).status == "done"
+    assert (ws.root / "reports" / "final_paper_report.md").exists()
+    assert [json.loads(line)["kind"] for line in ws.events.open()].count("final_reports") == 1
+
+
+@pytest.mark.slow
 def test_finish_up_runs_a_final_round_then_reports_and_stops(tmp_path):
     from loop.cycle import finishup
     cfg = make_cfg(tmp_path, None)
@@ -333,6 +350,11 @@ def test_finish_up_runs_a_final_round_then_reports_and_stops(tmp_path):
                  "final_leaderboard_top3.md"):
         assert (ws.root / "reports" / name).exists(), name
     assert finishup.load(ws.finish_up).status == "done"
+    # the daemon writes the reports once the deadline's cycle is recorded, and says so in an event
+    kinds = [json.loads(line)["kind"] for line in ws.events.open()]
+    assert kinds.index("final_reports") > max(i for i, k in enumerate(kinds) if k == "cycle")
+    written = next(json.loads(line) for line in ws.events.open() if '"final_reports"' in line)
+    assert written["reports"]["paper"] == str(ws.root / "reports" / "final_paper_report.md")
     # a night with no endpoint: the offline policy decided, finish-up forced the rest (never "an LLM")
     sources = [e["decision"]["source"] for e in events if "decision" in e]
     offline, forced = sources.count("offline"), sources.count("finish-up")

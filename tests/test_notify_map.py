@@ -56,14 +56,15 @@ def test_stalled_and_timed_out_runs_each_once_wherever_the_cycle_recorded_them(t
 
 def test_the_report_step_names_the_paper_report_first(tmp_path):
     reports = {"story": "/w/reports/final_condensed_story.md", "paper": "/w/reports/final_paper_report.md"}
-    event = cycle_event(tmp_path, finish_up=FinishUpEntry(step="report", deadline="2026-01-01T08:00:00Z",
-                                                          minutes_left=12.0, reports=reports))
+    log = EventLog(tmp_path / "reports.jsonl")
+    event = log.append("final_reports", "report-00007", cycle=7, reports=reports)     # what the daemon writes
     [note] = notifications(event)
     assert note.event == "report_written" and note.title == "report written: /w/reports/final_paper_report.md"
     assert note.body.index("final_paper_report") < note.body.index("final_condensed_story")
-    # the steps before the report notify nothing
-    assert notifications(cycle_event(tmp_path, finish_up=FinishUpEntry(step="final_round", deadline="x",
-                                                                       minutes_left=30.0))) == []
+    # the cycle steps of finish-up notify nothing (the daemon's final_reports event does, once written)
+    for step in ("final_round", "report"):
+        assert notifications(cycle_event(tmp_path, finish_up=FinishUpEntry(step=step, deadline="x",
+                                                                           minutes_left=0.0))) == []
 
 
 def test_blocked_carries_its_failure_signature(tmp_path):

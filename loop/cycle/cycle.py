@@ -63,8 +63,9 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
 
     # ---- finish-up: a deadline overrides the normal flow ----
     forced = finish_up(loop, state, rec)
-    if forced == "done":
-        return finish_cycle(loop, state, rec, t0, line="finish-up: final reports written; stopping")
+    if forced == "report":
+        return finish_cycle(loop, state, rec, t0, line="finish-up: the deadline is here; the daemon writes the "
+                                                       "final reports and stops")
 
     if state.active_runs:                                   # runs from earlier cycles
         line = follow_active(loop, state, rec)
@@ -200,7 +201,8 @@ def phase_section(state: LoopState) -> dict[str, str]:
 # =============================================================== finish-up ====
 
 def finish_up(loop: Loop, state: LoopState, rec: CycleRecord) -> Decision | str | None:
-    """Returns a final-round Decision, 'done' after writing the reports, or None (carry on)."""
+    """Returns a final-round Decision, 'report' once the reports are due (the request marked
+    `reporting`: the daemon writes them after this cycle is recorded), or None (carry on)."""
     from loop.agents.offline import best_run
 
     request = finishup.load(loop.ws.finish_up)
@@ -228,16 +230,9 @@ def finish_up(loop: Loop, state: LoopState, rec: CycleRecord) -> Decision | str 
         loop.runner().kill(run)
         rec.run_outcome = outcome_of(run, "stopping").model_copy(update={"error": "finish-up deadline reached"})
         state.drop_run(run)
-    from loop.report import generate_reports
-
     request.status = "reporting"
     finishup.save(loop.ws.finish_up, request)
-    paths = generate_reports(loop.ws.root, request.top_k, request.note, progress=False)
-    request.status, request.reports = "done", {k: str(v) for k, v in paths.items()}
-    finishup.save(loop.ws.finish_up, request)
-    rec.finish_up.reports = request.reports
-    state.stop_reason = "finish-up complete: final reports written"
-    return "done"
+    return "report"
 
 
 # ==================================================================== gate ====

@@ -54,7 +54,7 @@ class FinishUpEntry(_Entry):
     step: str
     deadline: str
     minutes_left: float
-    reports: dict[str, str] | None = None
+    reports: dict[str, str] | None = None   # old events only: the daemon now records them in `final_reports`
 
 
 # ---- gate ----

@@ -24,6 +24,7 @@ from loop.errors import ConfigError, ExitCode, LoopError
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord
 from loop.journal.machine import collect_machine
+from loop.report.finishup import FINISHED, write_final_reports
 from loop.run.executor import check_executor
 from loop.run.reaper import reap_leftovers
 from loop.run.sandbox_setup import load_sandbox
@@ -251,6 +252,9 @@ def cycle_until_stopped(loop: Loop, state: LoopState, degraded: Degraded, should
         try:
             degraded.flush()                  # `degraded` events a full disk held back
             state = run_cycle(loop, state)
+            if write_final_reports(loop.ws, loop.events, state.cycle) is not None:   # finish-up's last step
+                state.stop_reason = FINISHED
+                state.save(loop.ws.state)
             degraded.recovered()
         except OSError as exc:                # disk full, file too large, read-only: stay up, back off;
             backoff = degraded.record(exc, state, say)    # state.json on disk is the last good one

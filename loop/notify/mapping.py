@@ -8,7 +8,7 @@ mapping is tested on its own and the notifier (loop/notify/notifier.py) only del
   run_timed_out   a run outcome with status timed_out (its walltime cap)
   disk_low        a `disk_low` event (free_gb under min_free_gb on path); disk_ok when it is back
   budget_spent    an `llm_budget_spent` event (no more LLM calls this daemon start)
-  report_written  a `cycle` event whose finish-up step wrote the final reports (their paths)
+  report_written  the `final_reports` event: finish-up's reports are written (their paths)
   crash_restart   a `daemon_start` event with after_crash (what recovery did)
 """
 from __future__ import annotations
@@ -59,9 +59,12 @@ def from_cycle(fields: dict) -> list[Notification]:
     rec = CycleRecord.from_event(fields)
     found = [new_best(rec.cycle, keep) for keep in rec.keeps if keep.verdict in ("first", "gain")]
     found += [stuck_run(rec.cycle, outcome) for outcome in outcomes(rec) if outcome.status in STUCK]
-    if rec.finish_up is not None and rec.finish_up.reports:
-        found.append(report_written(rec.cycle, rec.finish_up.reports))
     return found
+
+
+def from_final_reports(fields: dict) -> list[Notification]:
+    """The `final_reports` event the daemon writes after finish-up's last cycle."""
+    return [report_written(int(fields.get("cycle", 0)), dict(fields.get("reports") or {}))]
 
 
 def outcomes(rec: CycleRecord) -> list[RunOutcome]:
@@ -158,5 +161,6 @@ def from_daemon_start(fields: dict) -> list[Notification]:
                          body="\n".join(lines))]
 
 
-MAPPERS = {"cycle": from_cycle, "blocked": from_blocked, "disk_low": from_disk_low, "disk_ok": from_disk_ok,
-           "llm_budget_spent": from_budget, "daemon_start": from_daemon_start}
+MAPPERS = {"cycle": from_cycle, "final_reports": from_final_reports, "blocked": from_blocked,
+           "disk_low": from_disk_low, "disk_ok": from_disk_ok, "llm_budget_spent": from_budget,
+           "daemon_start": from_daemon_start}
