@@ -16,6 +16,7 @@ from loop.domains import SPLIT_NAMES, resolve_domain
 from loop.domains.ages import CONFOUNDED_V, AgeCheck, cramers_v, stratified_draw
 from loop.domains.base import SplitFractions, make_splits
 from loop.domains.datareport import build_data_report, load_data_report, save_data_report
+from loop.domains.summary import summary_lines
 from loop.report.datasection import age_warning, data_section
 
 T0 = 1_700_000_000
@@ -64,7 +65,7 @@ def test_a_folder_copied_class_by_class_keeps_every_class_in_every_probe_and_war
     other = resolve_domain("image_folder", {"root": str(root), "split_seed": 7})
     assert other.splits.delta.fingerprint() != d.splits.delta.fingerprint()       # and the seed's
     report = build_data_report(d)
-    first = report.summary_lines()[0]
+    first = summary_lines(report)[0]
     assert first.startswith("WARNING AGES: age (file modification times) follows the class") and "stratified" in first
     assert "the age-based delta lacked c0" in first                                # which probe lacked which class
     figures = report.figures()
@@ -135,7 +136,7 @@ def test_a_csv_age_column_is_kept_even_when_it_follows_the_class(tmp_path):
     assert ages.ages_from == "column" and ages.confounded and not ages.fell_back
     assert d.splits.recall.ages.max() < d.splits.delta.ages.min()           # the user's ages still pick them
     assert per_probe_classes(d)["delta"] != set(range(5))
-    first = build_data_report(d).summary_lines()[0]
+    first = summary_lines(build_data_report(d))[0]
     assert first.startswith("WARNING AGES: age (the age column) follows the class")
     assert "keep these ages as stated" in first
 

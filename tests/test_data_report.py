@@ -32,6 +32,7 @@ from loop.domains.datareport import (
     pixel_digest,
     save_data_report,
 )
+from loop.domains.summary import summary_lines
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord
 from loop.report.data import load_data
@@ -89,7 +90,7 @@ def test_copies_across_splits_are_reported_as_leaks_with_their_counts(tmp_path):
     assert report.images == n and report.unreadable_count == 0
     assert report.splits["train"].per_class == dict(Counter(CLASSES[lab] for lab in domain.splits.train.labels))
     assert report.sizes.median_hw == (16, 16) and report.sizes.median_side == 16 and report.channels == 3
-    text = "\n".join(report.summary_lines())
+    text = "\n".join(summary_lines(report))
     for b, o in leaks.items():
         assert f"LEAK train->{b}: {o.images} {b} image(s)" in text
     assert report.figures()["leaks"] == {f"train->{b}": o.images for b, o in leaks.items()}
@@ -106,7 +107,7 @@ def test_no_copies_no_leak_and_broken_files_are_listed_not_fatal(tmp_path):
     assert "cannot read image" in found["bee/cut.png"].error
     assert found[str(root / "ant" / "broken.png")].split == "left out"                  # never in a split
     assert report.images == 3 * 30 + 1 and report.sizes.distinct == 1                    # cut.png is in a split
-    text = "\n".join(report.summary_lines())
+    text = "\n".join(summary_lines(report))
     assert "Unreadable files: 2" in text and "bee/cut.png" in text and "none (no leak)" in text
 
 

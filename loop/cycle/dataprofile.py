@@ -22,6 +22,7 @@ from loop.cycle.loop import Loop
 from loop.cycle.record import CycleRecord
 from loop.domains import resolve_domain
 from loop.domains.datareport import DataReport, cached_facts, ensure_data_report, save_data_report
+from loop.domains.summary import summary_lines
 from loop.journal.notes import WORKPAD_SECTIONS, append_workpad
 from loop.trainer.config import ModelConfig
 from loop.util.secrets import redact
@@ -68,7 +69,7 @@ def failed(loop: Loop, rec: CycleRecord, reason: str) -> None:
 
 def announce(loop: Loop, report: DataReport, rec: CycleRecord) -> None:
     """A new report: the workpad, the `data_report` event and, for a leak, the `data_leak` event."""
-    for line in report.summary_lines():
+    for line in summary_lines(report):
         append_workpad(loop.ws.workpad, WORKPAD_SECTIONS[1], redact(line, loop.secrets), rec.cycle)
     loop.events.append("data_report", rec.trace, path=str(loop.ws.data_report), **report.figures())
     if report.leaks:

@@ -34,13 +34,12 @@ from pydantic import BaseModel, Field
 from loop.domains.ages import AgeCheck
 from loop.domains.base import SPLIT_NAMES, SampleSet, SpicaDomain
 from loop.domains.pixels import pixel_digest
-from loop.domains.summary import summary_lines
 from loop.errors import DomainError
 from loop.util.fsutil import atomic_write_text
 
 __all__ = ["DataReport", "ImageFacts", "ImageReader", "Overlap", "SizeStats", "SplitCounts", "Unreadable",
            "build_data_report", "decode_facts", "domain_fingerprint", "ensure_data_report", "load_data_report",
-           "pixel_digest", "save_data_report", "summary_lines"]
+           "pixel_digest", "save_data_report"]
 
 REPORT_VERSION = 2          # part of the fingerprint: a new report format rebuilds old reports (2: ages)
 EXAMPLES = 5                # example id pairs kept per duplicate kind
@@ -158,10 +157,6 @@ class DataReport(BaseModel):
     def age_warning(self) -> str:
         """One sentence when the ages mirror the class order or a probe lacks a class ('' when fine)."""
         return self.ages.warning(self.class_names) if self.ages else ""
-
-    def summary_lines(self) -> list[str]:
-        """Plain-text lines for the workpad's Data Exploration section (one entry each)."""
-        return summary_lines(self)
 
 
 # ------------------------------------------------------------- the digest seam ----

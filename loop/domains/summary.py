@@ -1,5 +1,6 @@
 """The data report as plain-text lines, for the workpad's Data Exploration section (one entry each).
-What would mislead a reader of the scores (ages that pick probes by class) comes first."""
+What would mislead a reader of the scores (ages that pick probes by class) comes first. Callers pass
+a DataReport (loop/domains/datareport.py); that module does not import this one, so no circle."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
