@@ -215,6 +215,14 @@ def test_runs_keep_incumbent_top_k_continuations_active_and_young_failures(ws):
     assert "more than 7 days ago" in old.reason
 
 
+def test_no_age_limit_on_failures_keeps_every_failed_run(ws):
+    """keep_failed_runs_days: null keeps failures however old (it once failed the sweep: `None:g`)."""
+    add_run(ws, "best", 1, 0.90, verdict="first")
+    old_fail = add_run(ws, "old-fail", 2, 0, ok=False, checkpoint=True, age_days=300)
+    result = sweep(ws, RetentionConfig(keep_top_k=1, max_workspace_gb=None, keep_failed_runs_days=None), [])
+    assert old_fail.name not in {p.name for p in result.pruned} and weights(old_fail)
+
+
 def test_a_pruned_screen_is_no_longer_offered_for_continuation(ws):
     from loop.agents.ladder import promotable
     from loop.journal.history import read_history

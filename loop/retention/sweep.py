@@ -103,15 +103,10 @@ def plan_archive(paths: ModelPaths, cfg: RetentionConfig, now: float) -> list[Ca
             continue
         folder = paths.entry(name)
         if name in rank:
-            top = k is None or rank[name] <= k
-            out.append(Candidate("archive", name, folder, OVER_CAP_TOP if top else NOW, row.score,
-                                 f"top {k} by score" if top else f"outside the top {k} PASS entries by score"))
+            out.append(ranked("archive", name, folder, rank[name], row.score, k, "PASS entries"))
         else:
-            age = now - _mtime(folder / HASHES, now)
-            young = days is None or age < days * 86400
-            out.append(Candidate("archive", name, folder, OVER_CAP_FAILED if young else NOW, -age,
-                                 f"failed ({row.status.strip()[:60]})" + (
-                                     f", kept {days:g} days" if young else f", more than {days:g} days ago")))
+            out.append(failed("archive", name, folder, now - _mtime(folder / HASHES, now), days,
+                              f"failed ({row.status.strip()[:60]})"))
     return out
 
 
@@ -140,15 +135,26 @@ def plan_runs(ws: Workspace, cfg: RetentionConfig, active: list[ActiveRun], now:
             continue
         folder = Path(run_dir).parent if Path(run_dir).name == "out" else Path(run_dir)
         if r.ok:
-            top = k is None or rank[run_dir] <= k
-            out.append(Candidate("run", folder.name, folder, OVER_CAP_TOP if top else NOW, r.score,
-                                 f"top {k} by score" if top else f"outside the top {k} ok runs by score"))
+            out.append(ranked("run", folder.name, folder, rank[run_dir], r.score, k, "ok runs"))
         else:
-            age = now - _mtime(folder, now)
-            young = days is None or age < days * 86400
-            out.append(Candidate("run", folder.name, folder, OVER_CAP_FAILED if young else NOW, -age,
-                                 f"failed, kept {days:g} days" if young else f"failed more than {days:g} days ago"))
+            out.append(failed("run", folder.name, folder, now - _mtime(folder, now), days, "failed"))
     return out
+
+
+def ranked(kind: str, name: str, folder: Path, rank: int, score: float, k: int | None, what: str) -> Candidate:
+    """A passing entry or ok run: kept unless the cap needs it while in the top k; pruned now outside it."""
+    top = k is None or rank <= k
+    return Candidate(kind, name, folder, OVER_CAP_TOP if top else NOW, score,
+                     f"top {k} by score" if top else f"outside the top {k} {what} by score")
+
+
+def failed(kind: str, name: str, folder: Path, age: float, days: float | None, what: str) -> Candidate:
+    """A failure: kept `days` for debugging (the cap may take it first), then pruned."""
+    if days is None:                       # keep_failed_runs_days: null keeps failures for good
+        return Candidate(kind, name, folder, OVER_CAP_FAILED, -age, f"{what}, kept (no age limit)")
+    young = age < days * 86400
+    return Candidate(kind, name, folder, OVER_CAP_FAILED if young else NOW, -age,
+                     f"{what}, kept {days:g} days" if young else f"{what}, more than {days:g} days ago")
 
 
 def _out(run_dir: str) -> Path:
