@@ -24,7 +24,7 @@ from loop.errors import ConfigError, ExitCode, LoopError
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord
 from loop.journal.machine import collect_machine
-from loop.report.finishup import FINISHED, write_final_reports
+from loop.report.final import FINISHED, write_final_reports
 from loop.run.executor import check_executor
 from loop.run.reaper import reap_leftovers
 from loop.run.sandbox_setup import load_sandbox

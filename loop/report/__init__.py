@@ -30,6 +30,7 @@ The sub-modules, one job each:
   plots.py        the plot_*.png files (plot_best_over_cycles, ..., matplotlib Agg, no pyplot)
   usage.py        the "Use the model" section: the predict and export commands
   generate.py     the orchestration: generate_reports, with its progress in report.log
+  final.py        finish-up's last step, called by the daemon: the reports once due, a final_reports event
   cli.py          the command-line entry: report_command, add_arguments, run_args
 """
 from __future__ import annotations
