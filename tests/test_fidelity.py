@@ -48,6 +48,7 @@ def test_the_evaluation_records_which_images_were_right(zoo):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 82 s quiet: a screen and its continuation train
 def test_the_daemon_screens_then_continues_a_screen_from_its_checkpoint(tmp_path):
     """A real daemon on the offline policy: a full baseline and its seed replica, three screens,
     then the top screen continued (in the sandbox, reading the screen's checkpoint) and judged

@@ -91,6 +91,7 @@ def daemon_cfg(tmp_path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 118 s quiet: every operator script against a training daemon
 def test_scripts_happy_paths_and_errors(daemon_cfg, tmp_path):
     cfg = ["--daemon-config", str(daemon_cfg)]
     ws = tmp_path / "ws"

@@ -69,6 +69,7 @@ def test_a_signal_means_the_run_ended(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 106 s quiet: a daemon and a PHASE that train
 def test_the_daemon_pauses_for_and_ingests_the_timers_phase(tmp_path, zoo):
     ws = tmp_path / "ws"
     paths = ModelPaths(ws)                       # something for PHASE to evaluate: GEN_HEAD and a PASS entry

@@ -50,6 +50,7 @@ def test_resume_needs_out(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 101 s quiet: two trainings; it hit 300 s beside another training
 def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path):
     cfg = write_config(tmp_path, data={"train_fraction": 1.0, "sampling": {"strategy": "hard_example_weighted"},
                                        "augment": [{"name": "Affine", "args": {"rotate": [-8, 8], "p": 0.5}}]},
@@ -83,6 +84,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 99 s quiet: the README's full training
 def test_readme_train_command_reaches_090(tmp_path):
     """README: `llmloop train --config config/trainer/digits.yaml --out DIR` (the console script).
     How long it takes is a benchmark figure (bench/trainer_throughput.py times this command), not
