@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The scripted LLM server's `llm_server` fixture, for every test module without an import; what a
 # test run shares and cleans up (built once across xdist workers, slow marks checked, no leftovers).
-pytest_plugins = ["tests.llm_server", "tests._session"]
+pytest_plugins = ["tests.llm_server", "tests._session", "tests._order"]
 
 
 @pytest.fixture(autouse=True)
