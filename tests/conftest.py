@@ -102,7 +102,7 @@ def tiny_config_dict(**sections) -> dict:
         "model": {"name": "resnet10t"},
         "optim": {"name": "sgd", "lr": 0.05},
         "schedule": {"name": "cosine", "warmup_epochs": 0},
-        "run": {"seed": 7, "epochs": 1, "threads": 2, "log_every_steps": 5},
+        "run": {"seed": 7, "epochs": 1, "threads": 1, "log_every_steps": 5},   # one per worker (tests/_session.py)
     }
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)
