@@ -11,6 +11,6 @@ cd "$root"
 # Bytecode once for the many fresh processes the tests start (trainers, daemons, PHASE).
 "$root/.venv/bin/python" -m compileall -q -j 2 loop tests bench >/dev/null
 # Two workers unless the caller picks (-n 0 for one process); tests that share a cluster, a clock
-# or a tally are grouped onto one worker (xdist_group).
-case " $* " in *" -n "*|*" -n="*|*" -p no:xdist "*) xdist=() ;; *) xdist=(-n 2 --dist loadgroup) ;; esac
+# or a tally are grouped onto one worker (xdist_group); the longest start first (tests/_order.py).
+case " $* " in *" -n "*|*" -n="*|*" -p no:xdist "*) xdist=() ;; *) xdist=(-n 2 --dist loadgroup --no-loadscope-reorder) ;; esac
 exec "$root/.venv/bin/python" -m pytest "${xdist[@]}" "$@"

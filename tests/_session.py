@@ -3,6 +3,7 @@
 - `built_once`: an expensive thing (a real daemon's workspace, a folder of 7,200 PNGs) built once per
   test run, shared by every xdist worker: the first worker builds it under a file lock, the others
   wait and reuse it.
+- one torch thread per worker (and per process it starts), so two workers never oversubscribe two cores.
 - the tiers' honesty: a test that trains (the trainer in-process or as a process), runs the daemon's
   cycles or starts a daemon or PHASE process must be marked `slow`; one that is not fails, naming
   the mark, so `-m "not slow"` stays the fast tier it says it is.
@@ -47,6 +48,20 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
     return folder
 
 
+# ------------------------------------------------------------- one thread each ----
+
+def one_thread_each() -> None:
+    """One torch thread for each worker and what it starts (unless a test's config says otherwise).
+    Two workers training with two threads each on two cores spin against each other: two tiny
+    trainings at once took 82-135 s with two threads each and 22-33 s with one (measured beside
+    other work); a daemon's slot still sets its own runs' threads."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
 # ------------------------------------------------------------- slow means slow ----
 
 def _audit(event: str, args: tuple) -> None:
@@ -71,6 +86,7 @@ def _mark_heavy(what: str):
 
 
 def pytest_configure(config) -> None:
+    one_thread_each()
     sys.addaudithook(_audit)           # every Popen of this process: the trainer, a daemon, PHASE
     import loop.daemon.process as daemon
     import loop.trainer.train as trainer

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The scripted LLM server's `llm_server` fixture, for every test module without an import; what a
 # test run shares and cleans up (built once across xdist workers, slow marks checked, no leftovers).
-pytest_plugins = ["tests.llm_server", "tests._session"]
+pytest_plugins = ["tests.llm_server", "tests._session", "tests._order"]
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +102,7 @@ def tiny_config_dict(**sections) -> dict:
         "model": {"name": "resnet10t"},
         "optim": {"name": "sgd", "lr": 0.05},
         "schedule": {"name": "cosine", "warmup_epochs": 0},
-        "run": {"seed": 7, "epochs": 1, "threads": 2, "log_every_steps": 5},
+        "run": {"seed": 7, "epochs": 1, "threads": 1, "log_every_steps": 5},   # one per worker (tests/_session.py)
     }
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)

@@ -1,0 +1,67 @@
+"""Longest first across xdist workers (a pytest plugin, loaded by tests/conftest.py).
+
+Two workers take tests in collection order, so a five-minute test collected last runs alone while
+the other worker idles. Sorted by the durations of the last quiet full run (tests/durations.json,
+written by `scripts/test.sh --write-durations tests/durations.json`), the long tests start first and the short ones
+fill the gaps. An `xdist_group` stays together and counts as its total. One process (`-n 0`) keeps
+file order, so a test is still read and debugged where it is written.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+DURATIONS = Path(__file__).with_name("durations.json")
+UNKNOWN_S = 5.0          # a test new since the file was written: somewhere in the middle
+
+
+def group_of(item) -> str | None:
+    mark = item.get_closest_marker("xdist_group")
+    if mark is None:
+        return None
+    return mark.kwargs.get("name") or (mark.args[0] if mark.args else None)
+
+
+def longest_first(items: list, seconds: dict[str, float]) -> list:
+    """Items sorted by their unit's expected seconds (a group's total), longest first, stable."""
+    own = {id(i): seconds.get(i.nodeid, UNKNOWN_S) for i in items}
+    totals: dict[str, float] = {}
+    for i in items:
+        if (g := group_of(i)) is not None:
+            totals[g] = totals.get(g, 0.0) + own[id(i)]
+    first_at = {}
+    for n, i in enumerate(items):                 # a group sorts at its first member: it stays one block
+        first_at.setdefault(group_of(i) or i.nodeid, n)
+
+    def key(item):
+        unit = group_of(item) or item.nodeid
+        return -(totals[unit] if unit in totals else own[id(item)]), first_at[unit]
+    return sorted(items, key=key)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not DURATIONS.exists():
+        return
+    items[:] = longest_first(items, json.loads(DURATIONS.read_text()))
+
+
+# ------------------------------------------------- writing the durations file ----
+
+_seen: dict[str, float] = {}
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--write-durations", metavar="PATH", default=None,
+                     help="write each test's seconds (setup + call + teardown) to PATH as JSON at the end")
+
+
+def pytest_runtest_logreport(report) -> None:
+    _seen[report.nodeid] = _seen.get(report.nodeid, 0.0) + report.duration    # xdist: on the controller too
+
+
+def pytest_sessionfinish(session) -> None:
+    path = session.config.getoption("--write-durations")
+    if path and not os.environ.get("PYTEST_XDIST_WORKER"):
+        text = json.dumps({k: round(v, 2) for k, v in sorted(_seen.items())}, indent=0)
+        Path(path).write_text(text + "\n")
