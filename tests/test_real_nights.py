@@ -173,7 +173,7 @@ def test_a_digits_night_with_phase_open_at_the_start_trains_nothing_twice(tmp_pa
 
 @needs_bwrap
 @pytest.mark.slow
-@pytest.mark.timeout(1560)  # a 5-minute wall-clock night (253 s quiet, over 300 s in CI); the subprocess's own 1,500 s bounds it
+@pytest.mark.timeout(1560)  # a 5-minute night on the clock: 253 s quiet, over 300 s in CI
 def test_the_short_night_on_an_image_folder(tmp_path):
     """bench/night.py's short tier as CI runs it: the whole daemon in the background with the shipped
     config on 7,200 PNG files, PHASE open at the start, finish-up at the end. No infrastructure
