@@ -134,6 +134,15 @@ def test_a_state_json_of_the_previous_version_loads_and_prompts_the_same(tmp_pat
     assert LoopState.load(path).last_promotion == state.last_promotion
 
 
+def test_an_old_last_outcome_with_a_budget_breach_loads(tmp_path):
+    path = tmp_path / "state.json"
+    breach = {"cap": "max_steps", "limit": 7.0, "used": 8.0}
+    path.write_text(json.dumps({"cycle": 2, "last_outcome": {"label": "r", "status": "budget_exceeded",
+                                                             "budget_breach": breach}}))
+    outcome = LoopState.load(path).last_outcome
+    assert outcome.budget_breach.cap == "max_steps" and outcome.model_dump()["budget_breach"] == breach
+
+
 def test_the_builder_prompt_names_the_hand_off():
     note = LoopState(last_promotion=Handoff(**OLD_HANDOFF)).promotion_note()
     for named in ('"name": "m-G001-c4-1"', '"status": "PASS"', '"score": 0.91', '"proposed": true',

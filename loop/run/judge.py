@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from loop.errors import MetricsError
-from loop.journal.metrics import RunMetrics, read_metrics
+from loop.journal.metrics import BudgetBreach, RunMetrics, read_metrics
 from loop.run.failure import TAIL_BYTES, FailureSignature, signature_of
 from loop.run.supervise import ActiveRun, exit_code, hit_walltime
 from loop.util.fsutil import read_regular_text
@@ -35,7 +35,7 @@ class RunOutcome(BaseModel):
     seconds: float = 0.0
     error: str | None = None
     val_accuracy: float | None = None
-    budget_breach: dict | None = None
+    budget_breach: BudgetBreach | None = None
     monitor_cycles: int | None = None   # for a run still followed
     signature: FailureSignature | None = None   # what ended a failed run (loop/run/failure.py)
     # the run's metrics.json as judged, handed on to the record and the candidate path; never
@@ -94,7 +94,6 @@ def outcome_from_metrics(metrics_path: Path, out: dict) -> RunOutcome:
         return RunOutcome(**out, status="failed", error=str(exc)[:300])
     if metrics is None:
         return RunOutcome(**out, status="failed", error=f"{metrics_path}: no such file")
-    breach = metrics.budget_breach
     return RunOutcome(**out, status=metrics.status, error=metrics.error,
                       val_accuracy=metrics.eval.accuracy if metrics.eval else None,
-                      budget_breach=breach.model_dump() if breach else None, metrics=metrics)
+                      budget_breach=metrics.budget_breach, metrics=metrics)
