@@ -64,9 +64,9 @@ from loop.dashboard.app import create_app  # noqa: E402
 from loop.dashboard.views import DashboardSettings  # noqa: E402
 from loop.journal.events import EventLog  # noqa: E402
 from loop.journal.history import RunRecord, append_history  # noqa: E402
+from loop.journal.metrics import EpochRecord, EvalMetrics, RunMetrics  # noqa: E402
 from loop.journal.notes import add_todos, append_storyline  # noqa: E402
 from loop.run.judge import RunOutcome  # noqa: E402
-from loop.trainer.metrics import EpochRecord, EvalMetrics, RunMetrics  # noqa: E402
 from loop.util.workspace import Workspace  # noqa: E402
 
 CYCLES, RUNS = (30, 10) if smoke() else (1000, 300)

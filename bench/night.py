@@ -53,6 +53,7 @@ from loop.daemon.process import running_pid  # noqa: E402
 from loop.domains.shapes import write_shapes_files  # noqa: E402
 from loop.journal.events import EventLog  # noqa: E402
 from loop.journal.history import RunRecord, read_history  # noqa: E402
+from loop.journal.metrics import metrics_or_none  # noqa: E402
 from loop.util.workspace import Workspace  # noqa: E402
 from loop.verdict.keeps import incumbent, inside_noise  # noqa: E402
 from loop.verdict.noise import wilson  # noqa: E402
@@ -146,10 +147,8 @@ def night(config: Path, ws: Workspace, minutes: float | None, cycles: int | None
 # ------------------------------------------------------------------ figures ----
 
 def run_cpu_seconds(record: RunRecord) -> float:
-    try:
-        return float(json.loads((Path(record.run_dir) / "metrics.json").read_text()).get("cpu_seconds") or 0.0)
-    except (OSError, ValueError):
-        return 0.0
+    metrics = metrics_or_none(record.run_dir) if record.run_dir else None
+    return metrics.cpu_seconds if metrics else 0.0
 
 
 def duplicates(history: list[RunRecord], replicas: set[str]) -> list[RunRecord]:

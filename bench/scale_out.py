@@ -26,7 +26,6 @@ Smoke size (tests/test_bench_smoke.py; needs Ray; no RESULTS.md write): add --sm
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loop.config import DaemonConfig, ExecutorConfig, validate  # noqa: E402
+from loop.journal.metrics import RunMetrics  # noqa: E402
 from loop.run.local_executor import LocalExecutor  # noqa: E402
 from loop.run.plan import RunPlan  # noqa: E402
 from loop.run.sandbox_setup import load_sandbox  # noqa: E402
@@ -77,7 +77,7 @@ def plans(folder: Path, mode: str) -> list[RunPlan]:
 
 
 def trainer_seconds(run_dir: Path) -> float:
-    return json.loads((run_dir / "out" / "metrics.json").read_text())["walltime_seconds"]
+    return RunMetrics.read(run_dir / "out").walltime_seconds
 
 
 def bare(folder: Path) -> dict:

@@ -77,8 +77,8 @@ from loop.cycle.watch import measured  # noqa: E402
 from loop.domains import resolve_domain  # noqa: E402
 from loop.journal.events import EventLog  # noqa: E402
 from loop.journal.history import HistoryReader, RunRecord  # noqa: E402
+from loop.journal.metrics import RunMetrics  # noqa: E402
 from loop.trainer.config import TrainerConfig  # noqa: E402
-from loop.trainer.metrics import RunMetrics  # noqa: E402
 from loop.trainer.train import train  # noqa: E402
 from loop.util.workspace import Workspace  # noqa: E402
 from loop.verdict.keeps import verdict_against_best  # noqa: E402

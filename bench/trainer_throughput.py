@@ -41,7 +41,6 @@ Smoke size (tests/test_bench_smoke.py; no RESULTS.md write): add --smoke (no war
 """
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ from _results import machine_facts, smoke, write_section
 import loop.trainer.train as trainer_module
 from loop.config import validate
 from loop.domains import resolve_domain
+from loop.journal.metrics import RunMetrics
 from loop.trainer.config import TrainerConfig
 from loop.trainer.data import ImageDataset, Normalizer
 
@@ -147,8 +147,8 @@ def readme_command_run() -> dict[str, float]:
         wall = time.perf_counter() - t0
         if done.returncode != 0:
             raise SystemExit(f"the README train command failed ({done.returncode}):\n{done.stderr[-2000:]}")
-        m = json.loads(Path(f"{tmp}/x/metrics.json").read_text())
-    return {"wall_s": wall, "meter_s": m["walltime_seconds"], "accuracy": m["eval"]["accuracy"]}
+        m = RunMetrics.read(f"{tmp}/x")
+    return {"wall_s": wall, "meter_s": m.walltime_seconds, "accuracy": m.eval.accuracy}
 
 
 def main() -> None:

@@ -62,6 +62,10 @@ class BudgetExceeded(LoopError):
         self.cap, self.limit, self.used = cap, limit, used
 
 
+class MetricsError(LoopError):
+    """A run's metrics.json is there but unreadable or not a run's metrics; the message names the file."""
+
+
 class DomainError(LoopError):
     """A task is not a SpicaDomain, or its data cannot be loaded."""
 

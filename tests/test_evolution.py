@@ -204,7 +204,7 @@ def test_failed_window_candidate_carries_its_training_log(tmp_path):
 
 def test_failed_daemon_run_carries_the_supervisor_log(tmp_path):
     """A daemon run handed off after an exit before metrics: the supervisor's run.log (beside the
-    trainer's out/ folder) becomes the entry's train.log, and the hand-off dict keeps its shape."""
+    trainer's out/ folder) becomes the entry's train.log, and the hand-off keeps its shape on disk."""
     from loop.candidates.intake import submit_run
 
     run_dir = tmp_path / "runs" / "r1" / "out"
@@ -213,14 +213,15 @@ def test_failed_daemon_run_carries_the_supervisor_log(tmp_path):
     (run_dir.parent / "run.log").write_text("loading config\nerror: Unsupported model.name: no_such_net\n")
     result = submit_run(daemon_cfg(), tmp_path / "ws", run_dir, cycle=4, trace_id="t-d", returncode=2)
     paths = ModelPaths(tmp_path / "ws")
-    assert result["status"] == "FAIL - training failed before it wrote metrics (exit 2)"
-    assert result["score"] == 0.0 and not result["proposed"] and result["improvement"] is None
-    assert set(result) == {"name", "status", "score", "gates", "failed_gates", "archive_path", "head", "proposed",
-                           "improvement"}
-    entry = paths.entry(result["name"])
-    assert result["archive_path"] == str(entry) and "-G001-c4-" in result["name"]
+    assert result.status == "FAIL - training failed before it wrote metrics (exit 2)"
+    assert result.score == 0.0 and not result.proposed and result.improvement is None
+    # as the cycle event and state.json keep it: what happened, the unset fields left out
+    assert set(result.model_dump()) == {"name", "status", "score", "gates", "failed_gates", "archive_path",
+                                        "proposed"}
+    entry = paths.entry(result.name)
+    assert result.archive_path == str(entry) and "-G001-c4-" in result.name
     assert "error: Unsupported model.name: no_such_net" in (entry / "train.log").read_text()
-    assert entry_intact(paths, result["name"]) and load_store(paths).get(result["name"]) == Lifecycle.CULLED
+    assert entry_intact(paths, result.name) and load_store(paths).get(result.name) == Lifecycle.CULLED
     (rejected,) = [e for e in read_events(paths.log) if e["action"] == "REJECTED"]
     assert rejected["source"] == "builder" and "rank" not in rejected
     assert not [e for e in read_events(paths.log) if e["action"] == "NO_PROMOTION"]
@@ -232,8 +233,8 @@ def test_daemon_run_without_a_supervisor_log_keeps_its_own(tmp_path, model_pool)
     from loop.candidates.intake import submit_run
 
     result = submit_run(daemon_cfg(), tmp_path / "ws", model_pool["mid"], cycle=3, trace_id="t-ok")
-    entry = ModelPaths(tmp_path / "ws").entry(result["name"])
-    assert result["status"] == "PASS" and result["proposed"] and result["head"] is None
+    entry = ModelPaths(tmp_path / "ws").entry(result.name)
+    assert result.status == "PASS" and result.proposed and result.head is None
     assert (entry / "train.log").read_bytes() == (model_pool["mid"] / "train.log").read_bytes()
     assert {p.name for p in entry.iterdir()} == set(archive.ARCHIVE_FILES)
 

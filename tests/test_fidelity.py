@@ -7,7 +7,8 @@ import json
 import pytest
 
 from loop.errors import ConfigError
-from loop.trainer.metrics import RunMetrics, unpack_correct
+from loop.journal.metrics import RunMetrics
+from loop.trainer.metrics import unpack_correct
 from loop.trainer.train import train
 
 

@@ -26,8 +26,8 @@ from loop.cli.main import main
 from loop.config import validate
 from loop.deploy import predict as predict_module
 from loop.deploy.commands import TEST_IMAGES, usage_commands
+from loop.journal.metrics import RunMetrics
 from loop.trainer.config import TrainerConfig, load_trainer_config
-from loop.trainer.metrics import RunMetrics
 from loop.trainer.models import load_model_folder, save_model_folder
 from loop.trainer.train import train
 from tests._session import built_once

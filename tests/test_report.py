@@ -21,9 +21,9 @@ from loop.agents.usage import Usage
 from loop.archive.lineage import LineageRow, write_lineage
 from loop.cycle.record import CycleRecord, DecisionEntry, GateEntry, MentorEntry, PolicyEntry, RepairEntry, RunStart
 from loop.journal.history import RunRecord
+from loop.journal.metrics import EvalMetrics, RunMetrics
 from loop.report import generate_reports
 from loop.run.judge import RunOutcome
-from loop.trainer.metrics import EvalMetrics, RunMetrics
 from loop.verdict.noise import wilson
 from tests.conftest import REAL_DAEMON_CYCLES, REPO
 

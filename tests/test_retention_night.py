@@ -19,8 +19,8 @@ from loop.archive.pruned import read_marker, run_pruned
 from loop.config import load_daemon_config, validate
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord, append_history, read_history
+from loop.journal.metrics import RunMetrics
 from loop.retention.upkeep import Upkeep
-from loop.trainer.metrics import RunMetrics
 from loop.util.fsutil import folder_size_bytes
 from loop.util.workspace import Workspace
 from loop.verdict.keeps import verdict_against_best
@@ -97,10 +97,10 @@ def test_a_hundred_cycle_night_in_miniature_stays_under_the_cap(tmp_path, models
     promoted, sizes = [], []
     for cycle in range(1, CANDIDATES + 1):
         _label, handed = hand_in(cfg, ws, models["strong" if cycle in STRONG_AT else "weak"], cycle)
-        if handed["proposed"]:                  # a person approves each proposal (first generation, the strong one)
+        if handed.proposed:                  # a person approves each proposal (first generation, the strong one)
             approve(cfg_path)
-            promoted.append(handed["name"])
-        assert handed["status"].startswith("PASS") or cycle not in STRONG_AT, handed
+            promoted.append(handed.name)
+        assert handed.status.startswith("PASS") or cycle not in STRONG_AT, handed
         upkeep.after_cycle(LoopState(cycle=cycle))          # the daemon's sweep after the cycle
         sizes.append(folder_size_bytes(ws.root))
     assert len(promoted) == 2 and paths.head_name() == promoted[1]

@@ -108,7 +108,7 @@ def test_a_module_a_run_planted_is_never_imported_by_the_hand_off(tmp_path, zoo)
         sys.path.remove(str(out))
     assert not marker.exists(), "the daemon imported a module a run wrote"
     assert "plantedmod" not in sys.modules
-    assert result["status"].startswith("PASS") or result["status"].startswith("FAIL")   # probed, on digits
+    assert result.status.startswith("PASS") or result.status.startswith("FAIL")   # probed, on digits
 
 
 def test_an_untrusted_or_workspace_task_spec_is_refused_before_any_import(tmp_path):

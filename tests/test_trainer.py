@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from loop.config import validate
 from loop.domains import resolve_domain
 from loop.errors import BudgetExceeded, ConfigError, DomainError, UnsupportedModelError
+from loop.journal.metrics import RunMetrics
 from loop.trainer.config import TrainerConfig, load_trainer_config
-from loop.trainer.metrics import RunMetrics
 from loop.trainer.models import load_model_folder
 from loop.trainer.train import train
 from tests.test_domains import NotADomain, make_folder

@@ -11,7 +11,7 @@ from loop.archive.probes import ProbeMetrics
 from loop.candidates.scheduler import CandidateSpec
 from loop.config import DaemonConfig
 from loop.domains import task_domain
-from loop.trainer.metrics import RunMetrics
+from loop.journal.metrics import RunMetrics
 
 
 def status_line(gates: GateResult, train: RunMetrics | None, returncode: int) -> str:

@@ -32,7 +32,7 @@ from loop.candidates import cards
 from loop.candidates.scheduler import CandidateSpec
 from loop.config import DaemonConfig
 from loop.domains import SpicaDomain
-from loop.trainer.metrics import RunMetrics
+from loop.journal.metrics import RunMetrics, read_metrics
 
 
 @dataclass
@@ -46,6 +46,7 @@ class Training:
     log: Path | None = None         # its captured output (stdout.log, run.log): archived as train.log
     replay: list[str] = field(default_factory=list)
     work: Path | None = None        # a work folder to remove once the entry is frozen
+    metrics: RunMetrics | None = None   # its metrics.json as the daemon's judge already read it
 
 
 class CandidateOutcome(BaseModel):
@@ -117,7 +118,7 @@ def enter(store: LifecycleStore, name: str, paths: ModelPaths, trace_id: str) ->
 def gate_candidate(cfg: DaemonConfig, t: Training, head_model: LoadedModel | None,
                    head_probes: ProbeMetrics | None, domain: SpicaDomain | None) -> GatedCandidate:
     """PROBE and GATES: a run without metrics, or one that did not finish ok, gets no probes."""
-    train = RunMetrics.read(t.run_dir) if (t.run_dir / "metrics.json").exists() else None
+    train = t.metrics or read_metrics(t.run_dir)
     ok = train is not None and train.status == "ok"
     probes = run_probes(LoadedModel(t.run_dir, domain), head_model, cfg.evolution.rules) if ok else None
     gates = check_gates(probes, head_probes, ok, cfg.epsilon, cfg.delta, cfg.theta)

@@ -21,6 +21,7 @@ from loop.archive.paths import ModelPaths
 from loop.archive.promotion import Proposal
 from loop.archive.store import load_store, move, save_store
 from loop.candidates.path import CandidateOutcome, Training, take_candidates
+from loop.candidates.records import RankedCandidate, WindowEntry
 from loop.candidates.scheduler import CandidateSpec, spawn_candidates
 from loop.config import DaemonConfig, deep_merge, read_yaml
 from loop.domains import resolve_domain, task_domain
@@ -35,12 +36,20 @@ from loop.util.fsutil import read_regular_text
 from loop.util.progress import ProgressLog
 
 
+def ranked(ranking: list[CandidateOutcome]) -> list[RankedCandidate]:
+    return [RankedCandidate(name=o.name, status=o.status, score=o.gates.score) for o in ranking]
+
+
 class WindowResult(BaseModel):
     cycle: int
     gen_id: int
     head: str | None
     ranking: list[CandidateOutcome]
     proposal: Proposal | None = None
+
+    def entry(self) -> WindowEntry:
+        return WindowEntry(gen_id=self.gen_id, head=self.head, ranking=ranked(self.ranking),
+                           proposal=self.proposal.proposed_head if self.proposal else None)
 
 
 # ----------------------------------------------------------- the window ----
@@ -88,7 +97,7 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
     # ---- EVAL + RANK + FREEZE (every candidate, pass or fail) + PROPOSE ----
     def generation(ranking: list[CandidateOutcome], proposal: Proposal | None) -> None:
         log_event(paths.log, "GENERATION", cycle_trace_id=trace_id, cycle=cycle, gen_id=gen_id, head=head,
-                  ranking=[{"name": o.name, "status": o.status, "score": o.gates.score} for o in ranking],
+                  ranking=[r.model_dump() for r in ranked(ranking)],
                   proposed=proposal.proposed_head if proposal else None)
 
     domain = resolve_domain(base.get("data", {}).get("domain", "digits"), base.get("data", {}).get("domain_args"))

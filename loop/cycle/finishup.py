@@ -150,8 +150,12 @@ def prompt_text(request: FinishUpRequest | None, now: dt.datetime) -> str:
 
 # ---------------------------------------------------- what to do next ----
 
+# what a cycle does for finish-up: nothing yet, a final training round, wait for the runs, the reports
+FinishUpStep = Literal["none", "final_round", "wait_run", "report"]
+
+
 def next_step(request: FinishUpRequest | None, now: dt.datetime, run_active: bool,
-              best_run_minutes: float | None) -> str:
+              best_run_minutes: float | None) -> FinishUpStep:
     """'none' (not active), 'final_round', 'wait_run' (let the running run end), or 'report'."""
     if request is None or not request.is_active(now):
         return "none"

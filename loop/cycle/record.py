@@ -7,12 +7,18 @@ missing. Fields that a cycle did not reach stay None and are left out of the eve
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from loop.agents.schema import Decision
 from loop.agents.usage import Usage
+from loop.candidates.records import Handoff, WindowEntry
 from loop.cycle.failures import Blocked
+from loop.cycle.finishup import FinishUpStep
 from loop.run.judge import RunOutcome
+from loop.run.supervise import MonitorStatus
+from loop.verdict.noise import Verdict
 
 
 class _Entry(BaseModel):
@@ -42,7 +48,7 @@ class MentorEntry(_Entry):
     web_search: str
     source: str = ""       # llm | offline | offline-fallback | llm-failed
     error: str | None = None
-    verdict: str | None = None
+    verdict: Literal["on_track", "off_track"] | None = None
     critical_question: str | None = None
     challenge: dict | None = None
     challenge_applied: bool | None = None
@@ -51,7 +57,7 @@ class MentorEntry(_Entry):
 
 
 class FinishUpEntry(_Entry):
-    step: str
+    step: FinishUpStep
     deadline: str
     minutes_left: float
     reports: dict[str, str] | None = None   # old events only: the daemon now records them in `final_reports`
@@ -77,7 +83,7 @@ class RunStart(_Entry):
     pid: int
     kind: str
     log_path: str
-    monitor: str           # what the monitor window ended with: running | exited | timed_out | ...
+    monitor: MonitorStatus         # what the monitor window ended with
     sandbox: str
     device: str = ""       # the device slot it trains on (cuda:N, cpu)
     executor: str = "local"
@@ -93,7 +99,7 @@ class KeepEntry(_Entry):
     """A finished training run judged against the best (loop/verdict/keeps.py)."""
 
     label: str
-    verdict: str                 # first | gain | tie | below | replica | screen | failed
+    verdict: Verdict
     score: float
     fidelity: float
     margin: float | None = None
@@ -153,8 +159,8 @@ class CycleRecord(BaseModel):
     keeps: list[KeepEntry] = Field(default_factory=list)   # finished training runs judged against the best
     blocked: Blocked | None = None                  # blocked on a failure signature after this cycle's runs
     # ---- candidates ----
-    promotion: dict | None = None                   # the candidate path's result for this run
-    evolution: dict | None = None                   # an evolution window that ran in this cycle
+    promotion: Handoff | None = None                # the candidate path's result for this run
+    evolution: WindowEntry | None = None            # an evolution window that ran in this cycle
     # ---- record ----
     housekeeping: HousekeepingEntry | None = None
 

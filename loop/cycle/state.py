@@ -4,14 +4,32 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Annotated, Union
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
 from loop.agents.usage import Usage
+from loop.candidates.records import Handoff, WindowEntry
 from loop.cycle.failures import Blocked, FailureStreak
 from loop.run.judge import RunOutcome
 from loop.run.supervise import ActiveRun
 from loop.util.fsutil import atomic_write_text
+
+
+class WindowNote(BaseModel):
+    """The last evolution window, as the Builder's next prompt shows it."""
+
+    evolution_window: WindowEntry
+
+
+def _promotion_kind(value) -> str:
+    held = value if isinstance(value, dict) else vars(value) if isinstance(value, BaseModel) else {}
+    return "window" if "evolution_window" in held else "run"
+
+
+# what the candidate path did last: a run's hand-off, or an evolution window (one key tells them apart)
+LastPromotion = Annotated[Union[Annotated[Handoff, Tag("run")], Annotated[WindowNote, Tag("window")]],
+                          Discriminator(_promotion_kind)]
 
 
 class LoopState(BaseModel):
@@ -20,7 +38,7 @@ class LoopState(BaseModel):
     active_runs: list[ActiveRun] = Field(default_factory=list)   # in flight, oldest first (max_concurrent_runs)
     last_decision: dict | None = None
     last_outcome: RunOutcome | None = None     # the last run judged
-    last_promotion: dict | None = None          # the hand-off result shown to the Builder next cycle
+    last_promotion: LastPromotion | None = None  # the candidate path's last result, shown to the Builder next cycle
     recent_actions: list[str] = Field(default_factory=list)   # last 20 actions
     idle_streak: int = 0                        # consecutive cycles without a run
     failure_streak: int = 0
@@ -68,6 +86,10 @@ class LoopState(BaseModel):
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, self.model_dump_json(indent=2) + "\n")
+
+    def promotion_note(self) -> str:
+        """The last promotion as the Builder's prompt shows it (JSON; unset fields left out)."""
+        return json.dumps(self.last_promotion.model_dump(mode="json")) if self.last_promotion else ""
 
     def note_action(self, action: str) -> None:
         self.recent_actions = (self.recent_actions + [action])[-20:]

@@ -9,14 +9,16 @@ import time
 from pathlib import Path
 
 from loop.agents.schema import Decision
+from loop.candidates.records import Handoff, WindowEntry
 from loop.config import DaemonConfig
 from loop.cycle.failures import blocked_after, extend
 from loop.cycle.loop import Loop
 from loop.cycle.record import CycleRecord, KeepEntry, RepairEntry, RunStart
-from loop.cycle.state import LoopState
+from loop.cycle.state import LoopState, WindowNote
 from loop.errors import LoopError
 from loop.journal.fingerprint import fingerprint, recipe
 from loop.journal.history import RunRecord, append_history
+from loop.journal.metrics import RunMetrics, metrics_or_none
 from loop.journal.notes import WORKPAD_SECTIONS, append_workpad
 from loop.run.judge import RunOutcome, outcome_of
 from loop.run.plan import RunPlan, reads_of, retry_plan
@@ -24,7 +26,7 @@ from loop.run.supervise import ActiveRun, monitor, monitor_many
 from loop.trainer.config import resolved
 from loop.util.fsutil import read_regular_text
 from loop.util.secrets import redact
-from loop.verdict.keeps import verdict_against_best
+from loop.verdict.keeps import score_of, verdict_against_best
 
 RETRY_MIN_MONITOR_SECONDS = 60.0
 
@@ -168,8 +170,9 @@ def finish_run(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunOutcome
                        fingerprint=fingerprint(config) if config else run.fingerprint,   # what it trained
                        recipe=recipe(config) if config else run.recipe,
                        failure=outcome.signature.model_dump() if outcome.signature else None)
-    record = measured(record, out_dir, loop.base_config())
-    verdict = verdict_against_best(loop.run_history(), record)
+    metrics = metrics_of(outcome, out_dir)
+    record = measured(record, metrics, loop.base_config())
+    verdict = verdict_against_best(loop.run_history(), record, score_of(record, metrics))
     record.verdict, record.margin, record.band = verdict.verdict, verdict.margin, verdict.band
     append_history(loop.ws, record)
     test = verdict.test + ("; stopped at its walltime cap with a checkpoint: continuable" if record.stopped_at_cap
@@ -181,9 +184,9 @@ def finish_run(loop: Loop, state: LoopState, run: ActiveRun, outcome: RunOutcome
         from loop.candidates.intake import submit_run
 
         try:
-            state.last_promotion = submit_run(loop.cfg, loop.ws.root, out_dir, rec.cycle, rec.trace)
+            state.last_promotion = submit_run(loop.cfg, loop.ws.root, out_dir, rec.cycle, rec.trace, metrics=metrics)
         except (LoopError, OSError, ValueError) as exc:
-            state.last_promotion = {"error": f"hand-off failed: {exc}"}
+            state.last_promotion = Handoff(error=f"hand-off failed: {exc}")
         rec.promotion = state.last_promotion
 
 
@@ -217,23 +220,27 @@ def planned_config(run: ActiveRun) -> dict:
         return {}
 
 
-def measured(record: RunRecord, out_dir: Path, base_config: dict) -> RunRecord:
-    """The record with what metrics.json says of its fidelity, cost and validation count."""
-    try:
-        metrics = json.loads(read_regular_text(out_dir / "metrics.json", within=out_dir.parent))
-    except (OSError, ValueError):
+def measured(record: RunRecord, metrics: RunMetrics | None, base_config: dict) -> RunRecord:
+    """The record with what the run's metrics say of its fidelity, cost and validation count."""
+    if metrics is None:
         return record
-    planned, done = metrics.get("epochs_planned") or 0, metrics.get("epochs_completed") or 0
+    planned, done = metrics.epochs_planned, metrics.epochs_completed
     share = (record.config.get("data", {}).get("train_fraction") or 1.0) / \
         ((base_config.get("data", {}) or {}).get("train_fraction") or 1.0)
     record.fidelity = round(min(1.0, done / planned if planned else 1.0) * min(1.0, share), 4)
-    seconds = [e.get("seconds") for e in metrics.get("curve") or [] if e.get("seconds")]
-    own = seconds[int(metrics.get("epochs_at_start") or 0):]
-    record.epoch_seconds = round(statistics.median(own), 3) if own else metrics.get("epoch_seconds_estimate")
+    seconds = [e.seconds for e in metrics.curve if e.seconds]
+    own = seconds[metrics.epochs_at_start:]
+    record.epoch_seconds = round(statistics.median(own), 3) if own else metrics.epoch_seconds_estimate
     record.epochs_trained = len(own)
-    record.val_count = (metrics.get("eval") or {}).get("count")
-    record.stopped_at_cap = bool(metrics.get("stopped_at_cap"))
+    record.val_count = metrics.eval.count if metrics.eval else None
+    record.stopped_at_cap = metrics.stopped_at_cap
     return record
+
+
+def metrics_of(outcome: RunOutcome, out_dir: Path) -> RunMetrics | None:
+    """The run's metrics: as its judge read them, else (a run the judge did not read: timed out,
+    stalled, a stale orphan) from its folder; None when it wrote none or an unreadable file."""
+    return outcome.metrics if outcome.metrics is not None else metrics_or_none(out_dir, within=out_dir.parent)
 
 
 def read_train_args(out_dir: Path) -> dict:
@@ -260,10 +267,7 @@ trains its candidates no run would be followed)."""
     state.window_pending = False
     try:
         result = run_window(loop.cfg, loop.ws.root, rec.cycle, None, rec.trace, say=loop.say, executor=loop.runner())
-        rec.evolution = {"gen_id": result.gen_id, "head": result.head,
-                         "ranking": [{"name": o.name, "status": o.status, "score": o.gates.score}
-                                     for o in result.ranking],
-                         "proposal": result.proposal.proposed_head if result.proposal else None}
-        state.last_promotion = {"evolution_window": rec.evolution}
+        rec.evolution = result.entry()
+        state.last_promotion = WindowNote(evolution_window=rec.evolution)
     except (LoopError, OSError, ValueError) as exc:
-        rec.evolution = {"error": redact(str(exc), loop.secrets)}
+        rec.evolution = WindowEntry(error=redact(str(exc), loop.secrets))

@@ -148,7 +148,8 @@ class Dashboard:
             r = found[-1]
             clean = self.scrub({"label": r.label, "cycle": r.cycle, "trace": r.trace, "ok": r.ok, "status": r.status,
                                 "score": r.score, "dimension": r.dimension, "key_config": r.key(),
-                                "metrics": metrics_summary(r.metrics), "curve": (r.metrics or {}).get("curve") or []})
+                                "metrics": metrics_summary(r.metrics),
+                                "curve": [e.model_dump() for e in r.metrics.curve] if r.metrics else []})
             return {**clean, "curve_svg": svg_curves(clean["label"], clean["curve"])}
 
         return self.reader.view(f"run:{label}", make)

@@ -9,7 +9,18 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from pydantic import BaseModel, model_serializer
+
 from loop.util.fsutil import append_line
+
+
+class SparseRecord(BaseModel):
+    """A record for an event written without its unset (None) fields: the line holds only what
+    happened (a failed hand-off is `{"error": ...}`, as it was when these were dicts)."""
+
+    @model_serializer(mode="wrap")
+    def _without_none(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class EventLog:

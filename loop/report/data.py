@@ -16,11 +16,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from loop.archive.paths import ModelPaths
+from loop.candidates.records import Handoff
 from loop.cycle.record import CycleRecord
 from loop.domains.datareport import DataReport, load_data_report
 from loop.journal.events import EventLog
 from loop.journal.history import RunRecord, read_history
-from loop.run.judge import RunOutcome
+from loop.journal.metrics import RunMetrics, metrics_or_none
+from loop.run.judge import RunOutcome, RunStatus
 from loop.util.workspace import Workspace
 from loop.verdict.keeps import incumbent, ranked
 
@@ -33,11 +35,11 @@ class Run(RunRecord):
     cycle events for a failed run that its retry replaced in the index), plus what the reports add:
     the outcome's status, error and exit code, the run's metrics.json and its promotion."""
 
-    status: str = "ok"
-    metrics: dict | None = None
+    status: RunStatus = "ok"
+    metrics: RunMetrics | None = None
     error: str | None = None
     exit_code: int | None = None
-    promotion: dict | None = None
+    promotion: Handoff | None = None
 
     @classmethod
     def of(cls, record: RunRecord, **extra: Any) -> "Run":
@@ -45,18 +47,19 @@ class Run(RunRecord):
 
     @property
     def archive_path(self) -> str | None:
-        return (self.promotion or {}).get("archive_path")
+        return self.promotion.archive_path if self.promotion else None
 
     def key(self) -> dict[str, Any]:
         """The config fields a reader compares runs by."""
-        c, m = self.config, self.metrics or {}
-        return {"model": dig(c, "model.name") or m.get("model_name"),
+        c, m = self.config, self.metrics
+        return {"model": dig(c, "model.name") or (m.model_name if m else None),
                 "image_size": dig(c, "data.image_size"),
                 "sampling": dig(c, "data.sampling.strategy"),
                 "augment": [a.get("name") for a in dig(c, "data.augment") or [] if isinstance(a, dict)],
                 "optimizer": dig(c, "optim.name"), "lr": dig(c, "optim.lr"),
                 "epochs": dig(c, "run.epochs"), "batch_size": dig(c, "data.batch_size"),
-                "label_smoothing": dig(c, "loss.label_smoothing"), "seed": dig(c, "run.seed") or m.get("seed"),
+                "label_smoothing": dig(c, "loss.label_smoothing"),
+                "seed": dig(c, "run.seed") or (m.seed if m else None),
                 "kd_teacher": dig(c, "kd.teacher")}
 
 
@@ -219,7 +222,7 @@ def load_runs(ws: Workspace, cycles: list[CycleRecord]) -> list[Run]:
             if o.kind == "train" and (c.trace, o.label) not in indexed:
                 runs.append(event_run(o, c, dims))
     for r in runs:
-        r.metrics = read_json(Path(r.run_dir) / "metrics.json") if r.run_dir else None
+        r.metrics = metrics_or_none(r.run_dir) if r.run_dir else None
     return sorted(runs, key=lambda r: (r.cycle, r.label.endswith("-retry")))   # a failure before its retry
 
 

@@ -5,7 +5,6 @@ window's candidates from their archive entries), the LLM tokens and cost, who de
 split selected the best. One record (`NightHeader`) for the paper report and the dashboard."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -13,7 +12,8 @@ from pydantic import BaseModel, Field
 from loop.archive.paths import ModelPaths
 from loop.domains.base import SPLIT_NAMES
 from loop.journal.machine import MachineFacts
-from loop.report.data import ReportData, dig
+from loop.journal.metrics import RunMetrics, entry_trainer_metrics
+from loop.report.data import ReportData
 from loop.report.deciders import Deciders, deciders
 from loop.report.helpers import parse_ts, plural, tokens_final, val_count
 from loop.util.progress import format_seconds
@@ -152,7 +152,7 @@ def compute(data: ReportData) -> Compute:
             out.train_hours += r.minutes / 60
     labels = {r.label for r in data.runs}
     for trainer in archived_trainings(ModelPaths(data.ws.root).archive):
-        if trainer.get("run_label") not in labels:
+        if trainer.run_label not in labels:
             out.candidates += 1
             add_training(out, trainer, devices)
     out.devices = sorted(devices)
@@ -161,11 +161,11 @@ def compute(data: ReportData) -> Compute:
     return out
 
 
-def add_training(out: Compute, metrics: dict, devices: set[str]) -> None:
-    wall = float(metrics.get("walltime_seconds") or 60 * float(metrics.get("walltime_minutes") or 0))
-    device = str(metrics.get("device") or "")
+def add_training(out: Compute, metrics: RunMetrics, devices: set[str]) -> None:
+    wall = metrics.walltime_seconds or 60 * metrics.walltime_minutes
+    device = metrics.device
     out.measured += 1
-    out.cpu_hours += float(metrics.get("cpu_seconds") or 0) / 3600
+    out.cpu_hours += metrics.cpu_seconds / 3600
     out.train_hours += wall / 3600
     if device.startswith("cuda"):
         out.gpu_hours += wall / 3600
@@ -173,14 +173,8 @@ def add_training(out: Compute, metrics: dict, devices: set[str]) -> None:
         devices.add(device.split(":")[0])
 
 
-def archived_trainings(archive: Path) -> list[dict]:
+def archived_trainings(archive: Path) -> list[RunMetrics]:
     """The trainer's metrics of every archive entry (its metrics.json's `trainer`)."""
-    found = []
-    for path in sorted(archive.glob("*/metrics.json")) if archive.is_dir() else []:
-        try:
-            trainer = dig(json.loads(path.read_text(encoding="utf-8")), "trainer")
-        except (OSError, ValueError):
-            continue
-        if isinstance(trainer, dict):
-            found.append(trainer)
-    return found
+    found = (entry_trainer_metrics(path.parent) for path in sorted(archive.glob("*/metrics.json"))) \
+        if archive.is_dir() else ()
+    return [m for m in found if m is not None]

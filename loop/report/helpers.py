@@ -178,17 +178,17 @@ def spread_rows(runs: list[Run], key) -> list[list[Any]]:
 
 
 def devices(data: ReportData) -> set[str]:
-    return {str(r.metrics.get("device")) for r in data.runs if r.metrics and r.metrics.get("device")}
+    return {r.metrics.device for r in data.runs if r.metrics and r.metrics.device}
 
 
 def domains(data: ReportData) -> set[str]:
-    found = {dig(r.config, "data.domain") or (r.metrics or {}).get("domain") for r in data.runs}
+    found = {dig(r.config, "data.domain") or (r.metrics.domain if r.metrics else None) for r in data.runs}
     return {d for d in found if d}
 
 
 def per_class(run: Run | None) -> dict[str, float]:
-    pc = dig(run.metrics, "eval.per_class_accuracy") if run and run.metrics else None
-    return {str(k): float(v) for k, v in pc.items()} if isinstance(pc, dict) else {}
+    ev = run.metrics.eval if run and run.metrics else None
+    return dict(ev.per_class_accuracy) if ev else {}
 
 
 def active_run_label(data: ReportData) -> str | None:
@@ -210,7 +210,7 @@ def head_text(data: ReportData) -> str:
 
 def val_count(data: ReportData) -> int | None:
     """The validation set's size, as the runs' metrics.json record it (None when none does)."""
-    counts = [dig(r.metrics, "eval.count") for r in data.runs if r.metrics and dig(r.metrics, "eval.count")]
+    counts = [r.metrics.eval.count for r in data.runs if r.metrics and r.metrics.eval and r.metrics.eval.count]
     return max(counts) if counts else None
 
 

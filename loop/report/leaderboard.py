@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from loop.journal.metrics import RunMetrics
 from loop.report.data import ReportData
 from loop.report.helpers import NO_RUNS, acc, head_text, table
 from loop.verdict.noise import wilson
@@ -17,7 +18,8 @@ def leaderboard_entries(data: ReportData) -> list[dict]:
              "dimension": r.dimension, "key_config": r.key(), "config": r.config,
              "pretrained": pretrained_of(r.config),
              "metrics": metrics_summary(r.metrics), "run_dir": r.run_dir, "archive_path": r.archive_path,
-             "promotion_status": (r.promotion or {}).get("status"), "promotion_score": (r.promotion or {}).get("score")}
+             "promotion_status": r.promotion.status if r.promotion else None,
+             "promotion_score": r.promotion.score if r.promotion else None}
             for i, r in enumerate(data.ranked[:data.top_k], start=1)]
 
 
@@ -27,9 +29,10 @@ def pretrained_of(config: dict) -> bool | str:
     return p if isinstance(p, str) else ("timm" if p is True else False)
 
 
-def metrics_summary(m: dict | None) -> dict | None:
-    if not m:
+def metrics_summary(metrics: RunMetrics | None) -> dict | None:
+    if metrics is None:
         return None
+    m = metrics.model_dump(mode="json")
     keep = ("status", "model_name", "domain", "seed", "device", "steps", "epochs_completed", "epochs_planned",
             "loss_start", "loss_final", "walltime_minutes", "images_per_second", "budget_used")
     out = {k: m.get(k) for k in keep if k in m}

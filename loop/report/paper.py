@@ -128,13 +128,13 @@ def llm_spend_lines(data: ReportData) -> list[str]:
 def budget_text(data: ReportData) -> str:
     caps = next((dig(r.config, "budget") for r in reversed(data.runs) if dig(r.config, "budget")), None) or {}
     set_caps = ", ".join(f"{k} {v}" for k, v in caps.items() if v is not None) or "no caps recorded"
-    minutes = sum(float(dig(r.metrics, "walltime_minutes") or 0) for r in data.runs if r.metrics)
+    minutes = sum(r.metrics.walltime_minutes for r in data.runs if r.metrics)
     return f"{set_caps}; {minutes:.1f} training minutes in all"
 
 
 def machine_text(data: ReportData) -> str:
     devs = devices(data)
-    versions = next((r.metrics.get("versions") for r in data.runs if r.metrics and r.metrics.get("versions")), {})
+    versions = next((r.metrics.versions for r in data.runs if r.metrics and r.metrics.versions), {})
     text = ", ".join(sorted(devs)) if devs else "unknown (no metrics.json)"
     if versions:
         text += " (" + ", ".join(f"{k} {v}" for k, v in versions.items()) + ")"
@@ -156,11 +156,11 @@ def method(data: ReportData) -> list[str]:
     lines.append(f"- Gates: {gate_refused} decisions refused by the quality gate, "
                  f"{policy_refused} commands refused by the command policy.")
     promos = [c.promotion for c in data.cycles if c.promotion is not None]
-    statuses = Counter(str(p.get("status", "error")).split(" ")[0] for p in promos)
-    windows = [c for c in data.cycles if c.evolution is not None and "gen_id" in c.evolution]
+    statuses = Counter(str(p.status or "error").split(" ")[0] for p in promos)
+    windows = [c for c in data.cycles if c.evolution is not None and c.evolution.gen_id is not None]
     lines.append(f"- Promotion pipeline: {plural(len(promos), 'hand-off')} ("
                  + (", ".join(f"{s} {n}" for s, n in statuses.most_common()) or "none")
-                 + f"), {plural(sum(bool(p.get('proposed')) for p in promos), 'proposal')}, "
+                 + f"), {plural(sum(bool(p.proposed) for p in promos), 'proposal')}, "
                  f"{plural(len(windows), 'evolution window')}, {plural(len(data.lineage), 'archived candidate')}.")
     dims = Counter(r.dimension or "unknown" for r in data.runs)
     lines.append("- Strategy dimensions explored (training runs): "

@@ -3,15 +3,22 @@ links: the run wrote it, so it may be anything), and what the supervisor saw (ti
 stopped). Whether it beat the best is another judgement: loop/verdict/keeps.py `verdict_against_best`."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from loop.errors import MetricsError
+from loop.journal.metrics import BudgetBreach, RunMetrics, read_metrics
 from loop.run.failure import TAIL_BYTES, FailureSignature, signature_of
 from loop.run.supervise import ActiveRun, exit_code, hit_walltime
 from loop.util.fsutil import read_regular_text
+
+# what became of a run: the trainer's own word (ok, failed, budget_exceeded; running when it died
+# mid-run), what the supervisor saw, or a run still followed
+RunStatus = Literal["ok", "failed", "budget_exceeded", "timed_out", "stalled", "interrupted", "killed",
+                    "stale_orphan", "running"]
 
 
 class RunOutcome(BaseModel):
@@ -20,7 +27,7 @@ class RunOutcome(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label: str
-    status: str                     # ok | failed | timed_out | stalled | interrupted | killed | stale_orphan | running
+    status: RunStatus
     kind: str = "train"
     exit_code: int | None = None
     log_path: str = ""
@@ -28,9 +35,12 @@ class RunOutcome(BaseModel):
     seconds: float = 0.0
     error: str | None = None
     val_accuracy: float | None = None
-    budget_breach: dict | None = None
+    budget_breach: BudgetBreach | None = None
     monitor_cycles: int | None = None   # for a run still followed
     signature: FailureSignature | None = None   # what ended a failed run (loop/run/failure.py)
+    # the run's metrics.json as judged, handed on to the record and the candidate path; never
+    # written with the outcome (the file is the record of it)
+    metrics: RunMetrics | None = Field(default=None, exclude=True, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -76,16 +86,14 @@ def plain_outcome(run: ActiveRun, monitor_status: str) -> RunOutcome:
 
 
 def outcome_from_metrics(metrics_path: Path, out: dict) -> RunOutcome:
-    """What the trainer said of its own run (metrics.json status, accuracy, a budget breach)."""
+    """What the trainer said of its own run (metrics.json status, accuracy, a budget breach); the
+    outcome carries the metrics on, so the cycle reads the file once."""
     try:
-        metrics = json.loads(read_regular_text(metrics_path, within=metrics_path.parent.parent))
-    except (OSError, ValueError) as exc:
-        return RunOutcome(**out, status="failed", error=f"unreadable metrics.json: {exc}"[:300])
-    if not isinstance(metrics, dict) or "status" not in metrics:
-        return RunOutcome(**out, status="failed", error="metrics.json has no status")
-    accuracy = (metrics.get("eval") or {}).get("accuracy")
-    breach = metrics.get("budget_breach")
-    error = metrics.get("error")
-    return RunOutcome(**out, status=str(metrics["status"]), error=None if error is None else str(error),
-                      val_accuracy=accuracy if isinstance(accuracy, (int, float)) else None,
-                      budget_breach=breach if isinstance(breach, dict) else None)
+        metrics = read_metrics(metrics_path.parent, within=metrics_path.parent.parent)
+    except MetricsError as exc:
+        return RunOutcome(**out, status="failed", error=str(exc)[:300])
+    if metrics is None:
+        return RunOutcome(**out, status="failed", error=f"{metrics_path}: no such file")
+    return RunOutcome(**out, status=metrics.status, error=metrics.error,
+                      val_accuracy=metrics.eval.accuracy if metrics.eval else None,
+                      budget_breach=metrics.budget_breach, metrics=metrics)

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Literal, Protocol
 
 import psutil
 from pydantic import BaseModel
@@ -224,7 +224,10 @@ def record_placement(run: ActiveRun) -> None:
 
 # ------------------------------------------------------------ the watch loop ----
 
-def monitor(executor: Executor, run: ActiveRun, seconds: float, should_stop, poll_seconds: float = 0.25) -> str:
+MonitorStatus = Literal["finished", "running", "stopping", "timed_out", "stalled"]
+
+def monitor(executor: Executor, run: ActiveRun, seconds: float, should_stop, poll_seconds: float = 0.25
+            ) -> MonitorStatus:
     """Watch the run for up to `seconds`: 'finished', 'running' (window over), 'stopping' (stop was
     requested), 'timed_out' (past its walltime limit) or 'stalled' (no output for stall_seconds);
     the last two kill it."""
@@ -254,7 +257,7 @@ def monitor(executor: Executor, run: ActiveRun, seconds: float, should_stop, pol
 
 
 def monitor_many(executor: Executor, runs: list[ActiveRun], seconds: float, should_stop,
-                 poll_seconds: float = 0.25) -> dict[str, str]:
+                 poll_seconds: float = 0.25) -> dict[str, MonitorStatus]:
     """Watch several runs for up to `seconds`, returning as soon as one of them ends (or a stop is
     asked for): run tag -> what `monitor` would say of it ('running' for those still going)."""
     deadline = time.monotonic() + seconds

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from loop.trainer.metrics import EpochRecord
+from loop.journal.metrics import EpochRecord
 from loop.util.fsutil import atomic_write_bytes
 
 FIGSIZE, DPI = (8.0, 3.6), 100

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from loop.trainer.metrics import EpochRecord
+from loop.journal.metrics import EpochRecord
 from loop.util.secrets import redact
 
 MAX_VALUE_CHARS = 6000          # MLflow's limit for a param value; tags allow more, params set the bar

@@ -15,8 +15,8 @@ from loop.archive.lineage import LineageRow, read_lineage
 from loop.archive.paths import ModelPaths
 from loop.archive.proposal import read_proposal
 from loop.journal.history import RunRecord, read_history
+from loop.journal.metrics import RunMetrics, entry_trainer_metrics, metrics_or_none
 from loop.tracking.records import TrackedRun, flatten
-from loop.trainer.metrics import RunMetrics
 from loop.util.workspace import Workspace
 
 BUILDER_BRANCH = re.compile(r"c\d+")        # intake.submit_run names a Builder run's branch c<cycle>
@@ -51,10 +51,10 @@ def pending_runs(ws_root: Path, logged: dict[str, str | None]) -> list[TrackedRu
 def training_run(key: str, record: RunRecord, row: LineageRow | None, paths: ModelPaths,
                  states: dict[str, str]) -> TrackedRun:
     """A runs-index row, with its metrics.json and, when its hand-off archived it, its entry."""
-    metrics = read_metrics(Path(record.run_dir)) if record.run_dir else None
+    metrics = metrics_or_none(Path(record.run_dir)) if record.run_dir else None
     entry = entry_facts(row, paths, states) if row else {}
     if metrics is None and row is not None:
-        metrics = trainer_metrics(paths.entry(row.name))
+        metrics = entry_trainer_metrics(paths.entry(row.name))
     tags = {"llmloop.kind": "training", "llmloop.trace_id": record.trace, "llmloop.cycle": str(record.cycle),
             "llmloop.label": record.label, "llmloop.ok": str(record.ok).lower(),
             "llmloop.dimension": record.dimension or "", "llmloop.status": metrics.status if metrics else "missing",
@@ -74,7 +74,7 @@ def candidate_run(key: str, row: LineageRow, paths: ModelPaths, states: dict[str
         config = json.loads((folder / "train_args.json").read_text())
     except (OSError, ValueError):
         config = {}
-    metrics = trainer_metrics(folder)
+    metrics = entry_trainer_metrics(folder)
     entry = entry_facts(row, paths, states)
     tags = {"llmloop.kind": "candidate", "llmloop.trace_id": row.cycle_trace_id, "llmloop.label": row.name,
             "llmloop.ok": str(metrics is not None and metrics.status == "ok").lower(),
@@ -156,19 +156,3 @@ def promotion_states(paths: ModelPaths, lineage: list[LineageRow] | None = None)
                             else "retired" if row.promoted else "passed" if row.status.startswith("PASS")
                             else "rejected")
     return states
-
-
-def read_metrics(run_dir: Path) -> RunMetrics | None:
-    try:
-        return RunMetrics.read(run_dir)
-    except (OSError, ValueError):
-        return None
-
-
-def trainer_metrics(entry: Path) -> RunMetrics | None:
-    """The trainer's own metrics an archive entry keeps (its metrics.json `trainer` section)."""
-    try:
-        trainer = json.loads((entry / "metrics.json").read_text()).get("trainer")
-        return RunMetrics.model_validate(trainer) if trainer else None
-    except (OSError, ValueError, AttributeError):
-        return None

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel
 
 from loop.config import BudgetCaps
 from loop.errors import BudgetExceeded
+from loop.journal.metrics import BudgetUsed
 from loop.util.fsutil import folder_size_bytes
 
 GB = 1024**3
@@ -20,21 +20,6 @@ CLOCK = time.monotonic     # the budget's clock (a test swaps in a virtual one: 
 
 def now() -> float:
     return CLOCK()
-
-
-class BudgetUsed(BaseModel):
-    steps: int = 0
-    walltime_minutes: float = 0.0
-    gpu_memory_gb: float = 0.0        # peak CUDA memory allocated (0 on CPU)
-    cpu_memory_gb: float = 0.0        # peak resident memory of the training process
-    tokens_processed: int = 0         # images seen by the student
-    disk_gb: float = 0.0              # size of the run folder
-
-
-class BudgetBreach(BaseModel):
-    cap: str
-    limit: float
-    used: float
 
 
 def peak_rss_gb() -> float:

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from loop.journal.metrics import EpochRecord, RunMetrics
 from loop.trainer.budget import BudgetMeter, CapFit
 from loop.trainer.checkpoint import CHECKPOINT_FILE
 from loop.trainer.data import train_loader
 from loop.trainer.losses import training_loss
-from loop.trainer.metrics import EpochRecord, RunMetrics
 from loop.trainer.sampling import epoch_order, sample_weights
 from loop.trainer.setup import Session
 from loop.util.progress import ProgressLog

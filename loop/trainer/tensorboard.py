@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from loop.errors import ConfigError
 
 if TYPE_CHECKING:                  # metrics imports torch; the daemon's CLI imports this module's names
-    from loop.trainer.metrics import EpochRecord
+    from loop.journal.metrics import EpochRecord
 
 BOARD_DIR = "tensorboard"
 INSTALL_HINT = "pip install -e '.[tracking]' (or pip install 'tensorboard==2.21.0')"

@@ -21,7 +21,8 @@ import torch
 
 from loop.domains import SpicaDomain
 from loop.errors import BudgetExceeded, ConfigError
-from loop.trainer.budget import BudgetBreach, BudgetMeter, CapFit, cpu_seconds
+from loop.journal.metrics import METRICS_FILE, BudgetBreach, EpochRecord, EvalMetrics, RunMetrics
+from loop.trainer.budget import BudgetMeter, CapFit, cpu_seconds
 from loop.trainer.checkpoint import (
     CHECKPOINT_FILE,
     TRAIN_ARGS_FILE,
@@ -32,15 +33,7 @@ from loop.trainer.checkpoint import (
 )
 from loop.trainer.config import TrainerConfig
 from loop.trainer.epoch import Progress, StopPlan, checkpoint_state, resume_state, train_one_epoch
-from loop.trainer.metrics import (
-    METRICS_FILE,
-    EpochRecord,
-    EvalMetrics,
-    RunMetrics,
-    predict_logits,
-    score_logits,
-    versions,
-)
+from loop.trainer.metrics import predict_logits, score_logits, versions
 from loop.trainer.models import save_model_folder
 from loop.trainer.setup import Session, build_session
 from loop.trainer.tensorboard import EpochBoard, open_board

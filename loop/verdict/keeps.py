@@ -11,18 +11,18 @@ time, with the noise band of loop/verdict/noise.py, and its verdict lands in the
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from loop.journal.fingerprint import recipe
 from loop.journal.history import RunRecord
-from loop.util.fsutil import read_regular_text
+from loop.journal.metrics import RunMetrics, metrics_or_none
 from loop.verdict.noise import (
     KEEPS,
     Comparison,
     Score,
+    Verdict,
     compare,
     median_sd,
     pooled_seed_sd,
@@ -64,20 +64,22 @@ def seed_sd(history: list[RunRecord]) -> float | None:
 
 def load_score(record: RunRecord) -> Score:
     """A run's validation score with its per-image record from its metrics.json (when readable)."""
+    out = Path(record.run_dir)                 # run-written: no link followed below its run folder
+    return score_of(record, metrics_or_none(out, within=out.parent) if record.run_dir else None)
+
+
+def score_of(record: RunRecord, metrics: RunMetrics | None) -> Score:
+    """A run's validation score with its per-image record from metrics already read."""
     count, correct = record.val_count, None
-    try:
-        out = Path(record.run_dir)             # run-written: no link followed below its run folder
-        ev = json.loads(read_regular_text(out / "metrics.json", within=out.parent)).get("eval") or {}
-        count = ev.get("count") or count
-        correct = unpack_correct(ev.get("correct", ""), count)
-    except (OSError, ValueError, AttributeError):
-        pass
+    if metrics is not None and metrics.eval is not None:
+        count = metrics.eval.count or count
+        correct = unpack_correct(metrics.eval.correct, count)
     return Score(record.score, count, correct)
 
 
 @dataclass(frozen=True)
 class Judgement:
-    verdict: str
+    verdict: Verdict
     margin: float | None = None
     band: float | None = None
     test: str = ""
