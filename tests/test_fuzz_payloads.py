@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from loop.agents.llm import LLMClient
 from loop.agents.schema import Decision, Review, parse_model
 from loop.config import DaemonConfig, LLMRole, validate
-from loop.cycle.cycle import gate
 from loop.cycle.decide import decide, review_decision
+from loop.cycle.decide import gate_decision as gate
 from loop.cycle.loop import Loop, scrub
 from loop.cycle.record import CycleRecord
 from loop.cycle.state import LoopState

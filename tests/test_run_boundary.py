@@ -434,7 +434,7 @@ def test_a_run_sees_only_the_hosts_system_folders_and_cannot_nest_a_user_namespa
 
 def test_run_command_is_refused_when_there_is_no_sandbox(tmp_path):
     from loop.agents.schema import Decision
-    from loop.cycle.cycle import gate
+    from loop.cycle.decide import gate_decision as gate
     from loop.cycle.record import CycleRecord
     from loop.cycle.state import LoopState
     from loop.daemon.process import build_loop, workspace_of

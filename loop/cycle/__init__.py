@@ -1,7 +1,8 @@
 """One cycle of the research loop, top to bottom: decide -> gate -> run -> judge -> record.
 
-`cycle.py` is the loop itself (read it first: the gate step and the record step are there);
-`decide.py` asks the Builder (LLM, or the offline policy) and the Mentor; `watch.py` follows a run,
+`cycle.py` is the loop itself (read it first: the record step is there); `decide.py` asks the
+Builder (LLM, or the offline policy) and the Mentor, and gates the decision (`gate_decision`: the
+quality gate, the overlay, no repeat, the command policy; a run leaves it with its plan); `watch.py` follows a run,
 judges it, repairs and retries it once, and hands a finished training to the candidate path;
 `record.py` is the cycle's typed record (the `cycle` event); `loop.py` is what every cycle needs;
 `state.py` is what the daemon remembers between cycles (state.json, heartbeat); `finishup.py` is

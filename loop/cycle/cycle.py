@@ -16,32 +16,33 @@ import json
 import os
 import time
 
-from loop.agents import ladder
 from loop.agents.context import build_context, search_context
-from loop.agents.schema import Decision, wait_decision
+from loop.agents.schema import Decision
 from loop.agents.usage import Usage
 from loop.cycle import finishup
 from loop.cycle.dataprofile import refresh_data_report
-from loop.cycle.decide import count_gate_refusals, decide, mentor_due, review_decision, stuck_wait_recovery
+from loop.cycle.decide import (
+    count_gate_refusals,
+    decide,
+    gate_decision,
+    mentor_due,
+    review_decision,
+    stuck_wait_recovery,
+)
 from loop.cycle.failures import unblock
 from loop.cycle.loop import Loop, new_trace_id, scrub
 from loop.cycle.record import (
     CycleRecord,
     DecisionEntry,
     FinishUpEntry,
-    GateEntry,
     HousekeepingEntry,
-    PolicyEntry,
     RunStart,
 )
 from loop.cycle.state import LoopState, write_heartbeat
 from loop.cycle.watch import evolution_window, follow_runs, start, watch_and_judge
-from loop.domains import task_domain
-from loop.errors import ConfigError, DomainError
 from loop.journal.notes import WORKPAD_SECTIONS, add_todos, append_storyline, append_workpad, resolve_todos
 from loop.run.judge import RunOutcome, outcome_of
-from loop.run.plan import RunPlan, command_plan, plan_for, run_label, trainer_config
-from loop.trainer.config import resolved
+from loop.run.plan import RunPlan
 from loop.util.secrets import redact, workspace_secrets
 
 __all__ = ["Loop", "run_cycle"]
@@ -79,7 +80,7 @@ def run_cycle(loop: Loop, state: LoopState) -> LoopState:
     decision, source = decide_and_review(loop, state, rec, forced)
 
     # ---- gate ----
-    decision, plan = gate(loop, state, decision, rec)
+    decision, plan = gate_decision(loop, state, decision, rec)
     count_gate_refusals(loop, state, source, rec)
 
     # ---- run, judge ----
@@ -236,57 +237,6 @@ def finish_up(loop: Loop, state: LoopState, rec: CycleRecord) -> Decision | str 
 
 
 # ==================================================================== gate ====
-
-def gate(loop: Loop, state: LoopState, decision: Decision, rec: CycleRecord) -> tuple[Decision, RunPlan | None]:
-    """Quality gate, then the action's own checks (the overlay validated against the trainer config
-    and never a repeat of a run, the command policy; none while a blocked daemon waits out its
-    back-off). Returns the decision to act on and, for a run, its plan."""
-    from loop.gate.policy import check_configured
-    from loop.gate.quality import downgrade, quality_gate
-    from loop.gate.repeats import blocked_wait, repeat_refusal
-
-    quality = quality_gate(decision)
-    rec.quality_gate = GateEntry(ok=quality.ok, reasons=quality.reasons, housekeeping=quality.housekeeping)
-    if not quality.ok:
-        return downgrade(decision, quality), None
-
-    def refuse(reason: str) -> tuple[Decision, None]:
-        rec.quality_gate = GateEntry(ok=False, reasons=[reason], housekeeping=quality.housekeeping)
-        return wait_decision(f"refused: {reason}"), None
-
-    if state.blocked is not None and decision.action in ("train", "run_command"):
-        why = blocked_wait(state.blocked.next_try_at, state.blocked.signature.text())
-        if why:
-            return refuse(why)
-    label = run_label(decision.run_label or f"{decision.action}-{decision.strategy_dimension or 'run'}")
-    run_dir = loop.ws.runs / f"{label}-{rec.trace}"
-    if decision.action == "train":
-        try:
-            overlay = ladder.resolve(decision, loop.base_config(), loop.run_history())
-            config = trainer_config(loop.cfg, overlay, label)
-        except ConfigError as exc:
-            return refuse(f"train_overlay: {exc}")
-        full = resolved(config)
-        why = repeat_refusal(full, bool(decision.replica_of), loop.run_history(), state.active_runs,
-                             state.blocked.fingerprints if state.blocked else [])
-        if why:
-            return refuse(why)
-        try:             # the run sees the pixel cache read-only: decode what it will read now
-            task_domain(loop.cfg).warm_cache([full["data"]["image_size"]])
-        except (DomainError, OSError) as exc:
-            return refuse(f"the task's images at {full['data']['image_size']}px: {exc}")
-        return decision, plan_for(loop.cfg, config, label, rec.trace, run_dir)
-    if decision.action == "run_command":
-        if loop.sandbox is None or not loop.sandbox.active:    # the policy is a filter, not a boundary
-            return refuse("run_command runs only inside the sandbox, and there is none here (sandbox: optional "
-                          "without bubblewrap): the command policy alone cannot contain a shell line")
-        verdict = check_configured(decision.command, loop.cfg, loop.ws.root)
-        rec.policy = PolicyEntry(allowed=verdict.allowed, reasons=verdict.reasons)
-        if not verdict.allowed:
-            return wait_decision("command refused by the policy: " + "; ".join(verdict.reasons)), None
-        return decision, command_plan(loop.cfg, decision.command, label, rec.trace, run_dir)
-    return decision, None
-
 
 # ================================================================== record ====
 

@@ -1,21 +1,26 @@
-"""The cycle's decide and review steps: the Builder's decision (LLM, or the offline policy, or the
-offline policy standing in for an LLM that cannot decide) and the Mentor's review of it."""
+"""The cycle's decision, start to end: the Builder's decision (LLM, or the offline policy, or the
+offline policy standing in for an LLM that cannot decide), the Mentor's review of it, and the gate it
+must pass before anything runs (`gate_decision`: the quality gate, the overlay validated, no repeat,
+the command policy), which hands the run its plan."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from loop.agents import offline, prompts
+from loop.agents import ladder, offline, prompts
 from loop.agents.offline import PolicyInput
 from loop.agents.schema import Decision, Review, wait_decision
 from loop.agents.usage import estimate_tokens
 from loop.config import DaemonConfig
 from loop.cycle.loop import Loop, scrub
-from loop.cycle.record import CycleRecord, LLMCall, MentorEntry
+from loop.cycle.record import CycleRecord, GateEntry, LLMCall, MentorEntry, PolicyEntry
 from loop.cycle.state import LoopState
-from loop.errors import LoopError
+from loop.domains import task_domain
+from loop.errors import ConfigError, DomainError, LoopError
 from loop.journal.history import RunRecord
 from loop.journal.notes import add_todos, append_mentor_notes
+from loop.run.plan import RunPlan, command_plan, plan_for, run_label, trainer_config
+from loop.trainer.config import resolved
 from loop.util.secrets import redact
 
 MENTOR_TODO_CAP = 1
@@ -183,3 +188,55 @@ def stuck_wait_recovery(loop: Loop, state: LoopState, decision: Decision, histor
         rec.stuck_wait_recovery = f"{state.idle_streak} idle cycles: relaunching from the offline policy"
         return offline.builder_decision(policy_input(loop, rec.cycle, history, [], state), seed=cfg.offline_seed)
     return decision
+
+
+def gate_decision(loop: Loop, state: LoopState, decision: Decision, rec: CycleRecord
+                  ) -> tuple[Decision, RunPlan | None]:
+    """Quality gate, then the action's own checks (the overlay validated against the trainer config
+    and never a repeat of a run, the command policy; none while a blocked daemon waits out its
+    back-off). Returns the decision to act on and, for a run, its plan."""
+    from loop.gate.policy import check_configured
+    from loop.gate.quality import downgrade, quality_gate
+    from loop.gate.repeats import blocked_wait, repeat_refusal
+
+    quality = quality_gate(decision)
+    rec.quality_gate = GateEntry(ok=quality.ok, reasons=quality.reasons, housekeeping=quality.housekeeping)
+    if not quality.ok:
+        return downgrade(decision, quality), None
+
+    def refuse(reason: str) -> tuple[Decision, None]:
+        rec.quality_gate = GateEntry(ok=False, reasons=[reason], housekeeping=quality.housekeeping)
+        return wait_decision(f"refused: {reason}"), None
+
+    if state.blocked is not None and decision.action in ("train", "run_command"):
+        why = blocked_wait(state.blocked.next_try_at, state.blocked.signature.text())
+        if why:
+            return refuse(why)
+    label = run_label(decision.run_label or f"{decision.action}-{decision.strategy_dimension or 'run'}")
+    run_dir = loop.ws.runs / f"{label}-{rec.trace}"
+    if decision.action == "train":
+        try:
+            overlay = ladder.resolve(decision, loop.base_config(), loop.run_history())
+            config = trainer_config(loop.cfg, overlay, label)
+        except ConfigError as exc:
+            return refuse(f"train_overlay: {exc}")
+        full = resolved(config)
+        why = repeat_refusal(full, bool(decision.replica_of), loop.run_history(), state.active_runs,
+                             state.blocked.fingerprints if state.blocked else [])
+        if why:
+            return refuse(why)
+        try:             # the run sees the pixel cache read-only: decode what it will read now
+            task_domain(loop.cfg).warm_cache([full["data"]["image_size"]])
+        except (DomainError, OSError) as exc:
+            return refuse(f"the task's images at {full['data']['image_size']}px: {exc}")
+        return decision, plan_for(loop.cfg, config, label, rec.trace, run_dir)
+    if decision.action == "run_command":
+        if loop.sandbox is None or not loop.sandbox.active:    # the policy is a filter, not a boundary
+            return refuse("run_command runs only inside the sandbox, and there is none here (sandbox: optional "
+                          "without bubblewrap): the command policy alone cannot contain a shell line")
+        verdict = check_configured(decision.command, loop.cfg, loop.ws.root)
+        rec.policy = PolicyEntry(allowed=verdict.allowed, reasons=verdict.reasons)
+        if not verdict.allowed:
+            return wait_decision("command refused by the policy: " + "; ".join(verdict.reasons)), None
+        return decision, command_plan(loop.cfg, decision.command, label, rec.trace, run_dir)
+    return decision, None
