@@ -407,9 +407,11 @@ def test_cutover_is_atomic_under_kill_9(workspace_with_head, point):
 # ---------------------------------------------------------- end to end ----
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)   # four candidate trainings and two promotions as subprocesses: ~4 min on a busy 2-core box
-def test_full_window_on_digits(tmp_path):
-    """Two windows through the CLI: from scratch (weak), then with KD from the promoted HEAD."""
+@pytest.mark.timeout(900)   # four candidate trainings (processes) and two promotions: ~4 min on a busy 2-core box
+def test_full_window_on_digits(tmp_path, capsys, monkeypatch):
+    """Two windows through the CLI: from scratch (weak), then with KD from the promoted HEAD. The
+    commands run in-process (`llmloop`'s main, its parser and exit codes; each candidate still
+    trains as its own process): a fresh `llmloop` process per command only paid torch's import."""
     ws = tmp_path / "ws"
     cfg_path = tmp_path / "daemon.yaml"
     # balanced KD: at the default 0.1/0.9 the student mostly copies the weak 1-epoch HEAD, and the second
@@ -424,11 +426,18 @@ def test_full_window_on_digits(tmp_path):
                                         "default_trainer_config": str(REPO / "config/trainer/digits.yaml"),
                                         "evolution": {"candidate_overrides": overrides,
                                                       "rules": {"per_class_accuracy_floor": None}}}))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    from types import SimpleNamespace
+
+    from loop.cli.main import main
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))        # what the candidates' processes import, as before
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "loop.cli.main", *args, "--daemon-config", str(cfg_path)],
-                              env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        capsys.readouterr()
+        code = main([*args, "--daemon-config", str(cfg_path)])
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
     first = cli("evolve")
     assert first.returncode == 0, first.stderr

@@ -29,13 +29,14 @@ def test_a_screen_then_its_continuation_equals_one_full_run(tmp_path, tiny_cfg):
 
 
 @pytest.mark.slow
-def test_a_continuation_of_another_recipe_or_of_a_finished_run_is_refused(tmp_path, tiny_cfg):
+def test_a_continuation_of_another_recipe_or_of_a_finished_run_is_refused(tmp_path, tiny_cfg, zoo):
     train(tiny_cfg(run={"epochs": 2, "stop_after_epochs": 1}), tmp_path / "screen")
     with pytest.raises(ConfigError, match=r"differs from the screen's in optim.lr"):
         train(tiny_cfg(optim={"lr": 0.1}, run={"epochs": 2, "resume_from": str(tmp_path / "screen")}), tmp_path / "a")
-    train(tiny_cfg(run={"epochs": 2}), tmp_path / "done")
+    done = zoo["tiny"]                      # a finished run, as train() leaves it (trained once for the test run)
+    assert (done / "metrics.json").exists() and not (done / "checkpoint.pt").exists()
     with pytest.raises(ConfigError, match="holds no checkpoint.pt"):
-        train(tiny_cfg(run={"epochs": 2, "resume_from": str(tmp_path / "done")}), tmp_path / "b")
+        train(tiny_cfg(run={"resume_from": str(done)}), tmp_path / "b")      # its own recipe: only the checkpoint lacks
 
 
 @pytest.mark.slow

@@ -23,12 +23,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 @exits_with_code
 def run_train(args: argparse.Namespace) -> int:
+    if args.resume and not args.out:     # before the imports below: a usage error costs no torch import
+        raise ConfigError("--resume needs --out: the run folder to continue")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")    # no update check over the network at import
     from loop.trainer.config import load_trainer_config
     from loop.trainer.train import TRAIN_ARGS_FILE, train
 
-    if args.resume and not args.out:
-        raise ConfigError("--resume needs --out: the run folder to continue")
     config_path = args.config
     if config_path is None:
         if not args.resume:
