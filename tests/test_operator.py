@@ -16,6 +16,7 @@ import yaml
 
 from loop.cycle import finishup
 from loop.errors import ConfigError
+from tests._daemon_fixtures import waiting_daemon, waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
 from tests.conftest import REPO, run_cli, tiny_config_dict
 
 NOW = dt.datetime(2026, 2, 18, 20, 0, tzinfo=dt.timezone.utc)
@@ -78,20 +79,27 @@ def script(name: str, *args: str, stdin: str | None = None, timeout: float = 180
 
 
 @pytest.fixture
-def daemon_cfg(tmp_path) -> Path:
+def daemon_cfg(tmp_path, waiting_llm) -> Path:
+    """The scripts' subject is the scripts, not training: the daemon's Builder is an endpoint that
+    answers `wait` (tests/_daemon_fixtures.py), stored as `llmloop login --base-url` stores one (the
+    config names none, so the test's own login later replaces it); its cycles start no trainer."""
     trainer = tmp_path / "tiny.yaml"
     trainer.write_text(yaml.safe_dump(tiny_config_dict()))
+    creds = tmp_path / "creds" / "credentials.json"
+    creds.parent.mkdir()
+    creds.write_text(json.dumps({"base_url": waiting_llm.base_url, "model": "wait-double"}))
+    creds.chmod(0o644)                      # the test's login must make it 0600 itself
     path = tmp_path / "daemon.yaml"
     path.write_text(yaml.safe_dump({
         "workspace": str(tmp_path / "ws"), "default_trainer_config": str(trainer), "daemon_poll_seconds": 0.2,
-        "default_monitor_seconds": 2, "credentials_file": str(tmp_path / "creds" / "credentials.json"),
+        "default_monitor_seconds": 2, "credentials_file": str(creds), **waiting_daemon(None),
         "phase": {"schedule": "off"}, "adaptive_timer": {"min_seconds": 0, "max_seconds": 1},
         "evolution": {"rules": {"per_class_accuracy_floor": None}}}))
     return path
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # 118 s quiet: every operator script against a training daemon
+@pytest.mark.timeout(900)  # 118 s quiet when its daemon trained: every operator script, each a fresh process
 def test_scripts_happy_paths_and_errors(daemon_cfg, tmp_path):
     cfg = ["--daemon-config", str(daemon_cfg)]
     ws = tmp_path / "ws"
