@@ -16,7 +16,8 @@ from loop.config import DaemonConfig, validate
 from loop.cycle.state import LoopState
 from loop.daemon.process import AlreadyRunning, run_daemon, running_pid, workspace_of
 from loop.journal.events import EventLog
-from tests.conftest import REPO, tiny_config_dict, wait_for
+from tests._daemon_fixtures import waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
+from tests.conftest import REPO, add_archive_entry, tiny_config_dict, wait_for
 
 
 def tiny_trainer_yaml(tmp_path: Path) -> Path:
@@ -34,7 +35,8 @@ def make_cfg(tmp_path: Path, base_url: str | None, **extra) -> DaemonConfig:
                         "when_unavailable": "wait"},
             "mentor": {"base_url": base_url, "model": "test", "max_attempts": 2, "timeout_seconds": 5},
             "mentor_every_n_cycles": 100, "evolution": {"rules": {"per_class_accuracy_floor": None}},
-            "phase": {"schedule": "off"}, "adaptive_timer": {"min_seconds": 0}}
+            # no pause between cycles: the adaptive timer is not what these tests pin (tests/test_timer.py)
+            "phase": {"schedule": "off"}, "adaptive_timer": {"min_seconds": 0, "max_seconds": 0.01}}
     data.update(extra)
     return validate(DaemonConfig, data, "<test>")
 
@@ -301,9 +303,11 @@ def test_unsupported_model_is_repaired_by_fallback_and_retried(tmp_path, llm_ser
 
 
 @pytest.mark.slow
-def test_evolution_window_opens_on_the_cycle_clock(tmp_path):
+def test_evolution_window_opens_on_the_cycle_clock(tmp_path, waiting_llm):
+    """The window's candidates train; the cycles around it need not (the Builder waits)."""
     overrides = {"data": {"image_size": 16, "train_fraction": 0.3}, "run": {"epochs": 1}}
-    cfg = make_cfg(tmp_path, None, evo_period_cycles=2, max_concurrent_experiments=2,
+    cfg = make_cfg(tmp_path, waiting_llm.base_url, mentor_enabled=False, evo_period_cycles=2,
+                   max_concurrent_experiments=2,
                    evolution={"candidate_overrides": overrides, "rules": {"per_class_accuracy_floor": None}},
                    default_monitor_seconds=120)
     ws, state = run(cfg, 2)
@@ -366,12 +370,20 @@ def test_finish_up_runs_a_final_round_then_reports_and_stops(tmp_path):
 
 
 @pytest.mark.slow
-def test_phase_window_pauses_then_resumes_on_the_signal(tmp_path, monkeypatch):
+def test_phase_window_pauses_then_resumes_on_the_signal(tmp_path, monkeypatch, zoo, waiting_llm):
     """Done-when of the PHASE issue: a window opening now pauses the daemon after its cycle, PHASE
-    writes results and its signal, and the daemon resumes (long before the window's end)."""
+    writes results and its signal, and the daemon resumes (long before the window's end). Training
+    is not the subject: the Builder waits every cycle, and PHASE evaluates the one model an earlier
+    night left in the archive (the zoo's tiny model as GEN_HEAD)."""
     import datetime as dt
 
+    from loop.archive.headswitch import cutover
+    from loop.archive.paths import ModelPaths
     from loop.phase import window as phase_window
+
+    paths = ModelPaths(tmp_path / "ws")
+    add_archive_entry(paths, zoo["tiny"], "m-G001-a", 1)
+    cutover(paths, "m-G001-a")
 
     # an injected clock: the daemon's window checks read noon, so the test never meets midnight
     now = dt.datetime.combine(dt.date.today(), dt.time(12, 0))
@@ -379,9 +391,10 @@ def test_phase_window_pauses_then_resumes_on_the_signal(tmp_path, monkeypatch):
     monkeypatch.setattr(phase_window, "window_due", lambda phase, cycle, _, done: due(phase, cycle, now, done))
     monkeypatch.setattr(phase_window, "seconds_until_window", lambda phase, _: until(phase, now))
     start, end = now - dt.timedelta(minutes=1), now + dt.timedelta(minutes=58)
-    cfg = make_cfg(tmp_path, None, phase={"schedule": "daily", "daily_start": start.strftime("%H:%M"),
-                                          "daily_end": end.strftime("%H:%M"), "top_k": 1, "epochs": 1, "slices": 2,
-                                          "replicas": 2, "sleep_chunk_seconds": 0.5})
+    cfg = make_cfg(tmp_path, waiting_llm.base_url, mentor_enabled=False,
+                   phase={"schedule": "daily", "daily_start": start.strftime("%H:%M"),
+                          "daily_end": end.strftime("%H:%M"), "top_k": 1, "epochs": 1, "slices": 2,
+                          "replicas": 2, "sleep_chunk_seconds": 0.5})
     ws, state = run(cfg, 3)
     events = list(EventLog(ws.root / "events.jsonl"))
     kinds = [e["kind"] for e in events]
@@ -392,7 +405,7 @@ def test_phase_window_pauses_then_resumes_on_the_signal(tmp_path, monkeypatch):
     # resumed on the signal, not at the window's end (58 minutes away): the 300 s test timeout
     # (pyproject.toml) already bounds the whole run far below that, so no time bound here
     assert state.fitness_baselines
-    # PHASE after the first cycle evaluates one model: nothing is measured against anything, nothing narrows
+    # PHASE evaluates one model: nothing is measured against anything, nothing narrows
     integration = next(e for e in events if e["kind"] == "phase_integration")
     assert integration["search_space_recommendations"] == {} and state.phase_recommendations == {}
     assert list((ws.root / "phase").glob("phase_complete_*.json"))
