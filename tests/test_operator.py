@@ -16,7 +16,7 @@ import yaml
 
 from loop.cycle import finishup
 from loop.errors import ConfigError
-from tests._daemon_fixtures import waiting_daemon, waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
+from tests._daemon_fixtures import cli_here, waiting_daemon, waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
 from tests.conftest import REPO, run_cli, tiny_config_dict
 
 NOW = dt.datetime(2026, 2, 18, 20, 0, tzinfo=dt.timezone.utc)
@@ -149,10 +149,12 @@ def test_scripts_happy_paths_and_errors(daemon_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_start_with_the_dashboard(daemon_cfg, tmp_path):
+def test_start_with_the_dashboard(daemon_cfg, tmp_path, capsys):
     """`llmloop start --dashboard`: the daemon and, in its own process, the page of its workspace on
     127.0.0.1; the URL and the token file (not the token) are printed. `llmloop stop` leaves the page
-    up, a second start finds it serving instead of starting another, `dashboard --stop` ends it."""
+    up, a second start finds it serving instead of starting another, `dashboard --stop` ends it.
+    The starts are real processes (the daemon and the page outlive them); stop and dashboard --stop
+    run in this process (they act on other processes through the workspace's files)."""
     pytest.importorskip("uvicorn", reason="the dashboard extra is not installed: pip install -e '.[dashboard]'")
     import psutil
 
@@ -178,20 +180,20 @@ def test_start_with_the_dashboard(daemon_cfg, tmp_path):
         serving = background.running(ws)
         assert serving is not None and serving.url == url
 
-        assert run_cli("stop", *cfg, "--wait", "120").returncode == 0
+        assert cli_here(capsys, "stop", *cfg, "--wait", "120").returncode == 0
         assert background.running(ws) == serving                          # the page outlives the daemon
         again = run_cli(*start, timeout=180)
         assert again.returncode == 0 and "dashboard: already serving" in again.stdout, again.stdout + again.stderr
         assert background.running(ws) == serving
-        assert run_cli("stop", *cfg, "--wait", "120").returncode == 0
+        assert cli_here(capsys, "stop", *cfg, "--wait", "120").returncode == 0
 
-        stopped = run_cli("dashboard", *cfg, "--stop")
+        stopped = cli_here(capsys, "dashboard", *cfg, "--stop")
         assert stopped.returncode == 0 and f"dashboard stopped (pid {serving.pid}" in stopped.stdout
         assert not psutil.pid_exists(serving.pid) and background.running(ws) is None
         assert not background.pid_path(ws).exists()
-        assert "no dashboard is serving" in run_cli("dashboard", *cfg, "--stop").stdout
+        assert "no dashboard is serving" in cli_here(capsys, "dashboard", *cfg, "--stop").stdout
     finally:
-        run_cli("stop", *cfg, "--wait", "60")
+        cli_here(capsys, "stop", *cfg, "--wait", "60")
         background.stop(ws)
 
 
