@@ -16,7 +16,7 @@ from loop.config import DaemonConfig, validate
 from loop.cycle.state import LoopState
 from loop.daemon.process import AlreadyRunning, run_daemon, running_pid, workspace_of
 from loop.journal.events import EventLog
-from tests._daemon_fixtures import waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
+from tests._daemon_fixtures import cli_here, waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
 from tests.conftest import REPO, add_archive_entry, tiny_config_dict, wait_for
 
 
@@ -205,7 +205,9 @@ def cli(*args, timeout=120):
 
 
 @pytest.mark.slow
-def test_background_start_status_stop_and_kill_9_resume(tmp_path, request):
+def test_background_start_status_stop_and_kill_9_resume(tmp_path, request, capsys):
+    """The starts are real processes (a background daemon, exit code 11 for a second one); status and
+    stop read and write the workspace's files, so they run in this process."""
     cfg_path = write_daemon_yaml(tmp_path)
     ws_root = tmp_path / "ws"
     request.addfinalizer(lambda: kill_daemon_of(ws_root))      # a failed wait must leave no daemon behind
@@ -223,7 +225,7 @@ def test_background_start_status_stop_and_kill_9_resume(tmp_path, request):
     state_path = ws_root / "state.json"
     wait_for(lambda: state_path.exists() and json.loads(state_path.read_text()).get("active_runs"), 120,
              "an active run in state.json")
-    status = cli("status", "--daemon-config", str(cfg_path), "--json")
+    status = cli_here(capsys, "status", "--daemon-config", str(cfg_path), "--json")
     info = json.loads(status.stdout)
     assert info["running"] and info["builder"] == "offline policy"
     daemon_pid = int((ws_root / "daemon.pid").read_text())
@@ -246,8 +248,8 @@ def test_background_start_status_stop_and_kill_9_resume(tmp_path, request):
     assert cycles == sorted(set(cycles)) and len(cycles) == len(events_before) + 2    # none lost or doubled
     resumed = [e for e in events if e["kind"] == "cycle"][len(events_before)]
     assert resumed["followed_run"]["label"] == before.active_run.label              # re-attached or reaped
-    assert cli("status", "--daemon-config", str(cfg_path)).returncode == 0
-    assert "not running" in cli("stop", "--daemon-config", str(cfg_path)).stdout
+    assert cli_here(capsys, "status", "--daemon-config", str(cfg_path)).returncode == 0
+    assert "not running" in cli_here(capsys, "stop", "--daemon-config", str(cfg_path)).stdout
     wait_for(lambda: running_pid(workspace_of(validate(DaemonConfig, {"workspace": str(ws_root)}, "t"))) is None,
              30, "the restarted daemon to exit")
     log = (ws_root / "logs" / "daemon.log").read_text()
@@ -255,10 +257,12 @@ def test_background_start_status_stop_and_kill_9_resume(tmp_path, request):
 
 
 @pytest.mark.slow
-def test_stop_finishes_the_cycle_in_progress_and_starts_no_other(tmp_path, llm_server):
-    """`llmloop stop` while cycle 2 is in progress (its Builder reply takes 8 s): the daemon finishes
-    cycle 2 with that reply, asks for no further decision (no cycle 3), and exits."""
-    llm_server.script(decision("wait"), {"delay": 8, **decision("research")})   # then: 500 script exhausted
+def test_stop_finishes_the_cycle_in_progress_and_starts_no_other(tmp_path, llm_server, capsys):
+    """`llmloop stop` while cycle 2 is in progress (its Builder reply takes 4 s): the daemon finishes
+    cycle 2 with that reply, asks for no further decision (no cycle 3), and exits. The daemon is a
+    real background process; `stop` runs in this process, so the stop request is written within
+    milliseconds of cycle 2's request (no interpreter to start inside the reply's delay)."""
+    llm_server.script(decision("wait"), {"delay": 4, **decision("research")})   # then: 500 script exhausted
     role = {"base_url": llm_server.base_url, "model": "test", "max_attempts": 2, "timeout_seconds": 60}
     cfg_path = write_daemon_yaml(tmp_path, builder={**role, "when_unavailable": "wait"}, mentor=role,
                                  mentor_every_n_cycles=100)
@@ -267,7 +271,7 @@ def test_stop_finishes_the_cycle_in_progress_and_starts_no_other(tmp_path, llm_s
     wait_for(lambda: len(llm_server.requests) >= 2, 120, "cycle 2 to ask the Builder")
     cycles_before = [e["cycle"] for e in EventLog(ws_root / "events.jsonl") if e["kind"] == "cycle"]
     assert cycles_before == [1]                                  # cycle 1 done, cycle 2 waiting for its reply
-    stopped = cli("stop", "--daemon-config", str(cfg_path), "--wait", "60")
+    stopped = cli_here(capsys, "stop", "--daemon-config", str(cfg_path), "--wait", "60")
     assert stopped.returncode == 0 and stopped.stdout.strip() == "llmloop stopped", stopped.stdout
     events = list(EventLog(ws_root / "events.jsonl"))
     cycles = [e for e in events if e["kind"] == "cycle"]
