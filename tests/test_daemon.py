@@ -16,7 +16,8 @@ from loop.config import DaemonConfig, validate
 from loop.cycle.state import LoopState
 from loop.daemon.process import AlreadyRunning, run_daemon, running_pid, workspace_of
 from loop.journal.events import EventLog
-from tests.conftest import REPO, tiny_config_dict, wait_for
+from tests._daemon_fixtures import cli_here, waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
+from tests.conftest import REPO, add_archive_entry, tiny_config_dict, wait_for
 
 
 def tiny_trainer_yaml(tmp_path: Path) -> Path:
@@ -34,7 +35,8 @@ def make_cfg(tmp_path: Path, base_url: str | None, **extra) -> DaemonConfig:
                         "when_unavailable": "wait"},
             "mentor": {"base_url": base_url, "model": "test", "max_attempts": 2, "timeout_seconds": 5},
             "mentor_every_n_cycles": 100, "evolution": {"rules": {"per_class_accuracy_floor": None}},
-            "phase": {"schedule": "off"}, "adaptive_timer": {"min_seconds": 0}}
+            # no pause between cycles: the adaptive timer is not what these tests pin (tests/test_timer.py)
+            "phase": {"schedule": "off"}, "adaptive_timer": {"min_seconds": 0, "max_seconds": 0.01}}
     data.update(extra)
     return validate(DaemonConfig, data, "<test>")
 
@@ -203,7 +205,9 @@ def cli(*args, timeout=120):
 
 
 @pytest.mark.slow
-def test_background_start_status_stop_and_kill_9_resume(tmp_path, request):
+def test_background_start_status_stop_and_kill_9_resume(tmp_path, request, capsys):
+    """The starts are real processes (a background daemon, exit code 11 for a second one); status and
+    stop read and write the workspace's files, so they run in this process."""
     cfg_path = write_daemon_yaml(tmp_path)
     ws_root = tmp_path / "ws"
     request.addfinalizer(lambda: kill_daemon_of(ws_root))      # a failed wait must leave no daemon behind
@@ -221,7 +225,7 @@ def test_background_start_status_stop_and_kill_9_resume(tmp_path, request):
     state_path = ws_root / "state.json"
     wait_for(lambda: state_path.exists() and json.loads(state_path.read_text()).get("active_runs"), 120,
              "an active run in state.json")
-    status = cli("status", "--daemon-config", str(cfg_path), "--json")
+    status = cli_here(capsys, "status", "--daemon-config", str(cfg_path), "--json")
     info = json.loads(status.stdout)
     assert info["running"] and info["builder"] == "offline policy"
     daemon_pid = int((ws_root / "daemon.pid").read_text())
@@ -244,8 +248,8 @@ def test_background_start_status_stop_and_kill_9_resume(tmp_path, request):
     assert cycles == sorted(set(cycles)) and len(cycles) == len(events_before) + 2    # none lost or doubled
     resumed = [e for e in events if e["kind"] == "cycle"][len(events_before)]
     assert resumed["followed_run"]["label"] == before.active_run.label              # re-attached or reaped
-    assert cli("status", "--daemon-config", str(cfg_path)).returncode == 0
-    assert "not running" in cli("stop", "--daemon-config", str(cfg_path)).stdout
+    assert cli_here(capsys, "status", "--daemon-config", str(cfg_path)).returncode == 0
+    assert "not running" in cli_here(capsys, "stop", "--daemon-config", str(cfg_path)).stdout
     wait_for(lambda: running_pid(workspace_of(validate(DaemonConfig, {"workspace": str(ws_root)}, "t"))) is None,
              30, "the restarted daemon to exit")
     log = (ws_root / "logs" / "daemon.log").read_text()
@@ -253,10 +257,12 @@ def test_background_start_status_stop_and_kill_9_resume(tmp_path, request):
 
 
 @pytest.mark.slow
-def test_stop_finishes_the_cycle_in_progress_and_starts_no_other(tmp_path, llm_server):
-    """`llmloop stop` while cycle 2 is in progress (its Builder reply takes 8 s): the daemon finishes
-    cycle 2 with that reply, asks for no further decision (no cycle 3), and exits."""
-    llm_server.script(decision("wait"), {"delay": 8, **decision("research")})   # then: 500 script exhausted
+def test_stop_finishes_the_cycle_in_progress_and_starts_no_other(tmp_path, llm_server, capsys):
+    """`llmloop stop` while cycle 2 is in progress (its Builder reply takes 4 s): the daemon finishes
+    cycle 2 with that reply, asks for no further decision (no cycle 3), and exits. The daemon is a
+    real background process; `stop` runs in this process, so the stop request is written within
+    milliseconds of cycle 2's request (no interpreter to start inside the reply's delay)."""
+    llm_server.script(decision("wait"), {"delay": 4, **decision("research")})   # then: 500 script exhausted
     role = {"base_url": llm_server.base_url, "model": "test", "max_attempts": 2, "timeout_seconds": 60}
     cfg_path = write_daemon_yaml(tmp_path, builder={**role, "when_unavailable": "wait"}, mentor=role,
                                  mentor_every_n_cycles=100)
@@ -265,7 +271,7 @@ def test_stop_finishes_the_cycle_in_progress_and_starts_no_other(tmp_path, llm_s
     wait_for(lambda: len(llm_server.requests) >= 2, 120, "cycle 2 to ask the Builder")
     cycles_before = [e["cycle"] for e in EventLog(ws_root / "events.jsonl") if e["kind"] == "cycle"]
     assert cycles_before == [1]                                  # cycle 1 done, cycle 2 waiting for its reply
-    stopped = cli("stop", "--daemon-config", str(cfg_path), "--wait", "60")
+    stopped = cli_here(capsys, "stop", "--daemon-config", str(cfg_path), "--wait", "60")
     assert stopped.returncode == 0 and stopped.stdout.strip() == "llmloop stopped", stopped.stdout
     events = list(EventLog(ws_root / "events.jsonl"))
     cycles = [e for e in events if e["kind"] == "cycle"]
@@ -301,9 +307,11 @@ def test_unsupported_model_is_repaired_by_fallback_and_retried(tmp_path, llm_ser
 
 
 @pytest.mark.slow
-def test_evolution_window_opens_on_the_cycle_clock(tmp_path):
+def test_evolution_window_opens_on_the_cycle_clock(tmp_path, waiting_llm):
+    """The window's candidates train; the cycles around it need not (the Builder waits)."""
     overrides = {"data": {"image_size": 16, "train_fraction": 0.3}, "run": {"epochs": 1}}
-    cfg = make_cfg(tmp_path, None, evo_period_cycles=2, max_concurrent_experiments=2,
+    cfg = make_cfg(tmp_path, waiting_llm.base_url, mentor_enabled=False, evo_period_cycles=2,
+                   max_concurrent_experiments=2,
                    evolution={"candidate_overrides": overrides, "rules": {"per_class_accuracy_floor": None}},
                    default_monitor_seconds=120)
     ws, state = run(cfg, 2)
@@ -366,12 +374,20 @@ def test_finish_up_runs_a_final_round_then_reports_and_stops(tmp_path):
 
 
 @pytest.mark.slow
-def test_phase_window_pauses_then_resumes_on_the_signal(tmp_path, monkeypatch):
+def test_phase_window_pauses_then_resumes_on_the_signal(tmp_path, monkeypatch, zoo, waiting_llm):
     """Done-when of the PHASE issue: a window opening now pauses the daemon after its cycle, PHASE
-    writes results and its signal, and the daemon resumes (long before the window's end)."""
+    writes results and its signal, and the daemon resumes (long before the window's end). Training
+    is not the subject: the Builder waits every cycle, and PHASE evaluates the one model an earlier
+    night left in the archive (the zoo's tiny model as GEN_HEAD)."""
     import datetime as dt
 
+    from loop.archive.headswitch import cutover
+    from loop.archive.paths import ModelPaths
     from loop.phase import window as phase_window
+
+    paths = ModelPaths(tmp_path / "ws")
+    add_archive_entry(paths, zoo["tiny"], "m-G001-a", 1)
+    cutover(paths, "m-G001-a")
 
     # an injected clock: the daemon's window checks read noon, so the test never meets midnight
     now = dt.datetime.combine(dt.date.today(), dt.time(12, 0))
@@ -379,9 +395,10 @@ def test_phase_window_pauses_then_resumes_on_the_signal(tmp_path, monkeypatch):
     monkeypatch.setattr(phase_window, "window_due", lambda phase, cycle, _, done: due(phase, cycle, now, done))
     monkeypatch.setattr(phase_window, "seconds_until_window", lambda phase, _: until(phase, now))
     start, end = now - dt.timedelta(minutes=1), now + dt.timedelta(minutes=58)
-    cfg = make_cfg(tmp_path, None, phase={"schedule": "daily", "daily_start": start.strftime("%H:%M"),
-                                          "daily_end": end.strftime("%H:%M"), "top_k": 1, "epochs": 1, "slices": 2,
-                                          "replicas": 2, "sleep_chunk_seconds": 0.5})
+    cfg = make_cfg(tmp_path, waiting_llm.base_url, mentor_enabled=False,
+                   phase={"schedule": "daily", "daily_start": start.strftime("%H:%M"),
+                          "daily_end": end.strftime("%H:%M"), "top_k": 1, "epochs": 1, "slices": 2,
+                          "replicas": 2, "sleep_chunk_seconds": 0.5})
     ws, state = run(cfg, 3)
     events = list(EventLog(ws.root / "events.jsonl"))
     kinds = [e["kind"] for e in events]
@@ -392,7 +409,7 @@ def test_phase_window_pauses_then_resumes_on_the_signal(tmp_path, monkeypatch):
     # resumed on the signal, not at the window's end (58 minutes away): the 300 s test timeout
     # (pyproject.toml) already bounds the whole run far below that, so no time bound here
     assert state.fitness_baselines
-    # PHASE after the first cycle evaluates one model: nothing is measured against anything, nothing narrows
+    # PHASE evaluates one model: nothing is measured against anything, nothing narrows
     integration = next(e for e in events if e["kind"] == "phase_integration")
     assert integration["search_space_recommendations"] == {} and state.phase_recommendations == {}
     assert list((ws.root / "phase").glob("phase_complete_*.json"))

@@ -19,8 +19,9 @@ from loop.config import DaemonConfig, validate
 from loop.cycle import finishup
 from loop.daemon.process import run_daemon, running_pid, workspace_of
 from loop.journal.events import EventLog
+from tests._daemon_fixtures import waiting_daemon, waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
 from tests.conftest import REPO, tiny_config_dict, wait_for
-from tests.test_daemon import kill_daemon_of
+from tests.test_daemon import decision, kill_daemon_of
 
 RETRY = {"retry_seconds": 0.2, "max_retry_seconds": 1.0}
 
@@ -87,13 +88,15 @@ def test_a_blocked_daemon_says_so_with_its_failure_signature(tmp_path, receiver,
 
 
 @pytest.mark.slow
-def test_a_receiver_that_is_down_costs_no_cycle(tmp_path, receiver, monkeypatch):
+def test_a_receiver_that_is_down_costs_no_cycle(tmp_path, receiver, monkeypatch, waiting_llm):
     """The receiver is off when the first best is kept: the daemon keeps cycling (one notify_degraded,
     whatever the failed retries), and once the receiver is up the notification arrives
-    (notify_restored)."""
+    (notify_restored). The Builder trains once (the first best), then waits: the cycles that follow
+    need not train to be cycles."""
     monkeypatch.delenv("LLMLOOP_NOTIFY_URLS", raising=False)
     rx = receiver(up=False)
-    cfg = daemon_cfg(tmp_path, notify={"urls": [rx.url()], **RETRY})
+    waiting_llm.script(decision("train"))
+    cfg = daemon_cfg(tmp_path, notify={"urls": [rx.url()], **RETRY}, **waiting_daemon(waiting_llm.base_url))
     ws = workspace_of(cfg)
     seen: dict = {}
 

@@ -16,6 +16,7 @@ import yaml
 
 from loop.cycle import finishup
 from loop.errors import ConfigError
+from tests._daemon_fixtures import cli_here, waiting_daemon, waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
 from tests.conftest import REPO, run_cli, tiny_config_dict
 
 NOW = dt.datetime(2026, 2, 18, 20, 0, tzinfo=dt.timezone.utc)
@@ -78,20 +79,27 @@ def script(name: str, *args: str, stdin: str | None = None, timeout: float = 180
 
 
 @pytest.fixture
-def daemon_cfg(tmp_path) -> Path:
+def daemon_cfg(tmp_path, waiting_llm) -> Path:
+    """The scripts' subject is the scripts, not training: the daemon's Builder is an endpoint that
+    answers `wait` (tests/_daemon_fixtures.py), stored as `llmloop login --base-url` stores one (the
+    config names none, so the test's own login later replaces it); its cycles start no trainer."""
     trainer = tmp_path / "tiny.yaml"
     trainer.write_text(yaml.safe_dump(tiny_config_dict()))
+    creds = tmp_path / "creds" / "credentials.json"
+    creds.parent.mkdir()
+    creds.write_text(json.dumps({"base_url": waiting_llm.base_url, "model": "wait-double"}))
+    creds.chmod(0o644)                      # the test's login must make it 0600 itself
     path = tmp_path / "daemon.yaml"
     path.write_text(yaml.safe_dump({
         "workspace": str(tmp_path / "ws"), "default_trainer_config": str(trainer), "daemon_poll_seconds": 0.2,
-        "default_monitor_seconds": 2, "credentials_file": str(tmp_path / "creds" / "credentials.json"),
+        "default_monitor_seconds": 2, "credentials_file": str(creds), **waiting_daemon(None),
         "phase": {"schedule": "off"}, "adaptive_timer": {"min_seconds": 0, "max_seconds": 1},
         "evolution": {"rules": {"per_class_accuracy_floor": None}}}))
     return path
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # 118 s quiet: every operator script against a training daemon
+@pytest.mark.timeout(900)  # 118 s quiet when its daemon trained: every operator script, each a fresh process
 def test_scripts_happy_paths_and_errors(daemon_cfg, tmp_path):
     cfg = ["--daemon-config", str(daemon_cfg)]
     ws = tmp_path / "ws"
@@ -141,10 +149,12 @@ def test_scripts_happy_paths_and_errors(daemon_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_start_with_the_dashboard(daemon_cfg, tmp_path):
+def test_start_with_the_dashboard(daemon_cfg, tmp_path, capsys):
     """`llmloop start --dashboard`: the daemon and, in its own process, the page of its workspace on
     127.0.0.1; the URL and the token file (not the token) are printed. `llmloop stop` leaves the page
-    up, a second start finds it serving instead of starting another, `dashboard --stop` ends it."""
+    up, a second start finds it serving instead of starting another, `dashboard --stop` ends it.
+    The starts are real processes (the daemon and the page outlive them); stop and dashboard --stop
+    run in this process (they act on other processes through the workspace's files)."""
     pytest.importorskip("uvicorn", reason="the dashboard extra is not installed: pip install -e '.[dashboard]'")
     import psutil
 
@@ -170,20 +180,20 @@ def test_start_with_the_dashboard(daemon_cfg, tmp_path):
         serving = background.running(ws)
         assert serving is not None and serving.url == url
 
-        assert run_cli("stop", *cfg, "--wait", "120").returncode == 0
+        assert cli_here(capsys, "stop", *cfg, "--wait", "120").returncode == 0
         assert background.running(ws) == serving                          # the page outlives the daemon
         again = run_cli(*start, timeout=180)
         assert again.returncode == 0 and "dashboard: already serving" in again.stdout, again.stdout + again.stderr
         assert background.running(ws) == serving
-        assert run_cli("stop", *cfg, "--wait", "120").returncode == 0
+        assert cli_here(capsys, "stop", *cfg, "--wait", "120").returncode == 0
 
-        stopped = run_cli("dashboard", *cfg, "--stop")
+        stopped = cli_here(capsys, "dashboard", *cfg, "--stop")
         assert stopped.returncode == 0 and f"dashboard stopped (pid {serving.pid}" in stopped.stdout
         assert not psutil.pid_exists(serving.pid) and background.running(ws) is None
         assert not background.pid_path(ws).exists()
-        assert "no dashboard is serving" in run_cli("dashboard", *cfg, "--stop").stdout
+        assert "no dashboard is serving" in cli_here(capsys, "dashboard", *cfg, "--stop").stdout
     finally:
-        run_cli("stop", *cfg, "--wait", "60")
+        cli_here(capsys, "stop", *cfg, "--wait", "60")
         background.stop(ws)
 
 

@@ -23,6 +23,7 @@ from loop.journal.events import EventLog
 from loop.ops.units import UnitSpec, phase_service
 from loop.phase import marker
 from loop.phase.results import completion_signal
+from tests._daemon_fixtures import waiting_daemon, waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
 from tests.conftest import REPO, add_archive_entry, tiny_config_dict, wait_for
 
 
@@ -69,8 +70,10 @@ def test_a_signal_means_the_run_ended(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # 106 s quiet: a daemon and a PHASE that train
-def test_the_daemon_pauses_for_and_ingests_the_timers_phase(tmp_path, zoo):
+@pytest.mark.timeout(900)  # 106 s quiet before its daemon waited instead of training
+def test_the_daemon_pauses_for_and_ingests_the_timers_phase(tmp_path, zoo, waiting_llm):
+    """Training is not the subject: the daemon's Builder waits every cycle (tests/_daemon_fixtures.py),
+    and PHASE evaluates the two zoo models in the archive."""
     ws = tmp_path / "ws"
     paths = ModelPaths(ws)                       # something for PHASE to evaluate: GEN_HEAD and a PASS entry
     add_archive_entry(paths, zoo["phase-weak"], "m-G001-a", 1, score=0.2)
@@ -83,8 +86,10 @@ def test_the_daemon_pauses_for_and_ingests_the_timers_phase(tmp_path, zoo):
         "workspace": str(ws), "default_trainer_config": str(trainer), "sandbox": "optional",
         "daemon_poll_seconds": 0, "default_monitor_seconds": 120, "adaptive_timer": {"min_seconds": 0,
                                                                                       "max_seconds": 0.01},
-        "phase": {"schedule": "daily", "daily_start": "00:00", "daily_end": "23:59", "top_k": 1, "epochs": 2,
-                  "slices": 5, "replicas": 3, "sleep_chunk_seconds": 0.2},
+        **waiting_daemon(waiting_llm.base_url),
+        # 8 evaluations a model (16 in all: seconds, so the test holds PHASE with SIGSTOP long before it ends)
+        "phase": {"schedule": "daily", "daily_start": "00:00", "daily_end": "23:59", "top_k": 1, "epochs": 1,
+                  "slices": 4, "replicas": 2, "sleep_chunk_seconds": 0.2},
         "evolution": {"rules": {"per_class_accuracy_floor": None}}}))
     spec = UnitSpec(python=sys.executable, package_parent=str(REPO), root=str(REPO), daemon_config=str(config),
                     workspace=str(ws), daily_start="00:00")

@@ -16,6 +16,7 @@ from loop.phase import marker
 from loop.run.kill import OWNER_TAG
 from loop.run.sandbox_setup import owner_tag
 from loop.util.workspace import Workspace
+from tests._daemon_fixtures import cli_here
 from tests.conftest import REPO, run_cli
 
 
@@ -35,7 +36,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_reset_stops_the_dashboard_and_leftover_runs(setup):
+def test_reset_stops_the_dashboard_and_leftover_runs(setup, capsys):
     pytest.importorskip("uvicorn", reason="the dashboard extra is not installed: pip install -e '.[dashboard]'")
     from loop.dashboard import background
 
@@ -53,7 +54,7 @@ def test_reset_stops_the_dashboard_and_leftover_runs(setup):
         assert not psutil.pid_exists(serving.pid) or psutil.Process(serving.pid).status() == psutil.STATUS_ZOMBIE
         assert leftover.wait(timeout=30) == -9 and stranger.poll() is None
         assert not (ws.root / "events.jsonl").exists() and not (ws.root / "logs").exists()
-        assert "no dashboard is serving" in run_cli("dashboard", *cfg, "--stop").stdout
+        assert "no dashboard is serving" in cli_here(capsys, "dashboard", *cfg, "--stop").stdout   # in-process
     finally:
         background.stop(ws)
         for proc in (leftover, stranger):
