@@ -127,7 +127,7 @@ def cycle_record(ws: Workspace, cycle: int, run_index: int | None) -> tuple[Cycl
     rec.decision = DecisionEntry(action="train", rationale=RATIONALE, run_label=label, strategy_dimension=dim,
                                  train_overlay={"optim": {"lr": 0.01 * (1 + run_index % 7)}}, source="llm")
     rec.run = RunStart(label=label, pid=10000 + cycle, kind="train", log_path=str(run_dir / "train.log"),
-                       monitor="exited", sandbox="bubblewrap", device="cpu")
+                       monitor="finished", sandbox="bubblewrap", device="cpu")
     rec.run_outcome = RunOutcome(label=label, status="ok" if ok else "failed", exit_code=0 if ok else 1,
                                  log_path=str(run_dir / "train.log"), run_dir=str(run_dir), seconds=30.0,
                                  val_accuracy=score if ok else None, error=None if ok else "RuntimeError: NaN loss")

@@ -198,7 +198,7 @@ def offline_search(task: Task, seed: int) -> Search:
         trial = record(search, metrics)
         rec = RunRecord(d.run_label, cycle, read_args(out), trial.score > 0, trial.score, d.strategy_dimension,
                         minutes=None, run_dir=str(out))
-        rec = measured(rec, out, base)
+        rec = measured(rec, metrics, base)
         verdict = verdict_against_best(history, rec)
         rec.verdict, rec.margin, rec.band = verdict.verdict, verdict.margin, verdict.band
         history.append(rec)

@@ -83,7 +83,9 @@ class RunStart(_Entry):
     pid: int
     kind: str
     log_path: str
-    monitor: MonitorStatus         # what the monitor window ended with
+    # what the monitor window ended with; "started" when several runs are in flight and this one is
+    # followed from the next cycle on (max_concurrent_runs > 1: no window in the cycle that starts it)
+    monitor: MonitorStatus | Literal["started"]
     sandbox: str
     device: str = ""       # the device slot it trains on (cuda:N, cpu)
     executor: str = "local"
