@@ -9,7 +9,6 @@ and asks for it by its name, `waiting_llm`.
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
@@ -36,14 +35,3 @@ def waiting_llm_fixture():
     """The waiting endpoint: `wait` for every request, as many as come (a FaultPlan that injects none)."""
     with LLMServer(faults=FaultPlan(rate=0.0, content=WAIT)) as server:
         yield server
-
-
-def cli_here(capsys, *args: str) -> subprocess.CompletedProcess:
-    """`llmloop ARGS` in this process (loop.cli.main.main), for a command whose process boundary is not
-    what a test checks; the same shape as tests.conftest.run_cli's answer (what it printed, its code)."""
-    from loop.cli.main import main
-
-    capsys.readouterr()                     # only this command's output
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(["llmloop", *args], code, out, err)

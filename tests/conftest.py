@@ -65,6 +65,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
                           capture_output=True, text=True, timeout=timeout)
 
 
+def cli_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`llmloop ARGS` in this process (loop.cli.main.main), for a command whose process boundary is not
+    what a test checks; the same shape as tests.conftest.run_cli's answer (what it printed, its code)."""
+    from loop.cli.main import main
+
+    capsys.readouterr()                     # only this command's output
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["llmloop", *args], code, out, err)
+
+
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.02) -> None:
     """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
     import time

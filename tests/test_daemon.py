@@ -16,8 +16,8 @@ from loop.config import DaemonConfig, validate
 from loop.cycle.state import LoopState
 from loop.daemon.process import AlreadyRunning, run_daemon, running_pid, workspace_of
 from loop.journal.events import EventLog
-from tests._daemon_fixtures import cli_here, waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
-from tests.conftest import REPO, add_archive_entry, tiny_config_dict, wait_for
+from tests._daemon_fixtures import waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
+from tests.conftest import REPO, add_archive_entry, cli_here, tiny_config_dict, wait_for
 
 
 def tiny_trainer_yaml(tmp_path: Path) -> Path:

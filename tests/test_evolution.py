@@ -22,7 +22,7 @@ from loop.candidates.scheduler import EvolutionError, spawn_candidates, window_o
 from loop.candidates.window import CandidateOutcome
 from loop.config import DaemonConfig, EvolutionConfig, ViolationRules
 from loop.errors import ArchiveTampered
-from tests.conftest import REPO, add_archive_entry
+from tests.conftest import REPO, add_archive_entry, cli_here
 
 # ----------------------------------------------------------- scheduler ----
 
@@ -426,18 +426,11 @@ def test_full_window_on_digits(tmp_path, capsys, monkeypatch):
                                         "default_trainer_config": str(REPO / "config/trainer/digits.yaml"),
                                         "evolution": {"candidate_overrides": overrides,
                                                       "rules": {"per_class_accuracy_floor": None}}}))
-    from types import SimpleNamespace
-
-    from loop.cli.main import main
-
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PYTHONPATH", str(REPO))        # what the candidates' processes import, as before
 
     def cli(*args):
-        capsys.readouterr()
-        code = main([*args, "--daemon-config", str(cfg_path)])
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+        return cli_here(capsys, *args, "--daemon-config", str(cfg_path))
 
     first = cli("evolve")
     assert first.returncode == 0, first.stderr

@@ -16,8 +16,8 @@ import yaml
 
 from loop.cycle import finishup
 from loop.errors import ConfigError
-from tests._daemon_fixtures import cli_here, waiting_daemon, waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
-from tests.conftest import REPO, run_cli, tiny_config_dict
+from tests._daemon_fixtures import waiting_daemon, waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
+from tests.conftest import REPO, cli_here, run_cli, tiny_config_dict
 
 NOW = dt.datetime(2026, 2, 18, 20, 0, tzinfo=dt.timezone.utc)
 

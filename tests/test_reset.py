@@ -16,8 +16,7 @@ from loop.phase import marker
 from loop.run.kill import OWNER_TAG
 from loop.run.sandbox_setup import owner_tag
 from loop.util.workspace import Workspace
-from tests._daemon_fixtures import cli_here
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, cli_here, run_cli
 
 
 @pytest.fixture
