@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from loop.domains.ages import FALLBACK_SOURCES, AgeCheck, AgeSource, cramers_v, probe_gaps, stratified_draw
 from loop.domains.listing import BadImage
 from loop.domains.pixels import PixelFacts, PixelSource, PixelView
+from loop.domains.split import held_out
 from loop.errors import DomainError
 
 SPLIT_NAMES = ("train", "val", "recall", "delta", "drift")
@@ -225,7 +225,7 @@ def _take(pool: np.ndarray, labels: np.ndarray, count: int, seed: int, what: str
     pool_labels = labels[pool]
     _, counts = np.unique(pool_labels, return_counts=True)
     stratify = pool_labels if counts.min() >= 2 and count >= len(counts) else None
-    rest, taken = train_test_split(pool, test_size=count, random_state=seed, stratify=stratify)
+    rest, taken = held_out(pool, test_size=count, seed=seed, stratify=stratify)
     return np.sort(taken), np.sort(rest)
 
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 
 from loop.domains import SampleSet, SpicaDomain, require_spica, resolve_domain
+from loop.domains.split import held_out
 from loop.errors import ConfigError
 from loop.trainer.config import TrainerConfig
 from loop.trainer.data import ImageDataset, Normalizer, auto_workers, build_augment
@@ -41,7 +41,7 @@ def take_fraction(samples: SampleSet, fraction: float, seed: int) -> SampleSet:
     if fraction >= 1.0:
         return samples
     idx = np.arange(len(samples))
-    keep, _ = train_test_split(idx, train_size=fraction, random_state=seed, stratify=samples.labels)
+    keep, _ = held_out(idx, train_size=fraction, seed=seed, stratify=samples.labels)
     return samples.subset(np.sort(keep))
 
 

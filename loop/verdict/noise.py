@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy.stats import binomtest, chi2
 
 ALPHA = 0.05                    # one-sided: the new run is better
 Z95 = 1.959964
@@ -59,6 +58,8 @@ def mcnemar_p(new: np.ndarray, old: np.ndarray) -> float:
     wins, losses = int(np.sum(new & ~old)), int(np.sum(~new & old))
     if wins + losses == 0:
         return 1.0
+    from scipy.stats import binomtest  # here, not at the top: the trainer imports this module (0.5 CPU-s)
+
     return float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue)
 
 
@@ -115,6 +116,8 @@ def pooled_seed_spread(groups: list[list[float]]) -> tuple[float, int] | None:
 def median_sd(sd: float, dof: int) -> float:
     """A sample sd from few replicas is usually below the true one (with one degree of freedom, half
     the time below 0.67 of it): scaled so it is as likely above as below (the chi-square median)."""
+    from scipy.stats import chi2
+
     return sd * math.sqrt(dof / chi2.ppf(0.5, dof))
 
 
