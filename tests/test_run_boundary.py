@@ -498,6 +498,7 @@ def test_a_daemon_whose_run_locks_everything_it_can_open_finishes_its_cycle_and_
     assert first["run_outcome"]["status"] == "timed_out", first.get("run_outcome")
     assert "holding" in (Path(first["run"]["log_path"])).read_text()
     assert first["seconds"] < 110                              # well inside its 120-s window
+    assert first["run_outcome"]["seconds"] < 60                # killed at its 3-s cap: a shell line gets no grace
 
 
 def test_a_cache_file_changed_after_its_build_is_never_read_but_rebuilt_and_said(tmp_path, monkeypatch):

@@ -6,7 +6,8 @@ candidate, an auto-repair retry) gets its trainer config and its `RunPlan` here,
                      (a cap either sets holds; none is ever removed), validated before anything starts
     run.yaml         written atomically in the run folder; the command line, `--out`, the reads
     limits           the supervisor's walltime: the config's own walltime cap plus a minute for the
-                     trainer to stop itself; the stall limit: the daemon's `run_stall_minutes`
+                     trainer to stop itself (a shell command, which has no trainer inside to stop at
+                     the cap, gets the cap itself); the stall limit: the daemon's `run_stall_minutes`
 """
 from __future__ import annotations
 
@@ -76,9 +77,11 @@ def reads_of(config: dict, root: Path) -> tuple[str, ...]:
 
 
 def command_plan(cfg: DaemonConfig, command: str, label: str, trace: str, run_dir: Path) -> RunPlan:
-    """A policy-checked shell line, run by bash in the sandbox, under the daemon's walltime cap."""
-    return RunPlan(label, trace, "command", ["bash", "-c", command], run_dir,
-                   walltime_limit({"budget": cfg.budget.model_dump()}), stall_seconds(cfg))
+    """A policy-checked shell line, run by bash in the sandbox, killed at the daemon's walltime cap
+    (no minute of grace: nothing in a shell line stops itself at the cap and saves its state)."""
+    minutes = cfg.budget.max_walltime_minutes
+    return RunPlan(label, trace, "command", ["bash", "-c", command], run_dir, minutes * 60 if minutes else None,
+                   stall_seconds(cfg))
 
 
 def retry_plan(run, argv: list[str], trace: str, run_dir: Path, reads: tuple[str, ...]) -> RunPlan:
