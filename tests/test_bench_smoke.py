@@ -34,6 +34,7 @@ SMOKES = {
     "scale_out": ([PY, "bench/scale_out.py", "--smoke"], WRITES),
     "reliability": ([PY, "bench/reliability.py", "--smoke"], WRITES),
     "retention": ([PY, "bench/retention.py", "--smoke"], WRITES),
+    "startup": ([PY, "bench/startup.py", "--smoke"], WRITES),
     "gpu_check": (["bash", "bench/gpu_check.sh", "--cpu-dry-run"], '{"failed": []}'),
     "llm_compat": ([PY, "bench/llm_compat.py", "--smoke"], "wrote "),
     "llama_server": ([PY, "bench/llama_server.py", "--probe", "--max-tokens", "16"], "--- e garbage type"),

@@ -1,6 +1,5 @@
 """`python -m loop.cli ...` is `llmloop ...`."""
-import sys
-
 from loop.cli.main import main
+from loop.util.exiting import exit_process
 
-sys.exit(main())
+exit_process(main())

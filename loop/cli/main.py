@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from loop.errors import ExitCode
 
@@ -68,5 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     return ExitCode.CONFIG
 
 
+def entry() -> None:
+    """The `llmloop` console script: `main`, then the process ends (loop/util/exiting.py). Tests call
+    `main` in-process, where freezing the collector would keep every later cycle alive."""
+    from loop.util.exiting import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,9 +1,8 @@
 """`python -m loop.phase run ...`: the PHASE command line (command.py)."""
 from __future__ import annotations
 
-import sys
-
 from loop.phase.command import main
+from loop.util.exiting import exit_process
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

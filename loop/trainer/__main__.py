@@ -1,5 +1,4 @@
-import sys
-
 from loop.trainer.command import main
+from loop.util.exiting import exit_process
 
-sys.exit(main())
+exit_process(main())
