@@ -70,12 +70,12 @@ def paired(now: str, before: str, rounds: int) -> tuple[list[float], list[float]
     return mine, theirs
 
 
-def tiny_run(work: Path) -> tuple[float, float]:
+def tiny_run(work: Path, n: int) -> tuple[float, float]:
     config = {"data": {"domain": "digits", "image_size": 16, "batch_size": 32, "train_fraction": 0.05},
               "model": {"name": "resnet10t"}, "run": {"epochs": 1, "seed": 1, "threads": 1}}
     (work / "tiny.yaml").write_text(yaml.safe_dump(config))
     return child_cpu([sys.executable, "-m", "loop.trainer", "--config", str(work / "tiny.yaml"),
-                      "--out", str(work / "out")])
+                      "--out", str(work / f"out{n}")])
 
 
 def main() -> None:
@@ -93,7 +93,7 @@ def main() -> None:
                     f"{statistics.median(ratios):.2f} ({spread(ratios)}) |")
         print(rows[-1], flush=True)
     with tempfile.TemporaryDirectory(prefix="startup-") as tmp:
-        runs = [tiny_run(Path(tmp)) for _ in range(rounds)]
+        runs = [tiny_run(Path(tmp), n) for n in range(rounds)]
     cpu, wall = statistics.median(c for c, _ in runs), statistics.median(w for _, w in runs)
     body = (f"{rounds} paired rounds; CPU seconds of the child (user + sys), medians; ratio = now / before, "
             "the median of the paired ratios (its spread).\n\n"
