@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -193,14 +194,34 @@ def test_the_short_night_on_an_image_folder(tmp_path):
     assert "| runs (ok / full-fidelity) |" in (tmp_path / "RESULTS.md").read_text()
 
 
+def stop_after_runs(ws, runs: int, done: threading.Event) -> None:
+    """Ask the daemon to stop (its STOP_REQUESTED file) once `runs` runs are in its history."""
+    while not done.wait(0.1):
+        try:
+            if len(read_history(ws)) >= runs:
+                ws.stop_request.write_text("stop\n")
+                return
+        except (OSError, ValueError):       # the index mid-write: look again
+            pass
+
+
 @pytest.mark.slow
 def test_a_run_followed_across_cycles_keeps_its_own_strategy_dimension(tmp_path):
     """A run judged in a later cycle than the one that started it is recorded with its own decision's
-    dimension (the offline policy counts dimensions to pick the least tried one)."""
+    dimension (the offline policy counts dimensions to pick the least tried one). Three judged runs
+    are enough: the baseline and its replica (`evaluation`), then the least tried other dimension; the
+    daemon is asked to stop then (at most 40 cycles, as before: under load a run spans more of them)."""
     trainer = tiny_config_dict(data={"train_fraction": 0.05}, run={"epochs": 2})
     cfg = daemon_cfg(tmp_path, trainer, default_monitor_seconds=1, mentor_enabled=False)
     ws = workspace_of(cfg)
-    run_daemon(cfg, ws, max_cycles=40, say=lambda *_: None)        # 1-s windows: each run spans cycles
+    done = threading.Event()
+    stopper = threading.Thread(target=stop_after_runs, args=(ws, 3, done), daemon=True)
+    stopper.start()
+    try:
+        run_daemon(cfg, ws, max_cycles=40, say=lambda *_: None)    # 1-s windows: each run spans cycles
+    finally:
+        done.set()
+        stopper.join(10)
     started = {c["decision"]["run_label"]: c["decision"]["strategy_dimension"] for c in events(ws, "cycle")
                if c.get("decision") and c.get("run")}
     spans = [c for c in events(ws, "cycle") if c.get("followed_runs")]
