@@ -291,11 +291,11 @@ class Campaign:
         self.by_point: Counter = Counter()
         self.max_cycle = 0
         self.pending: dict | None = None           # what the next start must have repaired
+        self.starts = self.count_starts()          # daemon_start records so far
 
     # ---- one kill ----
     def kill_once(self) -> None:
         kind = self.pick_kind()
-        starts_before = self.count_starts()
         if kind == "random":
             pid = fork(child_daemon, self.cfg, None)
             time.sleep(self.rng.uniform(0.0, 0.5))
@@ -318,7 +318,9 @@ class Campaign:
         self.figures["kills"] += 1
         self.by_point[kind] += 1
         reap_orphans()
-        self.after_kill(started=self.count_starts() > starts_before)
+        starts = self.count_starts()                # (only the children write events: read once a kill)
+        self.after_kill(started=starts > self.starts)
+        self.starts = starts
 
     def pick_kind(self) -> str:
         """Every named point once first (so each run covers mid-write, mid-archive and mid-cutover),
@@ -366,7 +368,7 @@ class Campaign:
         self.figures["temp_files_left_by_kills"] += len(set(temps) - set(seen["temps"]))
         self.figures["staging_left_by_kills"] += len(set(staging) - set(seen["staging"]))
         self.pending = {"snapshot": snapshot, "temps": temps, "staging": staging,
-                        "resume": max(state.cycle, logged) + 1, "starts": self.count_starts()}
+                        "resume": max(state.cycle, logged) + 1}
 
     def check_restart(self, before: dict) -> None:
         """The start after a kill cut the torn tail (keeping every complete line), swept the temps and
@@ -696,19 +698,33 @@ def disk_main(workdir: Path, tmpfs: Path | None) -> dict:
 def warm_up(cfg: DaemonConfig) -> None:
     """Import and load in the parent what every child needs, so a fork starts the daemon at once (torch
     too: the start counts the device slots before its start record, and no longer imports torch through
-    the modules below)."""
+    the modules below; the rest: what a daemon's start and first cycle import lazily)."""
+    import numpy.ma  # noqa: F401
+    import numpy.random  # noqa: F401
+    import openai
     import torch  # noqa: F401
 
     import loop.agents.context  # noqa: F401
     import loop.agents.llm  # noqa: F401
+    import loop.candidates.scheduler  # noqa: F401
     import loop.gate.policy  # noqa: F401
     import loop.gate.quality  # noqa: F401
+    import loop.gate.repeats  # noqa: F401
+    import loop.notify.notifier  # noqa: F401
+    import loop.phase.results  # noqa: F401
+    import loop.retention.upkeep  # noqa: F401
     import loop.run.repair  # noqa: F401
+    import loop.tracking.tracker  # noqa: F401
+    import loop.trainer.tensorboard  # noqa: F401
     from loop.agents.prompts import check_rule_budgets
     from loop.daemon.process import check_task_domain
 
     check_rule_budgets(cfg, cfg.root)
     check_task_domain(cfg, Workspace(Path(cfg.workspace)))
+    # the client's HTTP transport and its chat resource import on first use (a fifth of a second a child):
+    # made once here, no request sent
+    with openai.OpenAI(base_url=cfg.builder.base_url, api_key="warm-up") as client:
+        client.chat.completions  # noqa: B018
 
 
 def main(argv: list[str] | None = None) -> int:
