@@ -18,7 +18,7 @@ import yaml
 
 from loop.cycle.state import LoopState
 from loop.journal.events import EventLog
-from tests.conftest import REPO, tiny_config_dict, wait_for
+from tests.conftest import REPO, cli_here, tiny_config_dict, wait_for
 
 TMPFS_MB = 24
 FLOOR_MB = 8
@@ -55,7 +55,9 @@ def free_mb(disk: Path) -> float:
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     """`llmloop ARGS` with the pixel cache left to the daemon's default, the workspace's cache/pixels
-    on the tmpfs (a session cache under pytest's 0700 folder is another disk, and slower to reach)."""
+    on the tmpfs (a session cache under pytest's 0700 folder is another disk, and slower to reach).
+    The background start is a real process; status, archive verify and stop run in this process
+    (cli_here: they read the workspace's files and act on the daemon through them)."""
     env = {k: v for k, v in os.environ.items() if k != "LLMLOOP_PIXEL_CACHE"} | {"PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "loop.cli.main", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=180)
@@ -89,7 +91,7 @@ def disk(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_path, disk):
+def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_path, disk, capsys):
     from tests.notify_receiver import Receiver
 
     ws = disk / "ws"
@@ -117,7 +119,7 @@ def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_p
     assert kinds(ws).count("disk_low") == 1 and "cycle" not in kinds(ws)
     low = next(e for e in EventLog(ws / "events.jsonl") if e["kind"] == "disk_low")
     assert low["path"] == str(ws) and low["min_free_gb"] == FLOOR_MB / 1000 and low["free_gb"] < FLOOR_MB / 1000
-    status = cli("status", "--daemon-config", str(cfg))
+    status = cli_here(capsys, "status", "--daemon-config", str(cfg))
     assert "WAITING: disk low" in status.stdout and "retention.min_free_gb" in status.stdout, status.stdout
     wait_for(lambda: "disk_low" in receiver.events(), 60, "the disk_low notification, sent while it waits")
 
@@ -125,10 +127,10 @@ def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_p
     filler.unlink()
     wait_for(lambda: "disk_ok" in kinds(ws), 60, "a disk_ok event")
     try:
-        wait_for(lambda: "retention_sweep" in kinds(ws), 600, "a retention sweep after two trained runs", poll=0.5)
+        wait_for(lambda: "retention_sweep" in kinds(ws), 600, "a retention sweep after two trained runs", poll=0.1)
     except AssertionError:
         raise AssertionError(f"no retention sweep; the daemon's log ends:\n{log_tail(ws)}") from None
-    assert "WAITING" not in cli("status", "--daemon-config", str(cfg)).stdout
+    assert "WAITING" not in cli_here(capsys, "status", "--daemon-config", str(cfg)).stdout
     sweep = next(e for e in EventLog(ws / "events.jsonl") if e["kind"] == "retention_sweep")
     assert sweep["pruned"] and sweep["bytes_freed"] > 0
     assert all("top 1" in p["reason"] for p in sweep["pruned"])
@@ -140,7 +142,7 @@ def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_p
     with open(full, "r+b") as fh:
         fh.truncate(max(0, full.stat().st_size - int(FLOOR_MB / 2 * 1e6)))
     wait_for(lambda: kinds(ws).count("disk_low") == 2, 120, "a second disk_low once there is room to write it")
-    assert "WAITING: disk low" in cli("status", "--daemon-config", str(cfg)).stdout
+    assert "WAITING: disk low" in cli_here(capsys, "status", "--daemon-config", str(cfg)).stdout
 
     # ---- nothing torn, nothing half-written ----
     state = LoopState.model_validate_json((ws / "state.json").read_text())
@@ -152,9 +154,9 @@ def test_a_daemon_on_a_small_disk_waits_says_why_and_never_corrupts_a_file(tmp_p
             json.loads(line)
     strays = [str(p) for p in ws.rglob(".*.tmp") if "/runs/" not in str(p)]
     assert strays == []
-    verified = cli("archive", "verify", "--daemon-config", str(cfg))
+    verified = cli_here(capsys, "archive", "verify", "--daemon-config", str(cfg))
     assert verified.returncode == 0, verified.stdout
-    stopped = cli("stop", "--wait", "60", "--daemon-config", str(cfg))
+    stopped = cli_here(capsys, "stop", "--wait", "60", "--daemon-config", str(cfg))
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert kinds(ws)[-1] == "daemon_stop"
     assert "disk_ok" in receiver.events()
