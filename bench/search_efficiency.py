@@ -64,7 +64,6 @@ from queue import Empty
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import optuna  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -81,7 +80,6 @@ from loop.journal.events import EventLog  # noqa: E402
 from loop.journal.history import HistoryReader, RunRecord  # noqa: E402
 from loop.journal.metrics import RunMetrics  # noqa: E402
 from loop.trainer.config import TrainerConfig  # noqa: E402
-from loop.trainer.train import train  # noqa: E402
 from loop.util.exiting import exit_process  # noqa: E402
 from loop.util.workspace import Workspace  # noqa: E402
 from loop.verdict.keeps import verdict_against_best  # noqa: E402
@@ -99,7 +97,6 @@ KEEPERS = ("offline policy", "whole daemon")   # report their kept best (first, 
 DAEMON_POLL_S = 1.0          # how often the whole daemon's CPU-seconds are sampled
 if smoke():      # spawned task workers see it too (the env var is inherited)
     SEEDS, TASKS["shapes"] = (0,), ("config/trainer/shapes.yaml", {"count": 400}, 320.0)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @dataclass
@@ -146,6 +143,8 @@ class Task:
 
     def run(self, search: Search, config: dict, on_epoch=None) -> tuple[RunMetrics | None, Path]:
         """Train one config in-process on one thread; charge its CPU-seconds to the search."""
+        from loop.trainer.train import train  # here, not at the top: the parent process never trains
+
         config = deep_merge(config, {"run": {"threads": 1, "log_every_steps": 10 ** 6}})
         config = smoke_size(config) if smoke() else config
         out = Path(tempfile.mkdtemp(dir=self.workdir))
@@ -227,6 +226,9 @@ def random_search(task: Task, seed: int) -> Search:
 
 
 def tpe_search(task: Task, seed: int, hyperband: bool = False) -> Search:
+    import optuna  # here, not at the top: only the task workers search (the parent imports less)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = Search(task.budget)
     pruner = optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3) if hyperband \
         else optuna.pruners.NopPruner()
