@@ -23,7 +23,8 @@ memory-mapped cache's file pages are not counted) at its peak during
 
 Run from the repo root: .venv/bin/python bench/data_scale.py [--rounds 2]
 Smoke size (tests/test_bench_smoke.py; no RESULTS.md write): add --smoke (400 and 200 images of
-32 px in a throw-away folder, never the cached 50,000; one round).
+32 px in a throw-away folder, never the cached 50,000; one round; the two builds share one fresh
+process, and so do the two memory runs).
 """
 from __future__ import annotations
 
@@ -232,12 +233,24 @@ CHILDREN = {"build": child_build, "trainer": child_trainer, "reference": child_r
 
 
 def in_child(mode: str, n: int) -> dict:
+    return in_children(mode, (n,))[n]
+
+
+def in_children(mode: str, ns: tuple[int, ...]) -> dict[int, dict]:
+    """One fresh process running `mode` for each image count in turn."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), LLMLOOP_PIXEL_CACHE=str(DATA / "cache"))
-    done = subprocess.run([sys.executable, __file__, "--child", mode, "--n", str(n)], env=env,
+    done = subprocess.run([sys.executable, __file__, "--child", mode, "--n", ",".join(map(str, ns))], env=env,
                           capture_output=True, text=True, check=False)
     if done.returncode:
-        raise SystemExit(f"{mode} {n} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{mode} {ns} failed:\n{done.stderr[-3000:]}")
+    return {int(n): got for n, got in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+
+def per_size(mode: str) -> dict[int, dict]:
+    """`mode` for both sizes: each in its own fresh process, or (a smoke run, the same code twice) one process."""
+    if SMOKE:
+        return in_children(mode, (N_SMALL, N_ALL))
+    return {n: in_child(mode, n) for n in (N_SMALL, N_ALL)}
 
 
 # ------------------------------------------------------------------ main ----
@@ -255,14 +268,14 @@ def main() -> None:
     t0 = time.perf_counter()
     make_data()
     made = time.perf_counter() - t0
-    build = {n: in_child("build", n) for n in (N_SMALL, N_ALL)}
+    build = per_size("build")
     ratios, pairs = [], []
     for r in range(args.rounds):
         order = ("reference", "trainer") if r % 2 == 0 else ("trainer", "reference")
         got = {mode: in_child(mode, N_SMALL) for mode in order}
         pairs.append(got)
         ratios.append(got["trainer"]["images_per_second"] / got["reference"]["images_per_second"])
-    mem = {n: in_child("memory", n) for n in (N_SMALL, N_ALL)}
+    mem = per_size("memory")
     run_growth = mem[N_ALL]["run_peak_mb"] / mem[N_SMALL]["run_peak_mb"]
     probe_growth = mem[N_ALL]["probe_peak_mb"] / mem[N_SMALL]["probe_peak_mb"]
     lines = [f"- data: {N_ALL} PNG {SIZE}x{SIZE} RGB, {CLASSES} classes ({'made' if made > 5 else 'reused'} in "
@@ -290,9 +303,12 @@ if __name__ == "__main__":
     if "--child" in sys.argv:
         ap = argparse.ArgumentParser()
         ap.add_argument("--child", choices=CHILDREN)
-        ap.add_argument("--n", type=int)
+        ap.add_argument("--n", help="image counts, comma-separated: run in turn in this process")
         a = ap.parse_args()
-        print(json.dumps(CHILDREN[a.child](a.n)))
+        print(json.dumps({n: CHILDREN[a.child](int(n)) for n in a.n.split(",")}))
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         main()
+    from loop.util.exiting import exit_process
+
+    exit_process(0)     # no collector walk over everything torch made at the exit

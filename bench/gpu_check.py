@@ -38,6 +38,7 @@ from loop.run.supervise import run_all  # noqa: E402
 from loop.trainer.config import TrainerConfig  # noqa: E402
 from loop.trainer.data import ImageDataset  # noqa: E402
 from loop.trainer.train import train  # noqa: E402
+from loop.util.exiting import exit_process  # noqa: E402
 
 DRY = "--cpu-dry-run" in sys.argv
 DEVICE = "cpu" if DRY else "cuda"
@@ -46,7 +47,8 @@ BATCH = 64 if DRY else 256
 SIZE = 16 if DRY else 32          # image side in px
 FRACTION = 0.25 if DRY else 1.0   # share of the digits train split (the dry run only proves the script)
 PROBE = ("import os, torch; print(os.environ.get('CUDA_VISIBLE_DEVICES'), torch.cuda.device_count(), "
-         "torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-')")
+         "torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'); "
+         "import gc; gc.freeze()")     # its exit skips the collector's walk over torch's objects
 
 
 def trainer_cfg(epochs: int) -> TrainerConfig:
@@ -152,7 +154,7 @@ def main() -> None:
     if not DRY:
         write_section("gpu_check", body, facts)
     print(json.dumps({"failed": [r[0] for r in rows if r[1] == "FAILED"]}))
-    sys.exit(1 if any(r[1] == "FAILED" for r in rows) else 0)
+    exit_process(1 if any(r[1] == "FAILED" for r in rows) else 0)    # no collector walk over torch's objects
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from loop.run.plan import RunPlan  # noqa: E402
 from loop.run.sandbox_setup import load_sandbox  # noqa: E402
 from loop.run.slots import SlotPool, plan_slots  # noqa: E402
 from loop.run.supervise import exit_code, run_all  # noqa: E402
+from loop.util.exiting import exit_process  # noqa: E402
 
 TASKS = 6
 CYCLES = 10
@@ -193,3 +194,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process(0)     # no collector walk over everything torch made at the exit

@@ -36,13 +36,15 @@ method given the same CPU-seconds.
 Run from the repo root: .venv/bin/python bench/search_efficiency.py [--task digits|shapes|both]
 [--budget-scale 1.0]. Two tasks run as two processes at once (one core each).
 Smoke size (tests/test_bench_smoke.py; no RESULTS.md or bench/_work write): add --smoke (one seed,
-trials of at most 3 epochs on a quarter of the split, 400 shapes, 1% of the budget; the whole daemon
-runs on past it until its first run is judged, about a minute). One method: --methods "whole daemon".
+trials of at most 2 epochs at 16 px on a tenth of the split, 400 shapes, 0.5% of the budget: one to three
+trials a method; the whole daemon runs on past it until its first run is judged, about half a minute).
+One method: --methods "whole daemon".
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -62,7 +64,6 @@ from queue import Empty
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import optuna  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -79,7 +80,7 @@ from loop.journal.events import EventLog  # noqa: E402
 from loop.journal.history import HistoryReader, RunRecord  # noqa: E402
 from loop.journal.metrics import RunMetrics  # noqa: E402
 from loop.trainer.config import TrainerConfig  # noqa: E402
-from loop.trainer.train import train  # noqa: E402
+from loop.util.exiting import exit_process  # noqa: E402
 from loop.util.workspace import Workspace  # noqa: E402
 from loop.verdict.keeps import verdict_against_best  # noqa: E402
 from loop.verdict.noise import Score, compare, pooled_seed_sd, unpack_correct  # noqa: E402
@@ -96,7 +97,6 @@ KEEPERS = ("offline policy", "whole daemon")   # report their kept best (first, 
 DAEMON_POLL_S = 1.0          # how often the whole daemon's CPU-seconds are sampled
 if smoke():      # spawned task workers see it too (the env var is inherited)
     SEEDS, TASKS["shapes"] = (0,), ("config/trainer/shapes.yaml", {"count": 400}, 320.0)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @dataclass
@@ -143,6 +143,8 @@ class Task:
 
     def run(self, search: Search, config: dict, on_epoch=None) -> tuple[RunMetrics | None, Path]:
         """Train one config in-process on one thread; charge its CPU-seconds to the search."""
+        from loop.trainer.train import train  # here, not at the top: the parent process never trains
+
         config = deep_merge(config, {"run": {"threads": 1, "log_every_steps": 10 ** 6}})
         config = smoke_size(config) if smoke() else config
         out = Path(tempfile.mkdtemp(dir=self.workdir))
@@ -160,13 +162,13 @@ class Task:
 
 
 def smoke_size(config: dict) -> dict:
-    """A config cut to seconds, over the method's own choice: 3 epochs, a screen stopping after 1 (so a
-    continuation still finds its checkpoint), a quarter of the split."""
+    """A config cut to under a CPU-second, over the method's own choice: 2 epochs, a screen stopping after
+    1 (so a continuation still finds its checkpoint), 16 px, a tenth of the split."""
     run = config.get("run", {})
-    shrink = {"epochs": min(run.get("epochs", 3), 3)}
+    shrink = {"epochs": min(run.get("epochs", 2), 2)}
     if run.get("stop_after_epochs"):
         shrink["stop_after_epochs"] = 1
-    return deep_merge(config, {"run": shrink, "data": {"train_fraction": 0.25}})
+    return deep_merge(config, {"run": shrink, "data": {"train_fraction": 0.1, "image_size": 16}})
 
 
 def record(search: Search, metrics: RunMetrics | None) -> Trial:
@@ -224,6 +226,9 @@ def random_search(task: Task, seed: int) -> Search:
 
 
 def tpe_search(task: Task, seed: int, hyperband: bool = False) -> Search:
+    import optuna  # here, not at the top: only the task workers search (the parent imports less)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = Search(task.budget)
     pruner = optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3) if hyperband \
         else optuna.pruners.NopPruner()
@@ -452,13 +457,14 @@ def task_worker(name: str, queue, methods: tuple[str, ...] = METHODS, budget_sca
                            [(a.__dict__, b.__dict__) for a, b in pairs], search.kept, search.notes))
                 print(f"{name} seed {seed} {method}: {len(search.trials)} trials, best "
                       f"{best_at(search, search.budget):.4f}, {time.time() - t0:.0f} s wall", flush=True)
+    gc.freeze()     # the exit skips the collector's walk over everything torch made (loop/util/exiting.py)
 
 
 def main() -> None:
     global METHODS
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", default="both", choices=["digits", "shapes", "both"])
-    ap.add_argument("--budget-scale", type=float, default=0.01 if smoke() else 1.0)
+    ap.add_argument("--budget-scale", type=float, default=0.005 if smoke() else 1.0)
     ap.add_argument("--smoke", action="store_true", help="seconds of work, nothing written")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
     ap.add_argument("--section", default="search_efficiency", help="the RESULTS.md section to (re)write")
@@ -587,3 +593,4 @@ def write(results: dict, names: list[str], facts: str, seconds: float, section: 
 
 if __name__ == "__main__":
     main()
+    exit_process(0)
