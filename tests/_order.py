@@ -2,8 +2,8 @@
 
 Two workers take tests in collection order, so a five-minute test collected last runs alone while
 the other worker idles. Sorted by the durations of the last quiet full run (tests/durations.json,
-written by `scripts/test.sh --write-durations tests/durations.json`), the long tests start first and the short ones
-fill the gaps. An `xdist_group` stays together and counts as its total. One process (`-n 0`) keeps
+written by `scripts/test.sh --write-durations=tests/durations.json`), the long tests start first and
+the short ones fill the gaps. An `xdist_group` stays together and counts as its total. One process (`-n 0`) keeps
 file order, so a test is still read and debugged where it is written.
 """
 from __future__ import annotations
@@ -53,7 +53,9 @@ _seen: dict[str, float] = {}
 
 def pytest_addoption(parser) -> None:
     parser.addoption("--write-durations", metavar="PATH", default=None,
-                     help="write each test's seconds (setup + call + teardown) to PATH as JSON at the end")
+                     help="write each test's seconds (setup + call + teardown) to PATH as JSON at the end; "
+                          "spell it --write-durations=PATH: pytest reads an existing PATH outside the "
+                          "repo given as a separate word as a test path, before this option is known")
 
 
 def pytest_runtest_logreport(report) -> None:
