@@ -103,3 +103,14 @@ def test_the_check_sees_torch_where_it_is_imported(workspace):
     done, modules = run_importtime("promote", "--approve", "--workspace", str(workspace.workspace))
     assert "no pending proposal" in done.stderr + done.stdout
     assert "torch" in heavy(modules)
+
+
+def test_status_imports_neither_torch_nor_openai_nor_scipy(tmp_path):
+    """`llmloop status` (every operator script's first call, `status.sh` in a loop) reads the
+    workspace's files: no torch, no LLM client (openai is imported where a request is made), no
+    scipy (imported where the noise rule tests)."""
+    done, modules = run_importtime("status", "--workspace", str(tmp_path / "ws"))
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    assert "loop.daemon.status" in modules, "the check must see the command's own module"
+    assert heavy(modules) == [] and not {"openai", "scipy"} & {m.split(".")[0] for m in modules}, \
+        sorted(m for m in modules if m.split(".")[0] in ("openai", "scipy", *HEAVY))[:10]
