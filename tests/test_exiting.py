@@ -30,8 +30,10 @@ def test_the_entry_points_end_through_it():
     `llmloop` console script: the processes that import torch."""
     import tomllib
 
-    for module in ("loop/trainer/__main__.py", "loop/cli/__main__.py", "loop/phase/__main__.py"):
+    for module in ("loop/trainer/__main__.py", "loop/phase/__main__.py"):
         assert "exit_process(main())" in (REPO / module).read_text(), module
-    assert "    entry()" in (REPO / "loop/cli/main.py").read_text()
+    assert "exit_process(main())" in (REPO / "loop/cli/main.py").read_text()           # entry()
+    assert "    entry()" in (REPO / "loop/cli/main.py").read_text()                    # python -m loop.cli.main
+    assert (REPO / "loop/cli/__main__.py").read_text().rstrip().endswith("\nentry()")  # python -m loop.cli
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["llmloop"] == "loop.cli.main:entry"

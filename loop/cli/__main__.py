@@ -1,5 +1,4 @@
 """`python -m loop.cli ...` is `llmloop ...`."""
-from loop.cli.main import main
-from loop.util.exiting import exit_process
+from loop.cli.main import entry
 
-exit_process(main())
+entry()
