@@ -24,7 +24,8 @@ finish-up), on three tasks of real size, and what became of its compute.
 
 Run from the repo root:
   .venv/bin/python bench/night.py --tier full --minutes 40             # figures for RESULTS.md
-  .venv/bin/python bench/night.py --tier short --tasks shapes_folder   # a few minutes (the test suite's)
+  .venv/bin/python bench/night.py --tier short --tasks shapes_folder   # a few minutes
+  .venv/bin/python bench/night.py --tier short --tasks shapes_folder --cycles 3 --epochs 1   # the test suite's
   .venv/bin/python bench/night.py --smoke                              # digits, 2 cycles, no RESULTS.md write
 """
 from __future__ import annotations
@@ -67,8 +68,8 @@ SHORT_RUN_CAP_MINUTES = 2.0  # the short tier's per-run walltime cap
 
 # ------------------------------------------------------------------ set-up ----
 
-def task_trainer(task: str, data: Path, tier: str) -> dict:
-    """The shipped recipe for the task, pointed at its files."""
+def task_trainer(task: str, data: Path, tier: str, epochs: int | None = None) -> dict:
+    """The shipped recipe for the task, pointed at its files (its epochs replaced by `epochs` if given)."""
     source = "digits.yaml" if task == "digits" else "shapes.yaml"
     trainer = yaml.safe_load((REPO / "config" / "trainer" / source).read_text())
     if task == "shapes_folder":
@@ -81,19 +82,21 @@ def task_trainer(task: str, data: Path, tier: str) -> dict:
     if tier == "short":          # minutes, not hours: each run capped short, on 16-px images
         trainer.setdefault("budget", {})["max_walltime_minutes"] = SHORT_RUN_CAP_MINUTES
         trainer["data"]["image_size"] = 16
+    if epochs is not None:
+        trainer["run"]["epochs"] = epochs
     if smoke():
         trainer["data"]["train_fraction"] = 0.2
         trainer["run"]["epochs"] = 2
     return trainer
 
 
-def prepare(task: str, work: Path, data: Path, tier: str) -> Path:
+def prepare(task: str, work: Path, data: Path, tier: str, epochs: int | None = None) -> Path:
     """A fresh workspace and the two configs; returns the daemon config's path."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     trainer_path = work / "trainer.yaml"
-    trainer_path.write_text(yaml.safe_dump(task_trainer(task, data, tier), sort_keys=False))
+    trainer_path.write_text(yaml.safe_dump(task_trainer(task, data, tier, epochs), sort_keys=False))
     daemon = yaml.safe_load((REPO / "config" / "daemon_config.yaml").read_text())
     opened = dt.datetime.now() - dt.timedelta(minutes=1)
     daemon.update(workspace=str(work / "artifacts"), default_trainer_config=str(trainer_path))
@@ -252,8 +255,12 @@ def main() -> None:
     size.add_argument("--cycles", type=int, help="each task's night, cycles (finish-up requested near the end)")
     parser.add_argument("--work", help="where the workspaces go (default bench/_work/night; a smoke run: a new "
                                            "temporary folder)")
+    parser.add_argument("--epochs", type=int, help="train each recipe this many epochs, not its shipped count: a "
+                                                   "quick check of the whole night (its accuracies are not the recipe's)")
     parser.add_argument("--smoke", action="store_true", help="digits, 2 cycles, tiny runs; no RESULTS.md write")
     args = parser.parse_args()
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs: {args.epochs}; at least 1")
     tasks = ["digits"] if args.smoke else [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
@@ -272,7 +279,7 @@ def main() -> None:
     readable_data_folder(data)
     results = {}
     for task in tasks:
-        config = prepare(task, work / task, data, "short" if args.smoke else args.tier)
+        config = prepare(task, work / task, data, "short" if args.smoke else args.tier, args.epochs)
         ws = Workspace(work / task / "artifacts")
         limit = (minutes or 0) * 2 + 20 if minutes else cycles * 15 + 20
         print(f"[night] {task}: {'%g minutes' % minutes if minutes else '%d cycles' % cycles} ...", flush=True)
@@ -280,6 +287,8 @@ def main() -> None:
         print(json.dumps(results[task], indent=2), flush=True)
         (work / f"{task}.json").write_text(json.dumps(results[task], indent=2) + "\n")
     size_text = f"{minutes:g} minutes" if minutes else f"{cycles} cycles"
+    if args.epochs is not None:
+        size_text += f" (each recipe {args.epochs} epoch(s), not its shipped count)"
     body = (f"The whole daemon (`llmloop start`, shipped config, sandbox required, PHASE open at the start), "
             f"{'smoke' if args.smoke else args.tier} tier, {size_text} a task.\n\n" + table(results))
     print(body)
