@@ -255,8 +255,8 @@ def main() -> None:
     size.add_argument("--cycles", type=int, help="each task's night, cycles (finish-up requested near the end)")
     parser.add_argument("--work", help="where the workspaces go (default bench/_work/night; a smoke run: a new "
                                            "temporary folder)")
-    parser.add_argument("--epochs", type=int, help="train each recipe this many epochs, not its shipped count: a "
-                                                   "quick check of the whole night (its accuracies are not the recipe's)")
+    parser.add_argument("--epochs", type=int, help="train each recipe this many epochs, not its shipped count: "
+                        "a quick check of the whole night (its accuracies are not the recipe's)")
     parser.add_argument("--smoke", action="store_true", help="digits, 2 cycles, tiny runs; no RESULTS.md write")
     args = parser.parse_args()
     if args.epochs is not None and args.epochs < 1:
