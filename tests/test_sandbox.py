@@ -45,6 +45,7 @@ def box(tmp_path, monkeypatch):
     creds.chmod(0o600)
     monkeypatch.setenv("LLMLOOP_TEST_CANARY_TOKEN", CANARY)
     monkeypatch.setenv("PYTHONHASHSEED", "0")   # on the allowlist: must pass through
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")   # so must this (idle threads sleep on a shared machine)
 
     def run(command: str, **cfg_keys) -> tuple[subprocess.CompletedProcess, Path]:
         cfg = DaemonConfig.model_validate({"credentials_file": str(creds), **cfg_keys})
@@ -255,6 +256,7 @@ def test_the_daemon_environment_and_credentials_are_out_of_reach(box):
     out = done.stdout + done.stderr
     assert CANARY not in out
     assert "PYTHONHASHSEED=0" in done.stdout and "LLMLOOP_TEST_CANARY_TOKEN" not in out
+    assert "OMP_WAIT_POLICY=PASSIVE" in done.stdout
 
 
 def test_symlinked_credential_folders_are_hidden_too(box, tmp_path):
