@@ -5,12 +5,20 @@ the other worker idles. Sorted by the durations of the last quiet full run (test
 written by `scripts/test.sh --write-durations=tests/durations.json`), the long tests start first and
 the short ones fill the gaps. An `xdist_group` stays together and counts as its total. One process (`-n 0`) keeps
 file order, so a test is still read and debugged where it is written.
+
+It also makes `--dist loadgroup` group at all under pytest 9.2: xdist 3.8 marks a grouped test by
+appending `@group` to `item._nodeid`, but pytest 9.2 keeps a node's id in `item._id` (a `NodeId`),
+so the suffix was lost and every group's tests were spread over both workers (two Ray clusters at
+once, the fuzz tally split). `keep_groups_together` writes the suffix where pytest reads it.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
+
+import pytest
 
 DURATIONS = Path(__file__).with_name("durations.json")
 UNKNOWN_S = 5.0          # a test new since the file was written: somewhere in the middle
@@ -23,9 +31,33 @@ def group_of(item) -> str | None:
     return mark.kwargs.get("name") or (mark.args[0] if mark.args else None)
 
 
+GROUP_SUFFIX = re.compile(r"@[A-Za-z0-9_.-]+$")    # xdist's `@group` (a parameter id may hold "@ x", never this)
+
+
+def plain_id(nodeid: str) -> str:
+    """A test's id without xdist's group suffix: the durations file's key."""
+    return GROUP_SUFFIX.sub("", nodeid)
+
+
+def keep_groups_together(items: list) -> None:
+    """Give each grouped test the `@group` id suffix xdist's loadgroup scheduler splits on."""
+    for item in items:
+        group = group_of(item)
+        if group is None or item.nodeid.endswith(f"@{group}"):
+            continue                      # ungrouped, or xdist's own suffix took (pytest before 9.2)
+        item._id = node_id(f"{item.nodeid}@{group}")
+
+
+def node_id(text: str):
+    """pytest 9.2's structured id for `text` (before 9.2, xdist's own suffix works)."""
+    from _pytest.nodeid import NodeId
+
+    return NodeId.parse(text)
+
+
 def longest_first(items: list, seconds: dict[str, float]) -> list:
     """Items sorted by their unit's expected seconds (a group's total), longest first, stable."""
-    own = {id(i): seconds.get(i.nodeid, UNKNOWN_S) for i in items}
+    own = {id(i): seconds.get(plain_id(i.nodeid), UNKNOWN_S) for i in items}
     totals: dict[str, float] = {}
     for i in items:
         if (g := group_of(i)) is not None:
@@ -40,10 +72,14 @@ def longest_first(items: list, seconds: dict[str, float]) -> list:
     return sorted(items, key=key)
 
 
+@pytest.hookimpl(trylast=True)         # after xdist's own attempt at the suffix
 def pytest_collection_modifyitems(config, items) -> None:
-    if not os.environ.get("PYTEST_XDIST_WORKER") or not DURATIONS.exists():
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    items[:] = longest_first(items, json.loads(DURATIONS.read_text()))
+    if getattr(config.option, "loadgroup", False):
+        keep_groups_together(items)
+    if DURATIONS.exists():
+        items[:] = longest_first(items, json.loads(DURATIONS.read_text()))
 
 
 # ------------------------------------------------- writing the durations file ----
@@ -59,7 +95,8 @@ def pytest_addoption(parser) -> None:
 
 
 def pytest_runtest_logreport(report) -> None:
-    _seen[report.nodeid] = _seen.get(report.nodeid, 0.0) + report.duration    # xdist: on the controller too
+    key = plain_id(report.nodeid)
+    _seen[key] = _seen.get(key, 0.0) + report.duration    # xdist: on the controller too
 
 
 def pytest_sessionfinish(session) -> None:

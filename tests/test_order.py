@@ -1,9 +1,14 @@
 """The suite's own scheduling: long tests first across workers, a group kept together."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
-from tests._order import longest_first
+from tests._order import longest_first, plain_id
+from tests.conftest import REPO
 
 
 def item(nodeid: str, group: str | None = None):
@@ -21,3 +26,46 @@ def test_long_tests_first_a_group_as_its_total_and_together():
 def test_equal_times_keep_collection_order():
     items = [item(n) for n in "xyz"]
     assert [i.nodeid for i in longest_first(items, {})] == ["x", "y", "z"]
+
+
+def test_plain_id_drops_only_a_group_suffix():
+    assert plain_id("tests/t.py::test_a@ray") == "tests/t.py::test_a"
+    assert plain_id("tests/t.py::test_b[requests @ https://x/y.whl-map]") == "tests/t.py::test_b[requests @ https://x/y.whl-map]"
+
+
+GROUPED = """
+import json, os, time
+from pathlib import Path
+import pytest
+
+def note(name):
+    with open(os.environ["WHERE_FILE"], "a") as f:
+        f.write(json.dumps([name, os.environ["PYTEST_XDIST_WORKER"]]) + "\\n")
+
+@pytest.mark.xdist_group("g")
+@pytest.mark.parametrize("i", range(6))
+def test_grouped(i):
+    time.sleep(0.2)
+    note(f"grouped{i}")
+
+@pytest.mark.parametrize("i", range(6))
+def test_free(i):
+    time.sleep(0.2)
+    note(f"free{i}")
+"""
+
+
+def test_a_group_runs_on_one_worker(tmp_path):
+    """`--dist loadgroup` as scripts/test.sh runs it, with this plugin: a group's six tests on one
+    worker. Fails without `keep_groups_together` (pytest 9.2 drops xdist's suffix: the six spread)."""
+    (tmp_path / "test_grouped.py").write_text(GROUPED)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    where = tmp_path / "where.jsonl"
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup", "-p", "tests._order",
+                          "-p", "no:cacheprovider", "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path),
+                          str(tmp_path / "test_grouped.py")], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "WHERE_FILE": str(where), "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = [json.loads(line) for line in where.read_text().splitlines()]
+    assert len(rows) == 12
+    assert len({w for name, w in rows if name.startswith("grouped")}) == 1, rows
