@@ -3,7 +3,8 @@
 Two workers take tests in collection order, so a five-minute test collected last runs alone while
 the other worker idles. Sorted by the durations of the last quiet full run (tests/durations.json,
 written by `scripts/test.sh --write-durations=tests/durations.json`), the long tests start first and
-the short ones fill the gaps. An `xdist_group` stays together and counts as its total. One process (`-n 0`) keeps
+the short ones fill the gaps. An `xdist_group`, or a module whose tests share a module-scoped fixture,
+stays together on one worker and counts as its total. One process (`-n 0`) keeps
 file order, so a test is still read and debugged where it is written.
 
 It also makes `--dist loadgroup` group at all under pytest 9.2: xdist 3.8 marks a grouped test by
@@ -22,13 +23,23 @@ import pytest
 
 DURATIONS = Path(__file__).with_name("durations.json")
 UNKNOWN_S = 5.0          # a test new since the file was written: somewhere in the middle
+SHARED_SCOPES = ("class", "module", "package")
 
 
 def group_of(item) -> str | None:
+    """The test's unit of scheduling: its `xdist_group`, else its module where a test of it shares a
+    module-scoped fixture (so the fixture is built once, on one worker, not once per block of its
+    tests that longest-first ordering would scatter: the tracked night was built four times), else None."""
     mark = item.get_closest_marker("xdist_group")
-    if mark is None:
-        return None
-    return mark.kwargs.get("name") or (mark.args[0] if mark.args else None)
+    if mark is not None:
+        return mark.kwargs.get("name") or (mark.args[0] if mark.args else None)
+    return f"module-{item.path.stem}" if shares_a_fixture(item) else None
+
+
+def shares_a_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else ()
+    return any(chain[-1].scope in SHARED_SCOPES for chain in defs if chain)
 
 
 GROUP_SUFFIX = re.compile(r"@[A-Za-z0-9_.-]+$")    # xdist's `@group` (a parameter id may hold "@ x", never this)
@@ -45,14 +56,17 @@ def keep_groups_together(items: list) -> None:
         group = group_of(item)
         if group is None or item.nodeid.endswith(f"@{group}"):
             continue                      # ungrouped, or xdist's own suffix took (pytest before 9.2)
-        item._id = node_id(f"{item.nodeid}@{group}")
+        set_id(item, f"{plain_id(item.nodeid)}@{group}")
 
 
-def node_id(text: str):
-    """pytest 9.2's structured id for `text` (before 9.2, xdist's own suffix works)."""
-    from _pytest.nodeid import NodeId
+def set_id(item, text: str) -> None:
+    """pytest 9.2 keeps a node's id as a structured `_id`; before it, a plain `_nodeid`."""
+    if hasattr(item, "_id"):
+        from _pytest.nodeid import NodeId
 
-    return NodeId.parse(text)
+        item._id = NodeId.parse(text)
+    else:
+        item._nodeid = text
 
 
 def longest_first(items: list, seconds: dict[str, float]) -> list:

@@ -35,7 +35,6 @@ def test_plain_id_drops_only_a_group_suffix():
 
 GROUPED = """
 import json, os, time
-from pathlib import Path
 import pytest
 
 def note(name):
@@ -54,18 +53,38 @@ def test_free(i):
     note(f"free{i}")
 """
 
+SHARED = """
+import time
+import pytest
+from test_grouped import note
 
-def test_a_group_runs_on_one_worker(tmp_path):
+@pytest.fixture(scope="module")
+def built():
+    note("built")
+    return 1
+
+@pytest.mark.parametrize("i", range(6))
+def test_shares(built, i):
+    time.sleep(0.2)
+    note(f"shares{i}")
+"""
+
+
+def test_a_group_and_a_module_fixture_each_run_on_one_worker(tmp_path):
     """`--dist loadgroup` as scripts/test.sh runs it, with this plugin: a group's six tests on one
-    worker. Fails without `keep_groups_together` (pytest 9.2 drops xdist's suffix: the six spread)."""
+    worker, and a module-scoped fixture built once. Fails without `keep_groups_together` (pytest 9.2
+    drops xdist's suffix: the group's six spread over both workers) or without the module unit (the
+    six tests that share the fixture spread, and each worker builds it)."""
     (tmp_path / "test_grouped.py").write_text(GROUPED)
+    (tmp_path / "test_shared.py").write_text(SHARED)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     where = tmp_path / "where.jsonl"
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup", "-p", "tests._order",
                           "-p", "no:cacheprovider", "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path),
-                          str(tmp_path / "test_grouped.py")], cwd=REPO, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "WHERE_FILE": str(where), "PYTHONPATH": str(REPO)})
+                          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "WHERE_FILE": str(where), "PYTHONPATH": f"{REPO}:{tmp_path}"})
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = [json.loads(line) for line in where.read_text().splitlines()]
-    assert len(rows) == 12
+    assert len(rows) == 19
     assert len({w for name, w in rows if name.startswith("grouped")}) == 1, rows
+    assert [name for name, _ in rows].count("built") == 1, rows
