@@ -72,16 +72,17 @@ def set_id(item, text: str) -> None:
 def longest_first(items: list, seconds: dict[str, float]) -> list:
     """Items sorted by their unit's expected seconds (a group's total), longest first, stable."""
     own = {id(i): seconds.get(plain_id(i.nodeid), UNKNOWN_S) for i in items}
+    groups = {id(i): group_of(i) for i in items}          # once: it reads each test's fixtures
     totals: dict[str, float] = {}
     for i in items:
-        if (g := group_of(i)) is not None:
+        if (g := groups[id(i)]) is not None:
             totals[g] = totals.get(g, 0.0) + own[id(i)]
     first_at = {}
     for n, i in enumerate(items):                 # a group sorts at its first member: it stays one block
-        first_at.setdefault(group_of(i) or i.nodeid, n)
+        first_at.setdefault(groups[id(i)] or i.nodeid, n)
 
     def key(item):
-        unit = group_of(item) or item.nodeid
+        unit = groups[id(item)] or item.nodeid
         return -(totals[unit] if unit in totals else own[id(item)]), first_at[unit]
     return sorted(items, key=key)
 

@@ -139,8 +139,9 @@ class AdaptiveTimerConfig(StrictModel):
 
 
 # Environment variables a sandboxed run keeps (everything else, secrets included, is dropped).
-# OMP_WAIT_POLICY: on a machine shared with other work, PASSIVE keeps a run's idle OpenMP threads
-# from spinning (measured beside a one-core hog: a 16-s epoch timed at 3 minutes with them spinning).
+# OMP_WAIT_POLICY is passed, never set: on a machine shared with other work PASSIVE keeps a run's idle
+# OpenMP threads from spinning (beside a one-core hog: 6-7 s an epoch, 3 minutes spinning); alone, a
+# run is faster spinning (bench/RESULTS.md, test suite, fifth slice).
 SANDBOX_ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "PYTHONHASHSEED", "PYTHONUNBUFFERED",
                          "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY",
                          "CUDA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG", "VIRTUAL_ENV", "LLMLOOP_FAULT")
