@@ -74,9 +74,26 @@ def test_missing_file_named(tmp_path):
 
 
 def test_bad_yaml_named(tmp_path):
-    path = write(tmp_path, "model: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    path = write(tmp_path, "model:\n  name: resnet10t\n  drop: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"cfg\.yaml: not valid YAML(.|\n)*line 4") as err:
         load_trainer_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_the_fast_loader_reads_every_shipped_config_as_pyyaml_does():
+    """Configs are read through libyaml where PyYAML has it (ten times faster); the data must be what
+    the pure-Python safe loader makes of the same files, types included."""
+    from loop.config.load import SAFE_LOADER, load_yaml_text, read_yaml
+
+    assert SAFE_LOADER is yaml.CSafeLoader      # the wheels ship libyaml: the fast path is the one tested
+    shipped = sorted((REPO / "config").rglob("*.yaml"))
+    assert len(shipped) == 3
+    texts = [p.read_text(encoding="utf-8") for p in shipped]
+    texts.append("lr: 1e-3\nwarm: 5.0e-4\nflag: on\nempty:\nwhen: 2026-12-07\nname: 'resnet10t'\nn: 0x10\n")
+    for text in texts:
+        expected = yaml.safe_load(text)
+        assert repr(load_yaml_text(text)) == repr(expected), text[:80]   # types too: 1e-3 a str, `on` a bool
+    assert read_yaml(shipped[0]) == yaml.safe_load(texts[0])
 
 
 def test_non_mapping_top_level(tmp_path):

@@ -179,6 +179,9 @@ def tally(campaign: str, decided: Decision, final: Decision, valid: bool, plan) 
 
 
 # ------------------------------------------------------------------ strategies ----
+# Every strategy is built once, here: one built inside a composite is a new object at each draw, and
+# Hypothesis validates each new one again (a third of the generation time, measured with cProfile).
+# The cases drawn are the same either way.
 
 ACTIONS = ["train", "run_command", "wait", "research", "finish"]
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20),
@@ -191,45 +194,57 @@ absurd_number = st.one_of(st.integers(-10**30, 10**30), st.floats(allow_nan=True
 TRAINER_KEYS = [("optim", "lr"), ("run", "epochs"), ("run", "threads"), ("run", "seed"), ("data", "image_size"),
                 ("data", "batch_size"), ("data", "train_fraction"), ("budget", "max_steps"),
                 ("budget", "max_walltime_minutes"), ("model", "name"), ("schedule", "warmup_epochs")]
+flags = st.booleans()
+overlay_keys = st.lists(st.sampled_from(TRAINER_KEYS), max_size=4)
+overlay_values = st.one_of(absurd_number, json_value, st.sampled_from(["resnet10t", "../../etc", ""]))
+junk_sections = st.sampled_from(["budget", "data", "kd", "nonsense"])
 
 
 @st.composite
 def train_overlays(draw) -> dict:
     overlay: dict = {}
-    for section, key in draw(st.lists(st.sampled_from(TRAINER_KEYS), max_size=4)):
-        value = draw(st.one_of(absurd_number, json_value, st.sampled_from(["resnet10t", "../../etc", ""])))
-        overlay.setdefault(section, {})[key] = value
-    if draw(st.booleans()):   # a whole section replaced by junk, or an unknown section
-        overlay[draw(st.sampled_from(["budget", "data", "kd", "nonsense"]))] = draw(json_value)
+    for section, key in draw(overlay_keys):
+        overlay.setdefault(section, {})[key] = draw(overlay_values)
+    if draw(flags):   # a whole section replaced by junk, or an unknown section
+        overlay[draw(junk_sections)] = draw(json_value)
     return overlay
+
+
+command_leads = st.sampled_from([f"cd {REPO} && ", f"cd {REPO}; ", "", "cd .. && ", "cd /tmp && ",
+                                 f"cd {REPO}/../.. && "])
+command_pieces = st.lists(st.one_of(st.sampled_from(BENIGN_PIECES), st.sampled_from(HOSTILE_PIECES),
+                                    st.text(alphabet=";|&<>$`(){}'\"\\ \n*?~./-abc", max_size=12)),
+                          min_size=1, max_size=3)
+command_joiners = st.sampled_from([" && ", "; ", " | ", " || ", "\n", " & "])
 
 
 @st.composite
 def commands(draw) -> str:
-    lead = draw(st.sampled_from([f"cd {REPO} && ", f"cd {REPO}; ", "", "cd .. && ", "cd /tmp && ",
-                                 f"cd {REPO}/../.. && "]))
-    pieces = draw(st.lists(st.one_of(st.sampled_from(BENIGN_PIECES), st.sampled_from(HOSTILE_PIECES),
-                                     st.text(alphabet=";|&<>$`(){}'\"\\ \n*?~./-abc", max_size=12)),
-                           min_size=1, max_size=3))
-    joiner = draw(st.sampled_from([" && ", "; ", " | ", " || ", "\n", " & "]))
-    return lead + joiner.join(pieces)
+    lead = draw(command_leads)
+    pieces = draw(command_pieces)
+    return lead + draw(command_joiners).join(pieces)
+
+
+actions = st.sampled_from(ACTIONS)
+rationales = st.sampled_from([GOOD_RATIONALE, "ok", "", "continue"])
+labels = st.sampled_from(["fuzz-label", "run", "", "../../etc/passwd", "x" * 300, "lbl;rm -rf /", "ünïcødé-label"])
+dimensions = st.sampled_from([None, "optimization", "loss", "bogus"])
+todos = st.lists(st.text(max_size=30), max_size=3)
 
 
 @st.composite
 def hostile_decisions(draw) -> dict:
-    action = draw(st.sampled_from(ACTIONS))
-    data = {"action": action, "rationale": draw(st.sampled_from([GOOD_RATIONALE, "ok", "", "continue"])),
-            "run_label": draw(st.sampled_from(["fuzz-label", "run", "", "../../etc/passwd", "x" * 300,
-                                               "lbl;rm -rf /", "ünïcødé-label"])),
-            "strategy_dimension": draw(st.sampled_from([None, "optimization", "loss", "bogus"]))}
-    if action == "run_command" or draw(st.booleans()):
+    action = draw(actions)
+    data = {"action": action, "rationale": draw(rationales), "run_label": draw(labels),
+            "strategy_dimension": draw(dimensions)}
+    if action == "run_command" or draw(flags):
         data["command"] = draw(commands())
-    if action == "train" or draw(st.booleans()):
+    if action == "train" or draw(flags):
         data["train_overlay"] = draw(train_overlays())
-    if draw(st.booleans()):
+    if draw(flags):
         data["monitor_seconds"] = draw(absurd_number)
-    if draw(st.booleans()):
-        data["todo_new"] = draw(st.lists(st.text(max_size=30), max_size=3))
+    if draw(flags):
+        data["todo_new"] = draw(todos)
     return data
 
 
@@ -237,42 +252,52 @@ def dumps(data) -> str:
     return json.dumps(data, allow_nan=True)   # NaN and Infinity go out as an LLM might write them
 
 
+REPLY_KINDS = st.sampled_from(["json", "wrong_type", "missing_key", "extra_keys", "huge", "unicode", "nested_junk",
+                               "non_json", "fence", "truncated", "deep", "surrogate", "not_object", "prose"])
+extra_keys = st.dictionaries(st.text(max_size=10), json_value, max_size=4)
+huge_fields = st.sampled_from(["rationale", "command", "notes_update", "run_label"])
+huge_units = st.sampled_from(["x", "ü ", "; rm -rf / "])
+huge_counts = st.integers(5_000, 60_000)
+unicode_rationales, unicode_labels = st.text(min_size=20, max_size=80), st.text(max_size=20)
+junk_fields = st.sampled_from(["train_overlay", "challenge", "todo_new", "command"])
+prose = st.text(max_size=200)
+depths = st.integers(500, 200_000)
+not_objects = ["[]", "42", '"train"', "null"]
+
+
 @st.composite
 def raw_replies(draw, valid_dicts) -> str:
     """Text as an LLM might return it, built around a (valid or hostile) payload."""
     payload = draw(valid_dicts)
-    kind = draw(st.sampled_from(["json", "wrong_type", "missing_key", "extra_keys", "huge", "unicode",
-                                 "nested_junk", "non_json", "fence", "truncated", "deep", "surrogate",
-                                 "not_object", "prose"]))
+    kind = draw(REPLY_KINDS)
     if kind == "wrong_type" and payload:
         payload[draw(st.sampled_from(sorted(payload)))] = draw(json_value)
     elif kind == "missing_key" and payload:
         payload.pop(draw(st.sampled_from(sorted(payload))))
     elif kind == "extra_keys":
-        payload.update(draw(st.dictionaries(st.text(max_size=10), json_value, max_size=4)))
+        payload.update(draw(extra_keys))
     elif kind == "huge":
-        payload[draw(st.sampled_from(["rationale", "command", "notes_update", "run_label"]))] = \
-            draw(st.sampled_from(["x", "ü ", "; rm -rf / "])) * draw(st.integers(5_000, 60_000))
+        payload[draw(huge_fields)] = draw(huge_units) * draw(huge_counts)
     elif kind == "unicode":
-        payload["rationale"] = draw(st.text(min_size=20, max_size=80))
-        payload["run_label"] = draw(st.text(max_size=20))
+        payload["rationale"] = draw(unicode_rationales)
+        payload["run_label"] = draw(unicode_labels)
     elif kind == "nested_junk":
-        payload[draw(st.sampled_from(["train_overlay", "challenge", "todo_new", "command"]))] = draw(json_value)
+        payload[draw(junk_fields)] = draw(json_value)
     text = dumps(payload)
     if kind == "non_json":
-        return draw(st.text(max_size=200))
+        return draw(prose)
     if kind == "fence":
         return f"Here is my decision:\n```json\n{text}\n```\nThanks."
     if kind == "truncated":
         return text[:draw(st.integers(0, max(0, len(text) - 1)))]
     if kind == "deep":
-        depth = draw(st.integers(500, 200_000))
+        depth = draw(depths)
         return draw(st.sampled_from(["[" * depth, '{"a":' * depth, '{"train_overlay": ' + '{"a":' * depth]))
     if kind == "surrogate":
         return text.replace(GOOD_RATIONALE, GOOD_RATIONALE + " \\ud800") if GOOD_RATIONALE in text else \
             text[:-1] + ', "notes_update": "\\udfff"}'
     if kind == "not_object":
-        return draw(st.sampled_from(["[]", "42", '"train"', "null", f"[{text}]"]))
+        return draw(st.sampled_from([*not_objects, f"[{text}]"]))
     if kind == "prose":
         return f"Sure! {text} Let me know."
     return text
@@ -285,16 +310,18 @@ valid_decisions = st.builds(lambda action, label, dim: {
     st.sampled_from(ACTIONS), st.sampled_from(["fuzz-a", "lr-sweep-2", "run"]),
     st.sampled_from([None, "optimization"]))
 any_decision = st.one_of(valid_decisions, hostile_decisions())
+verdicts = st.sampled_from(["on_track", "off_track", "off_track", "maybe", ""])
+short_texts, challenge_odds, review_todos = st.text(max_size=40), st.integers(0, 3), st.lists(st.text(max_size=20),
+                                                                                             max_size=2)
 
 
 @st.composite
 def reviews(draw) -> dict:
-    data = {"verdict": draw(st.sampled_from(["on_track", "off_track", "off_track", "maybe", ""])),
-            "critical_question": draw(st.text(max_size=40)), "notes": draw(st.text(max_size=40))}
-    if draw(st.integers(0, 3)):
+    data = {"verdict": draw(verdicts), "critical_question": draw(short_texts), "notes": draw(short_texts)}
+    if draw(challenge_odds):
         data["challenge"] = draw(any_decision)
-    if draw(st.booleans()):
-        data["todo_new"] = draw(st.lists(st.text(max_size=20), max_size=2))
+    if draw(flags):
+        data["todo_new"] = draw(review_todos)
     return data
 
 

@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from loop.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+# libyaml's loader where PyYAML was built with it (the wheels are): the same documents, ten times
+# faster than the pure-Python one (a daemon reads its trainer config a few times each cycle)
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class StrictModel(BaseModel):
@@ -28,7 +31,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml_text(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data is None:
@@ -36,6 +39,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
     return data
+
+
+def load_yaml_text(text: str) -> Any:
+    """yaml.safe_load, through libyaml when it is there."""
+    return yaml.load(text, Loader=SAFE_LOADER)     # a safe loader: plain data, no Python objects
 
 
 def describe_validation_error(source: str, exc: ValidationError) -> str:
@@ -81,7 +89,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not parts:
         raise ConfigError(f"--set {item}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml_text(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value is not valid YAML: {exc}") from None
     return parts, value

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from loop.archive.paths import ModelPaths
 from loop.candidates.records import Handoff
+from loop.config.load import load_yaml_text
 from loop.cycle.record import CycleRecord
 from loop.domains.datareport import DataReport, load_data_report
 from loop.journal.events import EventLog
@@ -131,9 +132,7 @@ def read_config(run_dir: Path) -> dict:
     for path in (run_dir / "train_args.json", run_dir.parent / "run.yaml"):
         if path.exists():
             try:
-                import yaml
-
-                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+                data = load_yaml_text(path.read_text(encoding="utf-8"))
                 if isinstance(data, dict):
                     return data
             except (OSError, ValueError):
