@@ -76,6 +76,16 @@ def cli_here(capsys, *args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["llmloop", *args], code, out, err)
 
 
+def exited(pid: int) -> bool:
+    """Whether process `pid` has exited: gone, or a zombie (only its own parent can reap it)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.02) -> None:
     """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
     import time

@@ -17,6 +17,7 @@ from loop.run.local_executor import LocalExecutor
 from loop.run.plan import RunPlan
 from loop.run.slots import DeviceSlot, SlotPool, plan_slots
 from loop.run.supervise import exit_code, monitor, run_all
+from tests.conftest import exited
 
 # A trace id of its own per test run: a run is killed with every process carrying its tag (trace:label),
 # and two test runs on one machine (a developer's and CI) must not kill each other's runs.
@@ -120,17 +121,10 @@ def test_a_run_past_its_walltime_is_killed_and_its_slot_freed(tmp_path):
     run = ex.submit(_plan(tmp_path, "slow", "import time; time.sleep(60)", walltime=0.5), cycle=1)
     assert [lease.pid for lease in pool.leases()] == [run.pid]
     assert monitor(ex, run, 30, lambda: False, poll_seconds=0.05) == "timed_out"
-    assert _gone(run.pid)                               # killed (a zombie only waits for its reaper)
+    assert exited(run.pid)                               # killed (a zombie only waits for its reaper)
     assert pool.leases() == []                          # freed, zombie or not
     assert not list((tmp_path / "slots").glob("slot-*.json"))   # given back, not merely left stale
     assert pool.try_acquire("next-run").index == 0
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import yaml
 from loop.cycle import finishup
 from loop.errors import ConfigError
 from tests._daemon_fixtures import waiting_daemon, waiting_llm_fixture  # noqa: F401 - the `waiting_llm` fixture
-from tests.conftest import REPO, cli_here, run_cli, tiny_config_dict
+from tests.conftest import REPO, cli_here, exited, run_cli, tiny_config_dict
 
 NOW = dt.datetime(2026, 2, 18, 20, 0, tzinfo=dt.timezone.utc)
 
@@ -156,7 +156,6 @@ def test_start_with_the_dashboard(daemon_cfg, tmp_path, capsys):
     The starts are real processes (the daemon and the page outlive them); stop and dashboard --stop
     run in this process (they act on other processes through the workspace's files)."""
     pytest.importorskip("uvicorn", reason="the dashboard extra is not installed: pip install -e '.[dashboard]'")
-    import psutil
 
     from loop.dashboard import background
     from loop.util.workspace import Workspace
@@ -189,7 +188,7 @@ def test_start_with_the_dashboard(daemon_cfg, tmp_path, capsys):
 
         stopped = cli_here(capsys, "dashboard", *cfg, "--stop")
         assert stopped.returncode == 0 and f"dashboard stopped (pid {serving.pid}" in stopped.stdout
-        assert not psutil.pid_exists(serving.pid) and background.running(ws) is None
+        assert exited(serving.pid) and background.running(ws) is None
         assert not background.pid_path(ws).exists()
         assert "no dashboard is serving" in cli_here(capsys, "dashboard", *cfg, "--stop").stdout
     finally:

@@ -16,7 +16,7 @@ from loop.phase import marker
 from loop.run.kill import OWNER_TAG
 from loop.run.sandbox_setup import owner_tag
 from loop.util.workspace import Workspace
-from tests.conftest import REPO, cli_here, run_cli
+from tests.conftest import REPO, cli_here, exited, run_cli
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_reset_stops_the_dashboard_and_leftover_runs(setup, capsys):
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"stopped the dashboard serving {ws.root} (pid {serving.pid}, {serving.url})" in done.stdout
         assert f"stopped a leftover run process of this workspace (pid {leftover.pid}" in done.stdout
-        assert not psutil.pid_exists(serving.pid) or psutil.Process(serving.pid).status() == psutil.STATUS_ZOMBIE
+        assert exited(serving.pid)
         assert leftover.wait(timeout=30) == -9 and stranger.poll() is None
         assert not (ws.root / "events.jsonl").exists() and not (ws.root / "logs").exists()
         assert "no dashboard is serving" in cli_here(capsys, "dashboard", *cfg, "--stop").stdout   # in-process
@@ -91,3 +91,25 @@ def test_reset_refuses_while_the_daemon_holds_the_workspace(setup):
     assert refused.returncode == 1
     assert f"the daemon is running on {ws.root} (pid {os.getpid()}); stop it first: llmloop stop" in refused.stderr
     assert (ws.root / "events.jsonl").exists()
+
+
+def test_a_dashboard_that_exited_unreaped_counts_as_stopped_at_once():
+    """A zombie has exited; only its parent can reap it (a foreground daemon started with --dashboard
+    reaps its dashboard when it exits). Stopping one must not wait out the SIGTERM grace for it: reset
+    once spent 10 s of its 16 here (the deadline is 600 s below: a wait for it fails by timeout)."""
+    import sys
+    import time
+
+    from loop.dashboard.background import ended
+
+    # a parent that starts a child which exits at once and is never waited for: a zombie not ours to reap
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, time; p = subprocess.Popen(['true']); "
+                               "print(p.pid, flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        zombie = psutil.Process(int(parent.stdout.readline()))
+        t0 = time.monotonic()
+        assert ended(zombie, 600)
+        assert time.monotonic() - t0 < 120 and exited(zombie.pid)
+    finally:
+        parent.kill()
+        parent.wait()

@@ -180,14 +180,9 @@ def stop(ws: Workspace, wait_seconds: float = STOP_WAIT_SECONDS) -> Serving | No
 
 
 def ended(proc: psutil.Process, seconds: float) -> bool:
-    """Whether `proc` exits within `seconds`: gone (reaped), or still a zombie at the end. A zombie
+    """Whether `proc` exits within `seconds`: gone (reaped), or a zombie, as soon as it is one. A zombie
     has exited; only its parent reaps it (a foreground daemon started with `--dashboard` does not
     until it exits), so psutil's wait, which waits for the reap, would time out on it."""
-    deadline, zombie = time.monotonic() + seconds, False
-    while time.monotonic() < deadline:
-        try:
-            zombie = proc.status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return zombie
+    from loop.run.kill import wait_exited
+
+    return wait_exited([proc], seconds)

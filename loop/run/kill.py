@@ -107,8 +107,37 @@ def _kill_tagged(key: str, value: str, spare: Callable[[psutil.Process], bool], 
             killed.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    psutil.wait_procs(killed, timeout=grace_s)
+    wait_exited(killed, grace_s)
     return [{"pid": p.pid, "cmdline": described[p.pid]} for p in killed]
+
+
+def wait_exited(procs: list[psutil.Process], seconds: float) -> bool:
+    """Whether every one of `procs` exits within `seconds`. One that is this process's child is
+    reaped; another that has exited but is not reaped yet (a zombie: only its own parent can reap
+    it) counts as exited at once, where psutil.wait_procs would wait out the timeout for it."""
+    deadline = time.monotonic() + seconds
+    pending = list(procs)
+    while True:
+        pending = [p for p in pending if not _exited(p)]
+        if not pending:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _exited(proc: psutil.Process) -> bool:
+    try:
+        proc.wait(timeout=0)                  # reaps it where it is this process's child
+        return True
+    except psutil.TimeoutExpired:
+        pass
+    except psutil.NoSuchProcess:
+        return True
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _cmdline(proc: psutil.Process) -> str:
