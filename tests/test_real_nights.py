@@ -141,11 +141,13 @@ def test_blocked_with_a_short_back_off_tries_another_configuration(tmp_path):
 # ------------------------------------------- a digits night with PHASE at the start ----
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)   # 16 trainings, PHASE and a window: 131 s quiet, over 300 s beside a CPU-bound process
+@pytest.mark.timeout(900)   # 12 trainings and PHASE: about 60 s quiet alone (16: 81 s); over 300 s beside load
 def test_a_digits_night_with_phase_open_at_the_start_trains_nothing_twice(tmp_path):
     """PHASE's daily window is open when the daemon starts, as on the night that narrowed the space to
-    the baseline. Sixteen cycles: every configuration is new (continuations and declared seed
-    replicas aside), at least ten distinct ones, and PHASE's one-model results narrow nothing."""
+    the baseline. Twelve cycles (Mentor reviews at 4, 8 and 12): every configuration is new
+    (continuations and declared seed replicas aside), at least eight distinct ones (nine quiet: the
+    baseline's replica and two continuations share a recipe), and PHASE's one-model results narrow
+    nothing (decided at the start: more cycles would only train more)."""
     now = datetime.datetime.now()           # a window across midnight is fine (loop/phase/window.py)
     start, end = (now - datetime.timedelta(minutes=5)), (now + datetime.timedelta(minutes=90))
     trainer = tiny_config_dict(data={"train_fraction": 0.05}, run={"epochs": 3})
@@ -156,9 +158,9 @@ def test_a_digits_night_with_phase_open_at_the_start_trains_nothing_twice(tmp_pa
                      evolution={"candidate_overrides": {"run": {"epochs": 1}},
                                 "rules": {"per_class_accuracy_floor": None}})
     ws = workspace_of(cfg)
-    run_daemon(cfg, ws, max_cycles=16, say=lambda *_: None)
+    run_daemon(cfg, ws, max_cycles=12, say=lambda *_: None)
     runs = read_history(ws)
-    assert len(runs) >= 12
+    assert len(runs) >= 10
     assert events(ws, "phase_integration"), "PHASE did not run at the start"
     state = LoopState.load(ws.state)
     assert not any(v for v in state.phase_recommendations.values()), state.phase_recommendations
@@ -167,7 +169,7 @@ def test_a_digits_night_with_phase_open_at_the_start_trains_nothing_twice(tmp_pa
     recipes = [r.recipe for r in runs if not (r.config.get("run") or {}).get("resume_from")]
     replicas = [c for c in events(ws, "cycle") if (c.get("decision") or {}).get("replica_of")]
     assert len(recipes) - len(set(recipes)) <= len(replicas), "a recipe ran twice without a declared replica"
-    assert len(set(recipes)) >= 10
+    assert len(set(recipes)) >= 8
 
 
 # ------------------------------------------------------- bench/night.py, short tier ----
@@ -175,7 +177,7 @@ def test_a_digits_night_with_phase_open_at_the_start_trains_nothing_twice(tmp_pa
 @needs_bwrap
 @pytest.mark.slow
 @pytest.mark.timeout(1000)  # three cycles: 177 s beside a pip install; its subprocess stops at 900 s
-def test_the_short_night_on_an_image_folder(tmp_path):
+def test_the_short_night_on_an_image_folder(tmp_path, shapes_folder):
     """bench/night.py's short tier as CI runs it: the whole daemon in the background with the shipped
     config on 7,200 PNG files, PHASE open at the start, finish-up at the end. No infrastructure
     failure, no duplicate run, loader workers started, the final report written. Sized in cycles,
@@ -186,6 +188,9 @@ def test_the_short_night_on_an_image_folder(tmp_path):
     trains one epoch, not the shipped ten (`--epochs 1`): nothing here asserts an accuracy, and the
     ten cost 350 CPU-s of runs, a quarter of the suite's CPU; the night with the shipped epochs is
     bench/night.py's own (RESULTS.md, `night (short)`)."""
+    # the session's 7,200 files, linked where the night writes its own (the same files: write_shapes_files
+    # finds its marker and writes nothing; 4.5 CPU-s saved)
+    shutil.copytree(shapes_folder, tmp_path / "night" / "data" / "folder", copy_function=os.link)
     env = dict(os.environ, LLMLOOP_BENCH_RESULTS=str(tmp_path / "RESULTS.md"), PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "bench/night.py", "--tier", "short", "--tasks", "shapes_folder",
                           "--cycles", "3", "--epochs", "1", "--work", str(tmp_path / "night")], cwd=REPO, env=env,
