@@ -20,6 +20,7 @@ from typing import Callable
 
 import psutil
 
+from loop.run.kill import wait_exited
 from loop.util.fsutil import atomic_write_text
 from loop.util.workspace import Workspace
 
@@ -183,6 +184,4 @@ def ended(proc: psutil.Process, seconds: float) -> bool:
     """Whether `proc` exits within `seconds`: gone (reaped), or a zombie, as soon as it is one. A zombie
     has exited; only its parent reaps it (a foreground daemon started with `--dashboard` does not
     until it exits), so psutil's wait, which waits for the reap, would time out on it."""
-    from loop.run.kill import wait_exited
-
     return wait_exited([proc], seconds)
