@@ -94,6 +94,15 @@ def test_the_fast_loader_reads_every_shipped_config_as_pyyaml_does():
         expected = yaml.safe_load(text)
         assert repr(load_yaml_text(text)) == repr(expected), text[:80]   # types too: 1e-3 a str, `on` a bool
     assert read_yaml(shipped[0]) == yaml.safe_load(texts[0])
+    # and what neither accepts, each refuses with the same error: a NUL, a tab indent, an unclosed list,
+    # an unknown alias, a Python object tag (never constructed)
+    for bad in ("a: \x00b\n", "a:\n\tb: 1\n", "key: [1, 2\n", "a: *x\n", "a: !!python/object:os.system 'ls'\n"):
+        errors = []
+        for load in (yaml.safe_load, load_yaml_text):
+            with pytest.raises(yaml.YAMLError) as err:
+                load(bad)
+            errors.append(type(err.value))
+        assert errors[0] is errors[1], (bad, errors)
 
 
 def test_non_mapping_top_level(tmp_path):
