@@ -50,10 +50,10 @@ def plain_id(nodeid: str) -> str:
     return GROUP_SUFFIX.sub("", nodeid)
 
 
-def keep_groups_together(items: list) -> None:
+def keep_groups_together(items: list, groups: dict[int, str | None]) -> None:
     """Give each grouped test the `@group` id suffix xdist's loadgroup scheduler splits on."""
     for item in items:
-        group = group_of(item)
+        group = groups[id(item)]
         if group is None or item.nodeid.endswith(f"@{group}"):
             continue                      # ungrouped, or xdist's own suffix took (pytest before 9.2)
         set_id(item, f"{plain_id(item.nodeid)}@{group}")
@@ -69,10 +69,15 @@ def set_id(item, text: str) -> None:
         item._nodeid = text
 
 
-def longest_first(items: list, seconds: dict[str, float]) -> list:
+def units(items: list) -> dict[int, str | None]:
+    """Each test's unit (`group_of`), read once: it reads the test's fixtures."""
+    return {id(i): group_of(i) for i in items}
+
+
+def longest_first(items: list, seconds: dict[str, float], groups: dict[int, str | None] | None = None) -> list:
     """Items sorted by their unit's expected seconds (a group's total), longest first, stable."""
     own = {id(i): seconds.get(plain_id(i.nodeid), UNKNOWN_S) for i in items}
-    groups = {id(i): group_of(i) for i in items}          # once: it reads each test's fixtures
+    groups = units(items) if groups is None else groups
     totals: dict[str, float] = {}
     for i in items:
         if (g := groups[id(i)]) is not None:
@@ -91,10 +96,11 @@ def longest_first(items: list, seconds: dict[str, float]) -> list:
 def pytest_collection_modifyitems(config, items) -> None:
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
+    groups = units(items)
     if getattr(config.option, "loadgroup", False):
-        keep_groups_together(items)
+        keep_groups_together(items, groups)
     if DURATIONS.exists():
-        items[:] = longest_first(items, json.loads(DURATIONS.read_text()))
+        items[:] = longest_first(items, json.loads(DURATIONS.read_text()), groups)
 
 
 # ------------------------------------------------- writing the durations file ----

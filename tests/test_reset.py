@@ -100,7 +100,7 @@ def test_a_dashboard_that_exited_unreaped_counts_as_stopped_at_once():
     import sys
     import time
 
-    from loop.dashboard.background import ended
+    from loop.run.kill import wait_exited
 
     # a parent that starts a child which exits at once and is never waited for: a zombie not ours to reap
     parent = subprocess.Popen([sys.executable, "-c", "import subprocess, time; p = subprocess.Popen(['true']); "
@@ -108,7 +108,7 @@ def test_a_dashboard_that_exited_unreaped_counts_as_stopped_at_once():
     try:
         zombie = psutil.Process(int(parent.stdout.readline()))
         t0 = time.monotonic()
-        assert ended(zombie, 600)
+        assert wait_exited([zombie], 600)
         assert time.monotonic() - t0 < 120 and exited(zombie.pid)
     finally:
         parent.kill()

@@ -171,17 +171,12 @@ def stop(ws: Workspace, wait_seconds: float = STOP_WAIT_SECONDS) -> Serving | No
     try:
         proc = psutil.Process(serving.pid)
         proc.send_signal(signal.SIGTERM)
-        if not ended(proc, wait_seconds):
+        # exited counts as soon as it is a zombie: its parent (a foreground daemon started with
+        # --dashboard) reaps it only when it exits itself
+        if not wait_exited([proc], wait_seconds):
             proc.kill()
-            ended(proc, 5)
+            wait_exited([proc], 5)
     except psutil.NoSuchProcess:
         pass
     forget(ws, serving.pid)
     return serving
-
-
-def ended(proc: psutil.Process, seconds: float) -> bool:
-    """Whether `proc` exits within `seconds`: gone (reaped), or a zombie, as soon as it is one. A zombie
-    has exited; only its parent reaps it (a foreground daemon started with `--dashboard` does not
-    until it exits), so psutil's wait, which waits for the reap, would time out on it."""
-    return wait_exited([proc], seconds)
