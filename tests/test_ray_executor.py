@@ -160,6 +160,9 @@ def test_daemon_cycles_and_an_evolution_window_run_on_ray(cluster, tmp_path):
     ws = workspace_of(cfg)
     state = run_daemon(cfg, ws, max_cycles=2, say=lambda *_: None)
     assert state.cycle == 2
+    # its Ray driver ended with it (one left behind outlived the cluster spinning: 44 CPU-s in a test run)
+    drivers = [p for p in psutil.Process().children(recursive=True) if "loop.run.ray_driver" in " ".join(p.cmdline())]
+    assert psutil.wait_procs(drivers, timeout=10)[1] == [], drivers
     runs = read_history(ws)
     assert runs and all(r.ok for r in runs)
     cycles = [json.loads(ln) for ln in ws.events.open() if '"kind": "cycle"' in ln]

@@ -87,8 +87,13 @@ def run_window(cfg: DaemonConfig, workspace: Path, cycle: int, count: int | None
     # ---- DISTILL (parallel, supervised, on free device slots) ----
     if plans:                # the candidates read the pixel cache read-only: decode their size now
         task_domain(cfg).warm_cache([int(base.get("data", {}).get("image_size") or 32)])
+    own = executor is None               # made here: closed here (the daemon closes its own)
     executor = executor or executor_for(cfg, cfg.root, paths.workspace, load_sandbox(cfg, cfg.root, paths.workspace))
-    codes = distill(cfg, paths, store, plans, gen_id, cycle, trace_id, executor)
+    try:
+        codes = distill(cfg, paths, store, plans, gen_id, cycle, trace_id, executor)
+    finally:
+        if own:
+            executor.close()
     if cfg.tracking.tensorboard:        # their work folders go once archived: keep the event files
         keep_candidate_boards(paths.workspace, [(t.name, t.run_dir) for t in trainings])
     for training in trainings:

@@ -52,6 +52,12 @@ class Loop:
             self.executor = executor_for(self.cfg, self.repo_root, self.ws.root, self.sandbox)
         return self.executor
 
+    def close(self) -> None:
+        """End what the executor holds open (a Ray driver outlives a `run_daemon` called in-process,
+        and spins once its cluster is gone: 44 CPU-s in a test run). Runs in flight go on."""
+        if self.executor is not None:
+            self.executor.close()
+
     def base_config(self) -> dict:
         """The default trainer config every overlay goes on ({} when unreadable: the gate says why)."""
         from loop.config import read_yaml

@@ -150,7 +150,7 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         lock.acquire(timeout=LOCK_PROBE_GRACE_S)
     except Timeout:
         raise AlreadyRunning(f"the daemon is already running on {ws.root} (pid {running_pid(ws)})") from None
-    stop, notifier = {"requested": False}, None
+    stop, notifier, loop = {"requested": False}, None, None
 
     def on_signal(signum, _frame):
         stop["requested"] = True
@@ -186,6 +186,8 @@ def run_daemon(cfg: DaemonConfig, ws: Workspace, max_cycles: int | None = None, 
         say(f"llmloop daemon stopped after cycle {state.cycle}: {reason}")
         return state
     finally:
+        if loop is not None:
+            loop.close()
         if notifier is not None:
             notifier.close()                 # the last events out, within notify.stop_flush_seconds
         for s, handler in previous.items():

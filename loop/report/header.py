@@ -156,9 +156,7 @@ def compute(data: ReportData) -> Compute:
             out.candidates += 1
             add_training(out, trainer, devices)
     out.devices = sorted(devices)
-    out.cpu_hours, out.gpu_hours, out.train_hours = (round(x, 4) for x in (out.cpu_hours, out.gpu_hours,
-                                                                             out.train_hours))
-    return out
+    return out          # unrounded: the report rounds once, as it prints (rounding here first misprinted a 5)
 
 
 def add_training(out: Compute, metrics: RunMetrics, devices: set[str]) -> None:

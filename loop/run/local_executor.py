@@ -69,6 +69,9 @@ class LocalExecutor:
     def describe(self, run: ActiveRun) -> str:
         return f"{run.device} via {self.kind}" if run.device else self.kind
 
+    def close(self) -> None:
+        """Nothing held open: each run's slot lease goes with the run."""
+
     # ---- helpers ----
     def release(self, run: ActiveRun) -> None:
         if self.pool is not None:

@@ -98,6 +98,9 @@ class Executor(Protocol):
     def describe(self, run: ActiveRun) -> str:
         """Where the run trains, in words."""
 
+    def close(self) -> None:
+        """Done with it: end what it holds open (a Ray driver process). Runs in flight go on."""
+
 
 @dataclass(frozen=True)
 class PreparedRun:
