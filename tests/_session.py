@@ -60,9 +60,6 @@ def one_thread_each() -> None:
     # where a config or a daemon slot asks for more threads, idle ones sleep instead of spinning
     # (a 3-epoch tiny training with two threads beside other work: 55-73 s spinning, 7-10 s passive)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
-
-    torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------- slow means slow ----
@@ -90,6 +87,11 @@ def _mark_heavy(what: str):
 
 def pytest_configure(config) -> None:
     one_thread_each()
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        return                         # xdist's controller runs no test: no torch to import here (4 CPU-s)
+    import torch
+
+    torch.set_num_threads(1)
     sys.addaudithook(_audit)           # every Popen of this process: the trainer, a daemon, PHASE
     import loop.daemon.process as daemon
     import loop.trainer.train as trainer

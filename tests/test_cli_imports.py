@@ -114,3 +114,18 @@ def test_status_imports_neither_torch_nor_openai_nor_scipy(tmp_path):
     assert "loop.daemon.status" in modules, "the check must see the command's own module"
     assert heavy(modules) == [] and not {"openai", "scipy"} & {m.split(".")[0] for m in modules}, \
         sorted(m for m in modules if m.split(".")[0] in ("openai", "scipy", *HEAVY))[:10]
+
+
+def test_the_slot_plan_on_a_machine_without_a_gpu_driver_imports_no_torch():
+    """A daemon plans its device slots at start-up; where no GPU driver shows itself there is no GPU
+    to count, so torch (2 CPU-s, 300 MB in a daemon that may never judge a run) stays unimported."""
+    from loop.run.slots import GPU_DRIVER_MARKERS
+
+    if any(os.path.exists(m) for m in GPU_DRIVER_MARKERS):
+        pytest.skip("this machine has a GPU driver: torch counts its GPUs")
+    code = "import sys; from loop.run.slots import plan_slots; s = plan_slots('auto', None); " \
+           "print(len(s), s[0].gpu, 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(max(1, os.cpu_count() // 4)), "None", "False"]

@@ -6,6 +6,7 @@ and restarts keeps cycling through the outage. The heads are real (`ray start --
 --node-ip-address 127.0.0.1`, as the README says), each stopped by killing its process group."""
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import shutil
@@ -257,7 +258,11 @@ def test_a_daemon_keeps_cycling_while_its_head_is_down_and_uses_it_again_when_ba
         head.stop()
         down_at = time.time()
         wait_for(lambda: len(events(ws, "executor_degraded")) == 1, 60, "executor_degraded", poll=0.2)
-        time.sleep(5 * monitor_s)
+        # the outage lasts until two cycles have ended inside it (a daemon that waited for the cluster
+        # ends none: the wait times out), then two seconds more so their stamps are well before the return
+        wait_for(lambda: len(cycles_between(ws, down_at + 1, time.time())) >= 2, 60, "two cycles during the outage",
+                 poll=0.2)
+        time.sleep(2)
         head.start()
         up_at = time.time()
 
@@ -279,12 +284,15 @@ def test_a_daemon_keeps_cycling_while_its_head_is_down_and_uses_it_again_when_ba
             ORPHANS.append(run["pid"])
     assert daemon.returncode == 0, (tmp_path / "daemon.log").read_text()[-3000:]
     assert len(events(ws, "executor_degraded")) == 1 and len(events(ws, "executor_restored")) == 1
-
-    def stamp(event: dict) -> float:
-        import calendar
-
-        return calendar.timegm(time.strptime(event["ts"], "%Y-%m-%dT%H:%M:%SZ"))
-
     # cycles ended while the head was down: none of them waited for the cluster to come back
-    during = [c for c in events(ws, "cycle") if down_at + 1 < stamp(c) < up_at - 1]
+    during = cycles_between(ws, down_at + 1, up_at - 1)
     assert len(during) >= 2, [(c["cycle"], c["ts"], c.get("seconds")) for c in events(ws, "cycle")]
+
+
+def cycles_between(ws: Path, start: float, end: float) -> list[dict]:
+    """The cycle events stamped (to the second) strictly between two times."""
+    return [c for c in events(ws, "cycle") if start < stamp(c) < end]
+
+
+def stamp(event: dict) -> float:
+    return calendar.timegm(time.strptime(event["ts"], "%Y-%m-%dT%H:%M:%SZ"))
