@@ -3,7 +3,7 @@
 - `built_once`: an expensive thing (a real daemon's workspace, a folder of 7,200 PNGs) built once per
   test run, shared by every xdist worker: the first worker builds it under a file lock, the others
   wait and reuse it.
-- one torch thread per worker (and per process it starts), so two workers never oversubscribe two cores.
+- one torch thread per worker (and per process it starts), so workers never spin against each other's threads.
 - the tiers' honesty: a test that trains (the trainer in-process or as a process), runs the daemon's
   cycles or starts a daemon or PHASE process must be marked `slow`; one that is not fails, naming
   the mark, so `-m "not slow"` stays the fast tier it says it is.
@@ -91,7 +91,7 @@ def pytest_configure(config) -> None:
         return                         # xdist's controller runs no test: no torch to import here (4 CPU-s)
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)           # this worker's own (the environment above covers what it starts)
     sys.addaudithook(_audit)           # every Popen of this process: the trainer, a daemon, PHASE
     import loop.daemon.process as daemon
     import loop.trainer.train as trainer

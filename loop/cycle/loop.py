@@ -53,8 +53,8 @@ class Loop:
         return self.executor
 
     def close(self) -> None:
-        """End what the executor holds open (a Ray driver outlives a `run_daemon` called in-process,
-        and spins once its cluster is gone: 44 CPU-s in a test run). Runs in flight go on."""
+        """End what the executor holds open: a Ray driver would outlive a `run_daemon` called
+        in-process, and spin once its cluster is gone. Runs in flight go on."""
         if self.executor is not None:
             self.executor.close()
 
