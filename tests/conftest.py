@@ -86,6 +86,20 @@ def exited(pid: int) -> bool:
         return True
 
 
+def ray_drivers() -> set[int]:
+    """This process's Ray driver children still running (`python -m loop.run.ray_driver`; a zombie has exited)."""
+    import psutil
+
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "loop.run.ray_driver" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.02) -> None:
     """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
     import time

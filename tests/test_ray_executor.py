@@ -23,7 +23,7 @@ from loop.config import DaemonConfig, ExecutorConfig, validate  # noqa: E402
 from loop.run.plan import RunPlan  # noqa: E402
 from loop.run.ray_executor import RayExecutor, unpack  # noqa: E402
 from loop.run.supervise import exit_code, monitor  # noqa: E402
-from tests.conftest import REPO, tiny_config_dict, wait_for  # noqa: E402
+from tests.conftest import REPO, ray_drivers, tiny_config_dict, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.xdist_group("ray")]   # one cluster at a time
 
@@ -161,8 +161,7 @@ def test_daemon_cycles_and_an_evolution_window_run_on_ray(cluster, tmp_path):
     state = run_daemon(cfg, ws, max_cycles=2, say=lambda *_: None)
     assert state.cycle == 2
     # its Ray driver ended with it (one left behind outlived the cluster spinning: 44 CPU-s in a test run)
-    drivers = [p for p in psutil.Process().children(recursive=True) if "loop.run.ray_driver" in " ".join(p.cmdline())]
-    assert psutil.wait_procs(drivers, timeout=10)[1] == [], drivers
+    wait_for(lambda: not ray_drivers(), 10, "the daemon's Ray driver to end with it")
     runs = read_history(ws)
     assert runs and all(r.ok for r in runs)
     cycles = [json.loads(ln) for ln in ws.events.open() if '"kind": "cycle"' in ln]

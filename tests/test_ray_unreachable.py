@@ -19,7 +19,6 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
@@ -31,7 +30,7 @@ from loop.run.plan import RunPlan  # noqa: E402
 from loop.run.ray_executor import RayExecutor  # noqa: E402
 from loop.run.ray_link import RayUnavailable  # noqa: E402
 from loop.run.supervise import exit_code, monitor  # noqa: E402
-from tests.conftest import REPO, tiny_config_dict, wait_for  # noqa: E402
+from tests.conftest import REPO, ray_drivers, tiny_config_dict, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("ray")]   # one Ray head at a time
 
@@ -164,25 +163,14 @@ def test_a_port_that_accepts_but_never_answers_is_an_error_after_the_connect_tim
     silent = socket.socket()
     silent.bind(("0.0.0.0", 0))
     silent.listen(16)
-    earlier = drivers()           # this worker's other tests may hold a driver of their own
+    earlier = ray_drivers()           # this worker's other tests may hold a driver of their own
     try:
         ex = executor(f"127.0.0.1:{silent.getsockname()[1]}", tmp_path, connect_timeout_seconds=3)
         with pytest.raises(RayUnavailable, match=r"did not join within 3s.*ray start --head"):
             ex.connect()
     finally:
         silent.close()
-    assert drivers() - earlier == set()                 # the driver that never joined was killed
-
-
-def drivers() -> set[int]:
-    found = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "loop.run.ray_driver" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
-                found.add(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
+    assert ray_drivers() - earlier == set()                 # the driver that never joined was killed
 
 
 # ------------------------------------------------------------- mid-night ----
